@@ -1,0 +1,182 @@
+"""Reading the prepared layout: datasets, transforms and DataLoaders.
+
+Augmentation randomness is seeded per sample from (seed, epoch, index), so a run gives the
+same batches whatever the number of DataLoader workers, and a re-run gives the same again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from petlab.params import LoaderParams
+from petlab.prepare import SPLITS
+from petlab.runtime import PipelineError, default_num_workers, seeded_rng
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------- the prepared layout
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    root: Path
+    class_names: list[str]
+
+    @classmethod
+    def open(cls, root: str | Path) -> "PreparedData":
+        root = Path(root)
+        classes_file = root / "classes.json"
+        if not classes_file.is_file():
+            raise PipelineError(f"{classes_file}: not found; run the prepare stage first (dvc repro)")
+        class_names = json.loads(classes_file.read_text())
+        for split in SPLITS:
+            if not (root / split).is_dir():
+                raise PipelineError(f"{root / split}: prepared split missing; re-run the prepare stage")
+        return cls(root, class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def items(self, split: str) -> list[tuple[Path, int]]:
+        """(path, label) pairs of one split, in a fixed order (class, then file name)."""
+        items = []
+        for label, name in enumerate(self.class_names):
+            folder = self.root / split / name
+            if not folder.is_dir():
+                raise PipelineError(f"{folder}: class folder missing from the prepared data")
+            items += [(p, label) for p in sorted(folder.iterdir()) if p.suffix == ".jpg"]
+        if not items:
+            raise PipelineError(f"{self.root / split}: no images")
+        return items
+
+
+# ---------------------------------------------------------------- transforms
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What a model expects as input; from params (CNN) or from timm's data config (ViT)."""
+
+    size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_timm(cls, data_config: dict) -> "TransformSpec":
+        return cls(size=int(data_config["input_size"][-1]), mean=tuple(data_config["mean"]),
+                   std=tuple(data_config["std"]), interpolation=data_config.get("interpolation", "bicubic"),
+                   crop_pct=float(data_config.get("crop_pct", 0.875)))
+
+    def as_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+
+def _interpolation(name: str) -> InterpolationMode:
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
+
+
+def train_transform(spec: TransformSpec) -> Callable:
+    return v2.Compose([
+        v2.RandomResizedCrop(spec.size, interpolation=_interpolation(spec.interpolation), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(spec.mean, spec.std),
+    ])
+
+
+def eval_transform(spec: TransformSpec) -> Callable:
+    return v2.Compose([
+        v2.Resize(int(round(spec.size / spec.crop_pct)), interpolation=_interpolation(spec.interpolation),
+                  antialias=True),
+        v2.CenterCrop(spec.size),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(spec.mean, spec.std),
+    ])
+
+
+# ---------------------------------------------------------------- datasets and loaders
+
+
+class ImageDataset(Dataset):
+    """Images from (path, label) pairs. Index k means sample k % n seen in epoch k // n (see EpochSampler)."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable, seed: int = 0):
+        self.items = list(items)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[k % len(self.items)]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        with seeded_rng(self.seed * 1_000_003 + k):
+            return self.transform(image), label
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a seed per epoch and tags each index with its epoch (k = epoch * n + i).
+
+    The tag reaches the dataset inside worker processes too, which an epoch attribute set on
+    the dataset would not when workers are persistent.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 7919 * epoch))
+        else:
+            order = torch.arange(self.n)
+        offset = epoch * self.n
+        return iter((order + offset).tolist())
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device,
+                loader: LoaderParams) -> DataLoader:
+    workers = default_num_workers(device) if loader.num_workers is None else loader.num_workers
+    if not isinstance(dataset, ImageDataset):
+        workers = 0  # in-memory tensors: worker processes would only add copying
+    pin = device.type == "cuda" if loader.pin_memory is None else loader.pin_memory
+    # Drop the ragged last batch while training: a batch of 1 breaks BatchNorm and skews the step size.
+    drop_last = train and len(dataset) > batch_size
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed) if isinstance(dataset, ImageDataset) else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=train if sampler is None else None,
+        generator=generator if sampler is None else None,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+    )

@@ -1,0 +1,141 @@
+"""The two training recipes (CNN from scratch, probe on a frozen backbone) and what they save."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+
+from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
+from petlab.features import extract_features, save_feature_cache
+from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_pretrained_backbone,
+                           timm_data_config)
+from petlab.outputs import save_torch, write_csv, write_json
+from petlab.params import Params, to_dict
+from petlab.runtime import Precision, select_device, select_precision
+from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    config: dict  # enough to rebuild the model with create_model()
+    result: FitResult
+    summary: dict  # what goes into the stage's metrics file besides the validation numbers
+
+
+def make_context(params: Params, amp: bool, channels_last: bool) -> StepContext:
+    device = select_device(params.device)
+    return StepContext(device, select_precision(device, amp), channels_last and device.type != "mps")
+
+
+def cnn_config(params: Params, num_classes: int) -> dict:
+    p = params.train_cnn
+    return {"kind": "simple_cnn", "num_classes": num_classes, "widths": list(p.widths), "dropout": p.dropout,
+            "transform": TransformSpec(size=p.image_size).as_dict()}
+
+
+def image_loader(data: PreparedData, split: str, spec: TransformSpec, batch_size: int, train: bool,
+                 params: Params, device: torch.device) -> DataLoader:
+    transform = train_transform(spec) if train else eval_transform(spec)
+    dataset = ImageDataset(data.items(split), transform, seed=params.seed)
+    return make_loader(dataset, batch_size, train, params.seed, device, params.loader)
+
+
+def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: Params) -> DataLoader:
+    return make_loader(dataset, batch_size, train, params.seed, torch.device("cpu"), params.loader)
+
+
+def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel:
+    p = params.train_cnn
+    ctx = make_context(params, p.amp, p.channels_last)
+    config = cnn_config(params, data.num_classes)
+    spec = transform_spec(config)
+    model = create_model(config).to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
+    with SummaryWriter(str(log_dir)) as writer:
+        result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
+                     name="train_cnn")
+        log_hparams(writer, to_dict(p), result)
+    model.load_state_dict(result.best_state)
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
+               "parameters": count_parameters(model)}
+    return TrainedModel(model, config, result, summary)
+
+
+def build_probe(params: Params, num_classes: int) -> tuple[FrozenBackboneClassifier, dict]:
+    """The frozen backbone with a fresh head, and the config that rebuilds it."""
+    p = params.train_vit
+    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights)
+    spec = TransformSpec.from_timm(timm_data_config(backbone))
+    model = FrozenBackboneClassifier(backbone, num_classes)
+    config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "transform": spec.as_dict(),
+              "info": {"pretrained": p.pretrained, "weights_source": source}}
+    return model, config
+
+
+def transform_spec(config: dict) -> TransformSpec:
+    t = config["transform"]
+    return TransformSpec(t["size"], tuple(t["mean"]), tuple(t["std"]), t["interpolation"], t["crop_pct"])
+
+
+def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path) -> TrainedModel:
+    p = params.train_vit
+    ctx = make_context(params, p.amp, channels_last=False)
+    head_ctx = StepContext(ctx.device, Precision(None, False))  # a linear layer gains nothing from autocast
+    model, config = build_probe(params, data.num_classes)
+    model.to(ctx.device)
+    spec = transform_spec(config)
+    splits = ("val", "test") if p.augment else ("train", "val", "test")
+    cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
+                                                                ctx.device), ctx, desc=f"train_vit: {s} features")
+              for s in splits}
+    save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
+                                                "class_names": data.class_names})
+    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
+    with SummaryWriter(str(log_dir)) as writer:
+        if p.augment:
+            train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+            result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
+                         eval_model=model.head, name="train_vit")
+            model.load_state_dict(result.best_state)
+        else:
+            train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
+            result = fit(model.head, train_loader, val_loader, p, head_ctx, data.num_classes, writer,
+                         params.log.hist_every, name="train_vit")
+            model.head.load_state_dict(result.best_state)
+        log_hparams(writer, to_dict(p), result)
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route":
+               "augmented_images" if p.augment else "cached_features", **config["info"],
+               "parameters": count_parameters(model)}
+    return TrainedModel(model, config, result, summary)
+
+
+def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None:
+    flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
+    writer.add_hparams(flat, {"best/val_macro_f1": result.best_val["macro_f1"],
+                              "best/val_accuracy": result.best_val["accuracy"],
+                              "best/epoch": result.best_epoch}, run_name="hparams")
+
+
+def save_trained(trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path, history: Path) -> None:
+    """The best checkpoint (loadable with weights_only=True), the metrics file and the per-epoch history."""
+    state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
+    save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
+                            "epoch": trained.result.best_epoch, "val_metrics": trained.result.best_val})
+    write_csv(history, trained.result.history, HISTORY_COLUMNS)
+    write_json(metrics, {"best_epoch": trained.result.best_epoch, "epochs": len(trained.result.history),
+                         **{f"val_{k}": v for k, v in trained.result.best_val.items()}, **trained.summary})
+
+
+def load_trained(checkpoint: dict) -> nn.Module:
+    model = create_model(checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model_state"])
+    return model.eval()

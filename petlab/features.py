@@ -1,0 +1,46 @@
+"""Frozen-backbone features, extracted once and cached, so the probe's head trains in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from petlab.outputs import load_torch, save_torch
+from petlab.runtime import PipelineError
+from petlab.train import StepContext
+
+
+@torch.inference_mode()
+def extract_features(backbone: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features fp32 on the CPU, labels) for every image of the loader, backbone in eval mode."""
+    backbone.eval()
+    chunks, labels = [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        with ctx.precision.autocast(ctx.device):
+            out = backbone(ctx.to_device(x))
+        chunks.append(out.float().cpu())
+        labels.append(y)
+    return torch.cat(chunks), torch.cat(labels)
+
+
+def save_feature_cache(path: str | Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], info: dict) -> None:
+    payload = {"info": info}
+    for split, (feats, labels) in splits.items():
+        payload[f"{split}/features"] = feats.contiguous()
+        payload[f"{split}/labels"] = labels.contiguous()
+    save_torch(path, payload)
+
+
+def load_feature_split(path: str | Path, split: str) -> TensorDataset:
+    payload = load_torch(path)
+    if f"{split}/features" not in payload:
+        raise PipelineError(f"{path}: no cached features for split {split!r}; re-run train_vit")
+    return TensorDataset(payload[f"{split}/features"], payload[f"{split}/labels"])
+
+
+def feature_cache_info(path: str | Path) -> dict:
+    return load_torch(path)["info"]

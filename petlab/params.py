@@ -1,0 +1,283 @@
+"""The one schema for params.yaml, validated in full before any stage does heavy work.
+
+Every stage calls `load_params()` first. Unknown keys (typos), wrong types and
+out-of-range values raise `ParamsError` naming the key and what is allowed, so a
+bad `dvc exp run -S ...` fails in a second instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from petlab.runtime import PipelineError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(PipelineError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    root: Optional[str] = None  # local copy of the dataset; None downloads into download_dir
+    download_dir: str = "data/raw"
+    val_fraction: float = 0.2
+    max_side: Optional[int] = 256  # shorter side of re-encoded images; None keeps originals
+    jpeg_quality: int = 90
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    max_bad_fraction: float = 0.01  # above this fraction of skipped images the run fails
+
+    def check(self, key: str) -> None:
+        _require(0.0 < self.val_fraction < 1.0, f"{key}.val_fraction", self.val_fraction, "a number in (0, 1)")
+        if self.max_side is not None:
+            _require(self.max_side >= 16, f"{key}.max_side", self.max_side, "null or an integer >= 16")
+        _require(1 <= self.jpeg_quality <= 100, f"{key}.jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
+        _require(0.0 <= self.max_bad_fraction < 1.0, f"{key}.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LoaderParams:
+    num_workers: Optional[int] = None  # None: chosen from the device and the core count
+    pin_memory: Optional[bool] = None  # None: on for CUDA
+    prefetch_factor: int = 4
+
+    def check(self, key: str) -> None:
+        if self.num_workers is not None:
+            _require(self.num_workers >= 0, f"{key}.num_workers", self.num_workers, "null or an integer >= 0")
+        _require(self.prefetch_factor >= 1, f"{key}.prefetch_factor", self.prefetch_factor, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class LogParams:
+    hist_every: int = 5  # weight/gradient histograms every N epochs (0: never)
+
+    def check(self, key: str) -> None:
+        _require(self.hist_every >= 0, f"{key}.hist_every", self.hist_every, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SanityParams:
+    overfit_batches: int = 2
+    batch_size: int = 16
+    max_steps: int = 300  # the overfit check fails if 100% train accuracy is not reached by then
+    lr: float = 3e-3
+    grid_images: int = 16  # images in each split's sample grid
+    fail_on_overlap: bool = True  # exact duplicates across splits are a leak
+
+    def check(self, key: str) -> None:
+        _require(self.overfit_batches >= 1, f"{key}.overfit_batches", self.overfit_batches, "an integer >= 1")
+        _require(self.batch_size >= 2, f"{key}.batch_size", self.batch_size, "an integer >= 2")
+        _require(self.max_steps >= 1, f"{key}.max_steps", self.max_steps, "an integer >= 1")
+        _require(self.lr > 0, f"{key}.lr", self.lr, "a number > 0")
+        _require(self.grid_images >= 1, f"{key}.grid_images", self.grid_images, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class OptimParams:
+    """What both training stages share: the one training loop reads these."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    amp: bool = True  # mixed precision where the device gains from it
+
+    def check(self, key: str) -> None:
+        _require(self.epochs >= 1, f"{key}.epochs", self.epochs, "an integer >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.lr > 0, f"{key}.lr", self.lr, "a number > 0")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
+        _require(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs", self.warmup_epochs,
+                 f"a number in [0, epochs={self.epochs}]")
+        _require(0 <= self.label_smoothing < 1, f"{key}.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainCNNParams(OptimParams):
+    image_size: int = 224
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    dropout: float = 0.3
+    channels_last: bool = True
+    epochs: int = 30
+    lr: float = 3e-3
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _require(self.image_size >= 8, f"{key}.image_size", self.image_size, "an integer >= 8")
+        _require(1 <= len(self.widths) <= 6 and all(w >= 1 for w in self.widths), f"{key}.widths", self.widths,
+                 "a list of 1 to 6 positive integers")
+        _require(self.image_size // 2 ** len(self.widths) >= 1, f"{key}.widths", self.widths,
+                 f"at most log2(image_size={self.image_size}) blocks")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainViTParams(OptimParams):
+    model: str = "vit_tiny_patch16_224"  # any timm model name
+    pretrained: bool = True  # false only for smoke runs: the metrics then say so
+    weights: Optional[str] = None  # local weights file (.safetensors, .pth/.bin or timm's original .npz)
+    augment: bool = False  # false: train the head on features cached once; true: augmented images every step
+    feature_batch_size: int = 64
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 5.0
+    label_smoothing: float = 0.0
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _require(self.feature_batch_size >= 1, f"{key}.feature_batch_size", self.feature_batch_size, "an integer >= 1")
+        if self.weights is not None:
+            _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
+        import timm  # imported here: the schema itself must stay light
+
+        if not timm.is_model(self.model):
+            close = difflib.get_close_matches(self.model, timm.list_models(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ParamsError(f"{key}.model: unknown timm model {self.model!r}{hint} (see timm.list_models())")
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    wait: int = 5
+    warmup: int = 5
+    active: int = 50
+    batch_size: int = 32
+    top_ops: int = 10
+
+    def check(self, key: str) -> None:
+        _require(self.wait >= 0, f"{key}.wait", self.wait, "an integer >= 0")
+        _require(self.warmup >= 0, f"{key}.warmup", self.warmup, "an integer >= 0")
+        _require(self.active >= 1, f"{key}.active", self.active, "an integer >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.top_ops >= 1, f"{key}.top_ops", self.top_ops, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 128
+
+    def check(self, key: str) -> None:
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    data: DataParams = field(default_factory=DataParams)
+    loader: LoaderParams = field(default_factory=LoaderParams)
+    log: LogParams = field(default_factory=LogParams)
+    sanity: SanityParams = field(default_factory=SanityParams)
+    train_cnn: TrainCNNParams = field(default_factory=TrainCNNParams)
+    train_vit: TrainViTParams = field(default_factory=TrainViTParams)
+    profile: ProfileParams = field(default_factory=ProfileParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def check(self, key: str = "") -> None:
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.check(f.name)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    """Read, type-check and range-check the whole params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    params = parse_params(raw, source=str(path))
+    return params
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    params = _build(Params, raw, prefix="", source=source)
+    params.check()
+    return params
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ParamsError(f"{source}: unknown parameter {prefix}{key}{hint} (allowed: {', '.join(names)})")
+    values = {}
+    for name in names:
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, f"{key}.", source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{source}: {key} = {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML reads 3e-4 (no dot) as a string: accept it, since that is how people write learning rates.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"params schema: unsupported type {hint} for {key}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ParamsError(f"{key} = {value!r} is out of range (allowed: {allowed})")

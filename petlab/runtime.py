@@ -1,0 +1,131 @@
+"""What every stage needs at run time: errors, seeding, the device, mixed precision, timing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+
+class PipelineError(Exception):
+    """An error the user can fix; printed as one line, without a traceback."""
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code."""
+    try:
+        main()
+    except PipelineError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; outputs were not (over)written, re-run `dvc repro` to finish", file=sys.stderr)
+        sys.exit(130)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Deterministic kernels where they exist; warn_only keeps GPUs without a deterministic
+    # implementation of some op running (documented in the README as not bit-exact).
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the caller's state after.
+
+    Used per sample in datasets, so augmentations depend only on (seed, epoch, index)
+    and not on how many DataLoader workers there are or which worker got the sample.
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def select_device(requested: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("device = 'cuda' but no CUDA GPU is available here; set device: auto or cpu in params.yaml")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError("device = 'mps' but MPS is not available here; set device: auto or cpu in params.yaml")
+    return torch.device(requested)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How to run forward passes: autocast dtype (None: fp32) and whether to scale fp16 gradients."""
+
+    autocast_dtype: torch.dtype | None
+    grad_scaling: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+def select_precision(device: torch.device, amp: bool) -> Precision:
+    if not amp:
+        return Precision(None, False)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, False)
+        return Precision(torch.float16, True)
+    if device.type == "cpu" and cpu_supports_bf16():
+        return Precision(torch.bfloat16, False)
+    return Precision(None, False)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Decode in worker processes but leave a core to the training step itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cores - 1))
+    return max(0, min(4, cores - 1))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
