@@ -1,0 +1,31 @@
+"""Scoring trained checkpoints: metrics per split, per-class tables, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from petlab import plots
+from petlab.metrics import classification_metrics, confusion, per_class_rows, rounded
+from petlab.outputs import save_figure, write_csv
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    return rounded(classification_metrics(logits, labels, num_classes))
+
+
+def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
+                  title: str) -> None:
+    """Per-class CSV, the confusion rows for `dvc plots`, and confusion PNGs (counts and row-normalised)."""
+    preds, y = logits.argmax(1).numpy(), labels.numpy()
+    write_csv(out_dir / f"per_class_{name}.csv", per_class_rows(y, preds, class_names),
+              ["class", "precision", "recall", "f1", "support"])
+    write_csv(out_dir / f"confusion_{name}.csv",
+              ({"actual": class_names[a], "predicted": class_names[p]} for a, p in zip(y, preds)),
+              ["actual", "predicted"])
+    matrix = confusion(y, preds, len(class_names))
+    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
+                out_dir / f"confusion_{name}.png")
+    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: row-normalised", normalized=True),
+                out_dir / f"confusion_{name}_normalized.png")

@@ -1,0 +1,128 @@
+"""torch.profiler over real training steps, with a wait/warmup/active schedule and TensorBoard traces."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from petlab.params import ProfileParams
+from petlab.runtime import synchronize
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA's allocator peak, or on the CPU the process RSS sampled every 2 ms.
+
+    On the CPU the number is the rise of RSS above its level when the block started, i.e. what
+    the steps themselves needed beyond the already-loaded model and data.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = 0.0
+        self.method = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_rss_increase"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._proc = psutil.Process(os.getpid())
+            self._base = self._peak = self._proc.memory_info().rss
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mb = (self._peak - self._base) / 2**20
+
+
+def step_stats(seconds: list[float], batch_size: int) -> dict:
+    ms = np.array(seconds) * 1000.0
+    return {"step_ms_mean": round(float(ms.mean()), 3), "step_ms_p50": round(float(np.percentile(ms, 50)), 3),
+            "step_ms_p95": round(float(np.percentile(ms, 95)), 3), "steps_timed": len(ms),
+            "throughput_images_per_s": round(batch_size / float(ms.mean() / 1000.0), 2)}
+
+
+def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches: Iterable, cfg: ProfileParams,
+                  device: torch.device, trace_dir: Path, desc: str) -> dict:
+    """Run wait+warmup+active steps under torch.profiler; time the active ones; traces go to trace_dir."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    total = cfg.wait + cfg.warmup + cfg.active
+    batch_iter = itertools.cycle(batches) if isinstance(batches, list) else _repeat(batches)
+    seconds, data_seconds = [], []
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with PeakMemory(device) as memory, profile(
+        activities=activities,
+        schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
+        on_trace_ready=tensorboard_trace_handler(str(trace_dir)),
+        record_shapes=True,
+        profile_memory=True,
+    ) as prof:
+        for i in tqdm(range(total), desc=desc, unit="step", leave=False, disable=None):
+            t0 = time.perf_counter()
+            x, y = next(batch_iter)
+            t1 = time.perf_counter()
+            step(x, y)
+            synchronize(device)
+            t2 = time.perf_counter()
+            if i >= cfg.wait + cfg.warmup:
+                seconds.append(t2 - t1)
+                data_seconds.append(t1 - t0)
+            prof.step()
+    self_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, self_time), reverse=True)
+    top = [{"op": e.key, "self_ms_total": round(getattr(e, self_time) / 1000.0, 3), "calls": e.count}
+           for e in events[: cfg.top_ops]]
+    stats = step_stats(seconds, len(y))
+    stats.update({"data_wait_ms_mean": round(float(np.mean(data_seconds)) * 1000.0, 3),
+                  "peak_memory_mb": round(memory.peak_mb, 2), "peak_memory_method": memory.method, "top_ops": top})
+    return stats
+
+
+def _repeat(loader: Iterable):
+    while True:
+        yield from loader
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def forward_gflops(model: nn.Module, image_size: int, device: torch.device) -> float:
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter (a multiply-add counts 2)."""
+    model.eval()
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return round(counter.get_total_flops() / 1e9, 4)

@@ -1,0 +1,77 @@
+"""Stage evaluate: both best checkpoints on val and test; metrics, per-class tables, confusion matrices."""
+
+from pathlib import Path
+
+import torch
+
+from petlab.data import PreparedData
+from petlab.evaluation import score, write_reports
+from petlab.experiments import image_loader, load_trained, make_context, tensor_loader, transform_spec
+from petlab.features import feature_cache_info, load_feature_split
+from petlab.outputs import load_torch, write_json
+from petlab.params import load_params
+from petlab.runtime import PipelineError, Precision, Stopwatch, run_stage, seed_everything
+from petlab.train import StepContext, predict
+
+DATA = Path("data/oxford_pets")
+FEATURES = Path("data/features/vit.pt")
+CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
+TITLES = {"cnn": "CNN from scratch", "vit": "Linear probe on frozen ViT"}
+METRICS = Path("metrics/evaluate.json")
+PLOTS = Path("plots/evaluate")
+TIMING = Path("metrics/timing/evaluate.json")
+SPLITS = ("val", "test")
+
+
+def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str):
+    ctx = make_context(params, params.train_cnn.amp, params.train_cnn.channels_last)
+    model = load_trained(checkpoint).to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = image_loader(data, split, transform_spec(checkpoint["model_config"]), params.evaluate.batch_size,
+                          False, params, ctx.device)
+    return predict(model, loader, ctx, desc=f"evaluate: cnn {split}")
+
+
+def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
+    """The head on the features cached by train_vit: no second backbone pass over val or test."""
+    info = feature_cache_info(FEATURES)
+    if info["class_names"] != checkpoint["class_names"] or info["timm_model"] != checkpoint["model_config"]["timm_model"]:
+        raise PipelineError(f"{FEATURES} was not made for {CHECKPOINTS['vit']}; re-run train_vit (dvc repro)")
+    model = load_trained(checkpoint)
+    ctx = StepContext(torch.device("cpu"), Precision(None, False))
+    loader = tensor_loader(load_feature_split(FEATURES, split), params.evaluate.batch_size, False, params)
+    return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
+
+
+def main() -> None:
+    clock = Stopwatch()
+    params = load_params()
+    seed_everything(params.seed)
+    data = PreparedData.open(DATA)
+    results = {}
+    for name, path in CHECKPOINTS.items():
+        checkpoint = load_torch(path)
+        if checkpoint["class_names"] != data.class_names:
+            raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
+        logits_of = cnn_logits if name == "cnn" else probe_logits
+        results[name] = {}
+        for split in SPLITS:
+            logits, labels = logits_of(checkpoint, params, data, split)
+            results[name][split] = score(logits, labels, data.num_classes)
+            if split == "test":
+                write_reports(name, logits, labels, data.class_names, PLOTS, f"{TITLES[name]} (test)")
+        results[name]["checkpoint_epoch"] = checkpoint["epoch"]
+        results[name].update(checkpoint["model_config"].get("info", {}))
+    write_json(METRICS, results)
+    for name in CHECKPOINTS:
+        t = results[name]["test"]
+        print(f"evaluate: {name}: test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
+              f"top-5 {t['top5_accuracy']:.4f}")
+    if not results["vit"].get("pretrained", True):
+        print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
+    write_json(TIMING, {"seconds": clock.seconds()})
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

@@ -1,0 +1,92 @@
+"""Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petlab import plots
+from petlab.data import PreparedData
+from petlab.experiments import image_loader, load_trained, make_context, transform_spec
+from petlab.models import count_parameters
+from petlab.outputs import load_torch, save_figure, write_json
+from petlab.params import load_params
+from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
+from petlab.runtime import Stopwatch, run_stage, seed_everything
+from petlab.train import StepContext, make_optimizer, train_step
+
+DATA = Path("data/oxford_pets")
+CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
+METRICS = Path("metrics/profile.json")
+PLOT = Path("plots/profile/comparison.png")
+TRACES = Path("runs/profile")
+TIMING = Path("metrics/timing/profile.json")
+
+
+def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, params, data: PreparedData,
+                  optim) -> dict:
+    """Profile full training steps from images; the probe's step is its frozen forward plus the head update."""
+    p = params.profile
+    spec = transform_spec(config)
+    loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    optimizer, _ = make_optimizer(model.parameters(), optim, steps_per_epoch=1)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, None), loader, p,
+                          ctx.device, TRACES / name, desc=f"profile: {name}")
+    counts = count_parameters(model)
+    stats.update({"trainable_parameters": counts["trainable"], "total_parameters": counts["total"],
+                  "gflops_per_image": forward_gflops(model, spec.size, ctx.device), "batch_size": p.batch_size,
+                  "precision": ctx.precision.name, "device": ctx.device.type, "input_size": spec.size})
+    return stats
+
+
+def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dict) -> dict:
+    """The cached route's two parts: extracting features once, and one head step on cached features."""
+    p = params.profile
+    x, _ = next(iter(image_loader(data, "train", transform_spec(config), p.batch_size, False, params, ctx.device)))
+    x = ctx.to_device(x)
+
+    def extract():
+        with torch.inference_mode(), ctx.precision.autocast(ctx.device):
+            return model.backbone(x)
+
+    extraction = step_stats(time_calls(extract, ctx.device, repeats=10), len(x))
+    feats = extract().float().clone()
+    y = torch.randint(0, data.num_classes, (len(feats),))
+    head_ctx = StepContext(ctx.device, make_context(params, amp=False, channels_last=False).precision)
+    optimizer, _ = make_optimizer(model.head.parameters(), params.train_vit, steps_per_epoch=1)
+    loss_fn = nn.CrossEntropyLoss()
+    head = step_stats(time_calls(lambda: train_step(model.head, feats, y, optimizer, loss_fn, head_ctx, None),
+                                 ctx.device, repeats=50), len(feats))
+    return {"feature_extraction": extraction, "cached_head_step": head}
+
+
+def main() -> None:
+    clock = Stopwatch()
+    params = load_params()
+    seed_everything(params.seed)
+    data = PreparedData.open(DATA)
+    results = {}
+    for name, path in CHECKPOINTS.items():
+        checkpoint = load_torch(path)
+        model = load_trained(checkpoint)
+        optim = params.train_cnn if name == "cnn" else params.train_vit
+        ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last)
+        model.to(ctx.device)
+        if ctx.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        results[name] = profile_model(name, model, checkpoint["model_config"], ctx, params, data, optim)
+        if name == "vit":
+            results[name].update(probe_costs(model, ctx, params, data, checkpoint["model_config"]))
+    write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
+                                                 "active": params.profile.active}})
+    save_figure(plots.profile_comparison_figure(results), PLOT)
+    for name, r in results.items():
+        print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
+              f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")
+    write_json(TIMING, {"seconds": clock.seconds()})
+
+
+if __name__ == "__main__":
+    run_stage("profile", main)

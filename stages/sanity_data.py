@@ -1,0 +1,82 @@
+"""Stage sanity_data: data checks (counts, decoding, leaks, sizes) and the overfit-a-few-batches check."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from petlab import plots, sanity
+from petlab.data import PreparedData, TransformSpec
+from petlab.experiments import build_probe, cnn_config, make_context, transform_spec
+from petlab.models import create_model
+from petlab.outputs import save_figure, write_json
+from petlab.params import load_params
+from petlab.prepare import SPLITS
+from petlab.runtime import PipelineError, Stopwatch, run_stage, seed_everything
+
+DATA = Path("data/oxford_pets")
+METRICS = Path("metrics/sanity.json")
+PLOTS = Path("plots/sanity")
+LOG_DIR = Path("runs/sanity")
+TIMING = Path("metrics/timing/sanity_data.json")
+PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depend on
+
+
+def main() -> None:
+    clock = Stopwatch()
+    params = load_params()
+    seed_everything(params.seed)
+    data = PreparedData.open(DATA)
+    s = params.sanity
+
+    report, failures = sanity.check_data(data)
+    report["prepare"] = sanity.prepare_report(data)
+    if report["cross_split_duplicates"]["count"] and s.fail_on_overlap:
+        failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
+                        f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
+
+    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)
+    ctx = make_context(params, amp=False, channels_last=False)  # fp32: this checks learning, not speed
+    with SummaryWriter(str(LOG_DIR)) as writer:
+        cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)
+        cnn_batches = sanity.image_batches(items, TransformSpec(size=params.train_cnn.image_size), s.batch_size)
+        report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
+
+        probe, config = build_probe(params, data.num_classes)
+        probe.to(ctx.device)
+        with torch.no_grad():  # inference tensors could not be trained on below
+            feature_batches = [(probe.features(ctx.to_device(x)).cpu(), y)
+                               for x, y in sanity.image_batches(items, transform_spec(config), s.batch_size)]
+        report["overfit_probe"] = sanity.overfit(probe.head, feature_batches, ctx,
+                                                 s.lr, s.max_steps, writer, "probe")
+        report["overfit_probe"]["weights_source"] = config["info"]["weights_source"]
+    for name in ("cnn", "probe"):
+        if report[f"overfit_{name}"]["steps_to_100pct"] is None:
+            r = report[f"overfit_{name}"]
+            failures.append(f"the {name} did not reach 100% train accuracy on {r['images']} images in "
+                            f"{r['max_steps']} steps (final accuracy {r['final_accuracy']:.3f}, loss "
+                            f"{r['final_loss']:.3f}); check the model, the labels and sanity.lr")
+
+    report["passed"] = not failures
+    report["failures"] = failures
+    write_json(METRICS, report)
+    save_figure(plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
+                PLOTS / "class_counts.png")
+    rng = np.random.default_rng(params.seed)
+    for split in SPLITS:
+        split_items = data.items(split)
+        pick = sorted(rng.choice(len(split_items), size=min(s.grid_images, len(split_items)), replace=False))
+        save_figure(plots.sample_grid_figure([split_items[i] for i in pick], data.class_names, f"{split} samples"),
+                    PLOTS / f"samples_{split}.png")
+    write_json(TIMING, {"seconds": clock.seconds()})
+    if failures:
+        raise PipelineError("sanity checks failed:\n  - " + "\n  - ".join(failures))
+    # Unchanged content when the checks pass again, so DVC re-runs no training for a sanity-only change.
+    write_json(PASSED, {"passed": True})
+    print(f"sanity_data: all checks passed; CNN overfit in {report['overfit_cnn']['steps_to_100pct']} steps, "
+          f"probe head in {report['overfit_probe']['steps_to_100pct']} steps")
+
+
+if __name__ == "__main__":
+    run_stage("sanity_data", main)
