@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny generated Oxford-IIIT Pet tree, local ViT weights, and a project copy under DVC."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages"]
+
+# Small enough for CI on two cores, big enough that every code path runs (3+ batches an epoch).
+TINY_PARAMS = {
+    "data": {"val_fraction": 0.25},
+    "sanity": {"overfit_batches": 2, "batch_size": 8, "max_steps": 200, "grid_images": 8},
+    "train_cnn": {"image_size": 64, "widths": [8, 16], "epochs": 3, "batch_size": 8, "warmup_epochs": 0.5},
+    "train_vit": {"model": "test_vit", "pretrained": False, "epochs": 4, "batch_size": 8, "feature_batch_size": 16,
+                  "warmup_epochs": 1.0},
+    "profile": {"wait": 1, "warmup": 1, "active": 3, "batch_size": 8},
+    "evaluate": {"batch_size": 16},
+    "log": {"hist_every": 1},
+}
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture(scope="session")
+def fake_pets(tmp_path_factory) -> Path:
+    from petlab.synthetic import make_fake_pets
+
+    return make_fake_pets(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet", num_classes=4,
+                          trainval_per_class=12, test_per_class=5)
+
+
+@pytest.fixture(scope="session")
+def test_vit_weights(tmp_path_factory) -> Path:
+    """Random weights of timm's tiny `test_vit`, saved as a local file (no network here)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_vit.safetensors"
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(path))
+    return path
+
+
+def write_params(project: Path, overrides: dict) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    deep_update(params, overrides)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], project, check=check)
+
+
+def make_project(root: Path, params_overrides: dict) -> Path:
+    """A copy of the pipeline in its own git + DVC repository, with the given params."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    shutil.copy2(REPO / ".gitignore", root / ".gitignore")
+    write_params(root, params_overrides)
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "project"], root)
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path, fake_pets) -> Path:
+    return make_project(tmp_path / "project", deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)),
+                                                           {"data": {"root": str(fake_pets)}}))
