@@ -44,3 +44,18 @@ def test_eval_transform_is_deterministic_and_normalised(tmp_path):
     assert x.shape == (3, 32, 32)
     assert torch.allclose(x, torch.ones_like(x))  # white -> (1 - 0.5) / 0.5
     assert torch.equal(x, eval_transform(spec)(image))
+
+
+def test_vit_eval_preprocessing_matches_timms_own_transform():
+    import numpy as np
+    import timm
+    from timm.data import create_transform, resolve_model_data_config
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    config = resolve_model_data_config(model)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    ours = eval_transform(TransformSpec.from_timm(config))(image)
+    theirs = create_transform(**config, is_training=False)(image)
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert torch.allclose(ours, theirs, atol=1e-5)
