@@ -79,3 +79,27 @@ def test_unreachable_hub_names_both_offline_ways():
 def test_random_backbone_says_so():
     _, source = load_pretrained_backbone("test_vit", pretrained=False, weights=None)
     assert "random" in source
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_convnext"])
+def test_any_timm_model_can_be_the_frozen_backbone(name):
+    model = create_model({"kind": "timm_probe", "num_classes": 3, "timm_model": name})
+    size = timm_data_config(model.backbone)["input_size"][-1]
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 3)
+    assert count_parameters(model)["trainable"] == model.backbone.num_features * 3 + 3
+
+
+def test_npz_weights_go_through_timms_custom_load(monkeypatch, tmp_path):
+    """Original JAX .npz weights need custom_load; timm resets it for a supplied file unless told."""
+    seen, real_create_model = {}, timm.create_model
+
+    def fake_create_model(name, pretrained, num_classes, pretrained_cfg_overlay=None):
+        seen.update(pretrained_cfg_overlay)
+        return real_create_model("test_vit", pretrained=False, num_classes=0)
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    for suffix, custom in ((".npz", True), (".safetensors", False)):
+        path = tmp_path / f"weights{suffix}"
+        path.write_bytes(b"x")
+        load_pretrained_backbone("vit_tiny_patch16_224", pretrained=True, weights=str(path))
+        assert seen == {"file": str(path), "custom_load": custom}
