@@ -10,7 +10,7 @@ from petlab.experiments import image_loader, load_trained, make_context, tensor_
 from petlab.features import feature_cache_info, load_feature_split
 from petlab.outputs import load_torch, write_json
 from petlab.params import load_params
-from petlab.runtime import PipelineError, Precision, Stopwatch, run_stage, seed_everything
+from petlab.runtime import PipelineError, Precision, Stopwatch, run_stage, seed_everything, select_device
 from petlab.train import StepContext, predict
 
 DATA = Path("data/oxford_pets")
@@ -47,6 +47,7 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
 def main() -> None:
     clock = Stopwatch()
     params = load_params()
+    select_device(params.device)  # a missing GPU fails here, before any data is read
     seed_everything(params.seed)
     data = PreparedData.open(DATA)
     results = {}

@@ -12,7 +12,7 @@ from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
 from petlab.params import load_params
 from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
-from petlab.runtime import Stopwatch, run_stage, seed_everything
+from petlab.runtime import Stopwatch, run_stage, seed_everything, select_device
 from petlab.train import StepContext, make_optimizer, train_step
 
 DATA = Path("data/oxford_pets")
@@ -65,6 +65,7 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
 def main() -> None:
     clock = Stopwatch()
     params = load_params()
+    select_device(params.device)  # a missing GPU fails here, before any data is read
     seed_everything(params.seed)
     data = PreparedData.open(DATA)
     results = {}

@@ -13,7 +13,7 @@ from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
 from petlab.params import load_params
 from petlab.prepare import SPLITS
-from petlab.runtime import PipelineError, Stopwatch, run_stage, seed_everything
+from petlab.runtime import PipelineError, Stopwatch, run_stage, seed_everything, select_device
 
 DATA = Path("data/oxford_pets")
 METRICS = Path("metrics/sanity.json")
@@ -26,9 +26,11 @@ PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depe
 def main() -> None:
     clock = Stopwatch()
     params = load_params()
+    select_device(params.device)  # a missing GPU fails here, before any data is read
     seed_everything(params.seed)
     data = PreparedData.open(DATA)
     s = params.sanity
+    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)  # a size check, before decoding
 
     report, failures = sanity.check_data(data)
     report["prepare"] = sanity.prepare_report(data)
@@ -36,7 +38,6 @@ def main() -> None:
         failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
                         f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
 
-    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)
     ctx = make_context(params, amp=False, channels_last=False)  # fp32: this checks learning, not speed
     with SummaryWriter(str(LOG_DIR)) as writer:
         cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)

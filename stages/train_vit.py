@@ -6,7 +6,7 @@ from petlab.data import PreparedData
 from petlab.experiments import save_trained, train_vit
 from petlab.outputs import write_json
 from petlab.params import load_params
-from petlab.runtime import Stopwatch, run_stage, seed_everything
+from petlab.runtime import Stopwatch, run_stage, seed_everything, select_device
 
 DATA = Path("data/oxford_pets")
 FEATURES = Path("data/features/vit.pt")
@@ -20,6 +20,7 @@ TIMING = Path("metrics/timing/train_vit.json")
 def main() -> None:
     clock = Stopwatch()
     params = load_params()
+    select_device(params.device)  # a missing GPU fails here, before any data is read
     seed_everything(params.seed)
     data = PreparedData.open(DATA)
     trained = train_vit(params, data, LOG_DIR, FEATURES)
