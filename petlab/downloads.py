@@ -45,6 +45,7 @@ def download_verified(url: str, folder: str | Path, md5: str) -> Path:
     try:
         download_url(url, str(folder), md5=md5)  # re-downloads a file whose MD5 is wrong
     except RuntimeError as err:  # torchvision: "File not found or corrupted."
+        path.unlink(missing_ok=True)
         raise PipelineError(f"{url}: the download to {path} failed its MD5 check ({err})") from None
     verify_checksum(path, md5, url, algorithm="md5")
     return path
