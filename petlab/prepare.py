@@ -125,6 +125,12 @@ def read_pets_annotations(base: Path) -> SourceSplits:
     if labels != list(range(len(labels))):
         missing = sorted(set(range(max(labels) + 1)) - set(labels))
         raise PipelineError(f"{base / 'annotations'}: class ids {[m + 1 for m in missing]} have no images")
+    for split, records in splits.items():
+        absent = sorted(set(labels) - {r.label for r in records})
+        if absent:
+            raise PipelineError(f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
+                                f"{[names_by_label[i] for i in absent]}, which the other split has; every class "
+                                f"needs images in both trainval and test")
     return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i] for i in labels])
 
 
