@@ -1,17 +1,24 @@
 """Preparing a dataset: bad images counted or listed, bad trees refused with the path, nothing half-written."""
 
+import errno
 import functools
 import hashlib
 import http.server
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from conftest import make_project
 from petlab import prepare
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
@@ -221,3 +228,33 @@ def test_download_with_a_path_traversal_member_is_refused(tmp_path, served, monk
         prepare.locate_oxford_pets(DataParams(root=None, download_dir=str(raw)))
     assert not list(tmp_path.rglob("escaped.txt"))
     shutil.rmtree(raw)
+
+
+def disk_full(task):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_disk_filling_up_while_writing_is_one_clear_error(tmp_path, monkeypatch):
+    root = small_pets(tmp_path / "pets")
+    monkeypatch.setattr(prepare, "_convert_one", disk_full)  # worker processes are forked: they see it too
+    with pytest.raises(PipelineError, match=f"{tmp_path}: disk full while writing the prepared images"):
+        run_prepare(root, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]
+
+
+def test_ctrl_c_while_preparing_prints_one_line_and_leaves_nothing(tmp_path):
+    """Ctrl-C reaches the re-encoding worker processes too; none of them may print a traceback."""
+    pets = make_fake_pets(tmp_path / "pets", num_classes=4, trainval_per_class=80, test_per_class=10,
+                          size_range=(300, 400), awkward_files=False)
+    project = make_project(tmp_path / "project", {"data": {"root": str(pets)}})
+    proc = subprocess.Popen([sys.executable, "-m", "stages.prepare_oxford_pets"], cwd=project, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((project / "data").glob(".oxford_pets.*.tmp/train/*/*.jpg")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "prepare_oxford_pets: interrupted; no output was half-written, re-run `dvc repro` to finish\n"
+    assert list((project / "data").iterdir()) == []
