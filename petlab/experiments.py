@@ -81,7 +81,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
 def build_probe(params: Params, num_classes: int) -> tuple[FrozenBackboneClassifier, dict]:
     """The frozen backbone with a fresh head, and the config that rebuilds it."""
     p = params.train_vit
-    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights)
+    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
     spec = TransformSpec.from_timm(timm_data_config(backbone))
     model = FrozenBackboneClassifier(backbone, num_classes)
     config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "transform": spec.as_dict(),

@@ -34,7 +34,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; outputs were not (over)written, re-run `dvc repro` to finish", file=sys.stderr)
+        print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
 
 

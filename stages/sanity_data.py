@@ -24,6 +24,7 @@ PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depe
 def main() -> None:
     params, data = setup_stage(DATA)
     s = params.sanity
+    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)  # a size check, before decoding
 
     report, failures = sanity.check_data(data)
     report["prepare"] = sanity.prepare_report(data)
@@ -31,7 +32,6 @@ def main() -> None:
         failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
                         f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
 
-    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)
     ctx = make_context(params, amp=False, channels_last=False)  # fp32: this checks learning, not speed
     with SummaryWriter(str(LOG_DIR)) as writer:
         cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)
