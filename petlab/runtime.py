@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ class PipelineError(Exception):
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt from here on
     try:
         main()
     except PipelineError as err:
