@@ -31,7 +31,9 @@ def params(tmp_path_factory) -> dict:
     for image_id, kind in BAD_FILES.items():
         write_awkward_image(root / "images" / f"{image_id}.jpg", kind)
     write_awkward_image(root / "images" / "Abyssinian_4.jpg", "gif_named_jpg")
-    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4}}
+    # Two DataLoader workers, so Ctrl-C reaches worker processes too: none may print a traceback.
+    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4},
+                 "loader": {"num_workers": 2}}
     return deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides)
 
 
