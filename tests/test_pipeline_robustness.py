@@ -16,6 +16,7 @@ import yaml
 
 from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.synthetic import make_fake_pets, write_awkward_image
+from test_runtime import start_as_in_a_terminal
 
 # Wall-clock measurements, different on every run by nature; everything else must be identical.
 TIMED = ("metrics/timing/", "metrics/profile.json", "plots/profile/")
@@ -31,7 +32,9 @@ def params(tmp_path_factory) -> dict:
     for image_id, kind in BAD_FILES.items():
         write_awkward_image(root / "images" / f"{image_id}.jpg", kind)
     write_awkward_image(root / "images" / "Abyssinian_4.jpg", "gif_named_jpg")
-    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4}}
+    # Two DataLoader workers, so Ctrl-C reaches worker processes too: none may print a traceback.
+    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4},
+                 "loader": {"num_workers": 2}}
     return deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides)
 
 
@@ -80,9 +83,8 @@ def test_two_clean_runs_give_identical_outputs(reference, params, tmp_path):
 def interrupt_repro(project: Path, sig: signal.Signals) -> str:
     """Start `dvc repro` of train_cnn, signal its whole process group (as Ctrl-C does) during epoch 2."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_cnn"],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = start_as_in_a_terminal([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_cnn"],
+                                  project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines, signalled = [], False
     for line in proc.stdout:
         lines.append(line)

@@ -25,6 +25,7 @@ from petlab.params import DataParams
 from petlab.prepare import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name, prepare_oxford_pets
 from petlab.runtime import PipelineError
 from petlab.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
+from test_runtime import start_as_in_a_terminal
 
 
 def test_class_names_follow_torchvision():
@@ -300,8 +301,8 @@ def test_ctrl_c_while_preparing_prints_one_line_and_leaves_nothing(tmp_path):
     pets = make_fake_pets(tmp_path / "pets", num_classes=4, trainval_per_class=80, test_per_class=10,
                           size_range=(300, 400), awkward_files=False)
     project = make_project(tmp_path / "project", {"data": {"root": str(pets)}})
-    proc = subprocess.Popen([sys.executable, "-m", "stages.prepare_oxford_pets"], cwd=project, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_as_in_a_terminal([sys.executable, "-m", "stages.prepare_oxford_pets"], project,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list((project / "data").glob(".oxford_pets.*.tmp/train/*/*.jpg")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

@@ -1,11 +1,16 @@
 """Run-time guards: one-line errors, Ctrl-C, and an unavailable device refused before any work."""
 
 import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from conftest import write_params
+from conftest import REPO, write_params
 from petlab.runtime import PipelineError, run_stage, select_device
 
 # A device this machine does not have (CUDA machines have no MPS, and the other way round).
@@ -43,3 +48,20 @@ def test_every_device_stage_checks_the_device_before_reading_data(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match=f"^device = '{MISSING_DEVICE}' but .* available here"):
         importlib.import_module(f"stages.{stage}").main()
+
+
+def start_as_in_a_terminal(cmd: list[str], cwd, **kwargs) -> subprocess.Popen:
+    """Its own process group (Ctrl-C signals a whole group), with Ctrl-C enabled even when these tests run
+    in the background, where SIGINT is ignored and every child would inherit that."""
+    return subprocess.Popen(cmd, cwd=cwd, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def test_ctrl_c_while_a_stage_is_still_importing_prints_one_line(tmp_path):
+    write_params(tmp_path, {})
+    proc = start_as_in_a_terminal([sys.executable, "-m", "stages.train_cnn"], tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    time.sleep(0.5)  # importing torch alone takes longer than this
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "train_cnn: interrupted while starting; nothing was written\n", err
