@@ -49,8 +49,8 @@ CPU = torch.device("cpu")
 
 # Originals about the size of the real photos (most are 500x375 or 375x500).
 SIZES = {
-    "full": {"classes": 6, "trainval": 40, "test": 10, "size_range": (375, 500), "vit": "vit_tiny_patch16_224",
-             "image_size": 224, "cnn_batch": 64, "cnn_steps": 3, "repeats": 3, "data_images": 120,
+    "full": {"classes": 5, "trainval": 32, "test": 8, "size_range": (375, 500), "vit": "vit_tiny_patch16_224",
+             "image_size": 224, "cnn_batch": 64, "cnn_steps": 2, "repeats": 3, "data_images": 120,
              "probe_epochs": 10},
     "quick": {"classes": 3, "trainval": 8, "test": 3, "size_range": (120, 160), "vit": "test_vit",
               "image_size": 64, "cnn_batch": 8, "cnn_steps": 2, "repeats": 1, "data_images": 12, "probe_epochs": 2},
@@ -258,7 +258,11 @@ def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, l
 
 
 def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict, seed: int) -> dict:
-    """Decode + training augmentation in one process: prepared images (shorter side 256) vs original-size ones."""
+    """Decode + training augmentation: prepared images (shorter side 256) vs original-size ones.
+
+    On one torch thread, as in a DataLoader worker: with several, torch's thread pool costs more
+    than it saves on one image's small tensor ops (about 6x slower on a 2-core machine).
+    """
     spec = TransformSpec(size=size["image_size"])
     n = size["data_images"]
 
@@ -266,7 +270,12 @@ def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict,
         dataset = ImageDataset(data.items("train")[:n], train_transform(spec), seed=seed)
         return lambda: [dataset[i] for i in range(len(dataset))]
 
-    result = add_rates(side_by_side(decode_all(originals), decode_all(prepared), size["repeats"]), n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = add_rates(side_by_side(decode_all(originals), decode_all(prepared), size["repeats"]), n)
+    finally:
+        torch.set_num_threads(threads)
     result.update({"images": n, "output_size": spec.size, "prepared_max_side": 256,
                    "original_mean_pixels": mean_pixels(originals, n),
                    "prepared_mean_pixels": mean_pixels(prepared, n)})
@@ -303,7 +312,8 @@ def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
     result = add_rates(side_by_side(plain, pipeline, size["repeats"]), len(loader) * batch)
     result.update({"workers": default_num_workers(CPU) if params.loader.num_workers is None
                    else params.loader.num_workers, "pin_memory": bool(loader.pin_memory),
-                   "note": "the pipeline's peak RSS leaves out its worker processes"})
+                   "note": "in-process loading also runs each image's tensor ops on torch's full thread pool, which "
+                           "is slow for such small ops; the pipeline's peak RSS leaves out its worker processes"})
     return result
 
 
