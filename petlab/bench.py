@@ -32,10 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, train_transform
-from petlab.experiments import image_loader, tensor_loader, train_vit, transform_spec
+from petlab.experiments import image_loader, tensor_loader, train_vit
 from petlab.features import load_feature_split
 from petlab.metrics import classification_metrics
-from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone
+from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
 from petlab.outputs import write_json
 from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams
 from petlab.prepare import prepare_oxford_pets
@@ -180,8 +180,6 @@ def bench_probe(data: PreparedData, params: Params, workdir: Path) -> dict:
 
 
 def transform_spec_of(model: FrozenBackboneClassifier) -> TransformSpec:
-    from petlab.models import timm_data_config
-
     return TransformSpec.from_timm(timm_data_config(model.backbone))
 
 
