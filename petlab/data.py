@@ -7,6 +7,7 @@ same batches whatever the number of DataLoader workers, and a re-run gives the s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -103,7 +104,8 @@ def train_transform(spec: TransformSpec) -> Callable:
 
 def eval_transform(spec: TransformSpec) -> Callable:
     return v2.Compose([
-        v2.Resize(int(round(spec.size / spec.crop_pct)), interpolation=_interpolation(spec.interpolation),
+        # floor, as timm computes its eval resize
+        v2.Resize(math.floor(spec.size / spec.crop_pct), interpolation=_interpolation(spec.interpolation),
                   antialias=True),
         v2.CenterCrop(spec.size),
         v2.PILToTensor(),

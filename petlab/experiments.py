@@ -15,8 +15,8 @@ from petlab.features import extract_features, save_feature_cache
 from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_pretrained_backbone,
                            timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
-from petlab.params import Params, to_dict
-from petlab.runtime import Precision, select_device, select_precision
+from petlab.params import Params, load_params, to_dict
+from petlab.runtime import Precision, seed_everything, select_device, select_precision
 from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
 
 
@@ -26,6 +26,14 @@ class TrainedModel:
     config: dict  # enough to rebuild the model with create_model()
     result: FitResult
     summary: dict  # what goes into the stage's metrics file besides the validation numbers
+
+
+def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
+    """What every stage after prepare does first: check all params, fix seeds, check the device, open the data."""
+    params = load_params()
+    seed_everything(params.seed)
+    select_device(params.device)  # a requested GPU that is missing is reported before any work
+    return params, PreparedData.open(data_dir)
 
 
 def make_context(params: Params, amp: bool, channels_last: bool) -> StepContext:
@@ -73,7 +81,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
 def build_probe(params: Params, num_classes: int) -> tuple[FrozenBackboneClassifier, dict]:
     """The frozen backbone with a fresh head, and the config that rebuilds it."""
     p = params.train_vit
-    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights)
+    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
     spec = TransformSpec.from_timm(timm_data_config(backbone))
     model = FrozenBackboneClassifier(backbone, num_classes)
     config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "transform": spec.as_dict(),
@@ -125,7 +133,8 @@ def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None
                               "best/epoch": result.best_epoch}, run_name="hparams")
 
 
-def save_trained(trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path, history: Path) -> None:
+def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
+                 history: Path) -> None:
     """The best checkpoint (loadable with weights_only=True), the metrics file and the per-epoch history."""
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
     save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
@@ -133,6 +142,9 @@ def save_trained(trained: TrainedModel, class_names: list[str], checkpoint: Path
     write_csv(history, trained.result.history, HISTORY_COLUMNS)
     write_json(metrics, {"best_epoch": trained.result.best_epoch, "epochs": len(trained.result.history),
                          **{f"val_{k}": v for k, v in trained.result.best_val.items()}, **trained.summary})
+    best = trained.result.best_val
+    print(f"{stage}: best epoch {trained.result.best_epoch}, val accuracy {best['accuracy']:.4f}, "
+          f"val macro-F1 {best['macro_f1']:.4f} -> {checkpoint}")
 
 
 def load_trained(checkpoint: dict) -> nn.Module:

@@ -7,29 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
 
 from petlab.outputs import load_torch, save_torch
 from petlab.runtime import PipelineError
-from petlab.train import StepContext
+from petlab.train import StepContext, predict
 
 
-@torch.inference_mode()
 def extract_features(backbone: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """(features fp32 on the CPU, labels) for every image of the loader, backbone in eval mode."""
-    backbone.eval()
-    # Filled in place: collecting chunks and concatenating them would need twice the cache's memory.
-    n = len(loader.dataset)
-    features, labels, filled = None, torch.empty(n, dtype=torch.long), 0
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
-        with ctx.precision.autocast(ctx.device):
-            out = backbone(ctx.to_device(x))
-        if features is None:
-            features = torch.empty(n, *out.shape[1:], dtype=torch.float32)
-        features[filled:filled + len(y)] = out
-        labels[filled:filled + len(y)] = y
-        filled += len(y)
-    return features, labels
+    return predict(backbone, loader, ctx, desc=desc)
 
 
 def save_feature_cache(path: str | Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], info: dict) -> None:

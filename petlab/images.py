@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # A truncated JPEG must be an error, never a silently grey-padded picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -71,6 +71,8 @@ def decode(path: str | Path, draft_side: int | None = None) -> Decoded:
         if draft_side is not None and source_format == "JPEG":
             image.draft(image.mode, (draft_side, draft_side))
         image.load()
+    except UnidentifiedImageError:  # its own message names an in-memory buffer, not the file
+        raise BadImage("not an image (no format Pillow can read)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(f"cannot be decoded ({str(err) or type(err).__name__})") from None
     if min(image.size) < MIN_SIDE:

@@ -15,7 +15,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     return {
         "accuracy": float((preds == y).mean()),
         "macro_f1": float(f1_score(y, preds, labels=np.arange(num_classes), average="macro", zero_division=0)),
-        "top5_accuracy": float((topk == labels[:, None]).any(1).float().mean()),
+        "top5_accuracy": float((topk == labels[:, None]).any(1).numpy().mean()),
     }
 
 

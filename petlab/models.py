@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from petlab.downloads import verify_checksum
 from petlab.runtime import PipelineError
 
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -98,11 +99,14 @@ def build_timm_probe(num_classes: int, timm_model: str) -> nn.Module:
     return FrozenBackboneClassifier(timm.create_model(timm_model, pretrained=False, num_classes=0), num_classes)
 
 
-def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, str]:
+def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | None,
+                             weights_sha256: str | None = None) -> tuple[nn.Module, str]:
     """A timm backbone without classifier, and a description of where its weights came from.
 
     pretrained and no weights file: timm's own hub loading (HF hub, or its cache with HF_HUB_OFFLINE=1).
-    A weights file: .safetensors/.pth/.bin state dicts, or timm's original .npz format (custom_load).
+    A weights file: .safetensors/.pth/.bin state dicts, or timm's original .npz format (custom_load),
+    checked against weights_sha256 when given. timm reads .pth/.bin with torch.load(weights_only=True)
+    and .npz with np.load(allow_pickle=False), so a file cannot run code (tests/test_models.py).
     """
     import timm
 
@@ -112,6 +116,8 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
         path = Path(weights).expanduser()
         if not path.is_file():
             raise PipelineError(f"train_vit.weights = {weights!r}: file not found")
+        if weights_sha256 is not None:
+            verify_checksum(path, weights_sha256, "train_vit.weights_sha256")
         # timm resets custom_load for a supplied file; .npz files are the original JAX format and need it.
         overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class TrainViTParams(OptimParams):
     model: str = "vit_tiny_patch16_224"  # any timm model name
     pretrained: bool = True  # false only for smoke runs: the metrics then say so
     weights: Optional[str] = None  # local weights file (.safetensors, .pth/.bin or timm's original .npz)
+    weights_sha256: Optional[str] = None  # if set, the weights file must have this SHA-256
     augment: bool = False  # false: train the head on features cached once; true: augmented images every step
     feature_batch_size: int = 64
     epochs: int = 100
@@ -141,6 +143,11 @@ class TrainViTParams(OptimParams):
         _require(self.feature_batch_size >= 1, f"{key}.feature_batch_size", self.feature_batch_size, "an integer >= 1")
         if self.weights is not None:
             _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
+        if self.weights_sha256 is not None:
+            _require(self.weights is not None, f"{key}.weights_sha256", self.weights_sha256,
+                     "null unless train_vit.weights names a file")
+            _require(re.fullmatch(r"[0-9a-fA-F]{64}", self.weights_sha256) is not None, f"{key}.weights_sha256",
+                     self.weights_sha256, "null or 64 hexadecimal digits (the output of sha256sum)")
         import timm  # imported here: the schema itself must stay light
 
         if not timm.is_model(self.model):

@@ -8,7 +8,10 @@ Layout written (the same for any source):
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import signal
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,12 +21,18 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petlab import images
+from petlab.downloads import download_verified, extract_tar
 from petlab.outputs import atomic_dir, write_json
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
 
 SPLITS = ("train", "val", "test")
 PETS_FOLDER = "oxford-iiit-pet"
+# The official archives and their MD5s (as torchvision's OxfordIIITPet lists them).
+PETS_ARCHIVES = (
+    ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c"),
+    ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz", "95a8c909bbe2e81eed6a22bccdf3f68f"),
+)
 LOCAL_COPY_HELP = (
     "download the two archives (images.tar.gz, annotations.tar.gz) from "
     "https://www.robots.ox.ac.uk/~vgg/data/pets/, extract them into one folder "
@@ -65,11 +74,12 @@ def locate_oxford_pets(data: DataParams) -> Path:
     base = download_root / PETS_FOLDER
     if (base / "images").is_dir() and (base / "annotations").is_dir():
         return base
-    from torchvision.datasets import OxfordIIITPet
-
     try:
-        # torchvision verifies each archive's MD5 and extracts it under download_root/oxford-iiit-pet.
-        OxfordIIITPet(root=str(download_root), split="trainval", download=True)
+        # Our own extraction: torchvision's trusts the archive's member paths (see petlab/downloads.py).
+        for url, md5 in PETS_ARCHIVES:
+            extract_tar(download_verified(url, base, md5), base)
+    except PipelineError:
+        raise
     except Exception as err:  # network errors come in many types; all mean the same to the user
         raise PipelineError(
             f"could not download Oxford-IIIT Pet ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
@@ -115,6 +125,12 @@ def read_pets_annotations(base: Path) -> SourceSplits:
     if labels != list(range(len(labels))):
         missing = sorted(set(range(max(labels) + 1)) - set(labels))
         raise PipelineError(f"{base / 'annotations'}: class ids {[m + 1 for m in missing]} have no images")
+    for split, records in splits.items():
+        absent = sorted(set(labels) - {r.label for r in records})
+        if absent:
+            raise PipelineError(f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
+                                f"{[names_by_label[i] for i in absent]}, which the other split has; every class "
+                                f"needs images in both trainval and test")
     return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i] for i in labels])
 
 
@@ -151,6 +167,26 @@ def _convert_one(task: tuple[str, str, int | None, int]) -> dict:
             "width": original_size[0], "height": original_size[1]}
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group: only the main process reports it, in one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def check_free_space(sources: list[Path], out_dir: Path, headroom: float = 1.1) -> None:
+    """Refuse to start when the prepared copy cannot fit.
+
+    The estimate is the sources' total size: re-encoding at max_side (or below) does not make
+    images bigger in practice, so this errs on the safe side by the share the shrinking saves.
+    """
+    needed = int(sum(p.stat().st_size for p in sources) * headroom)
+    folder = out_dir.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise PipelineError(f"{folder}: not enough disk space for the prepared data: about {needed / 2**20:,.0f} MiB "
+                            f"needed, {free / 2**20:,.0f} MiB free; free some space or move the project")
+
+
 def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_dir: Path, data: DataParams,
                    source: str, workers: int | None = None) -> dict:
     """Re-encode every image as RGB JPEG into out_dir (built aside, moved in at the end); return the report."""
@@ -160,6 +196,7 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
         if missing:
             raise PipelineError(f"split {split!r} has no images of class(es) {missing}; every class needs images in "
                                 f"train, val and test")
+    check_free_space([r.path for split in SPLITS for r in splits[split]], out_dir)
     workers = workers or max(1, min(8, len(os.sched_getaffinity(0))))
     with atomic_dir(out_dir) as tmp:
         tasks, owners = [], []
@@ -170,9 +207,18 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
                 target = tmp / split / class_names[r.label] / f"{r.image_id}.jpg"
                 tasks.append((str(r.path), str(target), data.max_side, data.jpeg_quality))
                 owners.append((split, r))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+        try:
             results = list(tqdm(pool.map(_convert_one, tasks, chunksize=16), total=len(tasks),
                                 desc="prepare: re-encoding", unit="img", disable=None))
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise PipelineError(f"{out_dir.parent}: disk full while writing the prepared images; free some "
+                                    f"space or set data.max_side lower") from None
+            raise
+        finally:
+            # On Ctrl-C or an error, drop the queued images instead of converting them all first.
+            pool.shutdown(wait=True, cancel_futures=True)
         report = _report(results, owners, class_names, data, source)
         write_json(tmp / "classes.json", class_names)
         write_json(tmp / "report.json", report)
@@ -198,6 +244,12 @@ def _report(results: list[dict], owners: list[tuple[str, Record]], class_names: 
     for res, (split, r) in zip(results, owners):
         if res["ok"]:
             counts[split][class_names[r.label]] += 1
+    for split in SPLITS:
+        emptied = [name for name in class_names if counts[split][name] == 0]
+        if emptied:
+            listing = "; ".join(f"{b['file']}: {b['reason']}" for b in bad if b["split"] == split)[:2000]
+            raise PipelineError(f"split {split!r} has no usable image of class(es) {emptied} once unusable images "
+                                f"are skipped: {listing}")
     # Converted = not already an RGB JPEG; counted by what the content really was.
     converted = Counter(f"{res['format']} {res['mode']}" for res in good if (res["format"], res["mode"]) != ("JPEG", "RGB"))
     return {

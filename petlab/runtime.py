@@ -19,14 +19,22 @@ class PipelineError(Exception):
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code."""
+    """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
+
+    On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
+    shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    """
+    clock = Stopwatch()
     try:
         main()
+        from petlab.outputs import write_json  # outputs imports this module
+
+        write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; outputs were not (over)written, re-run `dvc repro` to finish", file=sys.stderr)
+        print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
 
 

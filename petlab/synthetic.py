@@ -67,3 +67,54 @@ def _rewrite(path: Path, mode: str, fmt: str) -> None:
     with Image.open(path) as image:
         converted = image.convert(mode)
     converted.save(path, format=fmt)
+
+
+# Every kind of file a real image folder can hold, and whether prepare can use it (True: converted to RGB).
+AWKWARD_IMAGES = {
+    "zero_bytes": False,
+    "truncated_jpeg": False,
+    "not_an_image": False,
+    "few_pixels_wide": False,
+    "png_named_jpg": True,
+    "gif_named_jpg": True,
+    "cmyk_jpeg": True,
+    "grayscale_jpeg": True,
+    "png_16bit": True,
+    "rgba_png": True,
+    "palette_transparency_png": True,
+}
+
+
+def write_awkward_image(path: str | Path, kind: str, size: tuple[int, int] = (96, 72), seed: int = 0) -> None:
+    """Write one of AWKWARD_IMAGES to `path` (whatever its extension says)."""
+    path = Path(path)
+    w, h = size
+    rgb = class_image(seed % 3, 3, np.random.default_rng(seed), size)
+    if kind == "zero_bytes":
+        path.write_bytes(b"")
+    elif kind == "truncated_jpeg":
+        rgb.save(path, format="JPEG", quality=92)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "not_an_image":
+        path.write_text("<html>404 Not Found</html>\n")
+    elif kind == "few_pixels_wide":
+        rgb.resize((3, h)).save(path, format="JPEG")
+    elif kind == "png_named_jpg":
+        rgb.save(path, format="PNG")
+    elif kind == "gif_named_jpg":
+        rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(path, format="GIF")
+    elif kind == "cmyk_jpeg":
+        rgb.convert("CMYK").save(path, format="JPEG")
+    elif kind == "grayscale_jpeg":
+        rgb.convert("L").save(path, format="JPEG")
+    elif kind == "png_16bit":
+        ramp = np.tile(np.linspace(0, 65535, w).astype(np.uint16), (h, 1))
+        Image.fromarray(ramp).save(path, format="PNG")
+    elif kind == "rgba_png":
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(size))
+        rgba.save(path, format="PNG")
+    elif kind == "palette_transparency_png":
+        rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(path, format="PNG", transparency=0)
+    else:
+        raise ValueError(f"unknown kind {kind!r} (known: {', '.join(AWKWARD_IMAGES)})")

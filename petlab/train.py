@@ -142,6 +142,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
+        if epochs.disable:  # no progress bar (not a terminal: CI, logs): one line per epoch instead
+            print(f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
+                  f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
+                  flush=True)
         if writer is not None:
             log_epoch(writer, model, epoch, train_m, val_m, lr, hist_every)
         if best is None or val_m["macro_f1"] > best.best_val["macro_f1"]:

@@ -6,11 +6,10 @@ import torch
 
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_reports
-from petlab.experiments import image_loader, load_trained, make_context, tensor_loader, transform_spec
+from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
 from petlab.features import feature_cache_info, load_feature_split
 from petlab.outputs import load_torch, write_json
-from petlab.params import load_params
-from petlab.runtime import PipelineError, Precision, Stopwatch, run_stage, seed_everything
+from petlab.runtime import PipelineError, Precision, run_stage
 from petlab.train import StepContext, predict
 
 DATA = Path("data/oxford_pets")
@@ -19,7 +18,6 @@ CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
 TITLES = {"cnn": "CNN from scratch", "vit": "Linear probe on frozen ViT"}
 METRICS = Path("metrics/evaluate.json")
 PLOTS = Path("plots/evaluate")
-TIMING = Path("metrics/timing/evaluate.json")
 SPLITS = ("val", "test")
 
 
@@ -45,10 +43,7 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
 
 
 def main() -> None:
-    clock = Stopwatch()
-    params = load_params()
-    seed_everything(params.seed)
-    data = PreparedData.open(DATA)
+    params, data = setup_stage(DATA)
     results = {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
@@ -70,7 +65,6 @@ def main() -> None:
               f"top-5 {t['top5_accuracy']:.4f}")
     if not results["vit"].get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
-    write_json(TIMING, {"seconds": clock.seconds()})
 
 
 if __name__ == "__main__":

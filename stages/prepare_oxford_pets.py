@@ -4,20 +4,16 @@ from pathlib import Path
 
 from petlab.params import load_params
 from petlab.prepare import prepare_oxford_pets
-from petlab.runtime import Stopwatch, run_stage
-from petlab.outputs import write_json
+from petlab.runtime import run_stage
 
 OUT_DIR = Path("data/oxford_pets")
-TIMING = Path("metrics/timing/prepare_oxford_pets.json")
 
 
 def main() -> None:
-    clock = Stopwatch()
     params = load_params()
     report = prepare_oxford_pets(params.data, params.seed, OUT_DIR)
     print(f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
           f"{report['images_skipped']} skipped, converted to RGB: {report['converted_to_rgb'] or 'none'}")
-    write_json(TIMING, {"seconds": clock.seconds()})
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ from torch import nn
 
 from petlab import plots
 from petlab.data import PreparedData
-from petlab.experiments import image_loader, load_trained, make_context, transform_spec
+from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
-from petlab.params import load_params
 from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
-from petlab.runtime import Stopwatch, run_stage, seed_everything
+from petlab.runtime import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
 
 DATA = Path("data/oxford_pets")
@@ -20,7 +19,6 @@ CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
 METRICS = Path("metrics/profile.json")
 PLOT = Path("plots/profile/comparison.png")
 TRACES = Path("runs/profile")
-TIMING = Path("metrics/timing/profile.json")
 
 
 def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, params, data: PreparedData,
@@ -63,10 +61,7 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
 
 
 def main() -> None:
-    clock = Stopwatch()
-    params = load_params()
-    seed_everything(params.seed)
-    data = PreparedData.open(DATA)
+    params, data = setup_stage(DATA)
     results = {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
@@ -85,7 +80,6 @@ def main() -> None:
     for name, r in results.items():
         print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
               f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")
-    write_json(TIMING, {"seconds": clock.seconds()})
 
 
 if __name__ == "__main__":

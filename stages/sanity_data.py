@@ -7,28 +7,24 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from petlab import plots, sanity
-from petlab.data import PreparedData, TransformSpec
-from petlab.experiments import build_probe, cnn_config, make_context, transform_spec
+from petlab.data import TransformSpec
+from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, transform_spec
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
-from petlab.params import load_params
 from petlab.prepare import SPLITS
-from petlab.runtime import PipelineError, Stopwatch, run_stage, seed_everything
+from petlab.runtime import PipelineError, run_stage
 
 DATA = Path("data/oxford_pets")
 METRICS = Path("metrics/sanity.json")
 PLOTS = Path("plots/sanity")
 LOG_DIR = Path("runs/sanity")
-TIMING = Path("metrics/timing/sanity_data.json")
 PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depend on
 
 
 def main() -> None:
-    clock = Stopwatch()
-    params = load_params()
-    seed_everything(params.seed)
-    data = PreparedData.open(DATA)
+    params, data = setup_stage(DATA)
     s = params.sanity
+    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)  # a size check, before decoding
 
     report, failures = sanity.check_data(data)
     report["prepare"] = sanity.prepare_report(data)
@@ -36,7 +32,6 @@ def main() -> None:
         failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
                         f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
 
-    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)
     ctx = make_context(params, amp=False, channels_last=False)  # fp32: this checks learning, not speed
     with SummaryWriter(str(LOG_DIR)) as writer:
         cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)
@@ -69,7 +64,6 @@ def main() -> None:
         pick = sorted(rng.choice(len(split_items), size=min(s.grid_images, len(split_items)), replace=False))
         save_figure(plots.sample_grid_figure([split_items[i] for i in pick], data.class_names, f"{split} samples"),
                     PLOTS / f"samples_{split}.png")
-    write_json(TIMING, {"seconds": clock.seconds()})
     if failures:
         raise PipelineError("sanity checks failed:\n  - " + "\n  - ".join(failures))
     # Unchanged content when the checks pass again, so DVC re-runs no training for a sanity-only change.

@@ -2,11 +2,8 @@
 
 from pathlib import Path
 
-from petlab.data import PreparedData
-from petlab.experiments import save_trained, train_vit
-from petlab.outputs import write_json
-from petlab.params import load_params
-from petlab.runtime import Stopwatch, run_stage, seed_everything
+from petlab.experiments import save_trained, setup_stage, train_vit
+from petlab.runtime import run_stage
 
 DATA = Path("data/oxford_pets")
 FEATURES = Path("data/features/vit.pt")
@@ -14,21 +11,14 @@ CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
 HISTORY = Path("plots/train_vit/history.csv")
 LOG_DIR = Path("runs/vit")
-TIMING = Path("metrics/timing/train_vit.json")
 
 
 def main() -> None:
-    clock = Stopwatch()
-    params = load_params()
-    seed_everything(params.seed)
-    data = PreparedData.open(DATA)
-    trained = train_vit(params, data, LOG_DIR, FEATURES)
-    save_trained(trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
+    params, data = setup_stage(DATA)
     if not params.train_vit.pretrained:
         print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-    print(f"train_vit: best epoch {trained.result.best_epoch}, val accuracy {trained.result.best_val['accuracy']:.4f}, "
-          f"val macro-F1 {trained.result.best_val['macro_f1']:.4f} -> {CHECKPOINT}")
-    write_json(TIMING, {"seconds": clock.seconds()})
+    trained = train_vit(params, data, LOG_DIR, FEATURES)
+    save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Decoding by content: every awkward file becomes 8-bit RGB or a BadImage with the reason."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petlab import images
+from petlab.synthetic import AWKWARD_IMAGES, write_awkward_image
+
+SOURCE = {  # what the content really is, whatever the .jpg name says
+    "png_named_jpg": ("PNG", "RGB"),
+    "gif_named_jpg": ("GIF", "P"),
+    "cmyk_jpeg": ("JPEG", "CMYK"),
+    "grayscale_jpeg": ("JPEG", "L"),
+    "png_16bit": ("PNG", "I;16"),
+    "rgba_png": ("PNG", "RGBA"),
+    "palette_transparency_png": ("PNG", "P"),
+}
+REASON = {"zero_bytes": "empty file", "truncated_jpeg": "truncated", "not_an_image": "not an image",
+          "few_pixels_wide": "too small"}
+
+
+@pytest.mark.parametrize("kind", [k for k, usable in AWKWARD_IMAGES.items() if usable])
+def test_convertible_files_become_rgb(tmp_path, kind):
+    path = tmp_path / f"{kind}.jpg"
+    write_awkward_image(path, kind, size=(96, 72))
+    decoded = images.decode(path)
+    assert (decoded.source_format, decoded.source_mode) == SOURCE[kind]
+    assert decoded.image.mode == "RGB" and decoded.image.size == (96, 72)
+    # Re-encoding works and gives an RGB JPEG, which is what prepare writes.
+    with Image.open(io.BytesIO(images.encode_jpeg(decoded.image, 90))) as again:
+        assert (again.format, again.mode) == ("JPEG", "RGB")
+
+
+@pytest.mark.parametrize("kind", [k for k, usable in AWKWARD_IMAGES.items() if not usable])
+def test_unusable_files_are_refused_with_the_reason(tmp_path, kind):
+    path = tmp_path / f"{kind}.jpg"
+    write_awkward_image(path, kind)
+    with pytest.raises(images.BadImage, match=REASON[kind]) as err:
+        images.decode(path)
+    assert "0x" not in str(err.value)  # reasons end up in metrics files: no memory addresses
+
+
+def test_alpha_is_composited_over_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    rgb = images.to_rgb(rgba)
+    assert rgb.getpixel((5, 5)) == (255, 255, 255) and rgb.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_palette_transparency_is_composited_over_white():
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    palette.info["transparency"] = 0
+    rgb = images.to_rgb(palette)
+    assert rgb.getpixel((5, 5)) == (255, 255, 255) and rgb.getpixel((0, 0)) == (0, 255, 0)
+
+
+def test_16_bit_is_scaled_not_clipped():
+    ramp = Image.fromarray(np.array([[0, 32768, 65535]] * 3, dtype=np.uint16))
+    assert ramp.mode == "I;16"
+    values = np.asarray(images.to_rgb(ramp))[0, :, 0]
+    assert values.tolist() == [0, 128, 255]
+
+
+def test_cmyk_keeps_its_colour(tmp_path):
+    Image.new("RGB", (32, 32), (200, 30, 30)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    r, g, b = np.asarray(images.decode(tmp_path / "cmyk.jpg").image).reshape(-1, 3).mean(0)
+    assert r > 150 and g < 80 and b < 80  # still red, not inverted

@@ -1,0 +1,157 @@
+"""Models: the registry, the CNN, the frozen-backbone probe, and loading weights from untrusted files."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import REPO
+from petlab.downloads import file_digest
+from petlab.models import (FrozenBackboneClassifier, SimpleCNN, count_parameters, create_model,
+                           load_pretrained_backbone, timm_data_config)
+from petlab.runtime import PipelineError
+
+
+def test_simple_cnn_shapes_and_registry_roundtrip():
+    config = {"kind": "simple_cnn", "num_classes": 5, "widths": [4, 8, 16], "dropout": 0.2,
+              "transform": {"size": 32}}
+    model = create_model(config)
+    assert isinstance(model, SimpleCNN)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    # Global average pooling: any input size works.
+    assert model(torch.randn(1, 3, 48, 40)).shape == (1, 5)
+    twin = create_model(config)
+    twin.load_state_dict(model.state_dict())
+
+
+def test_unknown_model_kind_is_a_clear_error():
+    with pytest.raises(PipelineError, match="unknown model kind 'nope'"):
+        create_model({"kind": "nope"})
+
+
+def test_probe_backbone_stays_frozen_and_in_eval_mode():
+    model = create_model({"kind": "timm_probe", "num_classes": 3, "timm_model": "test_vit"})
+    assert isinstance(model, FrozenBackboneClassifier)
+    model.train()
+    assert model.head.training and not model.backbone.training
+    counts = count_parameters(model)
+    assert counts["trainable"] == model.backbone.num_features * 3 + 3 < counts["total"]
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    loss = model(torch.randn(4, 3, 160, 160)).sum()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_weights_file_is_loaded_into_the_backbone(test_vit_weights):
+    backbone, source = load_pretrained_backbone("test_vit", pretrained=True, weights=str(test_vit_weights))
+    reference = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(test_vit_weights))
+    assert torch.equal(backbone.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
+    assert not torch.equal(backbone.patch_embed.proj.weight, reference.patch_embed.proj.weight)
+    assert source == f"file {test_vit_weights.name}"
+
+
+def test_preprocessing_comes_from_the_model_not_imagenet():
+    backbone, _ = load_pretrained_backbone("vit_tiny_patch16_224", pretrained=False, weights=None)
+    config = timm_data_config(backbone)
+    assert tuple(config["mean"]) == (0.5, 0.5, 0.5) and tuple(config["std"]) == (0.5, 0.5, 0.5)
+
+
+def test_missing_weights_file_names_the_param(tmp_path):
+    with pytest.raises(PipelineError, match="train_vit.weights"):
+        load_pretrained_backbone("test_vit", pretrained=True, weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_unreachable_hub_names_both_offline_ways():
+    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    code = ("from petlab.models import load_pretrained_backbone\n"
+            "load_pretrained_backbone('test_vit', pretrained=True, weights=None)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode != 0
+    assert "train_vit.weights" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+
+
+def test_random_backbone_says_so():
+    _, source = load_pretrained_backbone("test_vit", pretrained=False, weights=None)
+    assert "random" in source
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_convnext"])
+def test_any_timm_model_can_be_the_frozen_backbone(name):
+    model = create_model({"kind": "timm_probe", "num_classes": 3, "timm_model": name})
+    size = timm_data_config(model.backbone)["input_size"][-1]
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 3)
+    assert count_parameters(model)["trainable"] == model.backbone.num_features * 3 + 3
+
+
+def test_npz_weights_go_through_timms_custom_load(monkeypatch, tmp_path):
+    """Original JAX .npz weights need custom_load; timm resets it for a supplied file unless told."""
+    seen, real_create_model = {}, timm.create_model
+
+    def fake_create_model(name, pretrained, num_classes, pretrained_cfg_overlay=None):
+        seen.update(pretrained_cfg_overlay)
+        return real_create_model("test_vit", pretrained=False, num_classes=0)
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    for suffix, custom in ((".npz", True), (".safetensors", False)):
+        path = tmp_path / f"weights{suffix}"
+        path.write_bytes(b"x")
+        load_pretrained_backbone("vit_tiny_patch16_224", pretrained=True, weights=str(path))
+        assert seen == {"file": str(path), "custom_load": custom}
+
+
+class RunsCode:
+    """Unpickling this object creates `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_pth_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"pos_embed": torch.zeros(1), "payload": RunsCode(marker)}, path)
+    with pytest.raises(PipelineError, match=r"train_vit.weights = .*evil.pth.*: cannot load into test_vit"):
+        load_pretrained_backbone("test_vit", True, str(path))
+    assert not marker.exists()
+
+
+def test_an_npz_with_pickled_objects_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.npz"
+    np.savez(path, **{"embedding/kernel": np.array([RunsCode(marker)], dtype=object)})
+    with pytest.raises(PipelineError, match=r"evil.npz.*: cannot load into test_vit"):
+        load_pretrained_backbone("test_vit", True, str(path))
+    assert not marker.exists()
+
+
+def test_weights_checksum_is_enforced(test_vit_weights):
+    good = file_digest(test_vit_weights)
+    model, source = load_pretrained_backbone("test_vit", True, str(test_vit_weights), weights_sha256=good)
+    assert source == f"file {test_vit_weights.name}"
+    with pytest.raises(PipelineError, match=rf"train_vit.weights_sha256: .* has sha256 {good}, expected f+;"):
+        load_pretrained_backbone("test_vit", True, str(test_vit_weights), weights_sha256="f" * 64)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_plain_state_dicts_load(tmp_path, test_vit_weights, suffix):
+    from safetensors.torch import load_file
+
+    state = load_file(test_vit_weights)
+    path = tmp_path / f"weights{suffix}"
+    torch.save(state, path) if suffix == ".pth" else path.write_bytes(test_vit_weights.read_bytes())
+    model, _ = load_pretrained_backbone("test_vit", True, str(path))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)

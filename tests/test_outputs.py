@@ -1,0 +1,66 @@
+"""Atomic outputs: a failed or killed write leaves the old output (or none), and nothing half-written."""
+
+import pytest
+import torch
+
+from petlab.outputs import atomic_dir, atomic_path, load_torch, save_torch, write_json
+from petlab.runtime import PipelineError
+from test_models import RunsCode
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"accuracy": 0.5})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_text('{"accura')  # interrupted half-way
+            raise KeyboardInterrupt
+    assert path.read_text() == '{\n  "accuracy": 0.5\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_failed_folder_keeps_the_previous_folder(tmp_path):
+    out = tmp_path / "prepared"
+    with atomic_dir(out) as tmp:
+        (tmp / "old.jpg").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.jpg").write_bytes(b"new")
+            raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+    assert [p.name for p in out.iterdir()] == ["old.jpg"]
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_on_the_next_write(tmp_path):
+    """SIGKILL skips every `finally`: what it leaves behind must not pile up."""
+    (tmp_path / ".cnn.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".prepared.xyz.tmp").mkdir()
+    (tmp_path / ".prepared.xyz.tmp" / "a.jpg").write_bytes(b"half")
+    (tmp_path / ".prepared.old").mkdir()
+    (tmp_path / ".other.json.abc.tmp").write_bytes(b"someone else's")
+    save_torch(tmp_path / "cnn.pt", {"w": torch.ones(2)})
+    with atomic_dir(tmp_path / "prepared") as tmp:
+        (tmp / "b.jpg").write_bytes(b"b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc.tmp", "cnn.pt", "prepared"]
+
+
+def test_checkpoint_bytes_do_not_depend_on_the_file_name(tmp_path):
+    state = {"model_state": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    save_torch(tmp_path / "a.pt", state)
+    save_torch(tmp_path / "sub" / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+    assert torch.equal(load_torch(tmp_path / "a.pt")["model_state"]["w"], state["model_state"]["w"])
+
+
+def test_loading_refuses_pickled_code_and_truncated_files(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"model_state": {}, "payload": RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(PipelineError, match="evil.pt: cannot be loaded safely"):
+        load_torch(tmp_path / "evil.pt")
+    assert not marker.exists()
+    save_torch(tmp_path / "good.pt", {"w": torch.ones(1000)})
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:500])
+    with pytest.raises(PipelineError, match="cut.pt: cannot be loaded safely"):
+        load_torch(tmp_path / "cut.pt")
+    with pytest.raises(PipelineError, match="missing.pt: file not found"):
+        load_torch(tmp_path / "missing.pt")

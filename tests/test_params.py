@@ -1,0 +1,141 @@
+"""The params schema: typos, wrong types and out-of-range values fail up front, naming the key and what is allowed."""
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, deep_update, make_project, run
+from petlab.params import Params, ParamsError, load_params, parse_params
+
+
+def test_repository_params_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.train_vit.model == "vit_tiny_patch16_224"
+    assert params.data.max_side == 256
+
+
+def test_defaults_match_params_file():
+    """params.yaml spells out every default, so what a user reads is what runs."""
+    assert load_params(REPO / "params.yaml") == parse_params({})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train_cnn": {"lerning_rate": 0.1}}, "unknown parameter train_cnn.lerning_rate"),
+    ({"train_cnn": {"lr": 0}}, "train_cnn.lr"),
+    ({"train_cnn": {"batch_size": 0}}, "train_cnn.batch_size"),
+    ({"train_cnn": {"batch_size": "64"}}, "train_cnn.batch_size must be an integer"),
+    ({"data": {"val_fraction": 1.0}}, "data.val_fraction"),
+    ({"data": {"on_bad_image": "ignore"}}, "allowed: skip, fail"),
+    ({"device": "tpu"}, "allowed: auto, cpu, cuda, mps"),
+    ({"train_vit": {"model": "vit_tiny_patch16_244"}}, "did you mean vit_tiny_patch16_224"),
+    ({"train_cnn": {"widths": 32}}, "train_cnn.widths must be a list"),
+    ({"train_vit": {"amp": "yes"}}, "train_vit.amp must be true or false"),
+])
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_params(raw)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ParamsError, match=r"did you mean train_cnn\.lr\?"):
+        parse_params({"train_cnn": {"lrr": 0.1}})
+
+
+def test_learning_rate_written_in_e_notation_is_a_number(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; `dvc exp run -S train_vit.lr=3e-4` writes exactly that.
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train_vit": {"lr": "3e-4"}}))
+    assert load_params(path).train_vit.lr == pytest.approx(3e-4)
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_are_frozen():
+    with pytest.raises(Exception):
+        Params().seed = 1
+
+
+def edit_params(project, overrides):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
+
+
+def test_params_yaml_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.train_vit.weights_sha256 is None
+
+
+def test_every_param_is_in_the_schema_and_back():
+    """params.yaml lists every schema field (nothing hidden behind a default) and nothing else."""
+    from petlab.params import to_dict
+
+    def keys(d, prefix=""):
+        return {k2 for k, v in d.items() for k2 in (keys(v, f"{prefix}{k}.") if isinstance(v, dict) else
+                                                    [f"{prefix}{k}"])}
+
+    assert keys(yaml.safe_load((REPO / "params.yaml").read_text())) == keys(to_dict(parse_params({})))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train_cnn": {"lerning_rate": 0.1}}, r"unknown parameter train_cnn\.lerning_rate .*allowed: .*\blr\b"),
+    ({"trian_cnn": {}}, r"unknown parameter trian_cnn; did you mean train_cnn\?"),
+    ({"train_cnn": {"epochs": "ten"}}, r"train_cnn\.epochs must be an integer, got 'ten'"),
+    ({"train_cnn": {"epochs": 2.5}}, r"train_cnn\.epochs must be an integer"),
+    ({"train_cnn": {"amp": "yes"}}, r"train_cnn\.amp must be true or false"),
+    ({"train_cnn": {"widths": 32}}, r"train_cnn\.widths must be a list"),
+    ({"train_cnn": {"lr": "fast"}}, r"train_cnn\.lr must be a number"),
+    ({"device": "gpu"}, r"device = 'gpu' is not allowed \(allowed: auto, cpu, cuda, mps\)"),
+    ({"data": {"on_bad_image": "ignore"}}, r"data\.on_bad_image = 'ignore' is not allowed \(allowed: skip, fail\)"),
+    ({"train_cnn": {"lr": 0}}, r"train_cnn\.lr = 0\.0 is out of range \(allowed: a number > 0\)"),
+    ({"train_vit": {"lr": -1e-3}}, r"train_vit\.lr = -0\.001 is out of range \(allowed: a number > 0\)"),
+    ({"train_cnn": {"batch_size": 0}}, r"train_cnn\.batch_size = 0 is out of range \(allowed: an integer >= 1\)"),
+    ({"sanity": {"batch_size": 0}}, r"sanity\.batch_size = 0 is out of range"),
+    ({"data": {"val_fraction": 0}}, r"data\.val_fraction = 0\.0 is out of range \(allowed: a number in \(0, 1\)\)"),
+    ({"data": {"val_fraction": 1.0}}, r"data\.val_fraction = 1\.0 is out of range"),
+    ({"data": {"max_bad_fraction": 1.5}}, r"data\.max_bad_fraction = 1\.5 is out of range"),
+    ({"train_vit": {"model": "vit_tiny_patch16_244"}},
+     r"train_vit\.model: unknown timm model 'vit_tiny_patch16_244'; did you mean vit_tiny_patch16_224"),
+    ({"train_vit": {"weights_sha256": "ab" * 32}}, r"train_vit\.weights_sha256 = .* \(allowed: null unless"),
+    ({"train_vit": {"weights": "w.safetensors", "weights_sha256": "xyz"}},
+     r"train_vit\.weights_sha256 = 'xyz' is out of range \(allowed: null or 64 hexadecimal digits"),
+    ({"sanity": {"overfit_batches": 0}}, r"sanity\.overfit_batches = 0 is out of range"),
+])
+def test_bad_params_name_the_key_and_what_is_allowed(raw, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)
+
+
+def test_yaml_style_numbers_are_accepted():
+    assert parse_params({"train_vit": {"lr": "3e-4"}}).train_vit.lr == 3e-4
+
+
+def test_stage_command_line_with_bad_params_exits_with_one_line(tmp_path):
+    """No data exists in this project: each failure below happened before any data was looked at."""
+    project = make_project(tmp_path / "project", {})
+    good = (project / "params.yaml").read_text()
+    cases = [({"train_cnn": {"lerning_rate": 0.1}}, "train_cnn: error: params.yaml: unknown parameter "
+                                                    "train_cnn.lerning_rate (allowed: "),
+             ({"train_cnn": {"batch_size": 0}},
+              "train_cnn: error: train_cnn.batch_size = 0 is out of range (allowed: an integer >= 1)")]
+    for overrides, message in cases:
+        (project / "params.yaml").write_text(good)
+        edit_params(project, overrides)
+        proc = run([sys.executable, "-m", "stages.train_cnn"], project, check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+def test_overfit_batches_larger_than_the_data_fails_before_checking_it(tiny_project):
+    run([sys.executable, "-m", "stages.prepare_oxford_pets"], tiny_project)
+    edit_params(tiny_project, {"sanity": {"overfit_batches": 50, "batch_size": 8}})
+    proc = run([sys.executable, "-m", "stages.sanity_data"], tiny_project, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "sanity_data: error: sanity.overfit_batches = 50 with sanity.batch_size = 8 needs 400 training images but "
+        "there are 36; lower one of them"]
+    assert not (tiny_project / "metrics" / "sanity.json").exists()

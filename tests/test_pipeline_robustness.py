@@ -1,0 +1,118 @@
+"""The whole pipeline under DVC: deterministic on the CPU, and a killed training stage finishes on the next repro.
+
+Slow by nature (each `dvc repro` starts six Python processes): one reference run is shared.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_PARAMS, deep_update, dvc, make_project
+from petlab.synthetic import make_fake_pets, write_awkward_image
+
+# Wall-clock measurements, different on every run by nature; everything else must be identical.
+TIMED = ("metrics/timing/", "metrics/profile.json", "plots/profile/")
+COMPARED = ("metrics", "plots", "models", "data/oxford_pets", "data/features", "data/checks")
+BAD_FILES = {"Bengal_2": "zero_bytes", "beagle_3": "truncated_jpeg"}
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory) -> dict:
+    """TINY_PARAMS on a pets tree holding two unusable files (skipped, and listed) and a GIF (converted)."""
+    root = make_fake_pets(tmp_path_factory.mktemp("messy") / "oxford-iiit-pet", num_classes=4,
+                          trainval_per_class=12, test_per_class=5)
+    for image_id, kind in BAD_FILES.items():
+        write_awkward_image(root / "images" / f"{image_id}.jpg", kind)
+    write_awkward_image(root / "images" / "Abyssinian_4.jpg", "gif_named_jpg")
+    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4}}
+    return deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, params) -> Path:
+    project = make_project(tmp_path_factory.mktemp("reference") / "project", params)
+    dvc(project, "repro")
+    return project
+
+
+def compared_files(project: Path) -> dict[str, bytes]:
+    files = {}
+    for top in COMPARED:
+        for path in sorted((project / top).rglob("*")):
+            rel = path.relative_to(project).as_posix()
+            if path.is_file() and not rel.startswith(TIMED):
+                files[rel] = path.read_bytes()
+    return files
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    sa, sb = (torch.load(p, map_location="cpu", weights_only=True)["model_state"] for p in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), f"{b} differs from {a}"
+
+
+def test_unusable_images_are_listed_by_name_in_the_sanity_metrics(reference):
+    sanity = yaml.safe_load((reference / "metrics" / "sanity.json").read_text())
+    skipped = {Path(s["file"]).stem: s["reason"] for s in sanity["prepare"]["skipped"]}
+    assert sorted(skipped) == sorted(BAD_FILES) and sanity["prepare"]["skipped_count"] == 2
+    assert "empty file" in skipped["Bengal_2"] and "truncated" in skipped["beagle_3"]
+    assert sanity["prepare"]["converted_to_rgb"]["GIF P"] == 1
+    assert sanity["passed"]
+
+
+def test_two_clean_runs_give_identical_outputs(reference, params, tmp_path):
+    again = make_project(tmp_path / "project", params)
+    dvc(again, "repro", "evaluate")  # everything but profile, whose outputs are all wall-clock measurements
+    first, second = compared_files(reference), compared_files(again)
+    assert "models/cnn.pt" in first and "metrics/evaluate.json" in first and "data/features/vit.pt" in first
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+    for name in ("models/cnn.pt", "models/vit.pt"):
+        assert_same_checkpoint(reference / name, again / name)
+
+
+def interrupt_repro(project: Path, sig: signal.Signals) -> str:
+    """Start `dvc repro` of train_cnn, signal its whole process group (as Ctrl-C does) during epoch 2."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_cnn"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines, signalled = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("train_cnn: epoch 1/"):
+            signalled = proc.poll() is None
+            os.killpg(proc.pid, sig)
+            break
+    lines.append(proc.stdout.read())
+    returncode = proc.wait(timeout=60)
+    assert signalled, "".join(lines)
+    assert returncode != 0, "".join(lines)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_training_stage_finishes_on_the_next_repro(reference, tmp_path, sig):
+    project = tmp_path / "project"
+    shutil.copytree(reference, project, symlinks=True)
+    output = interrupt_repro(project, sig)
+    assert "Traceback" not in output and "Error in atexit" not in output
+    if sig == signal.SIGINT:  # our one line, then DVC's one line
+        assert "train_cnn: interrupted; no output was half-written, re-run `dvc repro` to finish\n" in output
+        assert output.rstrip().splitlines()[-1].startswith("ERROR: failed to reproduce 'train_cnn'")
+    assert not (project / "models" / "cnn.pt").exists()  # DVC removed it before the run; nothing replaced it
+
+    result = dvc(project, "repro")
+    # The retrained checkpoint has the reference's hash, so DVC sees nothing downstream to redo.
+    assert "Running stage 'train_cnn'" in result.stdout
+    assert "Stage 'evaluate' didn't change, skipping" in result.stdout
+    for name in ("metrics/train_cnn.json", "plots/train_cnn/history.csv", "models/cnn.pt"):
+        assert (project / name).read_bytes() == (reference / name).read_bytes(), name
+    assert_same_checkpoint(reference / "models" / "cnn.pt", project / "models" / "cnn.pt")
+    assert not list(project.rglob(".*.tmp"))

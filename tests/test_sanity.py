@@ -1,0 +1,54 @@
+import shutil
+
+import torch
+
+from petlab import sanity
+from petlab.data import PreparedData, TransformSpec
+from petlab.models import SimpleCNN
+from petlab.params import DataParams
+from petlab.prepare import prepare_oxford_pets
+from petlab.runtime import Precision
+from petlab.train import StepContext
+
+
+def prepared(fake_pets, tmp_path):
+    out = tmp_path / "prepared"
+    prepare_oxford_pets(DataParams(root=str(fake_pets), val_fraction=0.25, max_side=64), seed=0, out_dir=out)
+    return PreparedData.open(out)
+
+
+def test_clean_data_passes_and_a_copied_image_is_a_leak(fake_pets, tmp_path):
+    data = prepared(fake_pets, tmp_path)
+    report, failures = sanity.check_data(data)
+    assert failures == [] and report["cross_split_duplicates"]["count"] == 0
+    assert report["counts"]["train"]["total"] == 36 and report["unreadable"]["count"] == 0
+
+    leaked = data.items("train")[0][0]
+    shutil.copy(leaked, data.root / "test" / leaked.parent.name / "copy_of_train.jpg")
+    (data.root / "val" / leaked.parent.name / "broken.jpg").write_bytes(b"not a jpeg")
+    report, failures = sanity.check_data(data)
+    assert report["cross_split_duplicates"]["count"] == 1
+    assert any("copy_of_train.jpg" in f for f in report["cross_split_duplicates"]["groups"][0])
+    assert report["unreadable"]["count"] == 1 and "broken.jpg" in report["unreadable"]["files"][0]
+    assert any("cannot be decoded" in f for f in failures)
+
+
+def test_overfit_reaches_full_accuracy_on_two_batches(fake_pets, tmp_path):
+    data = prepared(fake_pets, tmp_path)
+    torch.manual_seed(0)
+    items = sanity.overfit_items(data, batches=2, batch_size=8, seed=0)
+    batches = sanity.image_batches(items, TransformSpec(size=32), batch_size=8)
+    result = sanity.overfit(SimpleCNN(4, [8, 16], dropout=0.0), batches,
+                            StepContext(torch.device("cpu"), Precision(None, False)), lr=3e-3, max_steps=200)
+    assert result["steps_to_100pct"] is not None and result["final_accuracy"] == 1.0
+
+
+def test_overfit_reports_failure_when_labels_are_noise(fake_pets, tmp_path):
+    """A model cannot fit contradictory labels: the check must say so rather than pass."""
+    data = prepared(fake_pets, tmp_path)
+    items = sanity.overfit_items(data, batches=1, batch_size=8, seed=0)
+    x, y = sanity.image_batches(items, TransformSpec(size=32), batch_size=8)[0]
+    batches = [(torch.cat([x, x]), torch.cat([y, (y + 1) % 4]))]  # each image with two different labels
+    result = sanity.overfit(SimpleCNN(4, [8], dropout=0.0), batches,
+                            StepContext(torch.device("cpu"), Precision(None, False)), lr=3e-3, max_steps=20)
+    assert result["steps_to_100pct"] is None and result["final_accuracy"] <= 0.5
