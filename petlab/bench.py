@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, train_transform
 from petlab.experiments import image_loader, tensor_loader, train_vit
@@ -316,13 +316,16 @@ def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
 
 
 def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: Path) -> dict:
-    """CNN: batched inference_mode at the training precision vs fp32 NCHW no_grad, on decoded test batches.
+    """CNN: batched inference_mode at the training precision vs fp32 NCHW no_grad, on test images decoded in memory.
     Probe: the head on cached test features vs a backbone pass over the test images."""
     p, _, _, model, ctx = cnn_setup(prepared, size, params.seed)
     batch = params.evaluate.batch_size
     spec = TransformSpec(size=p.image_size)
-    batches = list(plain_loader(prepared.items("test"), eval_transform(spec), batch, False, params.seed))
-    images = sum(len(y) for _, y in batches)
+    dataset = ImageDataset(prepared.items("test"), eval_transform(spec))
+    decoded = [dataset[i] for i in range(len(dataset))]
+    batches = tensor_loader(TensorDataset(torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded])),
+                            batch, False, params)
+    images = len(decoded)
     plain_model, fast_model = copy.deepcopy(model).eval(), pipeline_model(model, ctx).eval()
 
     def plain_cnn():
