@@ -466,9 +466,10 @@ def print_table(r: dict) -> None:
           f"{probe['speedup_caching_alone']:.2f}x; ViT weights are {probe['weights']}")
     if "torch_compile" in r["cnn_step"]:
         c = r["cnn_step"]["torch_compile"]
+        payback = "never pays back" if c["break_even_steps"] is None else f"pays back after {c['break_even_steps']} steps"
         print(f"torch.compile on the pipeline step: {c['images_per_s']:.2f} img/s "
               f"({c['speedup_vs_eager_pipeline']:.2f}x the eager pipeline step) after {c['compile_seconds']:.1f} s "
-              f"of compiling; pays back after {c['break_even_steps']} steps")
+              f"of compiling; {payback}")
     if "pipeline" in r:
         pl = r["pipeline"]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in pl["stage_seconds"].items())
