@@ -91,15 +91,23 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (fp32, on the CPU) and labels for a whole loader."""
+    """Outputs (fp32, on the CPU) and labels for a whole loader: logits, or features for a backbone.
+
+    Filled into tensors made once: collecting batches and concatenating them would need twice
+    the memory of the result, which for a feature cache is the whole cache.
+    """
     model.eval()
-    all_logits, all_labels = [], []
+    n = len(loader.dataset)
+    outputs, labels, filled = None, torch.empty(n, dtype=torch.long), 0
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         with ctx.precision.autocast(ctx.device):
-            logits = model(ctx.to_device(x))
-        all_logits.append(logits.float().cpu())
-        all_labels.append(y)
-    return torch.cat(all_logits), torch.cat(all_labels)
+            out = model(ctx.to_device(x))
+        if outputs is None:
+            outputs = torch.empty(n, *out.shape[1:], dtype=torch.float32)
+        outputs[filled:filled + len(y)] = out
+        labels[filled:filled + len(y)] = y
+        filled += len(y)
+    return outputs[:filled], labels[:filled]
 
 
 def validate(model: nn.Module, loader: DataLoader, loss_fn, ctx: StepContext, num_classes: int) -> dict[str, float]:

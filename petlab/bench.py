@@ -1,0 +1,493 @@
+"""Side-by-side benchmark: the pipeline's way against the plain way, on one generated dataset and one machine.
+
+    python -m petlab.bench --out bench.json          # the full run (a few minutes on 2 cores)
+    python -m petlab.bench --quick --out quick.json  # a small run that checks everything works
+
+Each comparison runs both ways on the same data, alternating them when repeated, so a
+machine whose load drifts slows both alike; the ratios are what to read. The ViT has
+random weights (there is no network here): that changes what it predicts, not its speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, train_transform
+from petlab.experiments import image_loader, tensor_loader, train_vit
+from petlab.features import load_feature_split
+from petlab.metrics import classification_metrics
+from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
+from petlab.outputs import write_json
+from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams
+from petlab.prepare import prepare_oxford_pets
+from petlab.profiling import PeakMemory
+from petlab.runtime import default_num_workers, select_precision
+from petlab.synthetic import make_fake_pets
+from petlab.train import StepContext, make_optimizer, predict, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+# Originals about the size of the real photos (most are 500x375 or 375x500).
+SIZES = {
+    "full": {"classes": 5, "trainval": 32, "test": 8, "size_range": (375, 500), "vit": "vit_tiny_patch16_224",
+             "image_size": 224, "cnn_batch": 64, "cnn_steps": 2, "repeats": 3, "data_images": 120,
+             "probe_epochs": 10},
+    "quick": {"classes": 3, "trainval": 8, "test": 3, "size_range": (120, 160), "vit": "test_vit",
+              "image_size": 64, "cnn_batch": 8, "cnn_steps": 2, "repeats": 1, "data_images": 12, "probe_epochs": 2},
+}
+
+# The whole pipeline under `dvc repro`: small training settings, so the run takes minutes, not hours.
+PIPELINE_PARAMS = {
+    "full": {"sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 8},
+             "train_cnn": {"image_size": 112, "epochs": 2, "batch_size": 32, "warmup_epochs": 0.5},
+             "train_vit": {"pretrained": False, "epochs": 10, "batch_size": 64, "warmup_epochs": 1.0},
+             "profile": {"wait": 1, "warmup": 1, "active": 3, "batch_size": 16}},
+    "quick": {"data": {"val_fraction": 0.25},
+              "sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 4},
+              "train_cnn": {"image_size": 64, "widths": [8, 16], "epochs": 1, "batch_size": 8, "warmup_epochs": 0.5},
+              "train_vit": {"model": "test_vit", "pretrained": False, "epochs": 2, "batch_size": 8,
+                            "warmup_epochs": 1.0},
+              "profile": {"wait": 1, "warmup": 1, "active": 2, "batch_size": 8}},
+}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(seconds, peak RSS rise in MB, fn's result) of one call."""
+    with PeakMemory(CPU) as memory:
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak_mb, result
+
+
+def side_by_side(plain: Callable[[], object], pipeline: Callable[[], object], repeats: int) -> dict:
+    """Run the two ways alternately `repeats` times; median seconds and the largest peak-RSS rise of each."""
+    runs = {"plain": [], "pipeline": []}
+    for _ in range(repeats):
+        for name, fn in (("plain", plain), ("pipeline", pipeline)):
+            seconds, peak_mb, _ = measure(fn)
+            runs[name].append((seconds, peak_mb))
+    out = {name: {"seconds": round(statistics.median(s for s, _ in r), 4),
+                  "seconds_all": [round(s, 4) for s, _ in r],
+                  "peak_rss_rise_mb": round(max(m for _, m in r), 1)} for name, r in runs.items()}
+    out["speedup"] = round(out["plain"]["seconds"] / out["pipeline"]["seconds"], 2)
+    return out
+
+
+def add_rates(result: dict, images: int) -> dict:
+    for name in ("plain", "pipeline"):
+        result[name]["images_per_s"] = round(images / result[name]["seconds"], 2)
+    return result
+
+
+# ---------------------------------------------------------------- the plain ways
+
+
+def plain_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn) -> torch.Tensor:
+    """fp32, NCHW, eager: the straightforward step."""
+    loss = loss_fn(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def plain_loader(items, transform, batch_size: int, train: bool, seed: int) -> DataLoader:
+    """In-process loading, shuffled with the same generator as the pipeline's in-memory loaders."""
+    dataset = ImageDataset(items, transform, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=torch.Generator().manual_seed(seed),
+                      drop_last=train and len(dataset) > batch_size)
+
+
+def probe_from_images(model: FrozenBackboneClassifier, data: PreparedData, spec: TransformSpec, optim: OptimParams,
+                      seed: int) -> nn.Module:
+    """The probe trained the plain way: every image through the frozen backbone, every epoch, in fp32.
+
+    Same optimiser, schedule, batch order and best-epoch choice as the cached route, so with
+    augmentation off both train the same head; only where the features come from differs.
+    """
+    train = plain_loader(data.items("train"), eval_transform(spec), optim.batch_size, True, seed)
+    val = plain_loader(data.items("val"), eval_transform(spec), optim.batch_size, False, seed)
+    optimizer, scheduler = make_optimizer(model.head.parameters(), optim, len(train))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    best_f1, best_state = -1.0, None
+    for _ in range(optim.epochs):
+        model.train()
+        for x, y in train:
+            plain_train_step(model, x, y, optimizer, loss_fn)
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            logits, labels = zip(*[(model(x), y) for x, y in val])
+        f1 = classification_metrics(torch.cat(logits), torch.cat(labels), data.num_classes)["macro_f1"]
+        if f1 > best_f1:
+            best_f1, best_state = f1, copy.deepcopy(model.head.state_dict())
+    model.head.load_state_dict(best_state)
+    return model.head
+
+
+# ---------------------------------------------------------------- the comparisons
+
+
+def bench_probe(data: PreparedData, params: Params, workdir: Path) -> dict:
+    """Linear probe, 10 epochs: head on cached features (the pipeline) vs the backbone every epoch (plain)."""
+    p = params.train_vit
+    fp32 = replace(params, train_vit=replace(p, amp=False))
+
+    def plain():
+        backbone, _ = load_pretrained_backbone(p.model, False, None)
+        model = FrozenBackboneClassifier(backbone, data.num_classes)
+        return probe_from_images(model, data, transform_spec_of(model), p, params.seed)
+
+    def pipeline(run_params: Params, name: str):
+        return lambda: train_vit(run_params, data, workdir / "runs" / name, workdir / f"{name}.pt")
+
+    result = side_by_side(plain, pipeline(params, "features"), repeats=1)
+    # The same cached route in fp32: how much of the gain is caching alone.
+    seconds, peak_mb, _ = measure(pipeline(fp32, "features_fp32"))
+    result["pipeline_fp32"] = {"seconds": round(seconds, 4), "peak_rss_rise_mb": round(peak_mb, 1)}
+    result["speedup_caching_alone"] = round(result["plain"]["seconds"] / seconds, 2)
+    cache = workdir / "features.pt"
+    result.update({"epochs": p.epochs, "model": p.model, "weights": "random (no network; speed is the same)",
+                   "pipeline_precision": select_precision(CPU, p.amp).name, "plain_precision": "fp32",
+                   "train_images": len(data.items("train")), "val_images": len(data.items("val")),
+                   "feature_cache_mb": round(cache.stat().st_size / 2**20, 3),
+                   "note": "pipeline time includes extracting train, val and test features once"})
+    return result
+
+
+def transform_spec_of(model: FrozenBackboneClassifier) -> TransformSpec:
+    return TransformSpec.from_timm(timm_data_config(model.backbone))
+
+
+def cnn_setup(data: PreparedData, size: dict, seed: int):
+    """One real training batch in memory, the CNN at its pipeline settings, and the pipeline's step context."""
+    p = TrainCNNParams(image_size=size["image_size"], batch_size=size["cnn_batch"])
+    spec = TransformSpec(size=p.image_size)
+    dataset = ImageDataset(data.items("train"), train_transform(spec), seed=seed)
+    x, y = next(iter(DataLoader(dataset, batch_size=p.batch_size)))
+    torch.manual_seed(seed)
+    model = SimpleCNN(data.num_classes, list(p.widths), p.dropout)
+    ctx = StepContext(CPU, select_precision(CPU, p.amp), p.channels_last)
+    return p, x, y, model, ctx
+
+
+def pipeline_model(model: nn.Module, ctx: StepContext) -> nn.Module:
+    model = copy.deepcopy(model)
+    return model.to(memory_format=torch.channels_last) if ctx.channels_last else model
+
+
+def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool) -> dict:
+    p, x, y, model, ctx = cnn_setup(data, size, seed)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=p.label_smoothing)
+    plain_model, fast_model = copy.deepcopy(model), pipeline_model(model, ctx)
+    plain_opt, _ = make_optimizer(plain_model.parameters(), p, 1)
+    fast_opt, _ = make_optimizer(fast_model.parameters(), p, 1)
+    steps = size["cnn_steps"]
+
+    def plain():
+        for _ in range(steps):
+            plain_train_step(plain_model, x, y, plain_opt, loss_fn)
+
+    def pipeline_with(m, optimizer):
+        def run():
+            for _ in range(steps):
+                train_step(m, x, y, optimizer, loss_fn, ctx, None)
+        return run
+
+    plain_train_step(plain_model, x, y, plain_opt, loss_fn)  # warm-up: first-call allocations, oneDNN primitives
+    train_step(fast_model, x, y, fast_opt, loss_fn, ctx, None)
+    result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"]), steps * len(x))
+    result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
+                   "pipeline": {**result["pipeline"], "precision": ctx.precision.name,
+                                "channels_last": ctx.channels_last, "compiled": False},
+                   "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False}})
+    if try_compile:
+        result["torch_compile"] = bench_compile(model, ctx, p, x, y, loss_fn, steps, result["pipeline"]["seconds"])
+    return result
+
+
+def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, loss_fn, steps: int,
+                  eager_seconds: float) -> dict:
+    """The pipeline step under torch.compile: its one-off compile time and the steps it takes to pay that back."""
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True  # dropout masks as in eager mode: same training
+    compiled = pipeline_model(model, ctx)
+    compiled.compile()
+    optimizer, _ = make_optimizer(compiled.parameters(), p, 1)
+    start = time.perf_counter()
+    train_step(compiled, x, y, optimizer, loss_fn, ctx, None)
+    compile_seconds = time.perf_counter() - start
+    seconds, peak_mb, _ = measure(lambda: [train_step(compiled, x, y, optimizer, loss_fn, ctx, None)
+                                           for _ in range(steps)])
+    saved_per_step = (eager_seconds - seconds) / steps
+    steps_per_epoch = 2944 // p.batch_size  # Oxford-IIIT Pet train split at val_fraction 0.2
+    break_even = compile_seconds / saved_per_step if saved_per_step > 0 else None
+    return {"compile_seconds": round(compile_seconds, 2), "seconds": round(seconds, 4),
+            "images_per_s": round(steps * len(x) / seconds, 2), "peak_rss_rise_mb": round(peak_mb, 1),
+            "speedup_vs_eager_pipeline": round(eager_seconds / seconds, 2),
+            "break_even_steps": None if break_even is None else round(break_even, 1),
+            "oxford_pets_steps_per_epoch": steps_per_epoch,
+            "note": "training graph only; evaluation in eval mode and a ragged last batch compile again"}
+
+
+def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict, seed: int) -> dict:
+    """Decode + training augmentation: prepared images (shorter side 256) vs original-size ones.
+
+    On one torch thread, as in a DataLoader worker: with several, torch's thread pool costs more
+    than it saves on one image's small tensor ops (about 6x slower on a 2-core machine).
+    """
+    spec = TransformSpec(size=size["image_size"])
+    n = size["data_images"]
+
+    def decode_all(data: PreparedData):
+        dataset = ImageDataset(data.items("train")[:n], train_transform(spec), seed=seed)
+        return lambda: [dataset[i] for i in range(len(dataset))]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = add_rates(side_by_side(decode_all(originals), decode_all(prepared), size["repeats"]), n)
+    finally:
+        torch.set_num_threads(threads)
+    result.update({"images": n, "output_size": spec.size, "prepared_max_side": 256,
+                   "original_mean_pixels": mean_pixels(originals, n),
+                   "prepared_mean_pixels": mean_pixels(prepared, n)})
+    return result
+
+
+def mean_pixels(data: PreparedData, n: int) -> int:
+    from PIL import Image
+
+    sizes = []
+    for path, _ in data.items("train")[:n]:
+        with Image.open(path) as image:
+            sizes.append(image.size[0] * image.size[1])
+    return int(statistics.mean(sizes))
+
+
+def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
+    """Batches per second through the pipeline's DataLoader (workers from the core count) vs in-process loading."""
+    spec = TransformSpec(size=size["image_size"])
+    n_items = prepared.items("train")
+    batch = size["cnn_batch"]
+
+    def plain():
+        for _ in plain_loader(n_items, train_transform(spec), batch, True, params.seed):
+            pass
+
+    loader = image_loader(prepared, "train", spec, batch, True, params, CPU)
+    iter(loader)  # start the persistent workers outside the timing, as after the first epoch
+
+    def pipeline():
+        for _ in loader:
+            pass
+
+    result = add_rates(side_by_side(plain, pipeline, size["repeats"]), len(loader) * batch)
+    result.update({"workers": default_num_workers(CPU) if params.loader.num_workers is None
+                   else params.loader.num_workers, "pin_memory": bool(loader.pin_memory),
+                   "note": "in-process loading also runs each image's tensor ops on torch's full thread pool, which "
+                           "is slow for such small ops; the pipeline's peak RSS leaves out its worker processes"})
+    return result
+
+
+def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: Path) -> dict:
+    """CNN: batched inference_mode at the training precision vs fp32 NCHW no_grad, on test images decoded in memory.
+    Probe: the head on cached test features vs a backbone pass over the test images."""
+    p, _, _, model, ctx = cnn_setup(prepared, size, params.seed)
+    batch = params.evaluate.batch_size
+    spec = TransformSpec(size=p.image_size)
+    dataset = ImageDataset(prepared.items("test"), eval_transform(spec))
+    decoded = [dataset[i] for i in range(len(dataset))]
+    batches = tensor_loader(TensorDataset(torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded])),
+                            batch, False, params)
+    images = len(decoded)
+    plain_model, fast_model = copy.deepcopy(model).eval(), pipeline_model(model, ctx).eval()
+
+    def plain_cnn():
+        with torch.no_grad():
+            return torch.cat([plain_model(x) for x, _ in batches])
+
+    cnn = add_rates(side_by_side(plain_cnn, lambda: predict(fast_model, batches, ctx), size["repeats"]), images)
+    logits_plain, (logits_fast, _) = plain_cnn(), predict(fast_model, batches, ctx)
+    cnn.update({"precision": ctx.precision.name, "channels_last": ctx.channels_last,
+                "max_abs_logit_difference": round(float((logits_plain - logits_fast).abs().max()), 5),
+                "argmax_agreement": round(float((logits_plain.argmax(1) == logits_fast.argmax(1)).float().mean()), 4)})
+
+    cache = workdir / "features.pt"  # written by the probe comparison
+    probe_model = FrozenBackboneClassifier(load_pretrained_backbone(params.train_vit.model, False, None)[0],
+                                           prepared.num_classes).eval()
+    vit_spec = transform_spec_of(probe_model)
+
+    def plain_probe():
+        with torch.no_grad():
+            return [probe_model(x) for x, _ in plain_loader(prepared.items("test"), eval_transform(vit_spec), batch,
+                                                            False, params.seed)]
+
+    def cached_probe():
+        loader = tensor_loader(load_feature_split(cache, "test"), batch, False, params)
+        return predict(probe_model.head, loader, StepContext(CPU, select_precision(CPU, False)))
+
+    probe = add_rates(side_by_side(plain_probe, cached_probe, size["repeats"]), len(prepared.items("test")))
+    probe["note"] = "the pipeline loads the cached test features written by train_vit; no backbone pass"
+    return {"cnn": cnn, "probe": probe, "batch_size": batch}
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
+    """`dvc repro` of every stage in a temporary copy of the project, with each stage's own wall time."""
+    project = workdir / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "petlab", "stages"):
+        src = REPO / name
+        copy_tree = shutil.copytree if src.is_dir() else shutil.copy2
+        copy_tree(src, project / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for group, values in {**PIPELINE_PARAMS[mode], "data": {**PIPELINE_PARAMS[mode].get("data", {}),
+                                                             "root": str(pets)}}.items():
+        params[group].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc repro failed in {project}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    stages = {f.stem: json.loads(f.read_text())["seconds"] for f in sorted((project / "metrics/timing").glob("*.json"))}
+    # ru_maxrss of children: the largest of the stage processes dvc ran (KiB on Linux).
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"dvc_repro_seconds": round(seconds, 2), "stage_seconds": stages,
+            "stages_total_seconds": round(sum(stages.values()), 2),
+            "dvc_overhead_seconds": round(seconds - sum(stages.values()), 2),
+            "peak_rss_largest_process_mb": round(peak_kib / 1024, 1), "params": PIPELINE_PARAMS[mode]}
+
+
+# ---------------------------------------------------------------- running it all
+
+
+def prepare_both(pets: Path, workdir: Path, seed: int) -> tuple[PreparedData, PreparedData, dict]:
+    """The pipeline's prepare twice: shorter side 256 (what the pipeline trains on) and original sizes."""
+    timings = {}
+    for name, max_side in (("prepared", 256), ("originals", None)):
+        seconds, peak_mb, _ = measure(lambda: prepare_oxford_pets(DataParams(root=str(pets), max_side=max_side), seed,
+                                                                  workdir / name))
+        timings[name] = {"seconds": round(seconds, 3), "peak_rss_rise_mb": round(peak_mb, 1)}
+    return PreparedData.open(workdir / "prepared"), PreparedData.open(workdir / "originals"), timings
+
+
+def run(mode: str, out: Path, pipeline: bool, try_compile: bool, seed: int = 42) -> dict:
+    size = SIZES[mode]
+    params = Params(seed=seed, device="cpu", train_vit=TrainViTParams(model=size["vit"], pretrained=False,
+                                                                      epochs=size["probe_epochs"], batch_size=64,
+                                                                      warmup_epochs=1.0))
+    params.check()
+    with tempfile.TemporaryDirectory(prefix="petlab-bench-") as tmp:
+        workdir = Path(tmp)
+        pets = make_fake_pets(workdir / "oxford-iiit-pet", num_classes=size["classes"],
+                              trainval_per_class=size["trainval"], test_per_class=size["test"],
+                              size_range=size["size_range"], seed=seed, awkward_files=False)
+        report = {"mode": mode, "machine": machine()}
+        # The whole pipeline first: the peak RSS of child processes then belongs to its stages alone.
+        if pipeline:
+            report["pipeline"] = step("whole pipeline (dvc repro)", lambda: bench_pipeline(pets, mode, workdir))
+        prepared, originals, prepare_timing = prepare_both(pets, workdir, seed)
+        report["dataset"] = {"classes": size["classes"], "original_size_range": list(size["size_range"]),
+                             "images": {s: len(prepared.items(s)) for s in ("train", "val", "test")},
+                             "prepare": prepare_timing}
+        report["probe"] = step("linear probe", lambda: bench_probe(prepared, params, workdir))
+        report["cnn_step"] = step("CNN training step", lambda: bench_cnn_step(prepared, size, seed, try_compile))
+        report["data_path"] = step("data path", lambda: bench_data_path(prepared, originals, size, seed))
+        report["loader"] = step("DataLoader", lambda: bench_loader(prepared, params, size))
+        report["evaluate"] = step("evaluation", lambda: bench_evaluate(prepared, params, size, workdir))
+    report["peak_rss_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    write_json(out, report)
+    print_table(report)
+    print(f"bench: written {out}")
+    return report
+
+
+def step(name: str, fn: Callable[[], dict]) -> dict:
+    print(f"bench: {name} ...", flush=True)
+    start = time.perf_counter()
+    result = fn()
+    print(f"bench: {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+    return result
+
+
+def machine() -> dict:
+    from petlab.runtime import cpu_supports_bf16
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version()}
+
+
+def print_table(r: dict) -> None:
+    rows = [("linear probe, 10 epochs" if r["probe"]["epochs"] == 10 else f"linear probe, {r['probe']['epochs']} epochs",
+             r["probe"], "s", "seconds")]
+    rows += [("CNN training step", r["cnn_step"], "img/s", "images_per_s"),
+             ("decode + augment", r["data_path"], "img/s", "images_per_s"),
+             ("DataLoader (train epoch)", r["loader"], "img/s", "images_per_s"),
+             ("evaluate CNN", r["evaluate"]["cnn"], "img/s", "images_per_s"),
+             ("evaluate probe", r["evaluate"]["probe"], "img/s", "images_per_s")]
+    print(f"\n{'comparison':28s} {'plain':>12s} {'pipeline':>12s} {'ratio':>7s}  {'peak RSS rise MB (plain/pipeline)'}")
+    for name, res, unit, key in rows:
+        print(f"{name:28s} {res['plain'][key]:>8.2f} {unit:<3s} {res['pipeline'][key]:>8.2f} {unit:<3s} "
+              f"{res['speedup']:>6.2f}x  {res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}")
+    probe = r["probe"]
+    print(f"probe: pipeline precision {probe['pipeline_precision']}; the cached route in fp32 alone is "
+          f"{probe['speedup_caching_alone']:.2f}x; ViT weights are {probe['weights']}")
+    if "torch_compile" in r["cnn_step"]:
+        c = r["cnn_step"]["torch_compile"]
+        payback = "never pays back" if c["break_even_steps"] is None else f"pays back after {c['break_even_steps']} steps"
+        print(f"torch.compile on the pipeline step: {c['images_per_s']:.2f} img/s "
+              f"({c['speedup_vs_eager_pipeline']:.2f}x the eager pipeline step) after {c['compile_seconds']:.1f} s "
+              f"of compiling; {payback}")
+    if "pipeline" in r:
+        pl = r["pipeline"]
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in pl["stage_seconds"].items())
+        print(f"dvc repro: {pl['dvc_repro_seconds']:.1f} s wall ({stages} s; dvc itself "
+              f"{pl['dvc_overhead_seconds']:.1f} s); largest process peak RSS {pl['peak_rss_largest_process_mb']:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write the JSON results")
+    parser.add_argument("--quick", action="store_true", help="a small run (tiny data and models) to check it works")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the `dvc repro` of the whole pipeline")
+    parser.add_argument("--no-compile", action="store_true", help="skip measuring torch.compile")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    run("quick" if args.quick else "full", args.out, pipeline=not args.no_pipeline,
+        try_compile=not (args.no_compile or args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The benchmark's two ways compute the same things, and the quick benchmark runs end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petlab.bench import pipeline_model, plain_loader, plain_train_step, probe_from_images
+from petlab.data import PreparedData, TransformSpec, eval_transform
+from petlab.experiments import train_vit
+from petlab.features import load_feature_split
+from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
+from petlab.params import DataParams, LoaderParams, Params, TrainCNNParams, TrainViTParams
+from petlab.prepare import prepare_oxford_pets
+from petlab.runtime import select_precision
+from petlab.train import StepContext, make_optimizer, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets, test_vit_weights):
+    prepare_oxford_pets(DataParams(root=str(fake_pets)), 0, tmp_path / "prepared")
+    data = PreparedData.open(tmp_path / "prepared")
+    probe = TrainViTParams(model="test_vit", pretrained=True, weights=str(test_vit_weights), augment=False,
+                           amp=False, epochs=4, batch_size=8, warmup_epochs=1.0)
+    params = Params(seed=3, device="cpu", loader=LoaderParams(num_workers=0), train_vit=probe)
+
+    torch.manual_seed(0)  # the head's initial weights, the same for both routes
+    cached = train_vit(params, data, tmp_path / "runs", tmp_path / "features.pt")
+    torch.manual_seed(0)
+    model = FrozenBackboneClassifier(load_pretrained_backbone("test_vit", True, str(test_vit_weights))[0],
+                                     data.num_classes)
+    spec = TransformSpec.from_timm(timm_data_config(model.backbone))
+
+    # The same features: what the cache holds is what the backbone gives on the un-augmented images.
+    cache = load_feature_split(tmp_path / "features.pt", "train").tensors[0]
+    with torch.no_grad():
+        fresh = torch.cat([model.features(x) for x, _ in plain_loader(data.items("train"), eval_transform(spec), 16,
+                                                                      False, params.seed)])
+    assert cache.shape == fresh.shape and cache.shape[0] == len(data.items("train"))
+    torch.testing.assert_close(cache, fresh, atol=1e-5, rtol=1e-5)
+
+    # The same training: both heads end with the same weights and predict the same test classes.
+    head = probe_from_images(model, data, spec, probe, params.seed)
+    assert not torch.equal(head.weight, nn.Linear(head.in_features, head.out_features).weight)
+    torch.testing.assert_close(head.weight, cached.model.head.weight, atol=1e-4, rtol=1e-4)
+    test_features = load_feature_split(tmp_path / "features.pt", "test").tensors[0]
+    with torch.no_grad():
+        assert torch.equal(head(test_features).argmax(1), cached.model.head(test_features).argmax(1))
+
+
+def test_pipeline_step_and_plain_step_give_close_losses():
+    """bf16 autocast (where the CPU has it) and channels_last must not change what a step learns."""
+    torch.manual_seed(0)
+    model = SimpleCNN(5, [8, 16, 32], dropout=0.0)
+    x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 5, (16,))
+    ctx = StepContext(CPU, select_precision(CPU, amp=True), channels_last=True)
+    optim = TrainCNNParams(lr=3e-3)
+    plain_model, fast_model = copy.deepcopy(model), pipeline_model(model, ctx)
+    assert fast_model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain_opt, _ = make_optimizer(plain_model.parameters(), optim, 1)
+    fast_opt, _ = make_optimizer(fast_model.parameters(), optim, 1)
+    loss_fn = nn.CrossEntropyLoss()
+    plain_losses, fast_losses = [], []
+    for _ in range(5):
+        plain_losses.append(float(plain_train_step(plain_model, x, y, plain_opt, loss_fn)))
+        fast_losses.append(float(train_step(fast_model, x, y, fast_opt, loss_fn, ctx, None)[0]))
+    assert plain_losses[-1] < plain_losses[0]  # the steps really train
+    for plain, fast in zip(plain_losses, fast_losses):
+        assert abs(plain - fast) <= 0.03 * plain, (plain_losses, fast_losses)
+
+
+def test_quick_benchmark_writes_its_report(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "petlab.bench", "--quick", "--no-pipeline", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {"machine", "dataset", "probe", "cnn_step", "data_path", "loader", "evaluate"} <= set(report)
+    assert "pipeline" not in report
+    for result in (report["probe"], report["cnn_step"], report["data_path"], report["loader"],
+                   report["evaluate"]["cnn"], report["evaluate"]["probe"]):
+        plain, pipeline = result["plain"], result["pipeline"]
+        assert plain["seconds"] > 0 and pipeline["seconds"] > 0 and "peak_rss_rise_mb" in pipeline
+        assert abs(result["speedup"] - plain["seconds"] / pipeline["seconds"]) < 0.01 * result["speedup"] + 0.01
+    assert report["probe"]["weights"].startswith("random")
+    assert report["evaluate"]["cnn"]["argmax_agreement"] >= 0.0
+    assert "linear probe" in proc.stdout and str(out) in proc.stdout
