@@ -43,7 +43,7 @@ def main() -> None:
         with torch.no_grad():  # inference tensors could not be trained on below
             feature_batches = [(probe.features(ctx.to_device(x)).cpu(), y)
                                for x, y in sanity.image_batches(items, transform_spec(config), s.batch_size)]
-        report["overfit_probe"] = sanity.overfit(probe.head, feature_batches, ctx,
+        report["overfit_probe"] = sanity.overfit(probe.head, sanity.standardize(feature_batches), ctx,
                                                  s.lr, s.max_steps, writer, "probe")
         report["overfit_probe"]["weights_source"] = config["info"]["weights_source"]
     for name in ("cnn", "probe"):

@@ -64,3 +64,18 @@ def test_loading_refuses_pickled_code_and_truncated_files(tmp_path):
         load_torch(tmp_path / "cut.pt")
     with pytest.raises(PipelineError, match="missing.pt: file not found"):
         load_torch(tmp_path / "missing.pt")
+
+
+def test_outputs_get_the_usual_permissions_not_the_temporary_ones(tmp_path):
+    import os
+    import stat
+
+    from petlab.outputs import atomic_dir, write_json
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "m.json", {"a": 1})
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "x").write_text("x")
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask

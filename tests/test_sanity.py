@@ -52,3 +52,17 @@ def test_overfit_reports_failure_when_labels_are_noise(fake_pets, tmp_path):
     result = sanity.overfit(SimpleCNN(4, [8], dropout=0.0), batches,
                             StepContext(torch.device("cpu"), Precision(None, False)), lr=3e-3, max_steps=20)
     assert result["steps_to_100pct"] is None and result["final_accuracy"] <= 0.5
+
+
+def test_standardized_features_keep_what_a_linear_head_can_fit():
+    """Nearly identical features (as from a random backbone) become separable in few steps."""
+    torch.manual_seed(0)
+    base = torch.randn(1, 64)
+    x = base + 1e-3 * torch.randn(32, 64)
+    y = torch.arange(32) % 4
+    batches = sanity.standardize([(x[:16], y[:16]), (x[16:], y[16:])])
+    z = torch.cat([b[0] for b in batches])
+    assert torch.allclose(z.mean(0), torch.zeros(64), atol=1e-3) and torch.allclose(z.std(0), torch.ones(64), atol=1e-3)
+    ctx = StepContext(torch.device("cpu"), Precision(None, False))
+    result = sanity.overfit(torch.nn.Linear(64, 4), batches, ctx, lr=3e-3, max_steps=300)
+    assert result["steps_to_100pct"] is not None
