@@ -63,6 +63,24 @@ def test_crop_pad_evaluates_the_whole_image():
     assert cnn_config(cnn_params(augment="rrc"), 2)["transform"]["crop_pct"] == 0.875
 
 
+def test_crop_pad_shifts_the_image_within_a_zero_border():
+    from PIL import Image
+
+    from petlab.data import TransformSpec, train_transform
+    from petlab.runtime import seeded_rng
+
+    transform = train_transform(TransformSpec(size=32, mean=(0, 0, 0), std=(1, 1, 1), crop_pct=1.0), "crop_pad")
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    outputs = []
+    for seed in range(20):
+        with seeded_rng(seed):
+            outputs.append(transform(white))
+    assert all(x.shape == (3, 32, 32) for x in outputs)
+    black_rows = [int((x[0] == 0).all(1).sum()) + int((x[0] == 0).all(0).sum()) for x in outputs]
+    assert 1 <= max(black_rows) <= 8  # padding of 32 // 8 = 4 px a side at most
+    assert len(set(black_rows)) > 1  # a different shift per seed
+
+
 def probe_params(**train_vit):
     return parse_params({"train_vit": {"model": "test_vit", "pretrained": False, **train_vit}})
 
