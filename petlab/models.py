@@ -49,14 +49,18 @@ class SimpleCNN(nn.Module):
 
     def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool = True):
         super().__init__()
+        self.features = self.make_features(widths, batch_norm)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    @staticmethod
+    def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
         layers, in_ch = [], 3
         for width in widths:
             layers += [*conv_bn_relu(in_ch, width, batch_norm), nn.MaxPool2d(2)]
             in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(in_ch, num_classes)
+        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
@@ -105,22 +109,17 @@ class BasicBlock(nn.Module):
         return torch.relu(self.main(x) + self.shortcut(x))
 
 
-class SmallResNet(nn.Module):
-    """A 3x3 stem, then per width a stage of two residual blocks (stages after the first halve the size)."""
+class SmallResNet(SimpleCNN):
+    """A 3x3 stem, then per width a stage of two residual blocks (stages after the first halve the size);
+    pooling, dropout and head as in SimpleCNN."""
 
-    def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool):
-        super().__init__()
+    @staticmethod
+    def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
         layers, in_ch = conv_bn_relu(3, widths[0], batch_norm), widths[0]
         for i, width in enumerate(widths):
             layers += [BasicBlock(in_ch, width, 1 if i == 0 else 2, batch_norm), BasicBlock(width, width, 1, batch_norm)]
             in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
+        return nn.Sequential(*layers)
 
 
 class SmallVGG(nn.Module):
