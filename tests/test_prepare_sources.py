@@ -194,3 +194,34 @@ def test_data_params_checks():
         parse_params({"data": {"per_class": 1}})
     with pytest.raises(ParamsError, match="data.test_fraction"):
         parse_params({"data": {"test_fraction": 1.0}})
+
+
+def test_downloads_go_through_torchvision_and_read_its_layout(tmp_path, monkeypatch):
+    """torchvision downloads and verifies the files; the readers then read torchvision's folders."""
+    import torchvision.datasets
+
+    def fake_fashion(root, train, download):
+        assert download
+        fake_fashion_mnist(Path(root) / "FashionMNIST" / "raw")
+
+    def fake_cifar(root, train, download):
+        assert download
+        fake_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar)
+    fashion = read_fashion_mnist(DataParams(dataset="fashion_mnist", download_dir=str(tmp_path / "a")), seed=0)
+    assert len(fashion.trainval) == 60 and str(tmp_path / "a" / "FashionMNIST" / "raw") in fashion.origin
+    cifar = read_cifar10(DataParams(dataset="cifar10", download_dir=str(tmp_path / "b")), seed=0)
+    assert len(cifar.test) == 20
+
+
+def test_a_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(PipelineError, match="could not download Fashion-MNIST.*set data.root"):
+        read_fashion_mnist(DataParams(dataset="fashion_mnist", download_dir=str(tmp_path)), seed=0)
