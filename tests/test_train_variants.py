@@ -86,7 +86,7 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     params = parse_params({
         "device": "cpu", "loader": {"num_workers": 0},
         "train_vit": {"model": "test_vit", "pretrained": False, "unfreeze": ["blocks.1"], "backbone_lr": 0.01,
-                      "head": "mlp", "head_hidden": 8, "epochs": 2, "batch_size": 8, "warmup_epochs": 0.0,
+                      "head": "mlp", "head_hidden": 8, "epochs": 1, "batch_size": 8, "warmup_epochs": 0.0,
                       "amp": False, "scheduler": "plateau"},
     })
     seed_everything(params.seed)
