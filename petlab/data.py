@@ -92,9 +92,19 @@ def _interpolation(name: str) -> InterpolationMode:
             "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
 
 
-def train_transform(spec: TransformSpec) -> Callable:
+def train_transform(spec: TransformSpec, augment: str = "rrc") -> Callable:
+    """rrc: random-resized crop (ImageNet recipe); crop_pad: resize, then a random crop of the image padded
+    by an eighth of its size (the CIFAR recipe, RandomCrop(32, padding=4)); none: the eval transform."""
+    if augment == "none":
+        return eval_transform(spec)
+    interpolation = _interpolation(spec.interpolation)
+    if augment == "crop_pad":
+        crop = [v2.Resize(spec.size, interpolation=interpolation, antialias=True), v2.CenterCrop(spec.size),
+                v2.RandomCrop(spec.size, padding=max(1, spec.size // 8))]
+    else:
+        crop = [v2.RandomResizedCrop(spec.size, interpolation=interpolation, antialias=True)]
     return v2.Compose([
-        v2.RandomResizedCrop(spec.size, interpolation=_interpolation(spec.interpolation), antialias=True),
+        *crop,
         v2.RandomHorizontalFlip(),
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),

@@ -43,13 +43,18 @@ def make_context(params: Params, amp: bool, channels_last: bool) -> StepContext:
 
 def cnn_config(params: Params, num_classes: int) -> dict:
     p = params.train_cnn
-    return {"kind": "simple_cnn", "num_classes": num_classes, "widths": list(p.widths), "dropout": p.dropout,
-            "transform": TransformSpec(size=p.image_size).as_dict()}
+    # crop_pad trains on the whole image, so evaluation must not crop into it (crop_pct 1).
+    spec = TransformSpec(size=p.image_size, crop_pct=1.0 if p.augment == "crop_pad" else 0.875)
+    config = {"kind": p.arch, "num_classes": num_classes, "widths": list(p.widths), "dropout": p.dropout,
+              "batch_norm": p.batch_norm, "transform": spec.as_dict()}
+    if p.arch == "mlp":
+        config["input_size"] = p.image_size
+    return config
 
 
 def image_loader(data: PreparedData, split: str, spec: TransformSpec, batch_size: int, train: bool,
-                 params: Params, device: torch.device) -> DataLoader:
-    transform = train_transform(spec) if train else eval_transform(spec)
+                 params: Params, device: torch.device, augment: str = "rrc") -> DataLoader:
+    transform = train_transform(spec, augment) if train else eval_transform(spec)
     dataset = ImageDataset(data.items(split), transform, seed=params.seed)
     return make_loader(dataset, batch_size, train, params.seed, device, params.loader)
 
@@ -66,7 +71,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
     model = create_model(config).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     with SummaryWriter(str(log_dir)) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
@@ -79,13 +84,19 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
 
 
 def build_probe(params: Params, num_classes: int) -> tuple[FrozenBackboneClassifier, dict]:
-    """The frozen backbone with a fresh head, and the config that rebuilds it."""
+    """The backbone (frozen but for train_vit.unfreeze) with a fresh head, and the config that rebuilds it.
+
+    info.feature_cache says whether features of the backbone are fixed, so cached ones may stand for
+    the images; with a fine-tuned backbone the evaluate stage must run the images through the model.
+    """
     p = params.train_vit
     backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
     spec = TransformSpec.from_timm(timm_data_config(backbone))
-    model = FrozenBackboneClassifier(backbone, num_classes)
-    config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "transform": spec.as_dict(),
-              "info": {"pretrained": p.pretrained, "weights_source": source}}
+    model = FrozenBackboneClassifier(backbone, num_classes, p.unfreeze, p.head, p.head_hidden, p.head_dropout)
+    config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "unfreeze": list(p.unfreeze),
+              "head": p.head, "head_hidden": p.head_hidden, "head_dropout": p.head_dropout,
+              "transform": spec.as_dict(),
+              "info": {"pretrained": p.pretrained, "weights_source": source, "feature_cache": not p.unfreeze}}
     return model, config
 
 
@@ -101,15 +112,27 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     model, config = build_probe(params, data.num_classes)
     model.to(ctx.device)
     spec = transform_spec(config)
-    splits = ("val", "test") if p.augment else ("train", "val", "test")
+    fine_tune = model.trains_backbone  # features change while training: nothing can be cached
+    splits = () if fine_tune else ("val", "test") if p.augment else ("train", "val", "test")
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
     save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
                                                 "class_names": data.class_names})
-    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
+    if fine_tune:
+        val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
+    else:
+        val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     with SummaryWriter(str(log_dir)) as writer:
-        if p.augment:
+        if fine_tune:
+            train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
+                                        "rrc" if p.augment else "none")
+            groups = [{"params": list(model.head.parameters())},
+                      {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
+            result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
+                         name="train_vit", param_groups=groups)
+            model.load_state_dict(result.best_state)
+        elif p.augment:
             train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
             result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
                          eval_model=model.head, name="train_vit")
@@ -120,8 +143,8 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
                          params.log.hist_every, name="train_vit")
             model.head.load_state_dict(result.best_state)
         log_hparams(writer, to_dict(p), result)
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route":
-               "augmented_images" if p.augment else "cached_features", **config["info"],
+    route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route, **config["info"],
                "parameters": count_parameters(model)}
     return TrainedModel(model, config, result, summary)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,20 +39,29 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------- the CNN trained from scratch
 
 
+def conv_bn_relu(in_ch: int, out_ch: int, batch_norm: bool, stride: int = 1) -> list[nn.Module]:
+    """3x3 conv (no bias when a BatchNorm follows: it would cancel it), optional BatchNorm, ReLU."""
+    norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
+    return [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True)]
+
+
 class SimpleCNN(nn.Module):
     """Blocks of Conv-BN-ReLU-MaxPool, global average pooling, dropout, a linear head."""
 
-    def __init__(self, num_classes: int, widths: list[int], dropout: float):
+    def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool = True):
         super().__init__()
-        layers, in_ch = [], 3
-        for width in widths:
-            layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            in_ch = width
-        self.features = nn.Sequential(*layers)
+        self.features = self.make_features(widths, batch_norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(in_ch, num_classes)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    @staticmethod
+    def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
+        layers, in_ch = [], 3
+        for width in widths:
+            layers += [*conv_bn_relu(in_ch, width, batch_norm), nn.MaxPool2d(2)]
+            in_ch = width
+        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
@@ -60,32 +69,120 @@ class SimpleCNN(nn.Module):
 
 
 @register("simple_cnn")
-def build_simple_cnn(num_classes: int, widths: list[int], dropout: float) -> nn.Module:
-    return SimpleCNN(num_classes, widths, dropout)
+def build_simple_cnn(num_classes: int, widths: list[int], dropout: float, batch_norm: bool = True) -> nn.Module:
+    return SimpleCNN(num_classes, widths, dropout, batch_norm)
+
+
+# ---------------------------------------------------------------- other from-scratch baselines
+
+
+class MLP(nn.Module):
+    """The no-convolution baseline: flattened pixels through hidden layers of `widths` units."""
+
+    def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool, input_size: int):
+        super().__init__()
+        layers, in_features = [nn.Flatten()], 3 * input_size * input_size
+        for width in widths:
+            norm = [nn.BatchNorm1d(width)] if batch_norm else []
+            layers += [nn.Linear(in_features, width, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
+                       nn.Dropout(dropout)]
+            in_features = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs added to a shortcut (a strided 1x1 conv where the shape changes), as in ResNet-18."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, batch_norm: bool):
+        super().__init__()
+        main = conv_bn_relu(in_ch, out_ch, batch_norm, stride) + conv_bn_relu(out_ch, out_ch, batch_norm)
+        self.main = nn.Sequential(*main[:-1])  # the last ReLU comes after the addition
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=not batch_norm), *norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.main(x) + self.shortcut(x))
+
+
+class SmallResNet(SimpleCNN):
+    """A 3x3 stem, then per width a stage of two residual blocks (stages after the first halve the size);
+    pooling, dropout and head as in SimpleCNN."""
+
+    @staticmethod
+    def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
+        layers, in_ch = conv_bn_relu(3, widths[0], batch_norm), widths[0]
+        for i, width in enumerate(widths):
+            layers += [BasicBlock(in_ch, width, 1 if i == 0 else 2, batch_norm), BasicBlock(width, width, 1, batch_norm)]
+            in_ch = width
+        return nn.Sequential(*layers)
+
+
+class SmallVGG(nn.Module):
+    """VGG-style: per width two 3x3 convs and a max-pool; global average pooling and a two-layer classifier."""
+
+    def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool):
+        super().__init__()
+        layers, in_ch = [], 3
+        for width in widths:
+            layers += [*conv_bn_relu(in_ch, width, batch_norm), *conv_bn_relu(width, width, batch_norm), nn.MaxPool2d(2)]
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Linear(in_ch, in_ch), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(in_ch, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+register("mlp")(MLP)
+register("resnet")(SmallResNet)
+register("vgg")(SmallVGG)
 
 
 # ---------------------------------------------------------------- the linear probe on a frozen timm backbone
 
 
 class FrozenBackboneClassifier(nn.Module):
-    """A frozen timm backbone (no classifier) and a trainable linear head on its pooled features."""
+    """A timm backbone (no classifier), frozen except the parameters named by `unfreeze`, and a trainable head.
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    `unfreeze` holds parameter-name prefixes ("blocks.11", "layer4", "norm"): those parts fine-tune.
+    The head is linear, or "mlp": Linear-GELU-Dropout-Linear with `head_hidden` units.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, unfreeze: Sequence[str] = (), head: str = "linear",
+                 head_hidden: int = 512, head_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, num_classes)
+        if head == "mlp":
+            self.head = nn.Sequential(nn.Linear(backbone.num_features, head_hidden), nn.GELU(),
+                                      nn.Dropout(head_dropout), nn.Linear(head_hidden, num_classes))
+        else:
+            self.head = nn.Linear(backbone.num_features, num_classes)
         self.backbone.requires_grad_(False)
+        unfreeze_backbone(self.backbone, list(unfreeze))
         self.backbone.eval()
+
+    @property
+    def trains_backbone(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
 
     def train(self, mode: bool = True) -> "FrozenBackboneClassifier":
         # The backbone stays in eval mode while the head trains: its dropout/BN must not change features.
+        # Fine-tuned parts keep their BatchNorm statistics too: small batches would only make them noisy.
         self.training = mode
         self.head.train(mode)
         self.backbone.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_backbone):
             return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,10 +190,26 @@ class FrozenBackboneClassifier(nn.Module):
 
 
 @register("timm_probe")
-def build_timm_probe(num_classes: int, timm_model: str) -> nn.Module:
+def build_timm_probe(num_classes: int, timm_model: str, unfreeze: Sequence[str] = (), head: str = "linear",
+                     head_hidden: int = 512, head_dropout: float = 0.0) -> nn.Module:
     import timm
 
-    return FrozenBackboneClassifier(timm.create_model(timm_model, pretrained=False, num_classes=0), num_classes)
+    return FrozenBackboneClassifier(timm.create_model(timm_model, pretrained=False, num_classes=0), num_classes,
+                                    unfreeze, head, head_hidden, head_dropout)
+
+
+def unfreeze_backbone(backbone: nn.Module, prefixes: list[str]) -> None:
+    """Make the parameters under each dotted-name prefix trainable; a prefix that names nothing is an error."""
+    names = [name for name, _ in backbone.named_parameters()]
+    for prefix in prefixes:
+        matched = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            parts = sorted({n.split(".")[0] for n in names})
+            raise PipelineError(f"train_vit.unfreeze: {prefix!r} names no parameter of the backbone "
+                                f"(its parts: {', '.join(parts)}; deeper names like blocks.11 or layer4.1 work too)")
+        for name, p in backbone.named_parameters():
+            if name in matched:
+                p.requires_grad_(True)
 
 
 def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | None,

@@ -29,6 +29,7 @@ class ParamsError(PipelineError):
 
 @dataclass(frozen=True)
 class DataParams:
+    dataset: Literal["oxford_pets", "cifar10", "fashion_mnist", "imagefolder"] = "oxford_pets"
     root: Optional[str] = None  # local copy of the dataset; None downloads into download_dir
     download_dir: str = "data/raw"
     val_fraction: float = 0.2
@@ -36,9 +37,24 @@ class DataParams:
     jpeg_quality: int = 90
     on_bad_image: Literal["skip", "fail"] = "skip"
     max_bad_fraction: float = 0.01  # above this fraction of skipped images the run fails
+    classes: Optional[list[str]] = None  # a subset of class names, in this order; None keeps all
+    per_class: Optional[int] = None  # at most this many train+val images per class (seeded draw); None keeps all
+    test_per_class: Optional[int] = None  # at most this many test images per class; None keeps all
+    test_fraction: float = 0.2  # imagefolder only: the share of each class held out as test
 
     def check(self, key: str) -> None:
         _require(0.0 < self.val_fraction < 1.0, f"{key}.val_fraction", self.val_fraction, "a number in (0, 1)")
+        _require(0.0 < self.test_fraction < 1.0, f"{key}.test_fraction", self.test_fraction, "a number in (0, 1)")
+        if self.classes is not None:
+            _require(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes), f"{key}.classes",
+                     self.classes, "null or a list of at least 2 distinct class names")
+        if self.per_class is not None:
+            _require(self.per_class >= 2, f"{key}.per_class", self.per_class, "null or an integer >= 2")
+        if self.test_per_class is not None:
+            _require(self.test_per_class >= 1, f"{key}.test_per_class", self.test_per_class, "null or an integer >= 1")
+        if self.dataset == "imagefolder":
+            _require(self.root is not None, f"{key}.root", self.root,
+                     "a folder of class subfolders when data.dataset is imagefolder")
         if self.max_side is not None:
             _require(self.max_side >= 16, f"{key}.max_side", self.max_side, "null or an integer >= 16")
         _require(1 <= self.jpeg_quality <= 100, f"{key}.jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
@@ -93,9 +109,14 @@ class OptimParams:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     amp: bool = True  # mixed precision where the device gains from it
+    scheduler: Literal["cosine", "plateau"] = "cosine"  # both after warmup_epochs of linear warmup
+    plateau_factor: float = 0.1  # plateau: multiply the lr by this when the val loss stalls
+    plateau_patience: int = 2  # plateau: epochs without val-loss improvement before that
 
     def check(self, key: str) -> None:
         _require(self.epochs >= 1, f"{key}.epochs", self.epochs, "an integer >= 1")
+        _require(0 < self.plateau_factor < 1, f"{key}.plateau_factor", self.plateau_factor, "a number in (0, 1)")
+        _require(self.plateau_patience >= 0, f"{key}.plateau_patience", self.plateau_patience, "an integer >= 0")
         _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
         _require(self.lr > 0, f"{key}.lr", self.lr, "a number > 0")
         _require(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
@@ -106,8 +127,11 @@ class OptimParams:
 
 @dataclass(frozen=True)
 class TrainCNNParams(OptimParams):
+    arch: Literal["simple_cnn", "mlp", "resnet", "vgg"] = "simple_cnn"
     image_size: int = 224
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # per stage; hidden sizes for the mlp
+    batch_norm: bool = True
+    augment: Literal["rrc", "crop_pad", "none"] = "rrc"  # random-resized crop | pad-and-crop (CIFAR recipe) | none
     dropout: float = 0.3
     channels_last: bool = True
     epochs: int = 30
@@ -118,8 +142,9 @@ class TrainCNNParams(OptimParams):
         _require(self.image_size >= 8, f"{key}.image_size", self.image_size, "an integer >= 8")
         _require(1 <= len(self.widths) <= 6 and all(w >= 1 for w in self.widths), f"{key}.widths", self.widths,
                  "a list of 1 to 6 positive integers")
-        _require(self.image_size // 2 ** len(self.widths) >= 1, f"{key}.widths", self.widths,
-                 f"at most log2(image_size={self.image_size}) blocks")
+        if self.arch != "mlp":  # every conv stage halves the resolution
+            _require(self.image_size // 2 ** len(self.widths) >= 1, f"{key}.widths", self.widths,
+                     f"at most log2(image_size={self.image_size}) blocks")
         _require(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "a number in [0, 1)")
 
 
@@ -131,6 +156,11 @@ class TrainViTParams(OptimParams):
     weights_sha256: Optional[str] = None  # if set, the weights file must have this SHA-256
     augment: bool = False  # false: train the head on features cached once; true: augmented images every step
     feature_batch_size: int = 64
+    unfreeze: list[str] = field(default_factory=list)  # backbone parameter-name prefixes to fine-tune, e.g. blocks.11
+    backbone_lr: float = 1e-4  # the lr of the unfrozen backbone parts
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: int = 512  # mlp head only
+    head_dropout: float = 0.0  # mlp head only
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
@@ -141,6 +171,10 @@ class TrainViTParams(OptimParams):
     def check(self, key: str) -> None:
         super().check(key)
         _require(self.feature_batch_size >= 1, f"{key}.feature_batch_size", self.feature_batch_size, "an integer >= 1")
+        _require(all(self.unfreeze), f"{key}.unfreeze", self.unfreeze, "a list of non-empty parameter-name prefixes")
+        _require(self.backbone_lr > 0, f"{key}.backbone_lr", self.backbone_lr, "a number > 0")
+        _require(self.head_hidden >= 1, f"{key}.head_hidden", self.head_hidden, "an integer >= 1")
+        _require(0 <= self.head_dropout < 1, f"{key}.head_dropout", self.head_dropout, "a number in [0, 1)")
         if self.weights is not None:
             _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
         if self.weights_sha256 is not None:

@@ -35,24 +35,59 @@ class StepContext:
         return x.to(self.device, non_blocking=non_blocking)
 
 
-def make_optimizer(parameters: Iterable[nn.Parameter], optim: OptimParams, steps_per_epoch: int):
-    """AdamW with a linear warmup then cosine decay, stepped every batch."""
-    parameters = [p for p in parameters if p.requires_grad]
-    # Weight decay on weights only: decaying norms and biases hurts and buys nothing.
-    decay = [p for p in parameters if p.dim() > 1]
-    no_decay = [p for p in parameters if p.dim() <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
-    total = max(1, optim.epochs * steps_per_epoch)
-    warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+class LRSchedule:
+    """A linear warmup over the first steps, then cosine decay per batch, or ReduceLROnPlateau per epoch.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    step() runs after every batch; epoch_end(val_loss) after every validation (only plateau uses it).
+    """
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, optimizer: torch.optim.Optimizer, optim: OptimParams, steps_per_epoch: int):
+        total = max(1, optim.epochs * steps_per_epoch)
+        self.warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+        self.steps = 0
+        self.plateau = None
+        if optim.scheduler == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+
+        def factor(step: int) -> float:
+            if step < self.warmup:
+                return (step + 1) / self.warmup
+            if self.plateau is not None:
+                return 1.0
+            progress = (step - self.warmup) / max(1, total - self.warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def step(self) -> None:
+        self.steps += 1
+        # After warmup the plateau scheduler owns the lr; LambdaLR would reset it to the base lr.
+        if self.plateau is None or self.steps <= self.warmup:
+            self.per_step.step()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.plateau is not None and self.steps >= self.warmup:
+            self.plateau.step(val_loss)
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.per_step.optimizer.param_groups]
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter] | Iterable[dict], optim: OptimParams, steps_per_epoch: int):
+    """AdamW and its LRSchedule. `parameters` may be groups ({"params": [...], "lr": x}) with their own lr."""
+    groups = list(parameters)
+    if not groups or not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    param_groups = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        lr = group.get("lr", optim.lr)
+        # Weight decay on weights only: decaying norms and biases hurts and buys nothing.
+        param_groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": optim.weight_decay, "lr": lr},
+                         {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, "lr": lr}]
+    optimizer = torch.optim.AdamW(param_groups, lr=optim.lr)
+    return optimizer, LRSchedule(optimizer, optim, steps_per_epoch)
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, ctx: StepContext,
@@ -127,14 +162,15 @@ class FitResult:
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
         num_classes: int, writer=None, hist_every: int = 0, eval_model: nn.Module | None = None,
-        name: str = "model") -> FitResult:
+        name: str = "model", param_groups: list[dict] | None = None) -> FitResult:
     """Train for optim.epochs, keeping the state with the best validation macro-F1 (earliest on ties).
 
     `eval_model` validates instead of `model` when validation runs on other inputs (the probe's head
     on cached features while training on augmented images); it must share the trained weights.
+    `param_groups` gives parts of the model their own lr (a fine-tuned backbone); default: all at optim.lr.
     """
     eval_model = eval_model or model
-    optimizer, scheduler = make_optimizer(model.parameters(), optim, len(train_loader))
+    optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision.grad_scaling else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
@@ -146,6 +182,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         train_m = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
                                   scaler, desc=f"{name}: epoch {epoch}")
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
+        scheduler.epoch_end(val_m["loss"])
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))

@@ -21,18 +21,24 @@ PLOTS = Path("plots/evaluate")
 SPLITS = ("val", "test")
 
 
-def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str):
-    ctx = make_context(params, params.train_cnn.amp, params.train_cnn.channels_last)
+def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str, name: str = "cnn"):
+    optim = params.train_cnn if name == "cnn" else params.train_vit
+    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last)
     model = load_trained(checkpoint).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = image_loader(data, split, transform_spec(checkpoint["model_config"]), params.evaluate.batch_size,
                           False, params, ctx.device)
-    return predict(model, loader, ctx, desc=f"evaluate: cnn {split}")
+    return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
 
 
 def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
-    """The head on the features cached by train_vit: no second backbone pass over val or test."""
+    """The head on the features cached by train_vit: no second backbone pass over val or test.
+
+    A fine-tuned backbone (train_vit.unfreeze) has no valid cache: its images go through the whole model.
+    """
+    if not checkpoint["model_config"].get("info", {}).get("feature_cache", True):
+        return cnn_logits(checkpoint, params, data, split, name="vit")
     info = feature_cache_info(FEATURES)
     if info["class_names"] != checkpoint["class_names"] or info["timm_model"] != checkpoint["model_config"]["timm_model"]:
         raise PipelineError(f"{FEATURES} was not made for {CHECKPOINTS['vit']}; re-run train_vit (dvc repro)")

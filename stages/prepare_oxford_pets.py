@@ -1,9 +1,12 @@
-"""Stage prepare_oxford_pets: the dataset as RGB JPEG ImageFolder trees data/oxford_pets/{train,val,test}."""
+"""Stage prepare_oxford_pets: the dataset (data.dataset) as RGB JPEG ImageFolder trees data/oxford_pets/{train,val,test}.
+
+The stage and folder keep their names whatever the dataset, so no later stage knows which one it sees.
+"""
 
 from pathlib import Path
 
 from petlab.params import load_params
-from petlab.prepare import prepare_oxford_pets
+from petlab.prepare import prepare_dataset
 from petlab.runtime import run_stage
 
 OUT_DIR = Path("data/oxford_pets")
@@ -11,7 +14,7 @@ OUT_DIR = Path("data/oxford_pets")
 
 def main() -> None:
     params = load_params()
-    report = prepare_oxford_pets(params.data, params.seed, OUT_DIR)
+    report = prepare_dataset(params.data, params.seed, OUT_DIR)
     print(f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
           f"{report['images_skipped']} skipped, converted to RGB: {report['converted_to_rgb'] or 'none'}")
 

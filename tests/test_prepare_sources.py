@@ -1,0 +1,227 @@
+"""Dataset readers (CIFAR-10, Fashion-MNIST, imagefolder), class subsets and per-class caps, on tiny fake copies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petlab.params import DataParams, ParamsError, parse_params
+from petlab.prepare import (FASHION_MNIST_CLASSES, Record, SourceSplits, cap_per_class, prepare_dataset, read_cifar10,
+                            read_fashion_mnist, read_idx, read_imagefolder, select_classes)
+from petlab.runtime import PipelineError
+from petlab.synthetic import class_image
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(folder: Path, train_per_class: int = 6, test_per_class: int = 3, gz: bool = True) -> Path:
+    """The four idx files; each image is filled with its label * 20, so labels can be checked from pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.repeat(np.arange(10), n)
+        images = np.broadcast_to(labels[:, None, None] * 20, (len(labels), 28, 28))
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return folder
+
+
+def fake_cifar10(root: Path, per_batch_per_class: int = 2) -> Path:
+    """cifar-10-batches-py/ with its pickles; each image's red channel is its label * 20."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR_NAMES}, f)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = np.repeat(np.arange(10), per_batch_per_class)
+        data = np.zeros((len(labels), 3, 32, 32), dtype=np.uint8)
+        data[:, 0] = labels[:, None, None] * 20
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data.reshape(len(labels), -1), "labels": labels.tolist()}, f)
+    return root
+
+
+def fake_imagefolder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 10) -> Path:
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        (root / name / "nested").mkdir(parents=True)
+        for i in range(per_class):
+            folder = root / name / ("nested" if i % 4 == 0 else "")
+            class_image(label, len(classes), rng, (40, 48)).convert("L" if i % 3 == 0 else "RGB").save(
+                folder / f"img{i}.png")
+        (root / name / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(np.uint8)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        write_idx(tmp_path / name, array)
+        assert np.array_equal(read_idx(tmp_path / name), array)
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"abc")
+    with pytest.raises(PipelineError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("layout", ["flat_gz", "torchvision_raw", "flat_plain"])
+def test_read_fashion_mnist_local_copy(tmp_path, layout):
+    folder = {"flat_gz": tmp_path, "torchvision_raw": tmp_path / "FashionMNIST" / "raw", "flat_plain": tmp_path}[layout]
+    fake_fashion_mnist(folder, gz=layout != "flat_plain")
+    source = read_fashion_mnist(DataParams(dataset="fashion_mnist", root=str(tmp_path)), seed=0)
+    assert source.class_names == FASHION_MNIST_CLASSES
+    assert (len(source.trainval), len(source.test)) == (60, 30)
+    for r in source.trainval + source.test:
+        assert r.pixels.shape == (28, 28) and r.pixels[0, 0] == r.label * 20
+
+
+def test_read_fashion_mnist_names_what_is_missing(tmp_path):
+    with pytest.raises(PipelineError, match="not a Fashion-MNIST copy"):
+        read_fashion_mnist(DataParams(dataset="fashion_mnist", root=str(tmp_path)), seed=0)
+
+
+def test_read_cifar10_local_copy(tmp_path):
+    source = read_cifar10(DataParams(dataset="cifar10", root=str(fake_cifar10(tmp_path))), seed=0)
+    assert source.class_names == CIFAR_NAMES
+    assert (len(source.trainval), len(source.test)) == (100, 20)
+    for r in source.trainval + source.test:
+        assert r.pixels.shape == (32, 32, 3) and r.pixels[5, 5, 0] == r.label * 20 and r.pixels[..., 1:].max() == 0
+    with pytest.raises(PipelineError, match="not a CIFAR-10 copy"):
+        read_cifar10(DataParams(dataset="cifar10", root=str(tmp_path / "elsewhere")), seed=0)
+
+
+def test_read_imagefolder_splits_by_fraction_and_seed(tmp_path):
+    root = fake_imagefolder(tmp_path / "folder")
+    data = DataParams(dataset="imagefolder", root=str(root), test_fraction=0.2)
+    source = read_imagefolder(data, seed=1)
+    assert source.class_names == ["cat", "dog", "fox"]
+    assert Counter(r.label for r in source.test) == {0: 2, 1: 2, 2: 2}
+    assert Counter(r.label for r in source.trainval) == {0: 8, 1: 8, 2: 8}
+    assert all(r.path.suffix == ".png" for r in source.trainval + source.test)  # notes.txt is no image
+    assert {r.image_id for r in source.test + source.trainval if r.label == 0} >= {"nested__img0", "img1"}
+    again = read_imagefolder(data, seed=1)
+    assert [r.path for r in again.test] == [r.path for r in source.test]
+    other = read_imagefolder(data, seed=2)
+    assert {r.path for r in other.test} != {r.path for r in source.test}
+
+
+def test_read_imagefolder_rejects_too_few_images(tmp_path):
+    root = fake_imagefolder(tmp_path / "folder", per_class=2)
+    with pytest.raises(PipelineError, match="at least 3"):
+        read_imagefolder(DataParams(dataset="imagefolder", root=str(root)), seed=0)
+
+
+def toy_source(per_class=(10, 10, 10), test=3) -> SourceSplits:
+    trainval = [Record(Path(f"{c}_{i}.jpg"), f"{c}_{i}", c) for c, n in enumerate(per_class) for i in range(n)]
+    test_records = [Record(Path(f"t{c}_{i}.jpg"), f"t{c}_{i}", c) for c in range(len(per_class)) for i in range(test)]
+    return SourceSplits(trainval, test_records, ["a", "b", "c"], "toy")
+
+
+def test_select_classes_relabels_in_the_given_order():
+    source = select_classes(toy_source(), ["c", "a"])
+    assert source.class_names == ["c", "a"]
+    assert {(r.image_id.split("_")[0], r.label) for r in source.trainval} == {("2", 0), ("0", 1)}
+    assert len(source.test) == 6
+    assert select_classes(toy_source(), None).class_names == ["a", "b", "c"]
+    with pytest.raises(PipelineError, match=r"no class\(es\) \['z'\].*its classes: a, b, c"):
+        select_classes(toy_source(), ["a", "z"])
+
+
+def test_cap_per_class_is_stratified_and_seeded():
+    records = toy_source(per_class=(10, 4, 7)).trainval
+    capped = cap_per_class(records, 5, seed=0)
+    assert Counter(r.label for r in capped) == {0: 5, 1: 4, 2: 5}
+    assert capped == cap_per_class(list(reversed(records)), 5, seed=0)  # the draw does not depend on input order
+    assert capped != cap_per_class(records, 5, seed=1)
+    assert cap_per_class(records, None, seed=0) is records
+
+
+def test_prepare_dataset_fashion_mnist_subset_to_rgb_layout(tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fmnist", train_per_class=20, test_per_class=8)
+    data = DataParams(dataset="fashion_mnist", root=str(root), classes=["Bag", "Trouser", "Sneaker"], per_class=10,
+                      test_per_class=4, val_fraction=0.2)
+    out = tmp_path / "prepared"
+    report = prepare_dataset(data, seed=0, out_dir=out)
+    assert json.loads((out / "classes.json").read_text()) == ["Bag", "Trouser", "Sneaker"]
+    assert report["counts"] == {"train": {"Bag": 8, "Sneaker": 8, "Trouser": 8},
+                                "val": {"Bag": 2, "Sneaker": 2, "Trouser": 2},
+                                "test": {"Bag": 4, "Sneaker": 4, "Trouser": 4}}
+    assert report["converted_to_rgb"] == {"PNG L": 42}
+    for name, label in (("Bag", 8), ("Trouser", 1), ("Sneaker", 7)):
+        for path in (out / "train" / name).iterdir():
+            with Image.open(path) as image:
+                assert image.format == "JPEG" and image.mode == "RGB" and image.size == (28, 28)
+                assert abs(int(np.asarray(image)[14, 14, 0]) - label * 20) <= 3  # JPEG is lossy, not that lossy
+
+
+def test_prepare_dataset_cifar10_and_imagefolder(tmp_path):
+    cifar = DataParams(dataset="cifar10", root=str(fake_cifar10(tmp_path / "cifar")), classes=["cat", "dog"])
+    report = prepare_dataset(cifar, seed=0, out_dir=tmp_path / "out_cifar")
+    assert report["counts"]["test"] == {"cat": 2, "dog": 2}
+    assert sum(report["counts"]["train"].values()) + sum(report["counts"]["val"].values()) == 20
+    assert report["converted_to_rgb"] == {"PNG RGB": 24}
+
+    folder = DataParams(dataset="imagefolder", root=str(fake_imagefolder(tmp_path / "folder")), per_class=6)
+    report = prepare_dataset(folder, seed=0, out_dir=tmp_path / "out_folder")
+    assert report["counts"]["test"] == {"cat": 2, "dog": 2, "fox": 2}
+    assert {sum(report["counts"][s][c] for s in ("train", "val")) for c in ("cat", "dog", "fox")} == {6}
+    assert (tmp_path / "out_folder" / "train" / "cat").is_dir()
+
+
+def test_data_params_checks():
+    assert parse_params({"data": {"dataset": "cifar10"}}).data.dataset == "cifar10"
+    with pytest.raises(ParamsError, match="data.dataset"):
+        parse_params({"data": {"dataset": "mnist"}})
+    with pytest.raises(ParamsError, match="data.root"):
+        parse_params({"data": {"dataset": "imagefolder"}})
+    with pytest.raises(ParamsError, match="data.classes"):
+        parse_params({"data": {"classes": ["Bag"]}})
+    with pytest.raises(ParamsError, match="data.per_class"):
+        parse_params({"data": {"per_class": 1}})
+    with pytest.raises(ParamsError, match="data.test_fraction"):
+        parse_params({"data": {"test_fraction": 1.0}})
+
+
+def test_downloads_go_through_torchvision_and_read_its_layout(tmp_path, monkeypatch):
+    """torchvision downloads and verifies the files; the readers then read torchvision's folders."""
+    import torchvision.datasets
+
+    def fake_fashion(root, train, download):
+        assert download
+        fake_fashion_mnist(Path(root) / "FashionMNIST" / "raw")
+
+    def fake_cifar(root, train, download):
+        assert download
+        fake_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar)
+    fashion = read_fashion_mnist(DataParams(dataset="fashion_mnist", download_dir=str(tmp_path / "a")), seed=0)
+    assert len(fashion.trainval) == 60 and str(tmp_path / "a" / "FashionMNIST" / "raw") in fashion.origin
+    cifar = read_cifar10(DataParams(dataset="cifar10", download_dir=str(tmp_path / "b")), seed=0)
+    assert len(cifar.test) == 20
+
+
+def test_a_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(PipelineError, match="could not download Fashion-MNIST.*set data.root"):
+        read_fashion_mnist(DataParams(dataset="fashion_mnist", download_dir=str(tmp_path)), seed=0)

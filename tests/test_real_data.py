@@ -1,0 +1,97 @@
+"""The guard that training really learns: the whole pipeline on real images (Fashion-MNIST), offline.
+
+Debian's dataset-fashion-mnist package puts the four idx files under /usr/share/datasets/fashion-mnist;
+the pipeline reads them as a local copy (data.root), takes a seeded mini subset and runs `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import f1_score
+
+from conftest import TINY_PARAMS, deep_update, dvc, make_project
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
+TRAIN_VAL_PER_CLASS, TEST_PER_CLASS, VAL_FRACTION = 300, 50, 0.2
+
+# 6 classes x 240 train / 60 val / 50 test images at 28 px; a small CNN for a few epochs. The ViT side only
+# has to run (random test_vit weights), so its sanity check gets one small batch at a higher lr.
+REAL_PARAMS = {
+    "data": {"dataset": "fashion_mnist", "root": str(FASHION_MNIST), "classes": CLASSES, "val_fraction": VAL_FRACTION,
+             "per_class": TRAIN_VAL_PER_CLASS, "test_per_class": TEST_PER_CLASS},
+    "sanity": {"overfit_batches": 1, "batch_size": 8, "lr": 0.03, "max_steps": 300},
+    "train_cnn": {"image_size": 28, "widths": [16, 32, 64], "augment": "crop_pad", "epochs": 4, "batch_size": 32,
+                  "warmup_epochs": 0.5, "amp": False},
+    "train_vit": {"epochs": 2, "batch_size": 64, "feature_batch_size": 64},
+    "log": {"hist_every": 0},
+}
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_pipeline_learns_fashion_mnist(tmp_path):
+    import yaml
+
+    params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), REAL_PARAMS)
+    project = make_project(tmp_path / "project", params)
+    dvc(project, "repro")
+
+    # The prepared layout is the usual one: the chosen classes, capped and split, as RGB JPEGs.
+    prepared = project / "data/oxford_pets"
+    assert json.loads((prepared / "classes.json").read_text()) == CLASSES
+    report = json.loads((prepared / "report.json").read_text())
+    n_val = round(TRAIN_VAL_PER_CLASS * VAL_FRACTION)
+    assert report["counts"] == {"train": {c: TRAIN_VAL_PER_CLASS - n_val for c in CLASSES},
+                                "val": {c: n_val for c in CLASSES}, "test": {c: TEST_PER_CLASS for c in CLASSES}}
+    assert report["converted_to_rgb"] == {"PNG L": len(CLASSES) * (TRAIN_VAL_PER_CLASS + TEST_PER_CLASS)}
+    with Image.open(next((prepared / "test" / "Bag").iterdir())) as image:
+        assert (image.mode, image.size) == ("RGB", (28, 28))
+
+    # The CNN from scratch learned: well above the 1/6 of chance.
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())["cnn"]["test"]
+    assert metrics["accuracy"] >= 0.75, metrics
+
+    # The confusion rows are the checkpoint's own predictions on the test images, and the metrics follow from them.
+    rows = read_csv(project / "plots/evaluate/confusion_cnn.csv")
+    actual = np.array([CLASSES.index(r["actual"]) for r in rows])
+    predicted = np.array([CLASSES.index(r["predicted"]) for r in rows])
+    assert len(rows) == len(CLASSES) * TEST_PER_CLASS
+    assert predicted.tolist() == predict_test(project).tolist()
+    matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+    np.add.at(matrix, (actual, predicted), 1)
+    assert matrix.sum(1).tolist() == [TEST_PER_CLASS] * len(CLASSES)
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert f1_score(actual, predicted, average="macro") == pytest.approx(metrics["macro_f1"], abs=1e-6)
+    per_class = {r["class"]: r for r in read_csv(project / "plots/evaluate/per_class_cnn.csv")}
+    for i, name in enumerate(CLASSES):
+        assert float(per_class[name]["recall"]) == pytest.approx(matrix[i, i] / matrix[i].sum(), abs=1e-6)
+
+
+def predict_test(project: Path) -> np.ndarray:
+    """The saved CNN run here on the prepared test images, in the order the evaluate stage lists them."""
+    from petlab.data import ImageDataset, PreparedData, eval_transform
+    from petlab.experiments import load_trained, transform_spec
+    from petlab.outputs import load_torch
+
+    checkpoint = load_torch(project / "models/cnn.pt")
+    model = load_trained(checkpoint)
+    data = PreparedData.open(project / "data/oxford_pets")
+    dataset = ImageDataset(data.items("test"), eval_transform(transform_spec(checkpoint["model_config"])))
+    with torch.inference_mode():
+        logits = model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    return logits.argmax(1).numpy()
