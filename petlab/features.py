@@ -27,11 +27,11 @@ def save_feature_cache(path: str | Path, splits: dict[str, tuple[torch.Tensor, t
 
 
 def load_feature_split(path: str | Path, split: str) -> TensorDataset:
-    payload = load_torch(path)
+    return feature_split(load_torch(path), split, path)
+
+
+def feature_split(payload: dict, split: str, path: str | Path) -> TensorDataset:
+    """One split of an already loaded cache (`path` only names it in the error)."""
     if f"{split}/features" not in payload:
         raise PipelineError(f"{path}: no cached features for split {split!r}; re-run train_vit")
     return TensorDataset(payload[f"{split}/features"], payload[f"{split}/labels"])
-
-
-def feature_cache_info(path: str | Path) -> dict:
-    return load_torch(path)["info"]

@@ -1,5 +1,6 @@
 """Stage evaluate: both best checkpoints on val and test; metrics, per-class tables, confusion matrices."""
 
+import functools
 from pathlib import Path
 
 import torch
@@ -7,7 +8,7 @@ import torch
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
-from petlab.features import feature_cache_info, load_feature_split
+from petlab.features import feature_split
 from petlab.outputs import load_torch, write_json
 from petlab.runtime import PipelineError, Precision, run_stage
 from petlab.train import StepContext, predict
@@ -32,6 +33,12 @@ def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str, name: s
     return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
 
 
+@functools.cache
+def feature_cache() -> dict:
+    """Read once for both splits."""
+    return load_torch(FEATURES)
+
+
 def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
     """The head on the features cached by train_vit: no second backbone pass over val or test.
 
@@ -39,12 +46,13 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
     """
     if not checkpoint["model_config"].get("info", {}).get("feature_cache", True):
         return cnn_logits(checkpoint, params, data, split, name="vit")
-    info = feature_cache_info(FEATURES)
+    cache = feature_cache()
+    info = cache["info"]
     if info["class_names"] != checkpoint["class_names"] or info["timm_model"] != checkpoint["model_config"]["timm_model"]:
         raise PipelineError(f"{FEATURES} was not made for {CHECKPOINTS['vit']}; re-run train_vit (dvc repro)")
     model = load_trained(checkpoint)
     ctx = StepContext(torch.device("cpu"), Precision(None, False))
-    loader = tensor_loader(load_feature_split(FEATURES, split), params.evaluate.batch_size, False, params)
+    loader = tensor_loader(feature_split(cache, split, FEATURES), params.evaluate.batch_size, False, params)
     return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
 
 
