@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import resource
@@ -28,10 +29,13 @@ from typing import Callable
 
 import torch
 import yaml
+from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
 
-from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, train_transform
+from petlab.data import (ImageDataset, PreparedData, TransformSpec, eval_transform, interpolation_mode,
+                         train_transform)
 from petlab.experiments import image_loader, tensor_loader, train_vit
 from petlab.features import load_feature_split
 from petlab.metrics import classification_metrics
@@ -115,9 +119,37 @@ def plain_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     return loss.detach()
 
 
+class PlainImageDataset(Dataset):
+    """The usual dataset: PIL decodes each image and a per-image transform makes its float tensor."""
+
+    def __init__(self, items, transform: Callable):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[i]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def plain_train_transform(spec: TransformSpec) -> Callable:
+    return v2.Compose([v2.RandomResizedCrop(spec.size, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+
+
+def plain_eval_transform(spec: TransformSpec) -> Callable:
+    resize = v2.Resize(math.floor(spec.size / spec.crop_pct), interpolation=interpolation_mode(spec.interpolation),
+                       antialias=True)
+    return v2.Compose([resize, v2.CenterCrop(spec.size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(spec.mean, spec.std)])
+
+
 def plain_loader(items, transform, batch_size: int, train: bool, seed: int) -> DataLoader:
-    """In-process loading, shuffled with the same generator as the pipeline's in-memory loaders."""
-    dataset = ImageDataset(items, transform, seed=seed)
+    """In-process loading of normalised float images, shuffled with the same generator as the pipeline's
+    in-memory loaders."""
+    dataset = PlainImageDataset(items, transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=torch.Generator().manual_seed(seed),
                       drop_last=train and len(dataset) > batch_size)
 
@@ -129,8 +161,8 @@ def probe_from_images(model: FrozenBackboneClassifier, data: PreparedData, spec:
     Same optimiser, schedule, batch order and best-epoch choice as the cached route, so with
     augmentation off both train the same head; only where the features come from differs.
     """
-    train = plain_loader(data.items("train"), eval_transform(spec), optim.batch_size, True, seed)
-    val = plain_loader(data.items("val"), eval_transform(spec), optim.batch_size, False, seed)
+    train = plain_loader(data.items("train"), plain_eval_transform(spec), optim.batch_size, True, seed)
+    val = plain_loader(data.items("val"), plain_eval_transform(spec), optim.batch_size, False, seed)
     optimizer, scheduler = make_optimizer(model.head.parameters(), optim, len(train))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     best_f1, best_state = -1.0, None
@@ -184,14 +216,15 @@ def transform_spec_of(model: FrozenBackboneClassifier) -> TransformSpec:
 
 
 def cnn_setup(data: PreparedData, size: dict, seed: int):
-    """One real training batch in memory, the CNN at its pipeline settings, and the pipeline's step context."""
+    """One real training batch in memory (uint8, as the pipeline's loader gives it), the CNN at its pipeline
+    settings, and the pipeline's step context."""
     p = TrainCNNParams(image_size=size["image_size"], batch_size=size["cnn_batch"])
     spec = TransformSpec(size=p.image_size)
     dataset = ImageDataset(data.items("train"), train_transform(spec), seed=seed)
     x, y = next(iter(DataLoader(dataset, batch_size=p.batch_size)))
     torch.manual_seed(seed)
     model = SimpleCNN(data.num_classes, list(p.widths), p.dropout)
-    ctx = StepContext(CPU, select_precision(CPU, p.amp), p.channels_last)
+    ctx = StepContext(CPU, select_precision(CPU, p.amp), p.channels_last, input_spec=spec)
     return p, x, y, model, ctx
 
 
@@ -202,6 +235,7 @@ def pipeline_model(model: nn.Module, ctx: StepContext) -> nn.Module:
 
 def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool) -> dict:
     p, x, y, model, ctx = cnn_setup(data, size, seed)
+    x_float = ctx.input_spec.normalize(x)  # the plain step gets its input ready-made; the pipeline's step normalises
     loss_fn = nn.CrossEntropyLoss(label_smoothing=p.label_smoothing)
     plain_model, fast_model = copy.deepcopy(model), pipeline_model(model, ctx)
     plain_opt, _ = make_optimizer(plain_model.parameters(), p, 1)
@@ -210,7 +244,7 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
 
     def plain():
         for _ in range(steps):
-            plain_train_step(plain_model, x, y, plain_opt, loss_fn)
+            plain_train_step(plain_model, x_float, y, plain_opt, loss_fn)
 
     def pipeline_with(m, optimizer):
         def run():
@@ -218,7 +252,7 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
                 train_step(m, x, y, optimizer, loss_fn, ctx, None)
         return run
 
-    plain_train_step(plain_model, x, y, plain_opt, loss_fn)  # warm-up: first-call allocations, oneDNN primitives
+    plain_train_step(plain_model, x_float, y, plain_opt, loss_fn)  # warm-up: first-call allocations, oneDNN primitives
     train_step(fast_model, x, y, fast_opt, loss_fn, ctx, None)
     result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"]), steps * len(x))
     result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
@@ -256,33 +290,46 @@ def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, l
 
 
 def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict, seed: int) -> dict:
-    """Decode + training augmentation: prepared images (shorter side 256) vs original-size ones.
+    """Decode + training augmentation, through to normalised float batches.
 
+    plain: original-size images, decoded by PIL, each cropped, flipped, made float and normalised.
+    pipeline: prepared images (shorter side 256) through the pipeline's dataset (decoded straight to uint8,
+    cropped and flipped with tensor kernels, per-sample seeding) and its per-batch normalisation.
+    The pipeline's way on the original-size images tells how much the prepared sizes alone bring.
     On one torch thread, as in a DataLoader worker: with several, torch's thread pool costs more
     than it saves on one image's small tensor ops (about 6x slower on a 2-core machine).
     """
     spec = TransformSpec(size=size["image_size"])
-    n = size["data_images"]
+    n, batch = size["data_images"], size["cnn_batch"]
 
-    def decode_all(data: PreparedData):
-        dataset = ImageDataset(data.items("train")[:n], train_transform(spec), seed=seed)
-        return lambda: [dataset[i] for i in range(len(dataset))]
+    def plain():
+        dataset = PlainImageDataset(originals.items("train")[:n], plain_train_transform(spec))
+        images = [dataset[i][0] for i in range(n)]
+        return [torch.stack(images[i:i + batch]) for i in range(0, n, batch)]
+
+    def pipeline_way(data: PreparedData):
+        def run():
+            dataset = ImageDataset(data.items("train")[:n], train_transform(spec), seed=seed)
+            images = [dataset[i][0] for i in range(n)]
+            return [spec.normalize(torch.stack(images[i:i + batch])) for i in range(0, n, batch)]
+        return run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = add_rates(side_by_side(decode_all(originals), decode_all(prepared), size["repeats"]), n)
+        result = add_rates(side_by_side(plain, pipeline_way(prepared), size["repeats"]), n)
+        sizes_alone = add_rates(side_by_side(pipeline_way(originals), pipeline_way(prepared), size["repeats"]), n)
     finally:
         torch.set_num_threads(threads)
     result.update({"images": n, "output_size": spec.size, "prepared_max_side": 256,
                    "original_mean_pixels": mean_pixels(originals, n),
-                   "prepared_mean_pixels": mean_pixels(prepared, n)})
+                   "prepared_mean_pixels": mean_pixels(prepared, n),
+                   "pipeline_on_originals": sizes_alone["plain"],
+                   "speedup_from_prepared_sizes_alone": sizes_alone["speedup"]})
     return result
 
 
 def mean_pixels(data: PreparedData, n: int) -> int:
-    from PIL import Image
-
     sizes = []
     for path, _ in data.items("train")[:n]:
         with Image.open(path) as image:
@@ -291,21 +338,22 @@ def mean_pixels(data: PreparedData, n: int) -> int:
 
 
 def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
-    """Batches per second through the pipeline's DataLoader (workers from the core count) vs in-process loading."""
+    """Batches per second through the pipeline's DataLoader (workers from the core count; batch normalisation
+    included) vs in-process loading, both on the prepared images."""
     spec = TransformSpec(size=size["image_size"])
     n_items = prepared.items("train")
     batch = size["cnn_batch"]
 
     def plain():
-        for _ in plain_loader(n_items, train_transform(spec), batch, True, params.seed):
+        for _ in plain_loader(n_items, plain_train_transform(spec), batch, True, params.seed):
             pass
 
     loader = image_loader(prepared, "train", spec, batch, True, params, CPU)
     iter(loader)  # start the persistent workers outside the timing, as after the first epoch
 
     def pipeline():
-        for _ in loader:
-            pass
+        for x, _ in loader:
+            spec.normalize(x)
 
     result = add_rates(side_by_side(plain, pipeline, size["repeats"]), len(loader) * batch)
     result.update({"workers": default_num_workers(CPU) if params.loader.num_workers is None
@@ -320,17 +368,17 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
     Probe: the head on cached test features vs a backbone pass over the test images."""
     p, _, _, model, ctx = cnn_setup(prepared, size, params.seed)
     batch = params.evaluate.batch_size
-    spec = TransformSpec(size=p.image_size)
-    dataset = ImageDataset(prepared.items("test"), eval_transform(spec))
+    dataset = ImageDataset(prepared.items("test"), eval_transform(ctx.input_spec))
     decoded = [dataset[i] for i in range(len(dataset))]
-    batches = tensor_loader(TensorDataset(torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded])),
-                            batch, False, params)
+    x, y = torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded])
+    batches = tensor_loader(TensorDataset(x, y), batch, False, params)  # uint8: the pipeline normalises per batch
+    float_batches = tensor_loader(TensorDataset(ctx.input_spec.normalize(x), y), batch, False, params)
     images = len(decoded)
     plain_model, fast_model = copy.deepcopy(model).eval(), pipeline_model(model, ctx).eval()
 
     def plain_cnn():
         with torch.no_grad():
-            return torch.cat([plain_model(x) for x, _ in batches])
+            return torch.cat([plain_model(x) for x, _ in float_batches])
 
     cnn = add_rates(side_by_side(plain_cnn, lambda: predict(fast_model, batches, ctx), size["repeats"]), images)
     logits_plain, (logits_fast, _) = plain_cnn(), predict(fast_model, batches, ctx)
@@ -345,8 +393,8 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
 
     def plain_probe():
         with torch.no_grad():
-            return [probe_model(x) for x, _ in plain_loader(prepared.items("test"), eval_transform(vit_spec), batch,
-                                                            False, params.seed)]
+            return [probe_model(x) for x, _ in plain_loader(prepared.items("test"), plain_eval_transform(vit_spec),
+                                                            batch, False, params.seed)]
 
     def cached_probe():
         loader = tensor_loader(load_feature_split(cache, "test"), batch, False, params)
@@ -461,6 +509,10 @@ def print_table(r: dict) -> None:
     for name, res, unit, key in rows:
         print(f"{name:28s} {res['plain'][key]:>8.2f} {unit:<3s} {res['pipeline'][key]:>8.2f} {unit:<3s} "
               f"{res['speedup']:>6.2f}x  {res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}")
+    data_path = r["data_path"]
+    print(f"decode + augment: the pipeline's own way on original-size images gives "
+          f"{data_path['pipeline_on_originals']['images_per_s']:.2f} img/s; the prepared sizes alone bring "
+          f"{data_path['speedup_from_prepared_sizes_alone']:.2f}x")
     probe = r["probe"]
     print(f"probe: pipeline precision {probe['pipeline_precision']}; the cached route in fp32 alone is "
           f"{probe['speedup_caching_alone']:.2f}x; ViT weights are {probe['weights']}")

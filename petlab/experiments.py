@@ -36,9 +36,10 @@ def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     return params, PreparedData.open(data_dir)
 
 
-def make_context(params: Params, amp: bool, channels_last: bool) -> StepContext:
+def make_context(params: Params, amp: bool, channels_last: bool, input_spec: TransformSpec | None = None) -> StepContext:
+    """`input_spec`: how the model's image batches are normalised (None where it is fed features)."""
     device = select_device(params.device)
-    return StepContext(device, select_precision(device, amp), channels_last and device.type != "mps")
+    return StepContext(device, select_precision(device, amp), channels_last and device.type != "mps", input_spec)
 
 
 def cnn_config(params: Params, num_classes: int) -> dict:
@@ -65,9 +66,9 @@ def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: 
 
 def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel:
     p = params.train_cnn
-    ctx = make_context(params, p.amp, p.channels_last)
     config = cnn_config(params, data.num_classes)
     spec = transform_spec(config)
+    ctx = make_context(params, p.amp, p.channels_last, spec)
     model = create_model(config).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -107,11 +108,11 @@ def transform_spec(config: dict) -> TransformSpec:
 
 def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path) -> TrainedModel:
     p = params.train_vit
-    ctx = make_context(params, p.amp, channels_last=False)
-    head_ctx = StepContext(ctx.device, Precision(None, False))  # a linear layer gains nothing from autocast
     model, config = build_probe(params, data.num_classes)
-    model.to(ctx.device)
     spec = transform_spec(config)
+    ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
+    head_ctx = StepContext(ctx.device, Precision(None, False))  # a linear layer gains nothing from autocast
+    model.to(ctx.device)
     fine_tune = model.trains_backbone  # features change while training: nothing can be cached
     splits = () if fine_tune else ("val", "test") if p.augment else ("train", "val", "test")
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,

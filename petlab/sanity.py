@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from petlab.data import PreparedData, TransformSpec, eval_transform
+from petlab.data import PreparedData, TransformSpec, eval_transform, read_image
 from petlab.prepare import SPLITS
 from petlab.train import StepContext, train_step
 
@@ -89,13 +89,10 @@ def overfit_items(data: PreparedData, batches: int, batch_size: int, seed: int) 
 
 
 def image_batches(items: list[tuple[Path, int]], spec: TransformSpec, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 batches of the images, eval-transformed (a StepContext with `spec` normalises them)."""
     transform = eval_transform(spec)
-    xs, ys = [], []
-    for path, label in items:
-        with Image.open(path) as image:
-            xs.append(transform(image.convert("RGB")))
-        ys.append(label)
-    x, y = torch.stack(xs), torch.tensor(ys)
+    x = torch.stack([transform(read_image(path)) for path, _ in items])
+    y = torch.tensor([label for _, label in items])
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
 
 

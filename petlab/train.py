@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from petlab.data import TransformSpec
 from petlab.metrics import classification_metrics, rounded
 from petlab.params import OptimParams
 from petlab.runtime import Precision
@@ -22,17 +23,28 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_acc
 
 @dataclass
 class StepContext:
-    """Where and how batches run: shared by training, validation, prediction and profiling."""
+    """Where and how batches run: shared by training, validation, prediction and profiling.
+
+    `input_spec` normalises uint8 image batches into the model's input; batches of features need none.
+    """
 
     device: torch.device
     precision: Precision
     channels_last: bool = False
+    input_spec: TransformSpec | None = None
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         non_blocking = self.device.type == "cuda"
+        # Layout first, while the batch is still uint8: a quarter of the bytes to rearrange.
         if self.channels_last and x.dim() == 4:
-            return x.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last)
-        return x.to(self.device, non_blocking=non_blocking)
+            x = x.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last)
+        else:
+            x = x.to(self.device, non_blocking=non_blocking)
+        if x.dtype == torch.uint8:
+            if self.input_spec is None:
+                raise ValueError("a uint8 image batch reached a StepContext without an input_spec to normalise it")
+            x = self.input_spec.normalize(x)
+        return x
 
 
 class LRSchedule:

@@ -24,12 +24,12 @@ SPLITS = ("val", "test")
 
 def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str, name: str = "cnn"):
     optim = params.train_cnn if name == "cnn" else params.train_vit
-    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last)
+    spec = transform_spec(checkpoint["model_config"])
+    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
     model = load_trained(checkpoint).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = image_loader(data, split, transform_spec(checkpoint["model_config"]), params.evaluate.batch_size,
-                          False, params, ctx.device)
+    loader = image_loader(data, split, spec, params.evaluate.batch_size, False, params, ctx.device)
     return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
 
 

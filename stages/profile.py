@@ -67,7 +67,8 @@ def main() -> None:
         checkpoint = load_torch(path)
         model = load_trained(checkpoint)
         optim = params.train_cnn if name == "cnn" else params.train_vit
-        ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last)
+        ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last,
+                           input_spec=transform_spec(checkpoint["model_config"]))
         model.to(ctx.device)
         if ctx.channels_last:
             model = model.to(memory_format=torch.channels_last)

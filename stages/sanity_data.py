@@ -7,7 +7,6 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from petlab import plots, sanity
-from petlab.data import TransformSpec
 from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, transform_spec
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
@@ -32,17 +31,20 @@ def main() -> None:
         failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
                         f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
 
-    ctx = make_context(params, amp=False, channels_last=False)  # fp32: this checks learning, not speed
     with SummaryWriter(str(LOG_DIR)) as writer:
+        # fp32 for both: this checks learning, not speed
+        cnn_spec = transform_spec(cnn_config(params, data.num_classes))
+        ctx = make_context(params, amp=False, channels_last=False, input_spec=cnn_spec)
         cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)
-        cnn_batches = sanity.image_batches(items, TransformSpec(size=params.train_cnn.image_size), s.batch_size)
+        cnn_batches = sanity.image_batches(items, cnn_spec, s.batch_size)
         report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
 
         probe, config = build_probe(params, data.num_classes)
+        ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
         probe.to(ctx.device)
         with torch.no_grad():  # inference tensors could not be trained on below
             feature_batches = [(probe.features(ctx.to_device(x)).cpu(), y)
-                               for x, y in sanity.image_batches(items, transform_spec(config), s.batch_size)]
+                               for x, y in sanity.image_batches(items, ctx.input_spec, s.batch_size)]
         report["overfit_probe"] = sanity.overfit(probe.head, sanity.standardize(feature_batches), ctx,
                                                  s.lr, s.max_steps, writer, "probe")
         report["overfit_probe"]["weights_source"] = config["info"]["weights_source"]

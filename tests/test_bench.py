@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab.bench import pipeline_model, plain_loader, plain_train_step, probe_from_images
-from petlab.data import PreparedData, TransformSpec, eval_transform
+from petlab.bench import pipeline_model, plain_eval_transform, plain_loader, plain_train_step, probe_from_images
+from petlab.data import PreparedData, TransformSpec
 from petlab.experiments import train_vit
 from petlab.features import load_feature_split
 from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
@@ -42,8 +42,8 @@ def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets
     # The same features: what the cache holds is what the backbone gives on the un-augmented images.
     cache = load_feature_split(tmp_path / "features.pt", "train").tensors[0]
     with torch.no_grad():
-        fresh = torch.cat([model.features(x) for x, _ in plain_loader(data.items("train"), eval_transform(spec), 16,
-                                                                      False, params.seed)])
+        fresh = torch.cat([model.features(x) for x, _ in plain_loader(data.items("train"), plain_eval_transform(spec),
+                                                                      16, False, params.seed)])
     assert cache.shape == fresh.shape and cache.shape[0] == len(data.items("train"))
     torch.testing.assert_close(cache, fresh, atol=1e-5, rtol=1e-5)
 

@@ -91,7 +91,8 @@ def predict_test(project: Path) -> np.ndarray:
     checkpoint = load_torch(project / "models/cnn.pt")
     model = load_trained(checkpoint)
     data = PreparedData.open(project / "data/oxford_pets")
-    dataset = ImageDataset(data.items("test"), eval_transform(transform_spec(checkpoint["model_config"])))
+    spec = transform_spec(checkpoint["model_config"])
+    dataset = ImageDataset(data.items("test"), eval_transform(spec))
     with torch.inference_mode():
-        logits = model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+        logits = model(spec.normalize(torch.stack([dataset[i][0] for i in range(len(dataset))])))
     return logits.argmax(1).numpy()

@@ -107,7 +107,8 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     logits, labels = probe_logits(checkpoint, params, data, "test")  # reads no feature cache
     assert logits.shape == (len(data.items("test")), data.num_classes)
     model = trained.model.eval()
-    loader = image_loader(data, "test", transform_spec(checkpoint["model_config"]), 16, False, params,
-                          torch.device("cpu"))
-    direct, direct_labels = predict(model, loader, StepContext(torch.device("cpu"), Precision(None, False)))
+    spec = transform_spec(checkpoint["model_config"])
+    loader = image_loader(data, "test", spec, 16, False, params, torch.device("cpu"))
+    direct, direct_labels = predict(model, loader, StepContext(torch.device("cpu"), Precision(None, False),
+                                                               input_spec=spec))
     assert torch.allclose(logits, direct, atol=1e-5) and torch.equal(labels, direct_labels)
