@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab.bench import pipeline_model, plain_eval_transform, plain_loader, plain_train_step, probe_from_images
-from petlab.data import PreparedData, TransformSpec
+from petlab.bench import (pipeline_model, plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
+                          probe_from_images)
+from petlab.data import PreparedData, TransformSpec, read_image, train_transform
 from petlab.experiments import train_vit
 from petlab.features import load_feature_split
 from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
 from petlab.params import DataParams, LoaderParams, Params, TrainCNNParams, TrainViTParams
 from petlab.prepare import prepare_oxford_pets
-from petlab.runtime import select_precision
+from petlab.runtime import seeded_rng, select_precision
 from petlab.train import StepContext, make_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,24 @@ def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets
         assert torch.equal(head(test_features).argmax(1), cached.model.head(test_features).argmax(1))
 
 
+def test_pipeline_data_path_gives_the_plain_ways_crops(tmp_path, fake_pets):
+    """uint8 tensor kernels and per-batch normalisation: the same crops and flips as PIL's per-image way
+    (12 samples: a flip missed on one side would fail), pixel values within one grey level (the two resize
+    kernels round differently)."""
+    from PIL import Image
+
+    prepare_oxford_pets(DataParams(root=str(fake_pets)), 0, tmp_path / "prepared")
+    spec = TransformSpec(size=48)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    for k, (path, _) in enumerate(PreparedData.open(tmp_path / "prepared").items("train")[:12]):
+        with seeded_rng(k), Image.open(path) as image:
+            plain = plain_train_transform(spec)(image.convert("RGB"))
+        with seeded_rng(k):
+            ours = spec.normalize(train_transform(spec)(read_image(path))[None])[0]
+        levels = (plain - ours).abs() * std * 255
+        assert levels.max() <= 1.01 and levels.mean() < 0.25, (path, levels.max(), levels.mean())
+
+
 def test_pipeline_step_and_plain_step_give_close_losses():
     """bf16 autocast (where the CPU has it) and channels_last must not change what a step learns."""
     torch.manual_seed(0)
@@ -90,6 +109,7 @@ def test_quick_benchmark_writes_its_report(tmp_path):
         plain, pipeline = result["plain"], result["pipeline"]
         assert plain["seconds"] > 0 and pipeline["seconds"] > 0 and "peak_rss_rise_mb" in pipeline
         assert abs(result["speedup"] - plain["seconds"] / pipeline["seconds"]) < 0.01 * result["speedup"] + 0.01
+    assert report["data_path"]["speedup_from_prepared_sizes_alone"] > 0
     assert report["probe"]["weights"].startswith("random")
     assert report["evaluate"]["cnn"]["argmax_agreement"] >= 0.0
     assert "linear probe" in proc.stdout and str(out) in proc.stdout
