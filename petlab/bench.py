@@ -490,10 +490,20 @@ def step(name: str, fn: Callable[[], dict]) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     from petlab.runtime import cpu_supports_bf16
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version()}
 
