@@ -135,8 +135,9 @@ class PlainImageDataset(Dataset):
 
 
 def plain_train_transform(spec: TransformSpec) -> Callable:
-    return v2.Compose([v2.RandomResizedCrop(spec.size, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+    crop = v2.RandomResizedCrop(spec.size, interpolation=interpolation_mode(spec.interpolation), antialias=True)
+    return v2.Compose([crop, v2.RandomHorizontalFlip(), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(spec.mean, spec.std)])
 
 
 def plain_eval_transform(spec: TransformSpec) -> Callable:
