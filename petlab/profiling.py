@@ -69,6 +69,11 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
                   device: torch.device, trace_dir: Path, desc: str) -> dict:
     """Run wait+warmup+active steps under torch.profiler; time the active ones; traces go to trace_dir."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type != "cuda":
+        # Kineto, the profiler's backend, would print its start/stop lines and, from a CUDA build on a
+        # machine without a GPU, an "ERROR" about the device count: noise that reads like a failure.
+        # Read once, when the first profiler starts; set KINETO_LOG_LEVEL yourself to see them.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     total = cfg.wait + cfg.warmup + cfg.active
     batch_iter = itertools.cycle(batches) if isinstance(batches, list) else _repeat(batches)
     seconds, data_seconds = [], []

@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from petlab.profiling import forward_gflops, step_stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROFILE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from petlab.params import ProfileParams
+from petlab.profiling import profile_steps
+
+model = torch.nn.Linear(8, 3)
+batches = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+stats = profile_steps(lambda x, y: model(x).sum().backward(), batches, ProfileParams(wait=1, warmup=1, active=2),
+                      torch.device("cpu"), Path(sys.argv[1]), desc="profile")
+print(json.dumps(stats))
+"""
+
+
+def test_profile_steps_times_the_active_steps_writes_a_trace_and_stays_quiet(tmp_path):
+    """In a fresh interpreter, as in the stage: the profiler backend's own log lines must not reach the user."""
+    proc = subprocess.run([sys.executable, "-c", PROFILE_SCRIPT, str(tmp_path / "trace")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats["step_ms_mean"] > 0 and stats["throughput_images_per_s"] > 0
+    assert any(tmp_path.joinpath("trace").glob("*.pt.trace.json*"))
+    for noise in ("ERROR:", "USDT:", "STAGE:", "gpuGetDeviceCount"):
+        assert noise not in proc.stderr, proc.stderr
+
+
+def test_step_stats_and_gflops():
+    stats = step_stats([0.1, 0.2, 0.3], batch_size=10)
+    assert stats["step_ms_mean"] == 200.0 and stats["throughput_images_per_s"] == 50.0
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 1000))
+    assert forward_gflops(model, 64, torch.device("cpu")) == round(2 * 3 * 64 * 64 * 1000 / 1e9, 4)
