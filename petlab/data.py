@@ -10,6 +10,7 @@ device (TransformSpec.normalize, called by StepContext.to_device).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -92,9 +93,16 @@ class TransformSpec:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 3, H, W) as float32 (x / 255 - mean) / std, on their device, in their memory format."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
+        scale, shift = _scale_and_shift(tuple(self.mean), tuple(self.std), images.device)
+        return images.float().mul_(scale).sub_(shift)
+
+
+@functools.cache
+def _scale_and_shift(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a new GPU tensor every batch would be a blocking host-to-device copy.
+    mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std64)).float().to(device), (mean64 / std64).float().to(device)
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
