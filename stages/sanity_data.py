@@ -33,10 +33,10 @@ def main() -> None:
 
     with SummaryWriter(str(LOG_DIR)) as writer:
         # fp32 for both: this checks learning, not speed
-        cnn_spec = transform_spec(cnn_config(params, data.num_classes))
-        ctx = make_context(params, amp=False, channels_last=False, input_spec=cnn_spec)
-        cnn = create_model({**cnn_config(params, data.num_classes), "dropout": 0.0}).to(ctx.device)
-        cnn_batches = sanity.image_batches(items, cnn_spec, s.batch_size)
+        config = cnn_config(params, data.num_classes)
+        ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
+        cnn = create_model({**config, "dropout": 0.0}).to(ctx.device)
+        cnn_batches = sanity.image_batches(items, ctx.input_spec, s.batch_size)
         report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
 
         probe, config = build_probe(params, data.num_classes)
