@@ -141,10 +141,12 @@ def eval_transform(spec: TransformSpec) -> Callable:
     ])
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """uint8 RGB (3, H, W). The same pixels as PIL's decoder gives (a test checks), in less time."""
+def read_image(path: str | Path, raw: bytes | None = None) -> torch.Tensor:
+    """uint8 RGB (3, H, W). The same pixels as PIL's decoder gives (a test checks), in less time.
+
+    `raw`: the file's bytes, where the caller has read them already."""
     try:
-        return decode_image(Path(path).read_bytes(), mode="RGB")
+        return decode_image(Path(path).read_bytes() if raw is None else raw, mode="RGB")
     except (RuntimeError, ValueError) as err:
         raise PipelineError(f"{path}: cannot decode image ({err}); re-run the prepare stage") from err
 

@@ -38,7 +38,7 @@ def check_data(data: PreparedData) -> tuple[dict, list[str]]:
             raw = path.read_bytes()
             owners[hashlib.sha256(raw).hexdigest()].append(f"{split}/{path.parent.name}/{path.name}")
             try:  # with the loaders' own decoder: what passes here, training can read
-                image = read_image(path)
+                image = read_image(path, raw)
                 sizes[split].append((image.shape[2], image.shape[1]))
             except PipelineError as err:
                 unreadable.append(str(err))
