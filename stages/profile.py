@@ -1,5 +1,8 @@
 """Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
 
+# First: it sets torch's C++ log level, which only takes effect before torch loads.
+from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
+
 from pathlib import Path
 
 import torch
@@ -10,7 +13,6 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
 from petlab.runtime import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
 
