@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,17 +21,24 @@ class PipelineError(Exception):
     """An error the user can fix; printed as one line, without a traceback."""
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
+def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
     shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
+    stage fails they are removed, so no partial event file outlives the run.
     """
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt from here on
     clock = Stopwatch()
     try:
-        main()
+        try:
+            main()
+        except BaseException:
+            for folder in live_dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         from petlab.outputs import write_json  # outputs imports this module
 
         write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})

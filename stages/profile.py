@@ -86,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("profile", main)
+    run_stage("profile", main, live_dirs=[TRACES])

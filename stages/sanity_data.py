@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("sanity_data", main)
+    run_stage("sanity_data", main, live_dirs=[LOG_DIR])

@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("train_vit", main)
+    run_stage("train_vit", main, live_dirs=[LOG_DIR])
