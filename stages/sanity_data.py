@@ -18,6 +18,7 @@ METRICS = Path("metrics/sanity.json")
 PLOTS = Path("plots/sanity")
 LOG_DIR = Path("runs/sanity")
 PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depend on
+BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         cnn_batches = sanity.image_batches(items, ctx.input_spec, s.batch_size)
         report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
 
-        probe, config = build_probe(params, data.num_classes)
+        probe, config = build_probe(params, data.num_classes, BACKBONE)
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
         probe.to(ctx.device)
         with torch.no_grad():  # inference tensors could not be trained on below
