@@ -21,8 +21,8 @@ def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str
         ax.bar(x + i * width - 0.4 + width / 2, [counts[split].get(c, 0) for c in class_names], width, label=split)
     ax.set_xticks(x, class_names, rotation=75, ha="right", fontsize=8)
     ax.set_ylabel("images")
-    ax.set_title("Images per class and split")
-    ax.legend()
+    ax.set_title("Images per class and split", loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=len(splits), frameon=False)  # above the bars
     return fig
 
 
@@ -70,8 +70,13 @@ def profile_comparison_figure(models: dict[str, dict]):
               ("peak_memory_mb", "peak memory (MB)"), ("gflops_per_image", "forward GFLOPs / image"),
               ("trainable_parameters", "trainable parameters")]
     names = list(models)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (key, label) in zip(axes, panels):
+    # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, panels):
         values = [models[m].get(key, 0) or 0 for m in names]
         bars = ax.bar(names, values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
         ax.set_title(label, fontsize=9)

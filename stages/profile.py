@@ -20,6 +20,7 @@ DATA = Path("data/oxford_pets")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
 METRICS = Path("metrics/profile.json")
 PLOT = Path("plots/profile/comparison.png")
+TOP_OPS = Path("plots/profile/top_ops.json")  # lists, so not a metrics file: `dvc metrics show` stays readable
 TRACES = Path("runs/profile")
 
 
@@ -77,6 +78,7 @@ def main() -> None:
         results[name] = profile_model(name, model, checkpoint["model_config"], ctx, params, data, optim)
         if name == "vit":
             results[name].update(probe_costs(model, ctx, params, data, checkpoint["model_config"]))
+    write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
     save_figure(plots.profile_comparison_figure(results), PLOT)

@@ -14,8 +14,9 @@ from petlab.prepare import SPLITS
 from petlab.runtime import PipelineError, run_stage
 
 DATA = Path("data/oxford_pets")
-METRICS = Path("metrics/sanity.json")
+METRICS = Path("metrics/sanity.json")  # the scalars worth comparing
 PLOTS = Path("plots/sanity")
+REPORT = PLOTS / "report.json"  # everything, lists of files included
 LOG_DIR = Path("runs/sanity")
 PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depend on
 BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
@@ -58,7 +59,8 @@ def main() -> None:
 
     report["passed"] = not failures
     report["failures"] = failures
-    write_json(METRICS, report)
+    write_json(REPORT, report)
+    write_json(METRICS, sanity.metrics_summary(report))
     save_figure(plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
                 PLOTS / "class_counts.png")
     rng = np.random.default_rng(params.seed)
