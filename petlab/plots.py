@@ -80,7 +80,8 @@ def profile_comparison_figure(models: dict[str, dict]):
         values = [models[m].get(key, 0) or 0 for m in names]
         bars = ax.bar(names, values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
         ax.set_title(label, fontsize=9)
-        ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
+        ax.margins(y=0.12)  # room for the labels above the tallest bar
         if key == "trainable_parameters":
             ax.set_yscale("log")
     fig.suptitle("Training cost per model (profile stage)")

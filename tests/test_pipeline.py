@@ -2,13 +2,18 @@
 
 import csv
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from conftest import dvc, run
+from test_readme import bash_blocks, commands, section
 
 
 def ran_stages(proc) -> set[str]:
@@ -112,6 +117,19 @@ def check_backbone(project: Path) -> None:
     assert vit["backbone_sha256"] == record["sha256"] and vit["weights_source"] == record["source"]
 
 
+def check_exp_show_fits_160_columns(project: Path) -> None:
+    """The README's suggested `dvc exp show` shows its columns whole in a 160-column terminal."""
+    (suggested,) = [c for c in commands(bash_blocks(section("Compare runs"))[0]) if c.startswith("dvc exp show --drop")]
+    proc = subprocess.run([sys.executable, "-m", *shlex.split(suggested), "--no-pager"], cwd=project, text=True,
+                          capture_output=True, env={**os.environ, "COLUMNS": "160", "DVC_NO_ANALYTICS": "1"})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and max(map(len, lines)) <= 160 and "…" not in proc.stdout, proc.stdout + proc.stderr
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header == ["Experiment", "cnn.test.accuracy", "cnn.test.macro_f1", "vit.test.accuracy", "vit.test.macro_f1",
+                      "train_cnn.lr", "train_vit.lr"]
+    assert any("0.02" in line for line in lines)  # the experiment's train_vit.lr
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
@@ -146,6 +164,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert (lr_change["old"], lr_change["new"]) == (0.001, 0.02)
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
+    check_exp_show_fits_160_columns(project)
 
     plots_dir = project / "plots_html"
     dvc(project, "plots", "show", "-o", str(plots_dir))
