@@ -173,3 +173,34 @@ def test_dvc_repro_end_to_end(tiny_project):
                   "Loss per epoch"):
         assert title in html
     assert "American Bulldog" in html  # the confusion data itself, with class names
+
+
+def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):
+    """New weights at the same path are new data; without weights the first stage stops, before any data work."""
+    import timm
+    from safetensors.torch import save_file
+
+    from conftest import make_project, write_params
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(test_vit_weights.read_bytes())
+    project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit", "weights": str(weights)}})
+    stage = [sys.executable, "-m", "stages.backbone_weights"]
+    run(stage, project)
+    first = load_json(project / "metrics/backbone.json")
+    assert first["source"] == f"file {weights.resolve()}" and first["pretrained"] is True
+    assert "already holds test_vit" in run(stage, project).stdout  # same source: kept, not loaded again
+    assert load_json(project / "metrics/backbone.json") == first
+
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(weights))  # replaced in place
+    run(stage, project)
+    second = load_json(project / "metrics/backbone.json")
+    assert second["source_sha256"] != first["source_sha256"] and second["sha256"] != first["sha256"]
+
+    (project / "models/backbone.safetensors").unlink()
+    write_params(project, {"train_vit": {"model": "test_vit", "weights": None}})
+    failed = dvc(project, "repro", check=False)
+    assert failed.returncode != 0 and ran_stages(failed) == {"backbone_weights"}
+    (message,) = [line for line in failed.stderr.splitlines() if line.startswith("backbone_weights: error:")]
+    assert "train_vit.weights" in message and "HF_HUB_OFFLINE=1" in message
+    assert not (project / "data").exists() and not (project / "runs").exists()
