@@ -34,5 +34,6 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
     matrix = confusion(y, preds, len(class_names))
     save_figure(plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
                 out_dir / f"confusion_{name}.png")
-    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class", normalized=True),
+    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class",
+                                       normalized=True),
                 out_dir / f"confusion_{name}_normalized.png")
