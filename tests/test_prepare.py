@@ -22,7 +22,9 @@ from PIL import Image
 from conftest import make_project
 from petlab import prepare
 from petlab.params import DataParams
-from petlab.prepare import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name, prepare_oxford_pets
+from petlab.prepare import prepare_oxford_pets
+from petlab.sources import oxford_pets
+from petlab.sources.oxford_pets import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name
 from petlab.runtime import PipelineError
 from petlab.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
 from test_runtime import start_as_in_a_terminal
@@ -71,7 +73,7 @@ def test_prepared_layout_split_and_report(fake_pets, tmp_path):
 
 
 def test_split_is_seeded(fake_pets):
-    source = prepare.read_pets_annotations(fake_pets)
+    source = oxford_pets.read_pets_annotations(fake_pets)
     a = prepare.split_train_val(source.trainval, 0.25, 7, source.class_names)
     b = prepare.split_train_val(source.trainval, 0.25, 7, source.class_names)
     c = prepare.split_train_val(source.trainval, 0.25, 8, source.class_names)
@@ -252,21 +254,21 @@ def pets_archives(root: Path, folder: Path, url: str) -> tuple:
 def test_download_route_verifies_and_extracts(tmp_path, served, monkeypatch):
     folder, url = served
     archives = pets_archives(small_pets(tmp_path / "pets"), folder, url)
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", archives)
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", archives)
     data = DataParams(root=None, download_dir=str(tmp_path / "raw"))
     report = prepare.prepare_oxford_pets(data, 0, tmp_path / "out")
     assert report["images_written"] == 45 and report["images_skipped"] == 0
-    assert sorted(p.name for p in (tmp_path / "raw" / prepare.PETS_FOLDER).iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "raw" / oxford_pets.PETS_FOLDER).iterdir()) == [
         "annotations", "annotations.tar.gz", "images", "images.tar.gz"]
 
 
 def test_download_with_wrong_checksum_is_an_error(tmp_path, served, monkeypatch):
     folder, url = served
     (image_archive, md5), annotations = pets_archives(small_pets(tmp_path / "pets"), folder, url)
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", ((image_archive, "0" * 32), annotations))
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", ((image_archive, "0" * 32), annotations))
     with pytest.raises(PipelineError, match="images.tar.gz: the download to .* failed its MD5 check"):
-        prepare.locate_oxford_pets(DataParams(root=None, download_dir=str(tmp_path / "raw")))
-    assert not (tmp_path / "raw" / prepare.PETS_FOLDER / "images").exists()
+        oxford_pets.locate_oxford_pets(DataParams(root=None, download_dir=str(tmp_path / "raw")))
+    assert not (tmp_path / "raw" / oxford_pets.PETS_FOLDER / "images").exists()
 
 
 def test_download_with_a_path_traversal_member_is_refused(tmp_path, served, monkeypatch):
@@ -276,10 +278,10 @@ def test_download_with_a_path_traversal_member_is_refused(tmp_path, served, monk
     with tarfile.open(folder / "images.tar.gz", "w:gz") as tar:
         tar.add(payload, arcname="../../escaped.txt")
     md5 = hashlib.md5((folder / "images.tar.gz").read_bytes()).hexdigest()
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", ((f"{url}/images.tar.gz", md5),))
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", ((f"{url}/images.tar.gz", md5),))
     raw = tmp_path / "a" / "raw"
     with pytest.raises(PipelineError, match="refused to extract"):
-        prepare.locate_oxford_pets(DataParams(root=None, download_dir=str(raw)))
+        oxford_pets.locate_oxford_pets(DataParams(root=None, download_dir=str(raw)))
     assert not list(tmp_path.rglob("escaped.txt"))
     shutil.rmtree(raw)
 

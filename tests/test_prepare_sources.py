@@ -14,8 +14,11 @@ import pytest
 from PIL import Image
 
 from petlab.params import DataParams, ParamsError, parse_params
-from petlab.prepare import (FASHION_MNIST_CLASSES, Record, SourceSplits, cap_per_class, prepare_dataset, read_cifar10,
-                            read_fashion_mnist, read_idx, read_imagefolder, select_classes)
+from petlab.prepare import cap_per_class, prepare_dataset, select_classes
+from petlab.sources import Record, SourceSplits
+from petlab.sources.cifar10 import read_cifar10
+from petlab.sources.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
+from petlab.sources.imagefolder import read_imagefolder
 from petlab.runtime import PipelineError
 from petlab.synthetic import class_image
 
