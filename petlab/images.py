@@ -12,7 +12,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 # A truncated JPEG must be an error, never a silently grey-padded picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 MIN_SIDE = 8  # smaller images cannot survive a resize-and-crop meaningfully
-JPEG_MAX_SIDE = 65535  # the format stores each side in 16 bits
+JPEG_MAX_SIDE = 65500  # libjpeg's limit (JPEG_MAX_DIMENSION), just under the format's 16-bit 65535
 
 
 class BadImage(Exception):

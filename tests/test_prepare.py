@@ -292,6 +292,22 @@ def test_a_repeated_annotation_line_is_written_once_and_listed(tmp_path):
     assert saved["left_out"] == report["left_out"]
 
 
+def test_exif_orientation_and_oversized_images_are_converted_and_counted(tmp_path):
+    from test_images import oriented_jpeg
+
+    root = small_pets(tmp_path / "pets")
+    oriented_jpeg(root / "images" / "Abyssinian_1.jpg", 6)  # a phone photo held upright
+    Image.new("RGB", (70000, 16), (0, 200, 0)).save(root / "images" / "Abyssinian_2.jpg", format="PNG")
+    report = run_prepare(root, tmp_path / "out")
+    assert (report["exif_rotated"], report["resized_to_fit_jpeg"], report["images_skipped"]) == (1, 1, 0)
+    (rotated,) = (tmp_path / "out").glob("*/Abyssinian/Abyssinian_1.jpg")
+    (wide,) = (tmp_path / "out").glob("*/Abyssinian/Abyssinian_2.jpg")
+    with Image.open(rotated) as image:
+        assert image.size == (20, 60)
+    with Image.open(wide) as image:
+        assert image.size == (65500, 15)
+
+
 # ---------------------------------------------------------------- fractions and caps against the class count
 
 
