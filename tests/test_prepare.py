@@ -212,76 +212,63 @@ def test_data_root_at_the_wrong_folder_is_named(tmp_path, where):
 # ---------------------------------------------------------------- annotation lines, field by field
 
 
-def edit_line(root: Path, split: str, lineno: int, new: bytes | str | None = None, append: bool = False) -> None:
-    """Replace line `lineno` (1-based) of annotations/<split>.txt, or append `new` as a new line."""
+def edit_line(root: Path, split: str, lineno: int | None, new: bytes | str) -> None:
+    """Replace line `lineno` (1-based) of annotations/<split>.txt, or add `new` at the end (lineno None)."""
     ann = root / "annotations" / f"{split}.txt"
     lines = ann.read_bytes().splitlines()
     new = new.encode() if isinstance(new, str) else new
-    if append:
+    if lineno is None:
         lines.append(new)
     else:
         lines[lineno - 1] = new
     ann.write_bytes(b"\n".join(lines) + b"\n")
 
 
-def copy_image(root: Path, source_id: str, new_id: str) -> None:
-    shutil.copy(root / "images" / f"{source_id}.jpg", root / "images" / f"{new_id}.jpg")
-
-
-# (what to do to the tree, the file:line the error must name, the rest of the message)
+# case -> (file, line number to replace (None: a line added at the end), the new line, the error after file:line)
 BAD_ANNOTATIONS = {
-    "non_utf8_bytes": (lambda r: edit_line(r, "trainval", 3, b"Abyssinian_3 1 1 3 \xff"), "trainval.txt:3",
-                       r"not UTF-8 text \(byte 0xff\)"),
-    "latin1_image_id": (lambda r: edit_line(r, "test", 2, b"Abyssini\xe0n_14 1 1 14"), "test.txt:2",
-                        r"not UTF-8 text \(byte 0xe0\)"),
-    "class_id_a_word": (lambda r: edit_line(r, "trainval", 2, "Abyssinian_2 one 1 2"), "trainval.txt:2",
-                        r"class id 'one' is not a plain integer"),
-    "class_id_unicode_digit": (lambda r: edit_line(r, "trainval", 2, "Abyssinian_2 \uff11 1 2"), "trainval.txt:2",
-                               r"class id '\uff11' is not a plain integer"),
-    "class_id_negative": (lambda r: edit_line(r, "trainval", 2, "Abyssinian_2 -1 1 2"), "trainval.txt:2",
-                          r"class id '-1' is not a plain integer"),
-    "class_id_zero": (lambda r: edit_line(r, "trainval", 2, "Abyssinian_2 0 1 2"), "trainval.txt:2",
-                      r"class id 0 is out of range \(1\.\.37\)"),
-    "class_id_too_large": (lambda r: edit_line(r, "test", 1, "Abyssinian_13 38 1 13"), "test.txt:1",
-                           r"class id 38 is out of range \(1\.\.37\)"),
-    "species_out_of_range": (lambda r: edit_line(r, "trainval", 4, "Abyssinian_4 1 3 4"), "trainval.txt:4",
-                             r"species 3 is out of range \(1\.\.2\)"),
-    "breed_id_decimal": (lambda r: edit_line(r, "trainval", 4, "Abyssinian_4 1 1 4.0"), "trainval.txt:4",
-                         r"breed id '4\.0' is not a plain integer"),
-    "five_fields": (lambda r: edit_line(r, "trainval", 5, "Abyssinian_5 1 1 5 extra"), "trainval.txt:5",
-                    r"expected 'IMAGE_ID CLASS_ID SPECIES BREED_ID'"),
-    "image_id_with_a_folder": (lambda r: edit_line(r, "trainval", 6, "../images/Abyssinian_6 1 1 6"),
-                               "trainval.txt:6", r"image id '\.\./images/Abyssinian_6' is not a plain file name"),
-    "image_id_dot_dot": (lambda r: edit_line(r, "trainval", 6, ".. 1 1 6"), "trainval.txt:6",
-                         r"image id '\.\.' is not a plain file name"),
-    "image_id_backslash": (lambda r: edit_line(r, "trainval", 6, "sub\\Abyssinian_6 1 1 6"), "trainval.txt:6",
+    "non_utf8_bytes": ("trainval", 3, b"Abyssinian_3 1 1 3 \xff", r"not UTF-8 text \(byte 0xff\)"),
+    "latin1_image_id": ("test", 2, b"Abyssini\xe0n_14 1 1 14", r"not UTF-8 text \(byte 0xe0\)"),
+    "class_id_a_word": ("trainval", 2, "Abyssinian_2 one 1 2", r"class id 'one' is not a plain integer"),
+    "class_id_unicode_digit": ("trainval", 2, "Abyssinian_2 \uff11 1 2", r"class id '\uff11' is not a plain integer"),
+    "class_id_negative": ("trainval", 2, "Abyssinian_2 -1 1 2", r"class id '-1' is not a plain integer"),
+    "class_id_zero": ("trainval", 2, "Abyssinian_2 0 1 2", r"class id 0 is out of range \(1\.\.37\)"),
+    "class_id_too_large": ("test", 1, "Abyssinian_13 38 1 13", r"class id 38 is out of range \(1\.\.37\)"),
+    "species_out_of_range": ("trainval", 4, "Abyssinian_4 1 3 4", r"species 3 is out of range \(1\.\.2\)"),
+    "breed_id_decimal": ("trainval", 4, "Abyssinian_4 1 1 4.0", r"breed id '4\.0' is not a plain integer"),
+    "five_fields": ("trainval", 5, "Abyssinian_5 1 1 5 extra", r"expected 'IMAGE_ID CLASS_ID SPECIES BREED_ID'"),
+    "image_id_with_a_folder": ("trainval", 6, "../images/Abyssinian_6 1 1 6",
+                               r"image id '\.\./images/Abyssinian_6' is not a plain file name"),
+    "image_id_dot_dot": ("trainval", 6, ".. 1 1 6", r"image id '\.\.' is not a plain file name"),
+    "image_id_backslash": ("trainval", 6, "sub\\Abyssinian_6 1 1 6",
                            r"image id 'sub\\\\Abyssinian_6' is not a plain file name"),
-    "same_image_other_class": (lambda r: edit_line(r, "trainval", 0, "Abyssinian_2 2 2 2", append=True),
-                               "trainval.txt:37", r"image 'Abyssinian_2' has class id 2 here but 1 at .*trainval\.txt:2"),
-    "same_image_in_both_splits": (lambda r: edit_line(r, "test", 0, "Abyssinian_1 1 1 1", append=True),
-                                  "test.txt:10", r"image 'Abyssinian_1' is also listed at .*trainval\.txt:1; .*leak"),
-    "two_class_ids_one_name": (lambda r: (copy_image(r, "Abyssinian_1", "Abyssinian_99"),
-                                         edit_line(r, "trainval", 0, "Abyssinian_99 4 1 99", append=True)),
-                               "trainval.txt:37", r"class 'Abyssinian' has class id 4 here but 1 at .*trainval\.txt:1; "
-                                                  r"two class ids cannot share a class name"),
-    "one_class_id_two_names": (lambda r: (copy_image(r, "Bengal_1", "Bengal_99"),
-                                          edit_line(r, "trainval", 0, "Bengal_99 1 1 99", append=True)),
-                               "trainval.txt:37", r"class id 1 is 'Bengal' here but 'Abyssinian' at .*trainval\.txt:1"),
+    "same_image_other_class": ("trainval", None, "Abyssinian_2 2 2 2",
+                               r"image 'Abyssinian_2' has class id 2 here but 1 at .*trainval\.txt:2"),
+    "same_image_in_both_splits": ("test", None, "Abyssinian_1 1 1 1",
+                                  r"image 'Abyssinian_1' is also listed at .*trainval\.txt:1; .*leak"),
+    "two_class_ids_one_name": ("trainval", None, "Abyssinian_99 4 1 99",
+                               r"class 'Abyssinian' has class id 4 here but 1 at .*trainval\.txt:1; "
+                               r"two class ids cannot share a class name"),
+    "one_class_id_two_names": ("trainval", None, "Bengal_99 1 1 99",
+                               r"class id 1 is 'Bengal' here but 'Abyssinian' at .*trainval\.txt:1"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_ANNOTATIONS)
 def test_every_annotation_field_is_checked_with_file_and_line(tmp_path, case):
-    edit, where, message = BAD_ANNOTATIONS[case]
+    split, lineno, line, message = BAD_ANNOTATIONS[case]
     root = small_pets(tmp_path / "pets")
-    edit(root)
-    with pytest.raises(PipelineError, match=rf"^{re.escape(str(root / 'annotations'))}/{re.escape(where)}: {message}"):
+    for source_id, new_id in (("Abyssinian_1", "Abyssinian_99"), ("Bengal_1", "Bengal_99")):  # images to name
+        shutil.copy(root / "images" / f"{source_id}.jpg", root / "images" / f"{new_id}.jpg")
+    edit_line(root, split, lineno, line)
+    ann = root / "annotations" / f"{split}.txt"
+    where = f"{ann}:{lineno or len(ann.read_bytes().splitlines())}"
+    with pytest.raises(PipelineError, match=rf"^{re.escape(where)}: {message}"):
         oxford_pets.read_pets_annotations(root)
 
 
 def test_a_repeated_annotation_line_is_written_once_and_listed(tmp_path):
     root = small_pets(tmp_path / "pets")
-    edit_line(root, "trainval", 0, "Abyssinian_2 1 1 2", append=True)
+    edit_line(root, "trainval", None, "Abyssinian_2 1 1 2")
     report = run_prepare(root, tmp_path / "out")
     assert report["left_out_count"] == 1
     (left_out,) = report["left_out"]
