@@ -26,8 +26,8 @@ def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str
         ax.bar(x + i * width - 0.4 + width / 2, [counts[split].get(c, 0) for c in class_names], width, label=split)
     ax.set_xticks(x, class_names, rotation=75, ha="right", fontsize=8, **LITERAL)
     ax.set_ylabel("images")
-    ax.set_title("Images per class and split")
-    ax.legend()
+    ax.set_title("Images per class and split", loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=len(splits), frameon=False)  # above the bars
     return fig
 
 
@@ -75,13 +75,19 @@ def profile_comparison_figure(models: dict[str, dict]):
               ("peak_memory_mb", "peak memory (MB)"), ("gflops_per_image", "forward GFLOPs / image"),
               ("trainable_parameters", "trainable parameters")]
     names = list(models)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (key, label) in zip(axes, panels):
+    # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, panels):
         values = [models[m].get(key, 0) or 0 for m in names]
         bars = ax.bar(range(len(names)), values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
         ax.set_xticks(range(len(names)), names, **LITERAL)
         ax.set_title(label, fontsize=9)
-        ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
+        ax.margins(y=0.12)  # room for the labels above the tallest bar
         if key == "trainable_parameters":
             ax.set_yscale("log")
     fig.suptitle("Training cost per model (profile stage)")

@@ -6,12 +6,13 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,11 +36,13 @@ def read_text(path: str | Path) -> str:
         raise PipelineError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8") from None
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
+def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
     shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
+    stage fails they are removed, so no partial event file outlives the run.
     """
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt from here on
@@ -48,7 +51,12 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         from petlab.outputs import check_writable, stage_outputs, write_json  # outputs imports this module
 
         check_writable(stage_outputs(name))  # before any work: a read-only metrics/ must not cost a whole run
-        main()
+        try:
+            main()
+        except BaseException:
+            for folder in live_dirs:  # a failed stage leaves no partial TensorBoard or trace files
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)

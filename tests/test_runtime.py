@@ -33,6 +33,19 @@ def test_run_stage_turns_errors_and_ctrl_c_into_one_line(capsys):
     assert exit_.value.code == 130 and len(capsys.readouterr().err.splitlines()) == 1
 
 
+def test_a_failed_stage_leaves_no_partial_live_logs(tmp_path, capsys):
+    logs = tmp_path / "runs" / "demo"
+
+    def fail_after_logging():
+        logs.mkdir(parents=True)
+        (logs / "events.out.tfevents.1.host").write_bytes(b"partial")
+        raise PipelineError("cannot get pretrained weights")
+
+    with pytest.raises(SystemExit):
+        run_stage("demo", fail_after_logging, live_dirs=[logs])
+    assert not logs.exists() and capsys.readouterr().err.startswith("demo: error: cannot get")
+
+
 def test_a_missing_device_is_an_error():
     if MISSING_DEVICE == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has both CUDA and MPS")
