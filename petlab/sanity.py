@@ -71,7 +71,8 @@ def prepare_report(data: PreparedData) -> dict:
     """What prepare converted and skipped, carried into the sanity metrics so nothing is dropped silently."""
     report = json.loads((data.root / "report.json").read_text())
     return {"converted_to_rgb": report["converted_to_rgb"], "skipped_count": report["images_skipped"],
-            "skipped": report["skipped"]}
+            "skipped": report["skipped"], "left_out_count": report["left_out_count"], "left_out": report["left_out"],
+            "exif_rotated": report["exif_rotated"], "resized_to_fit_jpeg": report["resized_to_fit_jpeg"]}
 
 
 def overfit_items(data: PreparedData, batches: int, batch_size: int, seed: int) -> list[tuple[Path, int]]:

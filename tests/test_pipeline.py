@@ -35,6 +35,10 @@ def check_prepared(project: Path) -> None:
             assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= 256
     report = load_json(root / "report.json")
     assert report["converted_to_rgb"] == {"JPEG CMYK": 1, "JPEG L": 1, "PNG RGBA": 1}
+    # A clean tree: nothing left out, rotated or resized, and the same counts in the sanity metrics.
+    assert (report["left_out_count"], report["exif_rotated"], report["resized_to_fit_jpeg"]) == (0, 0, 0)
+    sanity = load_json(project / "metrics/sanity.json")["prepare"]
+    assert (sanity["left_out_count"], sanity["exif_rotated"], sanity["resized_to_fit_jpeg"]) == (0, 0, 0)
 
 
 def check_metrics(project: Path) -> None:
