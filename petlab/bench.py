@@ -58,7 +58,8 @@ CPU = torch.device("cpu")
 SIZES = {
     "full": {"classes": 5, "trainval": 32, "test": 8, "size_range": (375, 500), "vit": "vit_tiny_patch16_224",
              "image_size": 224, "cnn_batch": 64, "cnn_steps": 2, "repeats": 3, "data_images": 120,
-             "probe_epochs": 10, "probe_head": {"train": 2944, "val": 736, "features": 192, "classes": 37, "params": {}}},
+             "probe_epochs": 10,
+             "probe_head": {"train": 2944, "val": 736, "features": 192, "classes": 37, "params": {}}},
     "quick": {"classes": 3, "trainval": 8, "test": 3, "size_range": (120, 160), "vit": "test_vit",
               "image_size": 64, "cnn_batch": 8, "cnn_steps": 2, "repeats": 1, "data_images": 12, "probe_epochs": 2,
               "probe_head": {"train": 200, "val": 50, "features": 32, "classes": 5,
@@ -220,7 +221,7 @@ def bench_probe(data: PreparedData, params: Params, workdir: Path) -> dict:
 
 def synthetic_features(n: int, shape: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian classes of features (balanced labels), far enough apart for a linear head to tell most apart."""
-    means = torch.randn(shape["classes"], shape["features"], generator=torch.Generator().manual_seed(0)) * 0.4
+    means = torch.randn(shape["classes"], shape["features"], generator=torch.Generator().manual_seed(0)) * 0.2
     labels = torch.arange(n) % shape["classes"]
     return means[labels] + torch.randn(n, shape["features"], generator=generator), labels
 
@@ -231,7 +232,7 @@ def bench_probe_head(params: Params, size: dict) -> dict:
     batch 256 with validation every epoch (plain). Generated features: the time, not the scores, is the point."""
     shape = size["probe_head"]
     generator = torch.Generator().manual_seed(params.seed)
-    train, val = synthetic_features(shape["train"], shape, generator), synthetic_features(shape["val"], shape, generator)
+    train, val = (synthetic_features(shape[split], shape, generator) for split in ("train", "val"))
     p = TrainViTParams(solver="sgd", **shape["params"])
     ctx = StepContext(CPU, Precision(None, False))
     scores = {}
