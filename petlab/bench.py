@@ -63,7 +63,8 @@ SIZES = {
     "quick": {"classes": 3, "trainval": 8, "test": 3, "size_range": (120, 160), "vit": "test_vit",
               "image_size": 64, "cnn_batch": 8, "cnn_steps": 2, "repeats": 1, "data_images": 12, "probe_epochs": 2,
               "probe_head": {"train": 200, "val": 50, "features": 32, "classes": 5,
-                             "params": {"epochs": 3, "warmup_epochs": 1.0, "c_grid": [0.1, 1.0, 10.0]}}},
+                             "params": {"epochs": 3, "warmup_epochs": 1.0, "batch_size": 32,
+                                        "c_grid": [0.1, 1.0, 10.0]}}},
 }
 
 # The whole pipeline under `dvc repro`: small training settings, so the run takes minutes, not hours.
