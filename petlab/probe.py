@@ -40,8 +40,9 @@ class ProbeFit:
     def selection(self) -> dict:
         """How the head was chosen, for the metrics file and the checkpoint."""
         kept = next(row for row in self.sweep if row["c"] == self.c)
+        # The grid as one string: metrics files hold scalars only (c_sweep.csv has a row per C).
         return {"selection": f"{SELECTION_RULE}, over train_vit.c_grid", "selected_c": self.c,
-                "c_grid": [row["c"] for row in self.sweep], "iterations": kept["iterations"],
+                "c_grid": " ".join(f"{row['c']:g}" for row in self.sweep), "iterations": kept["iterations"],
                 "converged": kept["converged"]}
 
 

@@ -103,12 +103,13 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     """After a `dvc repro` with the default solver: metrics, sweep, checkpoint and evaluate agree on the kept C;
     with `max_gap`, its test scores are within that of scikit-learn's on the same cached features."""
     metrics = json.loads((project / "metrics/train_vit.json").read_text())
-    assert metrics["solver"] == "lbfgs" and metrics["c_grid"] == sorted(DEFAULT_C_GRID)
+    c_grid = [float(c) for c in metrics["c_grid"].split()]
+    assert metrics["solver"] == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID)
     with open(project / "plots/train_vit/c_sweep.csv", newline="") as f:
         sweep = [{k: float(v) for k, v in row.items() if k != "converged"} for row in csv.DictReader(f)]
     with open(project / "plots/train_vit/history.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []  # no epochs: the header only
-    assert [row["c"] for row in sweep] == metrics["c_grid"]
+    assert [row["c"] for row in sweep] == c_grid
     kept = max(sweep, key=lambda row: selection_key({"macro_f1": row["val_macro_f1"], "loss": row["val_loss"]}))
     assert kept["c"] == metrics["selected_c"] and kept["val_macro_f1"] == metrics["val_macro_f1"]
     checkpoint = torch.load(project / "models/vit.pt", weights_only=True)
@@ -120,7 +121,7 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
         return
     cache = torch.load(project / "data/features/vit.pt", weights_only=True)
     splits = {split: (cache[f"{split}/features"], cache[f"{split}/labels"]) for split in ("train", "val", "test")}
-    reference = reference_probe(splits, metrics["c_grid"])
+    reference = reference_probe(splits, c_grid)
     x_test, y_test = splits["test"]
     predicted = reference.predict(x_test.numpy())
     theirs = {"accuracy": accuracy_score(y_test, predicted), "macro_f1": f1_score(y_test, predicted, average="macro")}
