@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
+from petlab import distributed
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
 from petlab.features import extract_features, save_feature_cache
 from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_pretrained_backbone,
                            timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
-from petlab.runtime import Precision, seed_everything, select_device, select_precision
+from petlab.runtime import Precision, seed_everything, select_device, select_precision, share_cpu
 from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
 
 
@@ -31,6 +34,7 @@ class TrainedModel:
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     """What every stage after prepare does first: check all params, fix seeds, check the device, open the data."""
     params = load_params()
+    share_cpu()
     seed_everything(params.seed)
     select_device(params.device)  # a requested GPU that is missing is reported before any work
     return params, PreparedData.open(data_dir)
@@ -74,7 +78,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
         model = model.to(memory_format=torch.channels_last)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
-    with SummaryWriter(str(log_dir)) as writer:
+    with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
                      name="train_cnn")
         log_hparams(writer, to_dict(p), result)
@@ -118,13 +122,14 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
-    save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
-                                                "class_names": data.class_names})
+    if distributed.is_main():
+        save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
+                                                    "transform": spec.as_dict(), "class_names": data.class_names})
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
         val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    with SummaryWriter(str(log_dir)) as writer:
+    with tensorboard(log_dir) as writer:
         if fine_tune:
             train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
                                         "rrc" if p.augment else "none")
@@ -150,7 +155,14 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     return TrainedModel(model, config, result, summary)
 
 
-def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None:
+def tensorboard(log_dir: Path):
+    """A TensorBoard writer on rank 0; None on the other ranks, which write nothing."""
+    return SummaryWriter(str(log_dir)) if distributed.is_main() else contextlib.nullcontext()
+
+
+def log_hparams(writer: SummaryWriter | None, hparams: dict, result: FitResult) -> None:
+    if writer is None:
+        return
     flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
     writer.add_hparams(flat, {"best/val_macro_f1": result.best_val["macro_f1"],
                               "best/val_accuracy": result.best_val["accuracy"],

@@ -32,11 +32,14 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         main()
         from petlab.outputs import write_json  # outputs imports this module
 
-        write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
+        if os.environ.get("RANK", "0") == "0":  # one rank of several (torchrun): only rank 0 writes
+            write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(130)  # Ctrl-C reaches every rank: one line, from rank 0
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
 
@@ -122,9 +125,31 @@ def select_precision(device: torch.device, amp: bool) -> Precision:
     return Precision(None, False)
 
 
+JOBS_VARIABLE = "PETLAB_JOBS"
+
+
+def cores_per_process() -> int:
+    """This machine's cores (those the process may run on) shared among the jobs running at once and the ranks
+    torchrun started on this node.
+
+    PETLAB_JOBS=N says N jobs share the machine (`dvc queue start -j N`); torchrun sets LOCAL_WORLD_SIZE.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = os.environ.get(JOBS_VARIABLE, "1")
+    if not jobs.isdigit() or int(jobs) < 1:
+        raise PipelineError(f"{JOBS_VARIABLE}={jobs!r}: must be a positive integer (the number of jobs run at once)")
+    return max(1, cores // (int(jobs) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def share_cpu() -> None:
+    """Keep torch's threads within this process's share of the cores: jobs and ranks side by side would
+    otherwise each start a thread per core and slow each other down."""
+    torch.set_num_threads(min(torch.get_num_threads(), cores_per_process()))
+
+
 def default_num_workers(device: torch.device) -> int:
     """Decode in worker processes but leave a core to the training step itself."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cores_per_process()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return max(0, min(4, cores - 1))
