@@ -12,9 +12,8 @@ per rank). Only rank 0 writes anything.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
-import subprocess
-import sys
 
 import torch
 import torch.distributed as dist
@@ -45,7 +44,7 @@ def tqdm_disable() -> bool | None:
     return None if is_main() else True
 
 
-def launch_or_join(stage: str, nproc_per_node: int, device: torch.device) -> bool:
+def launch_or_join(stage: str, nproc_per_node: int, batch_size: int, device: torch.device) -> bool:
     """Start the ranks, or be one of them. True: this process launched them and they have finished the stage.
 
     One process (nproc_per_node 1, not under torchrun) gets False at once, with nothing initialised.
@@ -56,15 +55,28 @@ def launch_or_join(stage: str, nproc_per_node: int, device: torch.device) -> boo
     if nproc_per_node == 1:
         return False
     check_device(device, nproc_per_node)
+    if batch_size % nproc_per_node:
+        raise PipelineError(f"{stage}.batch_size = {batch_size} does not split evenly across "
+                            f"dist.nproc_per_node = {nproc_per_node} ranks; make it a multiple")
+    args = ["--standalone", f"--nproc-per-node={nproc_per_node}", "-m", f"stages.{stage}"]
+    print(f"{stage}: {nproc_per_node} ranks on this machine, as `torchrun {' '.join(args)}`", flush=True)
     # Threads per rank from the cores this job may use; torchrun would otherwise set 1 (and warn).
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores_per_process() // nproc_per_node))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-           "-m", f"stages.{stage}"]
-    print(f"{stage}: {nproc_per_node} ranks on this machine: {' '.join(cmd[1:])}", flush=True)
-    # The ranks print their own error line; torchrun's report of the failure only repeats it.
-    code = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace").returncode
-    if code != 0:
-        raise PipelineError(f"a rank failed (exit code {code}); its error is printed above")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores_per_process() // nproc_per_node))
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun's own logging and failure report would only repeat, at length, the line a failing rank prints.
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(args))
+    except ChildFailedError as err:
+        rank_failed, failure = err.get_first_failure()
+        raise PipelineError(f"rank {rank_failed} failed (exit code {failure.exitcode}); its error is above") from None
+    except SignalException:  # Ctrl-C or a kill reached torchrun, which has stopped the ranks
+        raise KeyboardInterrupt from None
     return True
 
 

@@ -84,7 +84,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
         log_hparams(writer, to_dict(p), result)
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-               "parameters": count_parameters(model)}
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     return TrainedModel(model, config, result, summary)
 
 
@@ -151,7 +151,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         log_hparams(writer, to_dict(p), result)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route, **config["info"],
-               "parameters": count_parameters(model)}
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     return TrainedModel(model, config, result, summary)
 
 

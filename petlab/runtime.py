@@ -37,11 +37,19 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        if "RANK" in os.environ and peer_failed(err):
+            sys.exit(1)  # a collective broke because another rank failed: that rank prints the reason
+        raise
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") != "0":
-            sys.exit(130)  # Ctrl-C reaches every rank: one line, from rank 0
+        if "RANK" in os.environ:
+            sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
+
+
+def peer_failed(err: Exception) -> bool:
+    return isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err)
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,8 @@ LOG_DIR = Path("runs/cnn")
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, select_device(params.device)):
+    if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size,
+                                  select_device(params.device)):
         return  # the ranks have trained and written everything
     trained = train_cnn(params, data, LOG_DIR)
     if distributed.is_main():

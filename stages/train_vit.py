@@ -29,7 +29,7 @@ def main() -> None:
     if ranks < params.dist.nproc_per_node:
         print("train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
               "the augment and unfreeze routes)")
-    if distributed.launch_or_join("train_vit", ranks, select_device(params.device)):
+    if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
     if not p.pretrained and distributed.is_main():
         print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
