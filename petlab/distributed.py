@@ -105,6 +105,14 @@ def wrap(model: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def share_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (batch norm's running statistics, which each rank updates from its own batches) on
+    every rank, so all ranks validate the model that rank 0 saves."""
+    if world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def rank_batch_size(batch_size: int) -> int:
     """Each rank's share of the global batch size."""
     if batch_size % world_size():

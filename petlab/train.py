@@ -131,6 +131,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
         losses.append(loss.float().cpu() * len(y))
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
+    distributed.share_buffers(model)
     # Every rank's samples, so the metrics are those of the whole epoch.
     logits = distributed.gather_shards(torch.cat(all_logits))
     labels = distributed.gather_shards(torch.cat(all_labels))
