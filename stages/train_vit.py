@@ -11,6 +11,7 @@ from petlab.experiments import save_trained, setup_stage, train_vit
 from petlab.runtime import PipelineError, run_stage, select_device
 
 DATA = Path("data/oxford_pets")
+BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
@@ -31,12 +32,12 @@ def main() -> None:
               "the augment and unfreeze routes)")
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
-    if not p.pretrained and distributed.is_main():
-        print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-    trained = train_vit(params, data, LOG_DIR, FEATURES)
+    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE)
     if distributed.is_main():
+        if not trained.summary["pretrained"]:
+            print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
         save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
 
 
 if __name__ == "__main__":
-    run_stage("train_vit", main)
+    run_stage("train_vit", main, live_dirs=[LOG_DIR])
