@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import contextlib
 
 import torch
 from torch import nn
