@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
+from petlab import distributed
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
 from petlab.features import extract_features, save_feature_cache
 from petlab.downloads import file_digest
@@ -18,7 +20,7 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import Precision, seed_everything, select_device, select_precision
+from petlab.runtime import Precision, seed_everything, select_device, select_precision, share_cpu
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 
@@ -41,6 +43,7 @@ def fit_selection(result: FitResult) -> dict:
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     """What every stage after prepare does first: check all params, fix seeds, check the device, open the data."""
     params = load_params()
+    share_cpu()
     seed_everything(params.seed)
     select_device(params.device)  # a requested GPU that is missing is reported before any work
     return params, PreparedData.open(data_dir)
@@ -84,13 +87,13 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
         model = model.to(memory_format=torch.channels_last)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
-    with SummaryWriter(str(log_dir)) as writer:
+    with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
                      name="train_cnn")
         log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-               "parameters": count_parameters(model)}
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     return TrainedModel(model, config, result.best_val, fit_selection(result),
                         {"history.csv": (result.history, HISTORY_COLUMNS)}, summary)
 
@@ -138,15 +141,16 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
-    save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
-                                                "class_names": data.class_names})
+    if distributed.is_main():
+        save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
+                                                    "transform": spec.as_dict(), "class_names": data.class_names})
     # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
     lbfgs = not fine_tune and not p.augment and p.head == "linear" and p.solver == "lbfgs"
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
         val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    with SummaryWriter(str(log_dir)) as writer:
+    with tensorboard(log_dir) as writer:
         if lbfgs:
             probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
                                        name="train_vit")
@@ -176,13 +180,21 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         log_hparams(writer, to_dict(p), best_val, selection)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
-               "solver": "lbfgs" if lbfgs else "sgd", **config["info"], "parameters": count_parameters(model)}
+               "solver": "lbfgs" if lbfgs else "sgd", **config["info"],
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     # Both files always exist (DVC outputs); the one the route does not make holds its header only.
     curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
     return TrainedModel(model, config, best_val, selection, curves, summary)
 
 
-def log_hparams(writer: SummaryWriter, hparams: dict, best_val: dict, selection: dict) -> None:
+def tensorboard(log_dir: Path):
+    """A TensorBoard writer on rank 0; None on the other ranks, which write nothing."""
+    return SummaryWriter(str(log_dir)) if distributed.is_main() else contextlib.nullcontext()
+
+
+def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, selection: dict) -> None:
+    if writer is None:
+        return
     flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
     kept = {f"best/{k}": selection[k] for k in ("best_epoch", "selected_c") if k in selection}
     writer.add_hparams(flat, {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"],

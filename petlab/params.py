@@ -88,6 +88,14 @@ class LogParams:
 
 
 @dataclass(frozen=True)
+class DistParams:
+    nproc_per_node: int = 1  # training ranks on this machine (one per GPU on CUDA); 1: one plain process
+
+    def check(self, key: str) -> None:
+        _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", self.nproc_per_node, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class SanityParams:
     overfit_batches: int = 2
     batch_size: int = 16
@@ -240,6 +248,7 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     loader: LoaderParams = field(default_factory=LoaderParams)
     log: LogParams = field(default_factory=LogParams)
+    dist: DistParams = field(default_factory=DistParams)
     sanity: SanityParams = field(default_factory=SanityParams)
     train_cnn: TrainCNNParams = field(default_factory=TrainCNNParams)
     train_vit: TrainViTParams = field(default_factory=TrainViTParams)

@@ -9,9 +9,10 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from petlab import distributed
 from petlab.data import TransformSpec
 from petlab.metrics import classification_metrics, rounded
 from petlab.params import OptimParams
@@ -136,15 +137,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
                     num_classes: int, scaler=None, desc: str = "train") -> dict[str, float]:
     model.train()
     losses, all_logits, all_labels = [], [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.tqdm_disable()):
         loss, logits = train_step(model, x, y, optimizer, loss_fn, ctx, scaler)
         scheduler.step()
         losses.append(loss.float().cpu() * len(y))
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    distributed.share_buffers(model)
+    # Every rank's samples, so the metrics are those of the whole epoch.
+    logits = distributed.gather_shards(torch.cat(all_logits))
+    labels = distributed.gather_shards(torch.cat(all_labels))
     metrics = classification_metrics(logits, labels, num_classes)
-    metrics["loss"] = float(torch.stack(losses).sum() / len(labels))
+    metrics["loss"] = float(distributed.sum_over_ranks(torch.stack(losses).sum()) / len(labels))
     return metrics
 
 
@@ -158,7 +162,7 @@ def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = 
     model.eval()
     n = len(loader.dataset)
     outputs, labels, filled = None, torch.empty(n, dtype=torch.long), 0
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.tqdm_disable()):
         with ctx.precision.autocast(ctx.device):
             out = model(ctx.to_device(x))
         if outputs is None:
@@ -166,7 +170,10 @@ def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = 
         outputs[filled:filled + len(y)] = out
         labels[filled:filled + len(y)] = y
         filled += len(y)
-    return outputs[:filled], labels[:filled]
+    outputs, labels = outputs[:filled], labels[:filled]
+    if isinstance(loader.sampler, DistributedSampler):  # this rank's shard: the whole split from all ranks
+        outputs, labels = distributed.gather_shards(outputs)[:n], distributed.gather_shards(labels)[:n]
+    return outputs, labels
 
 
 def validate(model: nn.Module, loader: DataLoader, loss_fn, ctx: StepContext, num_classes: int) -> dict[str, float]:
@@ -195,6 +202,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     `param_groups` gives parts of the model their own lr (a fine-tuned backbone); default: all at optim.lr.
     """
     eval_model = eval_model or model
+    train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
     n_train = len(train_loader.dataset)
     if train_loader.batch_size > n_train:  # the loader then gives the whole split as one batch
         print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
@@ -206,10 +214,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     best: FitResult | None = None
     best_key = None
     history = []
-    epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=None)
+    epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable())
     for epoch in epochs:
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
+        train_m = train_one_epoch(train_model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
                                   scaler, desc=f"{name}: epoch {epoch}")
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
@@ -217,7 +225,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
-        if epochs.disable:  # no progress bar (not a terminal: CI, logs): one line per epoch instead
+        # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
+        if epochs.disable and distributed.is_main():
             print(f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
                   f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
                   flush=True)

@@ -1,9 +1,13 @@
-"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.SELECTION_RULE)."""
+"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.SELECTION_RULE).
+
+With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/distributed.py).
+"""
 
 from pathlib import Path
 
+from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_cnn
-from petlab.runtime import run_stage
+from petlab.runtime import run_stage, select_device
 
 DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")
@@ -14,8 +18,12 @@ LOG_DIR = Path("runs/cnn")
 
 def main() -> None:
     params, data = setup_stage(DATA)
+    if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size,
+                                  select_device(params.device)):
+        return  # the ranks have trained and written everything
     trained = train_cnn(params, data, LOG_DIR)
-    save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
+    if distributed.is_main():
+        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 from conftest import dvc, run
@@ -136,6 +138,72 @@ def check_exp_show_fits_160_columns(project: Path) -> None:
     assert any("0.02" in line for line in lines)  # the experiment's train_vit.lr
 
 
+def check_remote_round_trip(project: Path, tmp: Path) -> None:
+    """A colleague clones the repository, pulls data, models and the run-cache: nothing left to compute."""
+    dvc(project, "remote", "add", "-d", "shared", str(tmp / "remote"))
+    run(["git", "commit", "-qam", "shared remote"], project)
+    dvc(project, "push", "--run-cache")
+    clone = tmp / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp)
+    dvc(clone, "pull", "--run-cache")
+    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights"}  # always run; it keeps the same weights
+    assert "in sync" in dvc(clone, "status", "-c").stdout
+    assert torch.load(clone / "models/cnn.pt", weights_only=True)["epoch"] >= 1
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 8
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights", "evaluate"}
+
+
+def check_queued_experiments(project: Path) -> None:
+    """Two experiments queued as a grid run side by side in two workers, each with its own metrics."""
+    dvc(project, "exp", "run", "--queue", "train_cnn", "-S", "train_cnn.lr=0.001,0.01")
+    # The workers outlive `dvc queue start`; holding its output open would wait for them.
+    subprocess.run(["env", "PETLAB_JOBS=2", sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    experiments = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["train_cnn"]["lr"]
+            experiments[lr] = data["metrics"]["metrics/train_cnn.json"]["data"]
+    assert set(experiments) == {0.001, 0.01}
+    assert experiments[0.001]["val_loss"] != experiments[0.01]["val_loss"]
+
+
+def check_train_cnn_on_two_ranks(project: Path) -> None:
+    """train_cnn as 2 gloo ranks through dvc; its checkpoint, evaluated by one process, gives what it recorded."""
+    from torch import nn
+
+    from petlab.data import PreparedData
+    from petlab.experiments import image_loader, load_trained, make_context, transform_spec
+    from petlab.params import load_params
+    from petlab.train import validate
+
+    proc = dvc(project, "exp", "run", "train_cnn", "-S", "dist.nproc_per_node=2")
+    assert ran_stages(proc) == {"train_cnn"} and "2 ranks" in proc.stdout
+    recorded = load_json(project / "metrics/train_cnn.json")
+    assert recorded["ranks"] == 2
+    checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
+    params = load_params(project / "params.yaml")
+    spec = transform_spec(checkpoint["model_config"])
+    ctx = make_context(params, params.train_cnn.amp, params.train_cnn.channels_last, spec)
+    data = PreparedData.open(project / "data/oxford_pets")
+    loader = image_loader(data, "val", spec, params.train_cnn.batch_size, False, params, ctx.device)
+    model = load_trained(checkpoint).to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    again = validate(model, loader, nn.CrossEntropyLoss(), ctx, data.num_classes)
+    for key in ("accuracy", "macro_f1", "top5_accuracy", "loss"):
+        assert abs(again[key] - recorded[f"val_{key}"]) < 1e-5, key
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
@@ -167,6 +235,8 @@ def test_dvc_repro_end_to_end(tiny_project):
 
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
+    check_remote_round_trip(project, project.parent)
+    check_queued_experiments(project)
     before = load_json(project / "metrics/train_vit.json")
 
     # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
@@ -185,6 +255,8 @@ def test_dvc_repro_end_to_end(tiny_project):
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
+
+    check_train_cnn_on_two_ranks(project)
 
 
 def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):
