@@ -204,7 +204,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     eval_model = eval_model or model
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
     n_train = len(train_loader.dataset)
-    if train_loader.batch_size > n_train:  # the loader then gives the whole split as one batch
+    if train_loader.batch_size > n_train and distributed.is_main():  # then the whole split is one batch
         print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
               f"samples: one full-batch step per epoch, {optim.epochs} steps in all", flush=True)
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
