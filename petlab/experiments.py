@@ -19,16 +19,25 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
                            load_pretrained_backbone, timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
+from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.runtime import Precision, seed_everything, select_device, select_precision, share_cpu
-from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
+from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 
 @dataclass
 class TrainedModel:
     model: nn.Module
     config: dict  # enough to rebuild the model with create_model()
-    result: FitResult
+    best_val: dict[str, float]  # validation metrics of the weights kept
+    selection: dict  # how they were chosen: the rule, and the best and last epoch or the C kept and its grid
+    curves: dict[str, tuple[list[dict], list[str]]]  # CSV name -> (rows, columns): per epoch, per C
     summary: dict  # what goes into the stage's metrics file besides the validation numbers
+
+
+def fit_selection(result: FitResult) -> dict:
+    """What the training loop kept: best and last epoch, so an early pick shows, and the steps an epoch took."""
+    return {"selection": SELECTION_RULE, "best_epoch": result.best_epoch, "last_epoch": len(result.history),
+            "steps_per_epoch": result.steps_per_epoch}
 
 
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
@@ -81,11 +90,12 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
     with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
                      name="train_cnn")
-        log_hparams(writer, to_dict(p), result)
+        log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result, summary)
+    return TrainedModel(model, config, result.best_val, fit_selection(result),
+                        {"history.csv": (result.history, HISTORY_COLUMNS)}, summary)
 
 
 def build_probe(params: Params, num_classes: int,
@@ -134,12 +144,18 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     if distributed.is_main():
         save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
                                                     "transform": spec.as_dict(), "class_names": data.class_names})
+    # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
+    lbfgs = not fine_tune and not p.augment and p.head == "linear" and p.solver == "lbfgs"
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
         val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     with tensorboard(log_dir) as writer:
-        if fine_tune:
+        if lbfgs:
+            probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
+                                       name="train_vit")
+            model.head.load_state_dict(probe.head_state)
+        elif fine_tune:
             train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
                                         "rrc" if p.augment else "none")
             groups = [{"params": list(model.head.parameters())},
@@ -157,11 +173,18 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
             result = fit(model.head, train_loader, val_loader, p, head_ctx, data.num_classes, writer,
                          params.log.hist_every, name="train_vit")
             model.head.load_state_dict(result.best_state)
-        log_hparams(writer, to_dict(p), result)
+        if lbfgs:
+            best_val, selection, history, sweep = probe.best_val, probe.selection, [], probe.sweep
+        else:
+            best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
+        log_hparams(writer, to_dict(p), best_val, selection)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route, **config["info"],
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
+               "solver": "lbfgs" if lbfgs else "sgd", **config["info"],
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result, summary)
+    # Both files always exist (DVC outputs); the one the route does not make holds its header only.
+    curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
+    return TrainedModel(model, config, best_val, selection, curves, summary)
 
 
 def tensorboard(log_dir: Path):
@@ -169,26 +192,30 @@ def tensorboard(log_dir: Path):
     return SummaryWriter(str(log_dir)) if distributed.is_main() else contextlib.nullcontext()
 
 
-def log_hparams(writer: SummaryWriter | None, hparams: dict, result: FitResult) -> None:
+def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, selection: dict) -> None:
     if writer is None:
         return
     flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
-    writer.add_hparams(flat, {"best/val_macro_f1": result.best_val["macro_f1"],
-                              "best/val_accuracy": result.best_val["accuracy"],
-                              "best/epoch": result.best_epoch}, run_name="hparams")
+    kept = {f"best/{k}": selection[k] for k in ("best_epoch", "selected_c") if k in selection}
+    writer.add_hparams(flat, {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"],
+                              **kept}, run_name="hparams")
 
 
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
-                 history: Path) -> None:
-    """The best checkpoint (loadable with weights_only=True), the metrics file and the per-epoch history."""
+                 plots_dir: Path) -> None:
+    """The kept checkpoint (loadable with weights_only=True), the metrics file and the curves (per epoch, per C)."""
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
+    selection = trained.selection
     save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
-                            "epoch": trained.result.best_epoch, "val_metrics": trained.result.best_val})
-    write_csv(history, trained.result.history, HISTORY_COLUMNS)
-    write_json(metrics, {"best_epoch": trained.result.best_epoch, "epochs": len(trained.result.history),
-                         **{f"val_{k}": v for k, v in trained.result.best_val.items()}, **trained.summary})
-    best = trained.result.best_val
-    print(f"{stage}: best epoch {trained.result.best_epoch}, val accuracy {best['accuracy']:.4f}, "
+                            "epoch": selection.get("best_epoch"), "selection": selection,
+                            "val_metrics": trained.best_val})
+    for name, (rows, columns) in trained.curves.items():
+        write_csv(plots_dir / name, rows, columns)
+    write_json(metrics, {**selection, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
+    kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
+            else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")
+    best = trained.best_val
+    print(f"{stage}: kept {kept} ({selection['selection']}), val accuracy {best['accuracy']:.4f}, "
           f"val macro-F1 {best['macro_f1']:.4f} -> {checkpoint}")
 
 

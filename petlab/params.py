@@ -178,6 +178,13 @@ class TrainViTParams(OptimParams):
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = 512  # mlp head only
     head_dropout: float = 0.0  # mlp head only
+    # A linear head on cached features: "lbfgs" fits L2-regularised logistic regression (scikit-learn, L-BFGS)
+    # for every C of c_grid and keeps the best on val; "sgd" trains it with the loop below, like the other
+    # routes (augment, unfreeze, the mlp head), which always do.
+    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
+                                                         100.0, 300.0, 1000.0])
+    max_iter: int = 1000  # L-BFGS iterations at most per C
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
@@ -192,6 +199,9 @@ class TrainViTParams(OptimParams):
         _require(self.backbone_lr > 0, f"{key}.backbone_lr", self.backbone_lr, "a number > 0")
         _require(self.head_hidden >= 1, f"{key}.head_hidden", self.head_hidden, "an integer >= 1")
         _require(0 <= self.head_dropout < 1, f"{key}.head_dropout", self.head_dropout, "a number in [0, 1)")
+        _require(len(self.c_grid) >= 1 and min(self.c_grid) > 0 and len(set(self.c_grid)) == len(self.c_grid),
+                 f"{key}.c_grid", self.c_grid, "a non-empty list of distinct numbers > 0")
+        _require(self.max_iter >= 1, f"{key}.max_iter", self.max_iter, "an integer >= 1")
         if self.weights is not None:
             _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
         if self.weights_sha256 is not None:

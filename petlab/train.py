@@ -21,6 +21,18 @@ from petlab.runtime import Precision
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_macro_f1",
                    "val_macro_f1", "val_top5_accuracy", "lr"]
 
+SELECTION_RULE = "highest val macro-F1, ties broken by lower val loss"
+
+
+def selection_key(val: dict[str, float]) -> tuple[float, float]:
+    """What model selection maximises, for epochs and for a probe's regularisation alike (SELECTION_RULE).
+
+    On a small val set many epochs give the same predictions, so the same macro-F1: keeping the earliest of
+    them keeps an under-trained model. The val loss still tells them apart, and prefers the one that fits
+    val better.
+    """
+    return val["macro_f1"], -val["loss"]
+
 
 @dataclass
 class StepContext:
@@ -177,12 +189,13 @@ class FitResult:
     best_val: dict[str, float]
     best_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    steps_per_epoch: int = 0
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
         num_classes: int, writer=None, hist_every: int = 0, eval_model: nn.Module | None = None,
         name: str = "model", param_groups: list[dict] | None = None) -> FitResult:
-    """Train for optim.epochs, keeping the state with the best validation macro-F1 (earliest on ties).
+    """Train for optim.epochs, keeping the state that is best by SELECTION_RULE on validation.
 
     `eval_model` validates instead of `model` when validation runs on other inputs (the probe's head
     on cached features while training on augmented images); it must share the trained weights.
@@ -190,11 +203,16 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     """
     eval_model = eval_model or model
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
+    n_train = len(train_loader.dataset)
+    if train_loader.batch_size > n_train:  # the loader then gives the whole split as one batch
+        print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
+              f"samples: one full-batch step per epoch, {optim.epochs} steps in all", flush=True)
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision.grad_scaling else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     best: FitResult | None = None
+    best_key = None
     history = []
     epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable())
     for epoch in epochs:
@@ -214,9 +232,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                   flush=True)
         if writer is not None:
             log_epoch(writer, model, epoch, train_m, val_m, lr, hist_every)
-        if best is None or val_m["macro_f1"] > best.best_val["macro_f1"]:
-            best = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict()))
-    best.history = history
+        if best is None or selection_key(val_m) > best_key:
+            best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
+    best.history, best.steps_per_epoch = history, len(train_loader)
     return best
 
 

@@ -1,4 +1,4 @@
-"""Stage train_cnn: the small CNN from scratch; best checkpoint by validation macro-F1.
+"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.SELECTION_RULE).
 
 With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/distributed.py).
 """
@@ -12,7 +12,7 @@ from petlab.runtime import run_stage, select_device
 DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")
 METRICS = Path("metrics/train_cnn.json")
-HISTORY = Path("plots/train_cnn/history.csv")
+PLOTS = Path("plots/train_cnn")  # history.csv per epoch
 LOG_DIR = Path("runs/cnn")
 
 
@@ -23,7 +23,7 @@ def main() -> None:
         return  # the ranks have trained and written everything
     trained = train_cnn(params, data, LOG_DIR)
     if distributed.is_main():
-        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
+        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weight
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
-HISTORY = Path("plots/train_vit/history.csv")
+PLOTS = Path("plots/train_vit")  # history.csv per epoch, c_sweep.csv per C
 LOG_DIR = Path("runs/vit")
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     if distributed.is_main():
         if not trained.summary["pretrained"]:
             print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-        save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
+        save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import dvc, run
 from test_readme import bash_blocks, commands, section
+from test_probe import check_probe
 
 
 def ran_stages(proc) -> set[str]:
@@ -52,10 +53,11 @@ def check_metrics(project: Path) -> None:
 
     vit = load_json(project / "metrics/train_vit.json")
     assert vit["pretrained"] is False and "random" in vit["weights_source"]  # never mistaken for the real result
-    assert vit["route"] == "cached_features"
+    assert vit["route"] == "cached_features" and vit["solver"] == "lbfgs"
     assert vit["parameters"]["trainable"] < vit["parameters"]["total"]
     cnn = load_json(project / "metrics/train_cnn.json")
-    assert cnn["epochs"] == 3 and 1 <= cnn["best_epoch"] <= 3
+    assert cnn["last_epoch"] == 3 and 1 <= cnn["best_epoch"] <= 3 and cnn["steps_per_epoch"] == 36 // 8
+    assert "ties broken by lower val loss" in cnn["selection"]
 
     evaluation = load_json(project / "metrics/evaluate.json")
     for model in ("cnn", "vit"):
@@ -87,7 +89,7 @@ def check_models_and_plots(project: Path) -> None:
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
         with open(project / f"plots/train_{name}/history.csv") as f:
-            assert len(list(csv.DictReader(f))) == (3 if name == "cnn" else 4)
+            assert len(list(csv.DictReader(f))) == (3 if name == "cnn" else 0)  # the probe's default has no epochs
         assert list((project / f"runs/{name}").glob("events.out.tfevents.*"))
         assert list((project / f"runs/profile/{name}").glob("*.pt.trace.json"))
     for png in ("class_counts.png", "samples_train.png", "samples_val.png", "samples_test.png"):
@@ -214,6 +216,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     check_metrics(project)
     check_metrics_are_scalars(project)
     check_models_and_plots(project)
+    check_probe(project)
     check_backbone(project)
     backbone = (project / "models/backbone.safetensors").read_bytes()
 
@@ -222,16 +225,29 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert ran_stages(again) == {"backbone_weights"} and "already holds test_vit" in again.stdout
     assert (project / "models/backbone.safetensors").read_bytes() == backbone
 
+    plots_dir = project.parent / "plots_html"
+    dvc(project, "plots", "show", "-o", str(plots_dir))
+    html = (plots_dir / "index.html").read_text()
+    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
+                  "Loss per epoch", "Linear probe, val score over C"):
+        assert title in html
+    assert "American Bulldog" in html  # the confusion data itself, with class names
+    assert "log10_c" in html  # the probe's sweep, drawn over log10(C)
+
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     check_remote_round_trip(project, project.parent)
     check_queued_experiments(project)
     before = load_json(project / "metrics/train_vit.json")
 
-    # A train_vit change re-runs train_vit and what depends on it, nothing else.
-    experiment = dvc(project, "exp", "run", "-S", "train_vit.lr=0.02")
+    # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
+    # route for the head, which writes per-epoch history instead of the sweep.
+    experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
     assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate"}
-    assert load_json(project / "metrics/train_vit.json") != before
+    after = load_json(project / "metrics/train_vit.json")
+    assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
+    with open(project / "plots/train_vit/history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
@@ -241,15 +257,8 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
 
-    plots_dir = project / "plots_html"
-    dvc(project, "plots", "show", "-o", str(plots_dir))
-    html = (plots_dir / "index.html").read_text()
-    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
-                  "Loss per epoch"):
-        assert title in html
-    assert "American Bulldog" in html  # the confusion data itself, with class names
-
     check_train_cnn_on_two_ranks(project)
+
 
 def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):
     """New weights at the same path are new data; without weights the first stage stops, before any data work."""
