@@ -36,7 +36,9 @@ def digits_splits(classes: int = 10) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 def reference_probe(splits: dict, c_grid: list[float]) -> LogisticRegression:
     """The plain protocol, written independently: one LogisticRegression per C, the best val accuracy kept."""
-    (x_train, y_train), (x_val, y_val) = [(x.numpy(), y.numpy()) for x, y in (splits["train"], splits["val"])]
+    # float64, as the pipeline fits: where L-BFGS stops at max_iter (large C on raw features), where it stops
+    # depends on the dtype, and float32 input stops elsewhere.
+    (x_train, y_train), (x_val, y_val) = [(x.double().numpy(), y.numpy()) for x, y in (splits["train"], splits["val"])]
     with threadpool_limits(limits=1):  # as the pipeline does: threads waiting for busy cores are very slow
         fitted = [LogisticRegression(C=c, max_iter=1000).fit(x_train, y_train) for c in c_grid]
     return max(fitted, key=lambda model: model.score(x_val, y_val))
@@ -51,7 +53,7 @@ def test_probe_matches_scikit_learn_on_real_digits():
     with torch.no_grad():
         ours = classification_metrics(head(x_test), y_test, 10)
     reference = reference_probe(splits, DEFAULT_C_GRID)
-    predicted = reference.predict(x_test.numpy())
+    predicted = reference.predict(x_test.double().numpy())
     theirs = {"accuracy": accuracy_score(y_test, predicted), "macro_f1": f1_score(y_test, predicted, average="macro")}
     assert theirs["accuracy"] > 0.9  # real features, a real fit: chance is 0.1
     assert abs(ours["accuracy"] - theirs["accuracy"]) <= 0.01, (ours, theirs, probe.c, reference.C)
@@ -76,7 +78,7 @@ def test_head_gives_scikit_learns_probabilities(classes):
         reference = LogisticRegression(C=0.1, max_iter=1000).fit(*[t.numpy() for t in splits["train"]])
     with torch.no_grad():
         probabilities = head(x_test).softmax(1).numpy()
-    np.testing.assert_allclose(probabilities, reference.predict_proba(x_test.numpy()), atol=1e-3)
+    np.testing.assert_allclose(probabilities, reference.predict_proba(x_test.double().numpy()), atol=1e-3)
 
 
 def test_probe_is_deterministic():
@@ -123,7 +125,7 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     splits = {split: (cache[f"{split}/features"], cache[f"{split}/labels"]) for split in ("train", "val", "test")}
     reference = reference_probe(splits, c_grid)
     x_test, y_test = splits["test"]
-    predicted = reference.predict(x_test.numpy())
+    predicted = reference.predict(x_test.double().numpy())
     theirs = {"accuracy": accuracy_score(y_test, predicted), "macro_f1": f1_score(y_test, predicted, average="macro")}
     for key in ("accuracy", "macro_f1"):
         assert abs(evaluation["test"][key] - theirs[key]) <= max_gap, (evaluation["test"], theirs, reference.C)
