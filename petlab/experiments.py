@@ -16,7 +16,7 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
                            timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
-from petlab.runtime import Precision, seed_everything, select_device, select_precision
+from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision
 from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
 
 
@@ -26,6 +26,7 @@ class TrainedModel:
     config: dict  # enough to rebuild the model with create_model()
     result: FitResult
     summary: dict  # what goes into the stage's metrics file besides the validation numbers
+    setup_seconds: float = 0.0  # wall time before the first epoch that training needed (the probe's feature cache)
 
 
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
@@ -115,11 +116,13 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     model.to(ctx.device)
     fine_tune = model.trains_backbone  # features change while training: nothing can be cached
     splits = () if fine_tune else ("val", "test") if p.augment else ("train", "val", "test")
+    extraction = Stopwatch()
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
     save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
                                                 "class_names": data.class_names})
+    setup_seconds = extraction.seconds()
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
@@ -147,7 +150,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route, **config["info"],
                "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result, summary)
+    return TrainedModel(model, config, result, summary, setup_seconds)
 
 
 def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None:
@@ -158,12 +161,22 @@ def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None
 
 
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
-                 history: Path) -> None:
-    """The best checkpoint (loadable with weights_only=True), the metrics file and the per-epoch history."""
+                 history: Path, epoch_times: Path) -> None:
+    """The best checkpoint (loadable with weights_only=True), the metrics file, the per-epoch history and times.
+
+    Wall times go to their own file (`epoch_times`): the history repeats byte for byte, they do not.
+    `elapsed_seconds` counts from the start of training, including setup such as the probe's feature cache.
+    """
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
     save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
                             "epoch": trained.result.best_epoch, "val_metrics": trained.result.best_val})
     write_csv(history, trained.result.history, HISTORY_COLUMNS)
+    elapsed = trained.setup_seconds
+    times = []
+    for epoch, seconds in enumerate(trained.result.epoch_seconds, start=1):
+        elapsed += seconds
+        times.append({"epoch": epoch, "seconds": seconds, "elapsed_seconds": round(elapsed, 3)})
+    write_csv(epoch_times, times, ["epoch", "seconds", "elapsed_seconds"])
     write_json(metrics, {"best_epoch": trained.result.best_epoch, "epochs": len(trained.result.history),
                          **{f"val_{k}": v for k, v in trained.result.best_val.items()}, **trained.summary})
     best = trained.result.best_val

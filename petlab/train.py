@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -170,6 +171,8 @@ class FitResult:
     best_val: dict[str, float]
     best_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    # Wall seconds of each epoch (training and validation): kept out of `history`, which must repeat byte for byte.
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
@@ -187,14 +190,16 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     best: FitResult | None = None
-    history = []
+    history, epoch_seconds = [], []
     epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=None)
     for epoch in epochs:
+        started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
                                   scaler, desc=f"{name}: epoch {epoch}")
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
+        epoch_seconds.append(round(time.perf_counter() - started, 3))
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))
@@ -207,7 +212,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
             log_epoch(writer, model, epoch, train_m, val_m, lr, hist_every)
         if best is None or val_m["macro_f1"] > best.best_val["macro_f1"]:
             best = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict()))
-    best.history = history
+    best.history, best.epoch_seconds = history, epoch_seconds
     return best
 
 

@@ -10,6 +10,7 @@ FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
 HISTORY = Path("plots/train_vit/history.csv")
+EPOCH_TIMES = Path("metrics/timing/train_vit_epochs.csv")  # wall times, apart from the deterministic history
 LOG_DIR = Path("runs/vit")
 
 
@@ -18,7 +19,7 @@ def main() -> None:
     if not params.train_vit.pretrained:
         print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
     trained = train_vit(params, data, LOG_DIR, FEATURES)
-    save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY)
+    save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY, EPOCH_TIMES)
 
 
 if __name__ == "__main__":
