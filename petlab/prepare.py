@@ -3,7 +3,8 @@
 Layout written (the same for any source):
     <out>/train/<Class Name>/<image id>.jpg, <out>/val/..., <out>/test/...
     <out>/classes.json   class names in label order
-    <out>/report.json    what was converted, what was skipped and why
+    <out>/report.json    what was converted, what was skipped and why, and whether the source was generated
+    <out>/species.json   Oxford-IIIT Pet only: each class's species (cat or dog), from the annotations
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from petlab.downloads import download_verified, extract_tar
 from petlab.outputs import atomic_dir, write_json
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
+from petlab.synthetic import GENERATED_MARKER
 
 SPLITS = ("train", "val", "test")
 PETS_FOLDER = "oxford-iiit-pet"
@@ -64,6 +66,8 @@ class SourceSplits:
     test: list[Record]
     class_names: list[str]
     origin: str = ""  # what was read, for the report
+    species: dict[str, str] = field(default_factory=dict)  # class name -> "cat" / "dog", where the source says
+    generated: bool = False  # made by petlab.synthetic, not real photos: every report must say so
 
 
 # ---------------------------------------------------------------- Oxford-IIIT Pet
@@ -93,6 +97,9 @@ def locate_oxford_pets(data: DataParams) -> Path:
     return base
 
 
+PETS_SPECIES = {"1": "cat", "2": "dog"}  # the annotations' SPECIES column
+
+
 def pets_class_name(image_id: str) -> str:
     """'american_bulldog_100' -> 'American Bulldog' (torchvision's OxfordIIITPet naming)."""
     return " ".join(part.title() for part in image_id.rsplit("_", 1)[0].split("_"))
@@ -101,6 +108,7 @@ def pets_class_name(image_id: str) -> str:
 def read_pets_annotations(base: Path) -> SourceSplits:
     """Parse annotations/{trainval,test}.txt, checking every line and every image it names."""
     names_by_label: dict[int, str] = {}
+    species: dict[str, str] = {}
     splits: dict[str, list[Record]] = {}
     for split in ("trainval", "test"):
         ann = base / "annotations" / f"{split}.txt"
@@ -111,7 +119,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.split()
-            if len(parts) != 4 or not parts[1].isdigit():
+            if len(parts) != 4 or not parts[1].isdigit() or parts[2] not in PETS_SPECIES:
                 raise PipelineError(f"{ann}:{lineno}: expected 'IMAGE_ID CLASS_ID SPECIES BREED_ID', got {line!r}")
             image_id, label = parts[0], int(parts[1]) - 1
             path = base / "images" / f"{image_id}.jpg"
@@ -122,6 +130,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
                 raise PipelineError(
                     f"{ann}:{lineno}: class id {label + 1} is {name!r} here but {names_by_label[label]!r} elsewhere"
                 )
+            species[name] = PETS_SPECIES[parts[2]]
             records.append(Record(path, image_id, label))
         if not records:
             raise PipelineError(f"{ann}: no images listed")
@@ -136,7 +145,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             raise PipelineError(f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
                                 f"{[names_by_label[i] for i in absent]}, which the other split has; every class "
                                 f"needs images in both trainval and test")
-    return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i] for i in labels])
+    return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i] for i in labels], species=species)
 
 
 # ---------------------------------------------------------------- splitting and writing
@@ -193,7 +202,8 @@ def check_free_space(sources: list[Path], out_dir: Path, headroom: float = 1.1) 
 
 
 def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_dir: Path, data: DataParams,
-                   source: str, workers: int | None = None) -> dict:
+                   source: str, workers: int | None = None, species: dict[str, str] | None = None,
+                   generated: bool = False) -> dict:
     """Re-encode every image as RGB JPEG into out_dir (built aside, moved in at the end); return the report."""
     for split in SPLITS:
         present = {r.label for r in splits[split]}
@@ -224,8 +234,10 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
         finally:
             # On Ctrl-C or an error, drop the queued images instead of converting them all first.
             pool.shutdown(wait=True, cancel_futures=True)
-        report = _report(results, owners, class_names, data, source)
+        report = {**_report(results, owners, class_names, data, source), "generated": generated}
         write_json(tmp / "classes.json", class_names)
+        if species:
+            write_json(tmp / "species.json", {name: species[name] for name in class_names})
         write_json(tmp / "report.json", report)
     return report
 
@@ -282,7 +294,8 @@ def prepare_dataset(data: DataParams, seed: int, out_dir: Path) -> dict:
     splits["test"] = sorted(test, key=lambda r: r.image_id)
     with tempfile.TemporaryDirectory(prefix="petlab-pixels-") as tmp:
         splits = {split: materialize(records, Path(tmp)) for split, records in splits.items()}
-        return write_prepared(splits, source.class_names, out_dir, data, source=source.origin)
+        return write_prepared(splits, source.class_names, out_dir, data, source=source.origin, species=source.species,
+                              generated=source.generated)
 
 
 # ---------------------------------------------------------------- class subsets and caps
@@ -304,7 +317,7 @@ def select_classes(source: SourceSplits, names: list[str] | None) -> SourceSplit
     def keep(records: list[Record]) -> list[Record]:
         return [replace(r, label=new_label[r.label]) for r in records if r.label in new_label]
 
-    return SourceSplits(keep(source.trainval), keep(source.test), list(names), source.origin)
+    return replace(source, trainval=keep(source.trainval), test=keep(source.test), class_names=list(names))
 
 
 def cap_per_class(records: list[Record], cap: int | None, seed: int) -> list[Record]:
@@ -355,7 +368,8 @@ def download_with_torchvision(name: str, make: Callable[[], object], local_help:
 
 def read_oxford_pets(data: DataParams, seed: int) -> SourceSplits:
     base = locate_oxford_pets(data)
-    return replace(read_pets_annotations(base), origin=f"oxford_pets ({base})")
+    return replace(read_pets_annotations(base), origin=f"oxford_pets ({base})",
+                   generated=(base / GENERATED_MARKER).is_file())
 
 
 CIFAR_FOLDER = "cifar-10-batches-py"
