@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -30,16 +31,18 @@ def sample_grid_figure(items: list[tuple[Path, int]], class_names: list[str], ti
     return image_grid_figure([(path, class_names[label]) for path, label in items], title, cols)
 
 
-def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4):
-    """Images with a caption each, `cols` to a row."""
+def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, inches: float = 2.4):
+    """Images with a caption each, `cols` to a row, each about `inches` wide."""
     rows = max(1, (len(items) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6), squeeze=False)
+    height = rows * (inches + 0.45) + 0.7  # room for two-line captions and, above them, the title
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * inches, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.75 / height, hspace=0.5)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, caption) in zip(axes.flat, items):
         with Image.open(path) as image:
             ax.imshow(image.convert("RGB"))
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(caption, fontsize=7 if inches < 2 else 8)
     fig.suptitle(title)
     return fig
 
@@ -58,6 +61,7 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str)
     f1_ax.set_ylabel("val macro-F1")
     loss_ax.set_ylabel("loss")
     for ax in (f1_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=x == "epoch"))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -78,8 +82,7 @@ def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"]):
     ax.set_xlabel("test F1")
     ax.set_xlim(-0.02, 1.02)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Per-class test F1")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(per_class), frameon=False)
     fig.tight_layout()
     return fig
 

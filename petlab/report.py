@@ -119,10 +119,11 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.DataFrame:
     """Test images by which model got them right: a 2 x 2 table with totals."""
-    table = pd.crosstab(pd.Categorical(np.where(correct_cnn, "right", "wrong"), ["right", "wrong"]),
-                        pd.Categorical(np.where(correct_vit, "right", "wrong"), ["right", "wrong"]),
-                        rownames=["CNN"], colnames=["Probe"], margins=True, margins_name="total", dropna=False)
-    return table
+    def outcome(correct: np.ndarray, model: str) -> pd.Categorical:
+        return pd.Categorical(np.where(correct, f"{model} right", f"{model} wrong"), [f"{model} right", f"{model} wrong"])
+
+    return pd.crosstab(outcome(correct_cnn, "CNN"), outcome(correct_vit, "Probe"), margins=True, margins_name="total",
+                       dropna=False).rename_axis(index=None, columns=None)
 
 
 # ---------------------------------------------------------------- convergence

@@ -256,8 +256,9 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
     for m, name in names.items():
         hardest = report.hardest_classes(run.per_class[m])
         hardest[["precision", "recall", "f1"]] *= 100
+        hardest = hardest.rename(columns={"f1": "F1"})
         matrix = report.confusion_counts(predictions.labels, predictions.preds[m], predictions.num_classes)
-        parts += [f"\n**{name}**: the 5 hardest classes (test, percent)\n\n", table(hardest),
+        parts += [f"\n**{name}**: the {len(hardest)} hardest classes (test, percent)\n\n", table(hardest),
                   f"\n**{name}**: the most-confused pairs (test images)\n\n",
                   table(report.most_confused_pairs(matrix, run.class_names)) if matrix.sum() > np.trace(matrix)
                   else "no test image misclassified\n"]
@@ -271,7 +272,7 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
         parts += ["\nCat or dog: errors that confuse the species, and those within one species (test images; "
                   "species accuracy in percent):\n\n", table(frame)]
     if params.report.misclassified:
-        parts.append("\nMisclassified test images (a seeded draw), captioned actual -> predicted:\n\n")
+        parts.append("\nMisclassified test images (a seeded draw), captioned actual → predicted:\n\n")
         for m, name in names.items():
             wrong = np.flatnonzero(~predictions.correct(m))
             if not len(wrong):
@@ -280,9 +281,9 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
             pick = np.sort(np.random.default_rng(params.seed).choice(wrong, min(len(wrong), params.report.misclassified),
                                                                      replace=False))
             items = [(run.root / DATA / run.predictions["image"].iloc[i],
-                      f"{run.predictions['actual'].iloc[i]} -> {run.predictions[f'{m}_predicted'].iloc[i]}")
+                      f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}")
                      for i in pick]
-            save_figure(plots.image_grid_figure(items, f"{name}: misclassified test images"),
+            save_figure(plots.image_grid_figure(items, f"{name}: misclassified test images", cols=8, inches=1.5),
                         figures / f"misclassified_{m}.png")
             parts.append(figure(figures / f"misclassified_{m}.png", out_dir, f"{name} misclassified") + "\n")
     return "".join(parts)
@@ -303,7 +304,7 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
              f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
              f"({run.profile['cnn']['device']}); loader wait is the share of each profiled step spent waiting for "
              f"the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
-             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {run.profile['cnn'].get('peak_memory_method', '')}.\n\n",
+             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {PEAK_MEMORY.get(run.profile['cnn'].get('peak_memory_method'), '')}.\n\n",
              table(pd.DataFrame(rows))]
     if extraction and head:
         parts.append(f"\nThe probe's cached route: extracting features costs {extraction['step_ms_mean']:.1f} ms a "
@@ -321,6 +322,10 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
               table(shares),
               "\nCost side by side: " + link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison") + ".\n"]
     return "".join(parts)
+
+
+PEAK_MEMORY = {"cpu_rss_increase": "the rise of the process's resident memory over the profiled steps",
+               "cuda_max_memory_allocated": "the CUDA allocator's peak over the profiled steps"}
 
 
 def sanity_section(run: Run) -> str:

@@ -30,6 +30,9 @@ def check_prepared(project: Path) -> None:
             assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= 256
     report = load_json(root / "report.json")
     assert report["converted_to_rgb"] == {"JPEG CMYK": 1, "JPEG L": 1, "PNG RGBA": 1}
+    assert report["generated"] is True  # made by petlab.synthetic, and every later report must say so
+    assert load_json(root / "species.json") == {"Abyssinian": "cat", "American Bulldog": "dog", "Bengal": "cat",
+                                                "Beagle": "dog"}
 
 
 def check_metrics(project: Path) -> None:
@@ -60,8 +63,14 @@ def check_metrics(project: Path) -> None:
         assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and len(p["top_ops"]) == 10
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
-    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate"):
+    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "report"):
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
+    for model in ("cnn", "vit"):
+        assert 0 <= profile[model]["data_wait_share"] < 1
+        with open(project / f"metrics/timing/train_{model}_epochs.csv") as f:
+            times = list(csv.DictReader(f))
+        assert [int(t["epoch"]) for t in times] == list(range(1, (3 if model == "cnn" else 4) + 1))
+        assert float(times[-1]["elapsed_seconds"]) >= sum(float(t["seconds"]) for t in times) > 0
 
 
 def check_models_and_plots(project: Path) -> None:
@@ -73,6 +82,10 @@ def check_models_and_plots(project: Path) -> None:
         assert len(rows) == 20 and set(rows[0]) == {"actual", "predicted"}
         accuracy = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
         assert abs(accuracy - load_json(project / "metrics/evaluate.json")[name]["test"]["accuracy"]) < 1e-6
+        with open(project / "plots/evaluate/predictions_test.csv") as f:
+            paired = list(csv.DictReader(f))
+        assert [(r["actual"], r[f"{name}_predicted"]) for r in paired] == [(r["actual"], r["predicted"]) for r in rows]
+        assert all((project / "data/oxford_pets" / r["image"]).is_file() for r in paired)
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
         with open(project / f"plots/train_{name}/history.csv") as f:
@@ -84,15 +97,37 @@ def check_models_and_plots(project: Path) -> None:
     assert (project / "plots/profile/comparison.png").is_file()
 
 
+def check_report(project: Path) -> None:
+    """reports/report.md: the warning a random-weights run needs, numbers equal to the metrics, every figure there."""
+    text = (project / "reports/report.md").read_text()
+    assert "this run cannot answer the question" in text and "**random backbone weights**" in text
+    assert "**generated images**" in text and "**few epochs**" in text
+    evaluation = load_json(project / "metrics/evaluate.json")
+    for label, metric in (("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("Top-5 accuracy", "top5_accuracy")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} "))
+        _, cnn_test, vit_test, difference, cnn_val, vit_val = [c.strip() for c in row.strip("|").split("|")]
+        for cell, model, split in ((cnn_test, "cnn", "test"), (vit_test, "vit", "test"), (cnn_val, "cnn", "val"),
+                                   (vit_val, "vit", "val")):
+            assert cell.split(" ")[0] == f"{evaluation[model][split][metric] * 100:.2f}", (label, model, split)
+        expected = evaluation["vit"]["test"][metric] - evaluation["cnn"]["test"][metric]
+        assert abs(float(difference.split(" ")[0]) - expected * 100) < 0.006
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "figures/curves.png" in links and "figures/misclassified_cnn.png" in links
+    for target in links:
+        assert (project / "reports" / target).resolve().is_file(), target
+    assert "## 7. Conclusions" in text and "Caveats: random backbone weights" in text
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
     assert ran_stages(first) == {"prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile",
-                                 "evaluate"}
+                                 "evaluate", "report"}
     assert "random backbone weights" in first.stdout
     check_prepared(project)
     check_metrics(project)
     check_models_and_plots(project)
+    check_report(project)
 
     again = dvc(project, "repro")
     assert ran_stages(again) == set() and "up to date" in again.stdout
@@ -103,7 +138,7 @@ def test_dvc_repro_end_to_end(tiny_project):
 
     # A train_vit change re-runs train_vit and what depends on it, nothing else.
     experiment = dvc(project, "exp", "run", "-S", "train_vit.lr=0.02")
-    assert ran_stages(experiment) == {"train_vit", "profile", "evaluate"}
+    assert ran_stages(experiment) == {"train_vit", "profile", "evaluate", "report"}
     assert load_json(project / "metrics/train_vit.json") != before
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
