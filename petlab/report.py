@@ -20,6 +20,7 @@ LEVEL = 0.95  # of every confidence interval
 SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference
 DATA_BOUND, COMPUTE_BOUND = 0.5, 0.1  # loader-wait shares of a training step (see `bottleneck`)
 SAME_SPEED = 1.25  # wall-time ratios within this factor count as "about as fast"
+SIMILAR_GAP = 0.02  # train - val gaps closer than 2 points count as similar
 FEW_EPOCHS = 10
 
 
@@ -97,7 +98,8 @@ def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -
         point = {m: float(predictions.metric(m, name, everything)[0]) for m in MODELS}
         samples = {m: predictions.metric(m, name, rows) for m in MODELS}
         results[name] = {m: (point[m], *percentile_interval(samples[m])) for m in MODELS}
-        results[name]["difference"] = (point["vit"] - point["cnn"], *percentile_interval(samples["vit"] - samples["cnn"]))
+        difference = samples["vit"] - samples["cnn"]
+        results[name]["difference"] = (point["vit"] - point["cnn"], *percentile_interval(difference))
     return results
 
 
@@ -120,7 +122,8 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.DataFrame:
     """Test images by which model got them right: a 2 x 2 table with totals."""
     def outcome(correct: np.ndarray, model: str) -> pd.Categorical:
-        return pd.Categorical(np.where(correct, f"{model} right", f"{model} wrong"), [f"{model} right", f"{model} wrong"])
+        right, wrong = f"{model} right", f"{model} wrong"
+        return pd.Categorical(np.where(correct, right, wrong), [right, wrong])
 
     return pd.crosstab(outcome(correct_cnn, "CNN"), outcome(correct_vit, "Probe"), margins=True, margins_name="total",
                        dropna=False).rename_axis(index=None, columns=None)
@@ -220,7 +223,7 @@ def interval(low: float, high: float) -> str:
 
 
 def p_value(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
 def comparison_sentence(metric: str, difference: tuple[float, float, float], mcnemar: dict | None = None) -> str:
@@ -229,7 +232,7 @@ def comparison_sentence(metric: str, difference: tuple[float, float, float], mcn
     disagreement between the two tests is said."""
     estimate, low, high = difference
     name = METRICS[metric].lower() if metric != "macro_f1" else "macro-F1"
-    test = f", McNemar p = {p_value(mcnemar['p_value'])}" if mcnemar else ""
+    test = f", McNemar {p_value(mcnemar['p_value'])}" if mcnemar else ""
     if low > 0 or high < 0:
         better, worse = ("probe", "CNN") if estimate > 0 else ("CNN", "probe")
         if estimate < 0:  # the interval of CNN - probe, so that both bounds read as the CNN's lead
@@ -259,6 +262,20 @@ def speed_sentence(cnn: dict, vit: dict, fraction: float) -> str:
     return head + f"the {fast[0]} converges {ratio:.1f} times faster in wall time."
 
 
+def gap_sentence(cnn_gap: float, vit_gap: float) -> str:
+    """Rule: with no train - val macro-F1 gap above zero neither model overfits; gaps within SIMILAR_GAP are
+    similar; otherwise the model with the larger gap generalises less well from its training data."""
+    gaps = f"({cnn_gap * 100:+.1f} points for the CNN, {vit_gap * 100:+.1f} for the probe)"
+    if max(cnn_gap, vit_gap) <= 0:
+        return (f"Neither model scores higher on its training data than on val at its selected epoch {gaps}: "
+                f"no sign of overfitting.")
+    if abs(cnn_gap - vit_gap) < SIMILAR_GAP:
+        return f"Both models have similar train - val macro-F1 gaps at their selected epochs {gaps}."
+    larger, smaller = ("CNN", "probe") if cnn_gap > vit_gap else ("probe", "CNN")
+    return (f"The {larger} generalises less well than the {smaller}: its train - val macro-F1 gap at the selected "
+            f"epoch is the larger {gaps}.")
+
+
 def conclusions(results: dict, mcnemar: dict, speed: dict[str, dict], bound: dict[str, tuple[str, float]],
                 gaps: dict[str, dict], last_epoch_best: list[str], caveats: list[str]) -> list[str]:
     """The report's conclusions, each from one rule stated in the function it comes from."""
@@ -269,11 +286,7 @@ def conclusions(results: dict, mcnemar: dict, speed: dict[str, dict], bound: dic
     for model, (kind, share) in bound.items():
         out.append(f"The {IN_SENTENCES[model]}'s training step is {kind}: it waits on the loader for {share:.0%} of "
                    f"each profiled step.")
-    # Rule: the model with the larger train - val macro-F1 gap fits its training data more than it generalises.
-    cnn_gap, vit_gap = gaps["cnn"]["train_val_macro_f1"], gaps["vit"]["train_val_macro_f1"]
-    larger = "CNN" if cnn_gap > vit_gap else "probe"
-    out.append(f"The {larger} has the larger train - val macro-F1 gap at its selected epoch "
-               f"({cnn_gap * 100:+.1f} points for the CNN, {vit_gap * 100:+.1f} for the probe).")
+    out.append(gap_sentence(gaps["cnn"]["train_val_macro_f1"], gaps["vit"]["train_val_macro_f1"]))
     for model in last_epoch_best:
         out.append(f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
                    f"and more epochs could change the comparison.")

@@ -195,7 +195,7 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
         "are scored on the same resampled images.\n\n"
         + table(pd.DataFrame(rows))
         + f"\nMcNemar's exact test on the same {n} images: {mcnemar['only_a']} only the CNN got right, "
-          f"{mcnemar['only_b']} only the probe; p = {report.p_value(mcnemar['p_value'])}.\n\n"
+          f"{mcnemar['only_b']} only the probe; {report.p_value(mcnemar['p_value'])}.\n\n"
         "Test images by which model classified them right:\n\n"
         + table(agreement, index=True)
         + "\nConfusion matrices (test, row-normalised): "
@@ -278,8 +278,8 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
             if not len(wrong):
                 parts.append(f"{name}: none misclassified.\n")
                 continue
-            pick = np.sort(np.random.default_rng(params.seed).choice(wrong, min(len(wrong), params.report.misclassified),
-                                                                     replace=False))
+            count = min(len(wrong), params.report.misclassified)
+            pick = np.sort(np.random.default_rng(params.seed).choice(wrong, count, replace=False))
             items = [(run.root / DATA / run.predictions["image"].iloc[i],
                       f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}")
                      for i in pick]
@@ -299,12 +299,13 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
                      "parameters (trainable / total)": f"{p['trainable_parameters']:,} / {p['total_parameters']:,}",
                      "loader wait": f"{p['data_wait_share']:.0%}", "step is": bound[m][0]})
     vit = run.profile["vit"]
+    peak_memory = PEAK_MEMORY.get(run.profile["cnn"].get("peak_memory_method"), "")
     extraction, head = vit.get("feature_extraction"), vit.get("cached_head_step")
     parts = ["## 5. Cost and bottlenecks\n\n",
              f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
              f"({run.profile['cnn']['device']}); loader wait is the share of each profiled step spent waiting for "
              f"the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
-             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {PEAK_MEMORY.get(run.profile['cnn'].get('peak_memory_method'), '')}.\n\n",
+             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
              table(pd.DataFrame(rows))]
     if extraction and head:
         parts.append(f"\nThe probe's cached route: extracting features costs {extraction['step_ms_mean']:.1f} ms a "
@@ -318,9 +319,9 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
             parts += [f"\n{name}: top ops by self time over the profiled steps\n\n", table(top)]
     shares = report.stage_shares(run.stage_seconds)
     shares["share"] = shares["share"].map(lambda v: f"{v:.0%}")
+    comparison = link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison")
     parts += ["\nEach stage's share of the pipeline's wall time (this run; the report stage itself not counted):\n\n",
-              table(shares),
-              "\nCost side by side: " + link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison") + ".\n"]
+              table(shares), f"\nCost side by side: {comparison}.\n"]
     return "".join(parts)
 
 
