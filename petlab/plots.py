@@ -34,9 +34,9 @@ def sample_grid_figure(items: list[tuple[Path, int]], class_names: list[str], ti
 def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, inches: float = 2.4):
     """Images with a caption each, `cols` to a row, each about `inches` wide."""
     rows = max(1, (len(items) + cols - 1) // cols)
-    height = rows * (inches + 0.45) + 0.7  # room for two-line captions and, above them, the title
+    height = rows * (inches + 0.3) + 0.6  # room for two-line captions and, above them, the title
     fig, axes = plt.subplots(rows, cols, figsize=(cols * inches, height), squeeze=False)
-    fig.subplots_adjust(top=1 - 0.75 / height, hspace=0.5)
+    fig.subplots_adjust(top=1 - 0.6 / height, hspace=0.35)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, caption) in zip(axes.flat, items):
