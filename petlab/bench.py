@@ -41,10 +41,10 @@ from petlab.features import load_feature_split
 from petlab.metrics import classification_metrics
 from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
 from petlab.outputs import write_json
-from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams
+from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams, parse_params, to_dict
 from petlab.prepare import prepare_oxford_pets
 from petlab.profiling import PeakMemory
-from petlab.runtime import default_num_workers, select_precision
+from petlab.runtime import PipelineError, default_num_workers, select_precision
 from petlab.synthetic import make_fake_pets
 from petlab.train import StepContext, make_optimizer, predict, train_step
 
@@ -409,6 +409,17 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
 # ---------------------------------------------------------------- the whole pipeline
 
 
+def pipeline_params(mode: str, pets: Path) -> dict:
+    """The schema's defaults (the committed params.yaml's values), never the workspace's params.yaml, which an
+    experiment may have changed, with the benchmark's own settings on top."""
+    params = to_dict(Params())
+    for group, values in {**PIPELINE_PARAMS[mode], "data": {**PIPELINE_PARAMS[mode].get("data", {}),
+                                                             "root": str(pets)}}.items():
+        params[group].update(values)
+    parse_params(params, source="the benchmark's pipeline params")  # refused here, before any work
+    return params
+
+
 def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
     """`dvc repro` of every stage in a temporary copy of the project, with each stage's own wall time."""
     project = workdir / "project"
@@ -417,18 +428,15 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
         src = REPO / name
         copy_tree = shutil.copytree if src.is_dir() else shutil.copy2
         copy_tree(src, project / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for group, values in {**PIPELINE_PARAMS[mode], "data": {**PIPELINE_PARAMS[mode].get("data", {}),
-                                                             "root": str(pets)}}.items():
-        params[group].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(pipeline_params(mode, pets), sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro failed in {project}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()
+        raise PipelineError(f"`dvc repro` of the benchmark's project failed: {' | '.join(errors[-3:])}")
     stages = {f.stem: json.loads(f.read_text())["seconds"] for f in sorted((project / "metrics/timing").glob("*.json"))}
     # ru_maxrss of children: the largest of the stage processes dvc ran (KiB on Linux).
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -550,8 +558,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip measuring torch.compile")
     args = parser.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    run("quick" if args.quick else "full", args.out, pipeline=not args.no_pipeline,
-        try_compile=not (args.no_compile or args.quick))
+    try:
+        run("quick" if args.quick else "full", args.out, pipeline=not args.no_pipeline,
+            try_compile=not (args.no_compile or args.quick))
+    except PipelineError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,22 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     return rounded(classification_metrics(logits, labels, num_classes))
 
 
+def confusion_labels(class_names: list[str]) -> list[str]:
+    """Class names led by their zero-padded label ("07 Beagle"): `dvc plots` sorts a confusion matrix's classes
+    as text, so this keeps its rows and columns in label order, as in the PNGs."""
+    width = len(str(len(class_names) - 1))
+    return [f"{i:0{width}d} {name}" for i, name in enumerate(class_names)]
+
+
 def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
                   title: str) -> None:
     """Per-class CSV, the confusion rows for `dvc plots`, and confusion PNGs (counts and row-normalised)."""
     preds, y = logits.argmax(1).numpy(), labels.numpy()
     write_csv(out_dir / f"per_class_{name}.csv", per_class_rows(y, preds, class_names),
               ["class", "precision", "recall", "f1", "support"])
+    labels = confusion_labels(class_names)
     write_csv(out_dir / f"confusion_{name}.csv",
-              ({"actual": class_names[a], "predicted": class_names[p]} for a, p in zip(y, preds)),
-              ["actual", "predicted"])
+              ({"actual": labels[a], "predicted": labels[p]} for a, p in zip(y, preds)), ["actual", "predicted"])
     matrix = confusion(y, preds, len(class_names))
     save_figure(plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
                 out_dir / f"confusion_{name}.png")

@@ -12,8 +12,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
 from petlab.features import extract_features, save_feature_cache
-from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_pretrained_backbone,
-                           timm_data_config)
+from petlab.downloads import file_digest
+from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_backbone,
+                           load_pretrained_backbone, timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
 from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision
@@ -85,20 +86,28 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
     return TrainedModel(model, config, result, summary)
 
 
-def build_probe(params: Params, num_classes: int) -> tuple[FrozenBackboneClassifier, dict]:
+def build_probe(params: Params, num_classes: int,
+                backbone_file: Path | None = None) -> tuple[FrozenBackboneClassifier, dict]:
     """The backbone (frozen but for train_vit.unfreeze) with a fresh head, and the config that rebuilds it.
 
+    The stages load the backbone from `backbone_file`, the weights the backbone_weights stage resolved and DVC
+    versions; without one (tests, the benchmark) it is resolved here from train_vit's params.
     info.feature_cache says whether features of the backbone are fixed, so cached ones may stand for
     the images; with a fine-tuned backbone the evaluate stage must run the images through the model.
     """
     p = params.train_vit
-    backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
+    if backbone_file is None:
+        backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
+        weights = {"pretrained": p.pretrained, "weights_source": source}
+    else:
+        backbone, recorded = load_backbone(backbone_file, p.model)
+        weights = {"pretrained": recorded["pretrained"], "weights_source": recorded["source"],
+                   "backbone_sha256": file_digest(backbone_file)}
     spec = TransformSpec.from_timm(timm_data_config(backbone))
     model = FrozenBackboneClassifier(backbone, num_classes, p.unfreeze, p.head, p.head_hidden, p.head_dropout)
     config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "unfreeze": list(p.unfreeze),
               "head": p.head, "head_hidden": p.head_hidden, "head_dropout": p.head_dropout,
-              "transform": spec.as_dict(),
-              "info": {"pretrained": p.pretrained, "weights_source": source, "feature_cache": not p.unfreeze}}
+              "transform": spec.as_dict(), "info": {**weights, "feature_cache": not p.unfreeze}}
     return model, config
 
 
@@ -107,9 +116,10 @@ def transform_spec(config: dict) -> TransformSpec:
     return TransformSpec(t["size"], tuple(t["mean"]), tuple(t["std"]), t["interpolation"], t["crop_pct"])
 
 
-def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path) -> TrainedModel:
+def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path,
+              backbone_file: Path | None = None) -> TrainedModel:
     p = params.train_vit
-    model, config = build_probe(params, data.num_classes)
+    model, config = build_probe(params, data.num_classes, backbone_file)
     spec = transform_spec(config)
     ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
     head_ctx = StepContext(ctx.device, Precision(None, False))  # a linear layer gains nothing from autocast

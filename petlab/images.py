@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # A truncated JPEG must be an error, never a silently grey-padded picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 MIN_SIDE = 8  # smaller images cannot survive a resize-and-crop meaningfully
+JPEG_MAX_SIDE = 65500  # libjpeg's limit (JPEG_MAX_DIMENSION), just under the format's 16-bit 65535
 
 
 class BadImage(Exception):
@@ -23,6 +24,7 @@ class Decoded:
     image: Image.Image  # RGB
     source_mode: str  # the mode before conversion (e.g. CMYK, L, RGBA, P, I;16)
     source_format: str  # what the content is (JPEG, PNG, GIF...), not what the name says
+    exif_rotated: bool = False  # an EXIF orientation tag was applied (phone photos), as viewers do
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -78,7 +80,14 @@ def decode(path: str | Path, draft_side: int | None = None) -> Decoded:
     if min(image.size) < MIN_SIDE:
         raise BadImage(f"too small ({image.size[0]}x{image.size[1]} px; at least {MIN_SIDE} px a side)")
     source_mode = image.mode
-    return Decoded(to_rgb(image), source_mode, source_format)
+    try:
+        # 2..8 flip and/or rotate; 1 (upright) and values outside the standard's range change nothing.
+        rotated = image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
+        if rotated:
+            image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, TypeError) as err:  # a damaged EXIF block
+        raise BadImage(f"cannot apply its EXIF orientation ({str(err) or type(err).__name__})") from None
+    return Decoded(to_rgb(image), source_mode, source_format, exif_rotated=rotated)
 
 
 def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
@@ -88,6 +97,18 @@ def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
     w, h = image.size
     scale = max_side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def fit_jpeg(image: Image.Image) -> Image.Image:
+    """Shrink an image whose longer side JPEG cannot store, keeping the aspect ratio (or BadImage if too thin)."""
+    w, h = image.size
+    if max(w, h) <= JPEG_MAX_SIDE:
+        return image
+    scale = JPEG_MAX_SIDE / max(w, h)
+    size = (min(JPEG_MAX_SIDE, round(w * scale)), min(JPEG_MAX_SIDE, round(h * scale)))
+    if min(size) < MIN_SIDE:
+        raise BadImage(f"too elongated for JPEG ({w}x{h} px: fitting {JPEG_MAX_SIDE} px leaves under {MIN_SIDE} px)")
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -223,8 +224,9 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
     """
     import timm
 
+    source = weights_source(model_name, pretrained, weights)
     if not pretrained:
-        return timm.create_model(model_name, pretrained=False, num_classes=0), "random init (pretrained: false)"
+        return timm.create_model(model_name, pretrained=False, num_classes=0), source
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -238,7 +240,7 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
         except Exception as err:
             raise PipelineError(f"train_vit.weights = {weights!r}: cannot load into {model_name} "
                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-        return model, f"file {path.name}"
+        return model, source
     try:
         model = timm.create_model(model_name, pretrained=True, num_classes=0)
     except Exception as err:
@@ -250,8 +252,51 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
             f"internet (python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") "
             f"and run with HF_HUB_OFFLINE=1"
         ) from None
-    tag = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("tag") or "timm default"
-    return model, f"timm hub {tag}"
+    return model, source
+
+
+def weights_source(model_name: str, pretrained: bool, weights: str | None) -> str:
+    """Where load_pretrained_backbone takes the weights from, known without loading them (no network)."""
+    import timm
+
+    if not pretrained:
+        return "random init (pretrained: false)"
+    if weights is not None:
+        return f"file {Path(weights).expanduser().resolve()}"
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return f"timm hub {cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else model_name}"
+
+
+# The backbone's weights as the pipeline versions them: resolved once by the backbone_weights stage into a
+# safetensors file that DVC tracks, with where they came from in the file's own metadata (BACKBONE_INFO_KEY).
+BACKBONE_INFO_KEY = "petlab"
+
+
+def backbone_info(path: str | Path) -> dict | None:
+    """What the backbone_weights stage recorded in the file, or None for a missing file or one it did not write."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})[BACKBONE_INFO_KEY])
+    except Exception:  # missing, truncated, not safetensors, or no info: all mean "resolve the weights again"
+        return None
+
+
+def load_backbone(path: str | Path, model_name: str) -> tuple[nn.Module, dict]:
+    """The backbone saved by the backbone_weights stage, and what it recorded (model, pretrained, source, ...)."""
+    import timm
+    from safetensors.torch import load_file
+
+    info = backbone_info(path)
+    if info is None:
+        raise PipelineError(f"{path}: missing or not written by the backbone_weights stage; run `dvc repro`")
+    if info["model"] != model_name:
+        raise PipelineError(f"{path} holds weights of {info['model']}, not of train_vit.model = {model_name!r}; "
+                            f"run `dvc repro`")
+    model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    model.load_state_dict(load_file(str(path)))
+    return model, info
 
 
 def timm_data_config(backbone: nn.Module) -> dict:

@@ -120,6 +120,41 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def stage_outputs(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[Path]:
+    """Every path dvc.yaml says `stage` writes (outs, metrics, plots); none if the file or stage is not there."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    entries = [e for kind in ("outs", "metrics", "plots") for e in spec.get(kind) or []]
+    return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries]
+
+
+def check_writable(paths: Iterable[str | Path]) -> None:
+    """Refuse to start, naming the path, when an output could not be written: a read-only or full folder,
+    or a file where a folder should be. Probes the nearest existing folder and creates nothing that stays."""
+    checked: set[Path] = set()
+    for path in map(Path, paths):
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            if folder.is_symlink():  # a dangling link where a folder should be
+                raise PipelineError(f"{path}: cannot be written: {folder} is a link to nothing")
+            folder = folder.parent
+        if folder in checked:
+            continue
+        checked.add(folder)
+        if not folder.is_dir():
+            raise PipelineError(f"{path}: cannot be written: {folder} is not a folder")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".petlab-write-check.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PipelineError(f"{path}: cannot be written: {folder} refuses new files ({err.strerror})") from None
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Delete what a killed run (SIGKILL, power loss) left beside `path`, so leftovers never pile up."""
     for stale in [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), path.with_name(f".{path.name}.old")]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -18,9 +19,13 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from petlab.runtime import PipelineError
+from petlab.runtime import PipelineError, read_text
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+MAX_SEED = 2**32 - 1  # numpy and scikit-learn refuse larger seeds
+# Names people often write for a parameter, so an unknown key can suggest the real one.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "bs": "batch_size",
+           "wd": "weight_decay", "workers": "num_workers"}
 
 
 class ParamsError(PipelineError):
@@ -41,6 +46,7 @@ class DataParams:
     per_class: Optional[int] = None  # at most this many train+val images per class (seeded draw); None keeps all
     test_per_class: Optional[int] = None  # at most this many test images per class; None keeps all
     test_fraction: float = 0.2  # imagefolder only: the share of each class held out as test
+    follow_symlinks: bool = False  # imagefolder only: read links that point outside data.root
 
     def check(self, key: str) -> None:
         _require(0.0 < self.val_fraction < 1.0, f"{key}.val_fraction", self.val_fraction, "a number in (0, 1)")
@@ -139,6 +145,9 @@ class TrainCNNParams(OptimParams):
 
     def check(self, key: str) -> None:
         super().check(key)
+        if self.batch_norm:  # BatchNorm cannot normalise a batch of one in training (the loader drops a last one)
+            _require(self.batch_size >= 2, f"{key}.batch_size", self.batch_size,
+                     "an integer >= 2 when batch_norm is true (BatchNorm needs two samples)")
         _require(self.image_size >= 8, f"{key}.image_size", self.image_size, "an integer >= 8")
         _require(1 <= len(self.widths) <= 6 and all(w >= 1 for w in self.widths), f"{key}.widths", self.widths,
                  "a list of 1 to 6 positive integers")
@@ -239,11 +248,14 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
 
     def check(self, key: str = "") -> None:
-        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}] (numpy's seed range)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.check(f.name)
+        if self.train_cnn.batch_norm:  # the profile stage takes training steps of the CNN at its own batch size
+            _require(self.profile.batch_size >= 2, "profile.batch_size", self.profile.batch_size,
+                     "an integer >= 2 when train_cnn.batch_norm is true (BatchNorm needs two samples)")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
@@ -252,11 +264,33 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(read_text(path), Loader=UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as err:  # one line: file:line and the problem
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{line}: not valid YAML: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     params = parse_params(raw, source=str(path))
     return params
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first_line[key]})", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
@@ -277,9 +311,13 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-            raise ParamsError(f"{source}: unknown parameter {prefix}{key}{hint} (allowed: {', '.join(names)})")
+            known = names + [alias for alias, name in ALIASES.items() if name in names]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            if close:
+                hint = f"; did you mean {prefix}{ALIASES.get(close[0], close[0])}?"
+            else:
+                hint = f" (allowed: {', '.join(names)})"
+            raise ParamsError(f"{source}: unknown parameter {prefix}{key}{hint}")
     values = {}
     for name in names:
         if name in raw:
@@ -317,11 +355,13 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         # YAML reads 3e-4 (no dot) as a string: accept it, since that is how people write learning rates.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # inf or nan (YAML's .inf / .nan) would train to NaN or never stop
+            raise ParamsError(f"{source}: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -12,6 +12,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+# Every user string (class names, model names) is drawn with these Text properties: literally, as given.
+# '$' would otherwise start mathtext (a class named "a$b" fails to draw), and a matplotlibrc with
+# text.usetex would hand it to LaTeX.
+LITERAL = {"parse_math": False, "usetex": False}
+
 
 def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str]):
     splits = list(counts)
@@ -20,10 +25,10 @@ def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str
     width = 0.8 / len(splits)
     for i, split in enumerate(splits):
         ax.bar(x + i * width - 0.4 + width / 2, [counts[split].get(c, 0) for c in class_names], width, label=split)
-    ax.set_xticks(x, class_names, rotation=75, ha="right", fontsize=8)
+    ax.set_xticks(x, class_names, rotation=75, ha="right", fontsize=8, **LITERAL)
     ax.set_ylabel("images")
-    ax.set_title("Images per class and split")
-    ax.legend()
+    ax.set_title("Images per class and split", loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=len(splits), frameon=False)  # above the bars
     return fig
 
 
@@ -42,8 +47,8 @@ def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, 
     for ax, (path, caption) in zip(axes.flat, items):
         with Image.open(path) as image:
             ax.imshow(image.convert("RGB"))
-        ax.set_title(caption, fontsize=7 if inches < 2 else 8)
-    fig.suptitle(title)
+        ax.set_title(caption, fontsize=7 if inches < 2 else 8, **LITERAL)
+    fig.suptitle(title, **LITERAL)
     return fig
 
 
@@ -78,7 +83,7 @@ def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"]):
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
     for label, frame in per_class.items():
         ax.scatter(frame.set_index("class").loc[order, "f1"], y, color=MODEL_COLORS.get(label), label=label, s=18)
-    ax.set_yticks(y, order, fontsize=7)
+    ax.set_yticks(y, order, fontsize=7, **LITERAL)
     ax.set_xlabel("test F1")
     ax.set_xlim(-0.02, 1.02)
     ax.grid(axis="x", alpha=0.3)
@@ -95,11 +100,11 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str, nor
     size = max(6, 0.28 * n + 3)
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None)
-    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7, **LITERAL)
+    ax.set_yticks(range(n), class_names, fontsize=7, **LITERAL)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title(title)
+    ax.set_title(title, **LITERAL)
     if n <= 40:  # numbers stay legible up to the 37 pet breeds
         for i in range(n):
             for j in range(n):
@@ -118,12 +123,19 @@ def profile_comparison_figure(models: dict[str, dict]):
               ("peak_memory_mb", "peak memory (MB)"), ("gflops_per_image", "forward GFLOPs / image"),
               ("trainable_parameters", "trainable parameters")]
     names = list(models)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (key, label) in zip(axes, panels):
+    # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, panels):
         values = [models[m].get(key, 0) or 0 for m in names]
-        bars = ax.bar(names, values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
+        bars = ax.bar(range(len(names)), values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
+        ax.set_xticks(range(len(names)), names, **LITERAL)
         ax.set_title(label, fontsize=9)
-        ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
+        ax.margins(y=0.12)  # room for the labels above the tallest bar
         if key == "trainable_parameters":
             ax.set_yscale("log")
     fig.suptitle("Training cost per model (profile stage)")

@@ -15,7 +15,7 @@ from petlab.outputs import save_figure
 from petlab.params import Params
 from petlab.runtime import PipelineError
 
-STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate")
+STAGES = ("backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate")
 DATA = Path("data/oxford_pets")
 
 
@@ -39,7 +39,7 @@ class Run:
     class_names: list[str]
     species: dict[str, str] | None  # Oxford-IIIT Pet only
     prepared: dict  # data/oxford_pets/report.json
-    sanity: dict
+    sanity: dict  # plots/sanity/report.json, the full sanity report
     trained: dict[str, dict]  # model -> metrics/train_<model>.json
     histories: dict[str, pd.DataFrame]  # model -> history with the epochs' elapsed seconds
     setup_seconds: dict[str, float]  # model -> wall time before its first epoch
@@ -47,6 +47,7 @@ class Run:
     per_class: dict[str, pd.DataFrame]
     predictions: pd.DataFrame
     profile: dict
+    top_ops: dict[str, list[dict]]  # model -> ops by self time
     stage_seconds: dict[str, float]
 
     @classmethod
@@ -63,12 +64,12 @@ class Run:
         return cls(
             root=root, class_names=read_json(data / "classes.json"),
             species=read_json(species_file) if species_file.is_file() else None,
-            prepared=read_json(data / "report.json"), sanity=read_json(root / "metrics/sanity.json"),
+            prepared=read_json(data / "report.json"), sanity=read_json(root / "plots/sanity/report.json"),
             trained=trained, histories=histories, setup_seconds=setup,
             evaluation=read_json(root / "metrics/evaluate.json"),
             per_class={m: read_csv(root / f"plots/evaluate/per_class_{m}.csv") for m in report.MODELS},
             predictions=read_csv(root / "plots/evaluate/predictions_test.csv"),
-            profile=read_json(root / "metrics/profile.json"),
+            profile=read_json(root / "metrics/profile.json"), top_ops=read_json(root / "plots/profile/top_ops.json"),
             stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
         )
 
@@ -313,7 +314,7 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
                      f"cached features {head['step_ms_mean']:.2f} ms ({head['throughput_images_per_s']:.0f} "
                      f"images/s).\n")
     for m, name in report.MODELS.items():
-        ops = run.profile[m].get("top_ops")
+        ops = run.top_ops.get(m)
         if ops:
             top = pd.DataFrame(ops).head(5)[["op", "self_ms_total", "calls"]]
             parts += [f"\n{name}: top ops by self time over the profiled steps\n\n", table(top)]
@@ -341,8 +342,11 @@ def sanity_section(run: Run) -> str:
         + table(counts, index=True)
         + f"\n- Unreadable prepared images: {s['unreadable']['count']}.\n"
         + f"- Images in more than one split (leaks): {s['cross_split_duplicates']['count']}.\n"
-        + f"- Skipped by prepare: {s['prepare']['skipped_count']}; converted to RGB: "
-        + (", ".join(f"{n} {kind}" for kind, n in converted.items()) or "none") + ".\n"
+        + f"- Skipped by prepare: {s['prepare']['skipped_count']}; left out by the source reader: "
+          f"{s['prepare']['left_out_count']}; converted to RGB: "
+        + (", ".join(f"{n} {kind}" for kind, n in converted.items()) or "none")
+        + f"; rotated by EXIF: {s['prepare']['exif_rotated']}; resized to fit JPEG: "
+          f"{s['prepare']['resized_to_fit_jpeg']}.\n"
         + "".join(f"- {name} overfits {o['images']} training images to 100% in {o['steps_to_100pct']} steps "
                   f"(of at most {o['max_steps']}).\n" for name, o in overfit.items())
         + f"- All checks passed: {'yes' if s['passed'] else 'no'}.\n"

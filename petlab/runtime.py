@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,22 +22,52 @@ class PipelineError(Exception):
     """An error the user can fix; printed as one line, without a traceback."""
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
+def read_text(path: str | Path) -> str:
+    """A user's text file (params, label files) as UTF-8; other bytes are an error naming file:line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise PipelineError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8") from None
+
+
+def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
     shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
+    stage fails they are removed, so no partial event file outlives the run.
     """
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt from here on
     clock = Stopwatch()
     try:
-        main()
-        from petlab.outputs import write_json  # outputs imports this module
+        from petlab.outputs import check_writable, stage_outputs, write_json  # outputs imports this module
 
+        check_writable(stage_outputs(name))  # before any work: a read-only metrics/ must not cost a whole run
+        try:
+            main()
+        except BaseException:
+            for folder in live_dirs:  # a failed stage leaves no partial TensorBoard or trace files
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno is None:  # not a file-system failure: a bug, whose traceback is worth having
+            raise
+        # Disk full, read-only or permission denied while writing (or reading) some file: one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{name}: error: {where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})",
+              file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)

@@ -71,7 +71,8 @@ def prepare_report(data: PreparedData) -> dict:
     """What prepare converted and skipped, carried into the sanity metrics so nothing is dropped silently."""
     report = json.loads((data.root / "report.json").read_text())
     return {"converted_to_rgb": report["converted_to_rgb"], "skipped_count": report["images_skipped"],
-            "skipped": report["skipped"]}
+            "skipped": report["skipped"], "left_out_count": report["left_out_count"], "left_out": report["left_out"],
+            "exif_rotated": report["exif_rotated"], "resized_to_fit_jpeg": report["resized_to_fit_jpeg"]}
 
 
 def overfit_items(data: PreparedData, batches: int, batch_size: int, seed: int) -> list[tuple[Path, int]]:
@@ -133,3 +134,16 @@ def overfit(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], 
             break
     return {"steps_to_100pct": reached, "final_loss": round(loss_value, 6), "final_accuracy": round(accuracy, 6),
             "max_steps": max_steps, "images": sum(len(y) for _, y in batches)}
+
+
+def metrics_summary(report: dict) -> dict:
+    """The scalars of the report worth comparing across runs (`dvc metrics show`); the lists and per-class
+    details stay in the full report."""
+    overfit = {f"overfit_{m}": {k: report[f"overfit_{m}"][k] for k in ("steps_to_100pct", "final_accuracy")}
+               for m in ("cnn", "probe")}
+    return {"passed": report["passed"],
+            "counts": {split: {k: c[k] for k in ("total", "min_per_class", "max_per_class")}
+                       for split, c in report["counts"].items()},
+            "cross_split_duplicates": {"count": report["cross_split_duplicates"]["count"]},
+            "unreadable": {"count": report["unreadable"]["count"]},
+            "prepare": {"skipped_count": report["prepare"]["skipped_count"]}, **overfit}

@@ -16,7 +16,6 @@ from petlab.train import StepContext, predict
 DATA = Path("data/oxford_pets")
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
-TITLES = {"cnn": "CNN from scratch", "vit": "Linear probe on frozen ViT"}
 METRICS = Path("metrics/evaluate.json")
 PLOTS = Path("plots/evaluate")
 SPLITS = ("val", "test")
@@ -56,6 +55,15 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
     return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
 
 
+def title(checkpoint: dict) -> str:
+    """What the model is, as the figures name it; a probe on random weights says so."""
+    config = checkpoint["model_config"]
+    if config["kind"] != "timm_probe":
+        return f"CNN from scratch ({config['kind']})"
+    random = "" if config.get("info", {}).get("pretrained", True) else ", random weights"
+    return f"Linear probe on frozen {config['timm_model']}{random}"
+
+
 def main() -> None:
     params, data = setup_stage(DATA)
     results, test_logits = {}, {}
@@ -73,7 +81,7 @@ def main() -> None:
                     raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; "
                                         f"re-run train_vit (dvc repro)")
                 test_logits[name], test_labels = logits, labels
-                write_reports(name, logits, labels, data.class_names, PLOTS, f"{TITLES[name]} (test)")
+                write_reports(name, logits, labels, data.class_names, PLOTS, f"{title(checkpoint)} (test)")
         results[name]["checkpoint_epoch"] = checkpoint["epoch"]
         results[name].update(checkpoint["model_config"].get("info", {}))
     write_json(METRICS, results)

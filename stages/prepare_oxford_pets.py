@@ -16,7 +16,9 @@ def main() -> None:
     params = load_params()
     report = prepare_dataset(params.data, params.seed, OUT_DIR)
     print(f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
-          f"{report['images_skipped']} skipped, converted to RGB: {report['converted_to_rgb'] or 'none'}")
+          f"{report['images_skipped']} skipped, {report['left_out_count']} source files left out (listed in "
+          f"report.json), converted to RGB: {report['converted_to_rgb'] or 'none'}, EXIF-rotated: "
+          f"{report['exif_rotated']}, resized to fit JPEG: {report['resized_to_fit_jpeg']}")
 
 
 if __name__ == "__main__":

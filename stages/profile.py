@@ -1,5 +1,8 @@
 """Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
 
+# First: it sets torch's C++ log level, which only takes effect before torch loads.
+from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
+
 from pathlib import Path
 
 import torch
@@ -10,7 +13,6 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
 from petlab.runtime import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
 
@@ -18,6 +20,7 @@ DATA = Path("data/oxford_pets")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
 METRICS = Path("metrics/profile.json")
 PLOT = Path("plots/profile/comparison.png")
+TOP_OPS = Path("plots/profile/top_ops.json")  # lists, so not a metrics file: `dvc metrics show` stays readable
 TRACES = Path("runs/profile")
 
 
@@ -75,6 +78,7 @@ def main() -> None:
         results[name] = profile_model(name, model, checkpoint["model_config"], ctx, params, data, optim)
         if name == "vit":
             results[name].update(probe_costs(model, ctx, params, data, checkpoint["model_config"]))
+    write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
     save_figure(plots.profile_comparison_figure(results), PLOT)
@@ -84,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("profile", main)
+    run_stage("profile", main, live_dirs=[TRACES])

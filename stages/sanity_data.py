@@ -14,10 +14,12 @@ from petlab.prepare import SPLITS
 from petlab.runtime import PipelineError, run_stage
 
 DATA = Path("data/oxford_pets")
-METRICS = Path("metrics/sanity.json")
+METRICS = Path("metrics/sanity.json")  # the scalars worth comparing
 PLOTS = Path("plots/sanity")
+REPORT = PLOTS / "report.json"  # everything, lists of files included
 LOG_DIR = Path("runs/sanity")
 PASSED = Path("data/checks/sanity_passed.json")  # what the training stages depend on
+BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
 
 
 def main() -> None:
@@ -39,7 +41,7 @@ def main() -> None:
         cnn_batches = sanity.image_batches(items, ctx.input_spec, s.batch_size)
         report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
 
-        probe, config = build_probe(params, data.num_classes)
+        probe, config = build_probe(params, data.num_classes, BACKBONE)
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
         probe.to(ctx.device)
         with torch.no_grad():  # inference tensors could not be trained on below
@@ -57,7 +59,8 @@ def main() -> None:
 
     report["passed"] = not failures
     report["failures"] = failures
-    write_json(METRICS, report)
+    write_json(REPORT, report)
+    write_json(METRICS, sanity.metrics_summary(report))
     save_figure(plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
                 PLOTS / "class_counts.png")
     rng = np.random.default_rng(params.seed)
@@ -75,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("sanity_data", main)
+    run_stage("sanity_data", main, live_dirs=[LOG_DIR])

@@ -20,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("train_cnn", main)
+    run_stage("train_cnn", main, live_dirs=[LOG_DIR])

@@ -6,6 +6,7 @@ from petlab.experiments import save_trained, setup_stage, train_vit
 from petlab.runtime import run_stage
 
 DATA = Path("data/oxford_pets")
+BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
@@ -16,11 +17,11 @@ LOG_DIR = Path("runs/vit")
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    if not params.train_vit.pretrained:
+    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE)
+    if not trained.summary["pretrained"]:
         print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-    trained = train_vit(params, data, LOG_DIR, FEATURES)
     save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY, EPOCH_TIMES)
 
 
 if __name__ == "__main__":
-    run_stage("train_vit", main)
+    run_stage("train_vit", main, live_dirs=[LOG_DIR])

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab.bench import (pipeline_model, plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
+from petlab.bench import (pipeline_model, pipeline_params, plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
                           probe_from_images)
 from petlab.data import PreparedData, TransformSpec, read_image, train_transform
 from petlab.experiments import train_vit
@@ -113,3 +113,12 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert report["probe"]["weights"].startswith("random")
     assert report["evaluate"]["cnn"]["argmax_agreement"] >= 0.0
     assert "linear probe" in proc.stdout and str(out) in proc.stdout
+
+
+def test_the_benchmarks_pipeline_ignores_the_workspace_params(tmp_path, monkeypatch):
+    """`dvc exp run` rewrites params.yaml; the benchmark's project must start from the defaults all the same."""
+    (tmp_path / "params.yaml").write_text("data:\n  dataset: fashion_mnist\n  root: /nowhere\n")
+    monkeypatch.chdir(tmp_path)
+    params = pipeline_params("quick", tmp_path / "pets")
+    assert params["data"]["dataset"] == "oxford_pets" and params["data"]["root"] == str(tmp_path / "pets")
+    assert params["train_vit"]["model"] == "test_vit" and params["train_cnn"]["epochs"] == 1

@@ -70,3 +70,46 @@ def test_cmyk_keeps_its_colour(tmp_path):
     Image.new("RGB", (32, 32), (200, 30, 30)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
     r, g, b = np.asarray(images.decode(tmp_path / "cmyk.jpg").image).reshape(-1, 3).mean(0)
     assert r > 150 and g < 80 and b < 80  # still red, not inverted
+
+
+def oriented_jpeg(path, orientation: int, size=(60, 20)) -> None:
+    """A wide JPEG, red on the left half, tagged with an EXIF orientation (as phones save photos)."""
+    image = Image.new("RGB", size, (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+
+
+# orientation -> (size once upright, where the red half ends up)
+ORIENTATIONS = {1: ((60, 20), "left"), 2: ((60, 20), "right"), 3: ((60, 20), "right"), 4: ((60, 20), "left"),
+                5: ((20, 60), "top"), 6: ((20, 60), "top"), 7: ((20, 60), "bottom"), 8: ((20, 60), "bottom"),
+                9: ((60, 20), "left")}  # 9 is outside the standard: ignored, like viewers do
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_exif_orientation_is_applied_and_reported(tmp_path, orientation):
+    oriented_jpeg(tmp_path / "photo.jpg", orientation)
+    decoded = images.decode(tmp_path / "photo.jpg")
+    size, red = ORIENTATIONS[orientation]
+    assert decoded.image.size == size
+    assert decoded.exif_rotated == (2 <= orientation <= 8)
+    w, h = size
+    probe = {"left": (2, h // 2), "right": (w - 3, h // 2), "top": (w // 2, 2), "bottom": (w // 2, h - 3)}[red]
+    r, g, b = decoded.image.getpixel(probe)
+    assert r > 200 and b < 60
+
+
+@pytest.mark.parametrize("size, fitted", [((70000, 16), (65500, 15)), ((16, 66000), (16, 65500)),
+                                          ((65500, 9), (65500, 9))], ids=["too_wide", "too_tall", "at_the_limit"])
+def test_an_image_too_large_for_jpeg_is_fitted(size, fitted):
+    image = Image.new("RGB", size, (10, 200, 30))
+    out = images.fit_jpeg(image)
+    assert out.size == fitted
+    with Image.open(io.BytesIO(images.encode_jpeg(out, 90))) as again:
+        assert again.size == fitted
+
+
+def test_an_image_too_thin_to_fit_jpeg_is_refused():
+    with pytest.raises(images.BadImage, match=r"too elongated for JPEG \(200000x9 px"):
+        images.fit_jpeg(Image.new("RGB", (200000, 9)))

@@ -56,7 +56,7 @@ def test_weights_file_is_loaded_into_the_backbone(test_vit_weights):
     saved = load_file(str(test_vit_weights))
     assert torch.equal(backbone.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
     assert not torch.equal(backbone.patch_embed.proj.weight, reference.patch_embed.proj.weight)
-    assert source == f"file {test_vit_weights.name}"
+    assert source == f"file {test_vit_weights.resolve()}"
 
 
 def test_preprocessing_comes_from_the_model_not_imagenet():
@@ -140,7 +140,7 @@ def test_an_npz_with_pickled_objects_is_refused(tmp_path):
 def test_weights_checksum_is_enforced(test_vit_weights):
     good = file_digest(test_vit_weights)
     model, source = load_pretrained_backbone("test_vit", True, str(test_vit_weights), weights_sha256=good)
-    assert source == f"file {test_vit_weights.name}"
+    assert source == f"file {test_vit_weights.resolve()}"
     with pytest.raises(PipelineError, match=rf"train_vit.weights_sha256: .* has sha256 {good}, expected f+;"):
         load_pretrained_backbone("test_vit", True, str(test_vit_weights), weights_sha256="f" * 64)
 

@@ -79,3 +79,72 @@ def test_outputs_get_the_usual_permissions_not_the_temporary_ones(tmp_path):
         (tmp / "x").write_text("x")
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask
+
+
+def unwritable_folder(tmp_path):
+    """A folder this process cannot create files in: read-only for a normal user, /sys/kernel for root."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:
+        os.unlink(tempfile.mkstemp(dir="/sys/kernel")[1])
+    except OSError:
+        return Path("/sys/kernel")
+    pytest.skip("no folder refuses writes to root here")
+
+
+# case -> (make `metrics` unusable under tmp_path, the reason the error must give)
+OUTPUT_FAULTS = {
+    "folder_is_a_file": (lambda tmp: (tmp / "metrics").write_text("x"), r"metrics is not a folder"),
+    "dangling_link": (lambda tmp: (tmp / "metrics").symlink_to(tmp / "gone"), r"metrics is a link to nothing"),
+    "read_only": (lambda tmp: (tmp / "metrics").symlink_to(unwritable_folder(tmp)),
+                  r"metrics refuses new files \((Permission denied|Read-only file system)\)"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_FAULTS)
+def test_an_unwritable_output_location_is_named_before_any_work(tmp_path, case):
+    from petlab.outputs import check_writable
+
+    make, reason = OUTPUT_FAULTS[case]
+    make(tmp_path)
+    out = tmp_path / "metrics" / "timing" / "stage.json"
+    with pytest.raises(PipelineError, match=rf"^{out}: cannot be written: {tmp_path}/{reason}"):
+        check_writable([tmp_path / "data" / "prepared", out])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", *(["read_only"] if case == "read_only" and
+                                                                     (tmp_path / "read_only").exists() else [])]
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_failing_probe_is_one_error(tmp_path, monkeypatch, errno_name):
+    import errno
+    import os
+    import tempfile
+
+    from petlab.outputs import check_writable
+
+    def refuse(*args, **kwargs):
+        code = getattr(errno, errno_name)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PipelineError, match=rf"refuses new files \({os.strerror(getattr(errno, errno_name))}\)"):
+        check_writable([tmp_path / "metrics.json"])
+
+
+def test_stage_outputs_are_read_from_dvc_yaml():
+    from pathlib import Path
+
+    from conftest import REPO
+    from petlab.outputs import stage_outputs
+
+    outputs = stage_outputs("prepare_oxford_pets", REPO / "dvc.yaml")
+    assert Path("data/oxford_pets") in outputs and Path("metrics/timing/prepare_oxford_pets.json") in outputs
+    assert Path("metrics/sanity.json") in stage_outputs("sanity_data", REPO / "dvc.yaml")
+    assert stage_outputs("no_such_stage", REPO / "dvc.yaml") == []

@@ -2,13 +2,19 @@
 
 import csv
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from petlab.evaluation import confusion_labels
 from conftest import dvc, run
+from test_readme import bash_blocks, commands, section
 
 
 def ran_stages(proc) -> set[str]:
@@ -33,6 +39,10 @@ def check_prepared(project: Path) -> None:
     assert report["generated"] is True  # made by petlab.synthetic, and every later report must say so
     assert load_json(root / "species.json") == {"Abyssinian": "cat", "American Bulldog": "dog", "Bengal": "cat",
                                                 "Beagle": "dog"}
+    # A clean tree: nothing left out, rotated or resized, and the same counts in the sanity metrics.
+    assert (report["left_out_count"], report["exif_rotated"], report["resized_to_fit_jpeg"]) == (0, 0, 0)
+    sanity = load_json(project / "metrics/sanity.json")["prepare"]
+    assert (sanity["left_out_count"], sanity["exif_rotated"], sanity["resized_to_fit_jpeg"]) == (0, 0, 0)
 
 
 def check_metrics(project: Path) -> None:
@@ -60,7 +70,7 @@ def check_metrics(project: Path) -> None:
     for model in ("cnn", "vit"):
         p = profile[model]
         assert p["steps_timed"] == 3 and 0 < p["step_ms_p50"] <= p["step_ms_p95"]
-        assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and len(p["top_ops"]) == 10
+        assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and "top_ops" not in p
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
     for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "report"):
@@ -84,7 +94,10 @@ def check_models_and_plots(project: Path) -> None:
         assert abs(accuracy - load_json(project / "metrics/evaluate.json")[name]["test"]["accuracy"]) < 1e-6
         with open(project / "plots/evaluate/predictions_test.csv") as f:
             paired = list(csv.DictReader(f))
-        assert [(r["actual"], r[f"{name}_predicted"]) for r in paired] == [(r["actual"], r["predicted"]) for r in rows]
+        classes = load_json(project / "data/oxford_pets/classes.json")
+        numbered = dict(zip(classes, confusion_labels(classes)))  # the confusion rows' "07 Beagle" names
+        assert [(numbered[r["actual"]], numbered[r[f"{name}_predicted"]]) for r in paired] == \
+            [(r["actual"], r["predicted"]) for r in rows]
         assert all((project / "data/oxford_pets" / r["image"]).is_file() for r in paired)
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
@@ -95,6 +108,47 @@ def check_models_and_plots(project: Path) -> None:
     for png in ("class_counts.png", "samples_train.png", "samples_val.png", "samples_test.png"):
         assert (project / "plots/sanity" / png).is_file()
     assert (project / "plots/profile/comparison.png").is_file()
+    top_ops = load_json(project / "plots/profile/top_ops.json")
+    assert [len(top_ops[m]) for m in ("cnn", "vit")] == [10, 10] and top_ops["cnn"][0]["self_ms_total"] > 0
+
+
+def check_metrics_are_scalars(project: Path) -> None:
+    """`dvc metrics show` stays readable: no lists in a metrics file (they go to plots/, like the top ops)."""
+    def lists_in(value, key=""):
+        if isinstance(value, dict):
+            return [k for name, v in value.items() for k in lists_in(v, f"{key}.{name}")]
+        return [key] if isinstance(value, list) else []
+
+    for path in sorted((project / "metrics").rglob("*.json")):
+        assert lists_in(load_json(path)) == [], path
+
+
+def check_backbone(project: Path) -> None:
+    """The probe's backbone is a DVC-tracked file whose record says where it came from, with its SHA-256."""
+    import hashlib
+
+    from petlab.models import backbone_info
+
+    record = load_json(project / "metrics/backbone.json")
+    weights = project / "models/backbone.safetensors"
+    assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert record["model"] == "test_vit" and record["pretrained"] is False and "random" in record["source"]
+    assert backbone_info(weights) == {k: v for k, v in record.items() if k not in ("file", "sha256")}
+    vit = load_json(project / "metrics/train_vit.json")
+    assert vit["backbone_sha256"] == record["sha256"] and vit["weights_source"] == record["source"]
+
+
+def check_exp_show_fits_160_columns(project: Path) -> None:
+    """The README's suggested `dvc exp show` shows its columns whole in a 160-column terminal."""
+    (suggested,) = [c for c in commands(bash_blocks(section("Compare runs"))[0]) if c.startswith("dvc exp show --drop")]
+    proc = subprocess.run([sys.executable, "-m", *shlex.split(suggested), "--no-pager"], cwd=project, text=True,
+                          capture_output=True, env={**os.environ, "COLUMNS": "160", "DVC_NO_ANALYTICS": "1"})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and max(map(len, lines)) <= 160 and "…" not in proc.stdout, proc.stdout + proc.stderr
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header == ["Experiment", "cnn.test.accuracy", "cnn.test.macro_f1", "vit.test.accuracy", "vit.test.macro_f1",
+                      "train_cnn.lr", "train_vit.lr"]
+    assert any("0.02" in line for line in lines)  # the experiment's train_vit.lr
 
 
 def check_report(project: Path) -> None:
@@ -121,16 +175,22 @@ def check_report(project: Path) -> None:
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
-    assert ran_stages(first) == {"prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile",
-                                 "evaluate", "report"}
+    assert ran_stages(first) == {"backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
+                                 "profile", "evaluate", "report"}
     assert "random backbone weights" in first.stdout
+    assert "Memory block of unknown size" not in first.stdout + first.stderr
     check_prepared(project)
     check_metrics(project)
+    check_metrics_are_scalars(project)
     check_models_and_plots(project)
     check_report(project)
+    check_backbone(project)
+    backbone = (project / "models/backbone.safetensors").read_bytes()
 
+    # Only the always-run backbone_weights stage runs again; it keeps the same weights, so nothing else re-runs.
     again = dvc(project, "repro")
-    assert ran_stages(again) == set() and "up to date" in again.stdout
+    assert ran_stages(again) == {"backbone_weights"} and "already holds test_vit" in again.stdout
+    assert (project / "models/backbone.safetensors").read_bytes() == backbone
 
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
@@ -138,7 +198,7 @@ def test_dvc_repro_end_to_end(tiny_project):
 
     # A train_vit change re-runs train_vit and what depends on it, nothing else.
     experiment = dvc(project, "exp", "run", "-S", "train_vit.lr=0.02")
-    assert ran_stages(experiment) == {"train_vit", "profile", "evaluate", "report"}
+    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "report"}
     assert load_json(project / "metrics/train_vit.json") != before
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
@@ -147,11 +207,43 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert (lr_change["old"], lr_change["new"]) == (0.001, 0.02)
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
+    check_exp_show_fits_160_columns(project)
 
     plots_dir = project / "plots_html"
     dvc(project, "plots", "show", "-o", str(plots_dir))
     html = (plots_dir / "index.html").read_text()
-    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, ViT probe (test, row-normalised)",
+    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
                   "Loss per epoch"):
         assert title in html
     assert "American Bulldog" in html  # the confusion data itself, with class names
+
+
+def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):
+    """New weights at the same path are new data; without weights the first stage stops, before any data work."""
+    import timm
+    from safetensors.torch import save_file
+
+    from conftest import make_project, write_params
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(test_vit_weights.read_bytes())
+    project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit", "weights": str(weights)}})
+    stage = [sys.executable, "-m", "stages.backbone_weights"]
+    run(stage, project)
+    first = load_json(project / "metrics/backbone.json")
+    assert first["source"] == f"file {weights.resolve()}" and first["pretrained"] is True
+    assert "already holds test_vit" in run(stage, project).stdout  # same source: kept, not loaded again
+    assert load_json(project / "metrics/backbone.json") == first
+
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(weights))  # replaced in place
+    run(stage, project)
+    second = load_json(project / "metrics/backbone.json")
+    assert second["source_sha256"] != first["source_sha256"] and second["sha256"] != first["sha256"]
+
+    (project / "models/backbone.safetensors").unlink()
+    write_params(project, {"train_vit": {"model": "test_vit", "weights": None}})
+    failed = dvc(project, "repro", check=False)
+    assert failed.returncode != 0 and ran_stages(failed) == {"backbone_weights"}
+    (message,) = [line for line in failed.stderr.splitlines() if line.startswith("backbone_weights: error:")]
+    assert "train_vit.weights" in message and "HF_HUB_OFFLINE=1" in message
+    assert not (project / "data").exists() and not (project / "runs").exists()

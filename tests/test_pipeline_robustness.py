@@ -61,7 +61,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 
 
 def test_unusable_images_are_listed_by_name_in_the_sanity_metrics(reference):
-    sanity = yaml.safe_load((reference / "metrics" / "sanity.json").read_text())
+    sanity = yaml.safe_load((reference / "plots" / "sanity" / "report.json").read_text())
     skipped = {Path(s["file"]).stem: s["reason"] for s in sanity["prepare"]["skipped"]}
     assert sorted(skipped) == sorted(BAD_FILES) and sanity["prepare"]["skipped_count"] == 2
     assert "empty file" in skipped["Bengal_2"] and "truncated" in skipped["beagle_3"]

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,9 @@ from PIL import Image
 from conftest import make_project
 from petlab import prepare
 from petlab.params import DataParams
-from petlab.prepare import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name, prepare_oxford_pets
+from petlab.prepare import prepare_oxford_pets
+from petlab.sources import oxford_pets
+from petlab.sources.oxford_pets import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name
 from petlab.runtime import PipelineError
 from petlab.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
 from test_runtime import start_as_in_a_terminal
@@ -71,7 +74,7 @@ def test_prepared_layout_split_and_report(fake_pets, tmp_path):
 
 
 def test_split_is_seeded(fake_pets):
-    source = prepare.read_pets_annotations(fake_pets)
+    source = oxford_pets.read_pets_annotations(fake_pets)
     a = prepare.split_train_val(source.trainval, 0.25, 7, source.class_names)
     b = prepare.split_train_val(source.trainval, 0.25, 7, source.class_names)
     c = prepare.split_train_val(source.trainval, 0.25, 8, source.class_names)
@@ -206,6 +209,107 @@ def test_data_root_at_the_wrong_folder_is_named(tmp_path, where):
         run_prepare(wrong, tmp_path / "out")
 
 
+# ---------------------------------------------------------------- annotation lines, field by field
+
+
+def edit_line(root: Path, split: str, lineno: int | None, new: bytes | str) -> None:
+    """Replace line `lineno` (1-based) of annotations/<split>.txt, or add `new` at the end (lineno None)."""
+    ann = root / "annotations" / f"{split}.txt"
+    lines = ann.read_bytes().splitlines()
+    new = new.encode() if isinstance(new, str) else new
+    if lineno is None:
+        lines.append(new)
+    else:
+        lines[lineno - 1] = new
+    ann.write_bytes(b"\n".join(lines) + b"\n")
+
+
+# case -> (file, line number to replace (None: a line added at the end), the new line, the error after file:line)
+BAD_ANNOTATIONS = {
+    "non_utf8_bytes": ("trainval", 3, b"Abyssinian_3 1 1 3 \xff", r"not UTF-8 text \(byte 0xff\)"),
+    "latin1_image_id": ("test", 2, b"Abyssini\xe0n_14 1 1 14", r"not UTF-8 text \(byte 0xe0\)"),
+    "class_id_a_word": ("trainval", 2, "Abyssinian_2 one 1 2", r"class id 'one' is not a plain integer"),
+    "class_id_unicode_digit": ("trainval", 2, "Abyssinian_2 \uff11 1 2", r"class id '\uff11' is not a plain integer"),
+    "class_id_negative": ("trainval", 2, "Abyssinian_2 -1 1 2", r"class id '-1' is not a plain integer"),
+    "class_id_zero": ("trainval", 2, "Abyssinian_2 0 1 2", r"class id 0 is out of range \(1\.\.37\)"),
+    "class_id_too_large": ("test", 1, "Abyssinian_13 38 1 13", r"class id 38 is out of range \(1\.\.37\)"),
+    "species_out_of_range": ("trainval", 4, "Abyssinian_4 1 3 4", r"species 3 is out of range \(1\.\.2\)"),
+    "breed_id_decimal": ("trainval", 4, "Abyssinian_4 1 1 4.0", r"breed id '4\.0' is not a plain integer"),
+    "five_fields": ("trainval", 5, "Abyssinian_5 1 1 5 extra", r"expected 'IMAGE_ID CLASS_ID SPECIES BREED_ID'"),
+    "image_id_with_a_folder": ("trainval", 6, "../images/Abyssinian_6 1 1 6",
+                               r"image id '\.\./images/Abyssinian_6' is not a plain file name"),
+    "image_id_dot_dot": ("trainval", 6, ".. 1 1 6", r"image id '\.\.' is not a plain file name"),
+    "image_id_backslash": ("trainval", 6, "sub\\Abyssinian_6 1 1 6",
+                           r"image id 'sub\\\\Abyssinian_6' is not a plain file name"),
+    "same_image_other_class": ("trainval", None, "Abyssinian_2 2 2 2",
+                               r"image 'Abyssinian_2' has class id 2 here but 1 at .*trainval\.txt:2"),
+    "same_image_in_both_splits": ("test", None, "Abyssinian_1 1 1 1",
+                                  r"image 'Abyssinian_1' is also listed at .*trainval\.txt:1; .*leak"),
+    "two_class_ids_one_name": ("trainval", None, "Abyssinian_99 4 1 99",
+                               r"class 'Abyssinian' has class id 4 here but 1 at .*trainval\.txt:1; "
+                               r"two class ids cannot share a class name"),
+    "one_class_id_two_names": ("trainval", None, "Bengal_99 1 1 99",
+                               r"class id 1 is 'Bengal' here but 'Abyssinian' at .*trainval\.txt:1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ANNOTATIONS)
+def test_every_annotation_field_is_checked_with_file_and_line(tmp_path, case):
+    split, lineno, line, message = BAD_ANNOTATIONS[case]
+    root = small_pets(tmp_path / "pets")
+    for source_id, new_id in (("Abyssinian_1", "Abyssinian_99"), ("Bengal_1", "Bengal_99")):  # images to name
+        shutil.copy(root / "images" / f"{source_id}.jpg", root / "images" / f"{new_id}.jpg")
+    edit_line(root, split, lineno, line)
+    ann = root / "annotations" / f"{split}.txt"
+    where = f"{ann}:{lineno or len(ann.read_bytes().splitlines())}"
+    with pytest.raises(PipelineError, match=rf"^{re.escape(where)}: {message}"):
+        oxford_pets.read_pets_annotations(root)
+
+
+def test_a_repeated_annotation_line_is_written_once_and_listed(tmp_path):
+    root = small_pets(tmp_path / "pets")
+    edit_line(root, "trainval", None, "Abyssinian_2 1 1 2")
+    report = run_prepare(root, tmp_path / "out")
+    assert report["left_out_count"] == 1
+    (left_out,) = report["left_out"]
+    assert left_out["file"].endswith("trainval.txt:37") and "listed again (first at" in left_out["reason"]
+    written = list((tmp_path / "out").glob("*/*/*.jpg"))
+    assert report["images_written"] == len(written) == 36 + 9
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["left_out"] == report["left_out"]
+
+
+def test_exif_orientation_and_oversized_images_are_converted_and_counted(tmp_path):
+    from test_images import oriented_jpeg
+
+    root = small_pets(tmp_path / "pets")
+    oriented_jpeg(root / "images" / "Abyssinian_1.jpg", 6)  # a phone photo held upright
+    Image.new("RGB", (70000, 16), (0, 200, 0)).save(root / "images" / "Abyssinian_2.jpg", format="PNG")
+    report = run_prepare(root, tmp_path / "out")
+    assert (report["exif_rotated"], report["resized_to_fit_jpeg"], report["images_skipped"]) == (1, 1, 0)
+    (rotated,) = (tmp_path / "out").glob("*/Abyssinian/Abyssinian_1.jpg")
+    (wide,) = (tmp_path / "out").glob("*/Abyssinian/Abyssinian_2.jpg")
+    with Image.open(rotated) as image:
+        assert image.size == (20, 60)
+    with Image.open(wide) as image:
+        assert image.size == (65500, 15)
+
+
+# ---------------------------------------------------------------- fractions and caps against the class count
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"val_fraction": 0.05}, r"data\.val_fraction = 0\.05 splits 36 train/val images into 34 and 2; with 3 classes"),
+    ({"val_fraction": 0.95}, r"data\.val_fraction = 0\.95 splits 36 train/val images into 1 and 35"),
+    ({"per_class": 2}, r"data\.val_fraction = 0\.2 splits 6 train/val \(data\.per_class = 2\) images into 4 and 2"),
+], ids=["val_fraction_too_small", "val_fraction_too_large", "per_class_too_small"])
+def test_fractions_and_caps_too_small_for_the_classes_name_the_parameter(tmp_path, data, message):
+    root = small_pets(tmp_path / "pets")
+    with pytest.raises(PipelineError, match=message):
+        run_prepare(root, tmp_path / "out", **data)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- resources
 
 
@@ -252,21 +356,21 @@ def pets_archives(root: Path, folder: Path, url: str) -> tuple:
 def test_download_route_verifies_and_extracts(tmp_path, served, monkeypatch):
     folder, url = served
     archives = pets_archives(small_pets(tmp_path / "pets"), folder, url)
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", archives)
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", archives)
     data = DataParams(root=None, download_dir=str(tmp_path / "raw"))
     report = prepare.prepare_oxford_pets(data, 0, tmp_path / "out")
     assert report["images_written"] == 45 and report["images_skipped"] == 0
-    assert sorted(p.name for p in (tmp_path / "raw" / prepare.PETS_FOLDER).iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "raw" / oxford_pets.PETS_FOLDER).iterdir()) == [
         "annotations", "annotations.tar.gz", "images", "images.tar.gz"]
 
 
 def test_download_with_wrong_checksum_is_an_error(tmp_path, served, monkeypatch):
     folder, url = served
     (image_archive, md5), annotations = pets_archives(small_pets(tmp_path / "pets"), folder, url)
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", ((image_archive, "0" * 32), annotations))
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", ((image_archive, "0" * 32), annotations))
     with pytest.raises(PipelineError, match="images.tar.gz: the download to .* failed its MD5 check"):
-        prepare.locate_oxford_pets(DataParams(root=None, download_dir=str(tmp_path / "raw")))
-    assert not (tmp_path / "raw" / prepare.PETS_FOLDER / "images").exists()
+        oxford_pets.locate_oxford_pets(DataParams(root=None, download_dir=str(tmp_path / "raw")))
+    assert not (tmp_path / "raw" / oxford_pets.PETS_FOLDER / "images").exists()
 
 
 def test_download_with_a_path_traversal_member_is_refused(tmp_path, served, monkeypatch):
@@ -276,10 +380,10 @@ def test_download_with_a_path_traversal_member_is_refused(tmp_path, served, monk
     with tarfile.open(folder / "images.tar.gz", "w:gz") as tar:
         tar.add(payload, arcname="../../escaped.txt")
     md5 = hashlib.md5((folder / "images.tar.gz").read_bytes()).hexdigest()
-    monkeypatch.setattr(prepare, "PETS_ARCHIVES", ((f"{url}/images.tar.gz", md5),))
+    monkeypatch.setattr(oxford_pets, "PETS_ARCHIVES", ((f"{url}/images.tar.gz", md5),))
     raw = tmp_path / "a" / "raw"
     with pytest.raises(PipelineError, match="refused to extract"):
-        prepare.locate_oxford_pets(DataParams(root=None, download_dir=str(raw)))
+        oxford_pets.locate_oxford_pets(DataParams(root=None, download_dir=str(raw)))
     assert not list(tmp_path.rglob("escaped.txt"))
     shutil.rmtree(raw)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import shutil
 import json
 import pickle
 import struct
@@ -14,8 +16,11 @@ import pytest
 from PIL import Image
 
 from petlab.params import DataParams, ParamsError, parse_params
-from petlab.prepare import (FASHION_MNIST_CLASSES, Record, SourceSplits, cap_per_class, prepare_dataset, read_cifar10,
-                            read_fashion_mnist, read_idx, read_imagefolder, select_classes)
+from petlab.prepare import cap_per_class, prepare_dataset, select_classes
+from petlab.sources import Record, SourceSplits
+from petlab.sources.cifar10 import read_cifar10
+from petlab.sources.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
+from petlab.sources.imagefolder import read_imagefolder
 from petlab.runtime import PipelineError
 from petlab.synthetic import class_image
 
@@ -225,3 +230,142 @@ def test_a_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(PipelineError, match="could not download Fashion-MNIST.*set data.root"):
         read_fashion_mnist(DataParams(dataset="fashion_mnist", download_dir=str(tmp_path)), seed=0)
+
+
+# ---------------------------------------------------------------- image folders: links, hidden files, name clashes
+
+
+def outside_images(folder: Path, n: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        class_image(0, 3, np.random.default_rng(i), (40, 48)).save(folder / f"stray{i}.png")
+    return folder
+
+
+def link(path: Path, target: Path) -> Path:
+    path.symlink_to(target)
+    return path
+
+
+# case -> (make the oddity under root (tmp is outside root); return the path planted, its reason)
+IMAGE_FOLDER_ODDITIES = {
+    "file_link_to_outside": (lambda root, tmp: link(root / "cat" / "stray.png", outside_images(tmp / "out") / "stray0.png"),
+                             r"^symlink to .*stray0\.png, outside data\.root \(set data\.follow_symlinks: true"),
+    "class_link_to_outside": (lambda root, tmp: link(root / "wolf", outside_images(tmp / "out")),
+                              r"^symlink to .*/out, outside data\.root"),
+    "nested_link_to_outside": (lambda root, tmp: link(root / "dog" / "more", outside_images(tmp / "out")),
+                               r"^symlink to .*/out, outside data\.root"),
+    "dangling_link": (lambda root, tmp: link(root / "fox" / "gone.png", tmp / "nothing.png"), r"^dangling symlink"),
+    "hidden_class_folder": (lambda root, tmp: outside_images(root / ".thumbnails"), r"^hidden"),
+    "hidden_file": (lambda root, tmp: shutil.copy(root / "cat" / "img1.png", root / "cat" / ".img1.png") and
+                    root / "cat" / ".img1.png", r"^hidden"),
+    "link_loop": (lambda root, tmp: link(root / "cat" / "nested" / "again", root / "cat"),
+                  r"^folder already read as .*/cat \(a symlink to it\)"),
+    "link_to_a_file_inside": (lambda root, tmp: link(root / "dog" / "zz_copy.png", root / "dog" / "img1.png"),
+                              r"^the same file as .*dog/img1\.png \(taken once\)"),
+    "file_outside_any_class": (lambda root, tmp: shutil.copy(root / "cat" / "img1.png", root / "loose.png") and
+                               root / "loose.png", r"^not inside a class folder"),
+    "not_an_image_name": (lambda root, tmp: root / "cat" / "notes.txt", r"^not an image file name \(extension '\.txt'\)"),
+}
+
+
+@pytest.mark.parametrize("case", IMAGE_FOLDER_ODDITIES)
+def test_image_folder_oddities_are_left_out_with_their_reason(tmp_path, case):
+    make, reason = IMAGE_FOLDER_ODDITIES[case]
+    root = fake_imagefolder(tmp_path / "folder")
+    planted = make(root, tmp_path)
+    source = read_imagefolder(DataParams(dataset="imagefolder", root=str(root)), seed=0)
+    left_out = {entry["file"]: entry["reason"] for entry in source.left_out}
+    assert re.search(reason, left_out[str(planted)]), left_out
+    assert source.class_names == ["cat", "dog", "fox"]
+    taken = [r.path for r in source.trainval + source.test]
+    assert len(taken) == 30 and all(p.resolve().is_relative_to(root.resolve()) for p in taken)
+    assert str(planted) not in map(str, taken)
+
+
+def test_links_to_outside_are_read_when_allowed(tmp_path):
+    root = fake_imagefolder(tmp_path / "folder")
+    link(root / "wolf", outside_images(tmp_path / "out"))
+    link(root / "cat" / "stray.png", outside_images(tmp_path / "single", n=1) / "stray0.png")
+    data = DataParams(dataset="imagefolder", root=str(root), follow_symlinks=True, test_fraction=0.25)
+    source = read_imagefolder(data, seed=0)
+    assert source.class_names == ["cat", "dog", "fox", "wolf"]
+    assert len(source.trainval + source.test) == 30 + 4 + 1
+
+
+def test_nested_files_with_clashing_names_are_all_prepared(tmp_path):
+    """'a/b.png', 'a__b.png', 'B.png' beside 'b.png' and 'x.png' beside 'x.jpg': none may overwrite another."""
+    root = fake_imagefolder(tmp_path / "folder", per_class=6)
+    for name in ("cat", "dog", "fox"):
+        (root / name / "a").mkdir()
+        for rel in ("a/b.png", "a__b.png", "b.png", "B.png", "x.png", "x.jpg"):
+            shutil.copy(root / name / "img1.png", root / name / rel)
+    report = prepare_dataset(DataParams(dataset="imagefolder", root=str(root), test_fraction=0.25), seed=0,
+                             out_dir=tmp_path / "out")
+    on_disk = Counter(p.parent.name for p in (tmp_path / "out").glob("*/*/*.jpg"))
+    assert report["images_written"] == 3 * 12 == sum(on_disk.values())
+    for name in ("cat", "dog", "fox"):
+        assert sum(report["counts"][split][name] for split in ("train", "val", "test")) == on_disk[name] == 12
+
+
+def test_report_counts_are_checked_against_the_files_written(tmp_path):
+    from petlab.prepare import check_counts_on_disk
+
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "a.jpg").write_bytes(b"x")
+    check_counts_on_disk(tmp_path, {"train": {"cat": 1}})
+    with pytest.raises(PipelineError, match=r"prepare wrote 1 file\(s\) to train/cat but converted 2 images"):
+        check_counts_on_disk(tmp_path, {"train": {"cat": 2}})
+
+
+def test_test_fraction_too_small_for_the_classes_names_it(tmp_path):
+    root = fake_imagefolder(tmp_path / "folder", per_class=4)
+    with pytest.raises(PipelineError, match=r"data\.test_fraction = 0\.1 splits 12 .* images into 10 and 2; with 3 "
+                                            r"classes"):
+        read_imagefolder(DataParams(dataset="imagefolder", root=str(root), test_fraction=0.1), seed=0)
+
+
+# ---------------------------------------------------------------- the other datasets' label files
+
+
+def rewrite_pickle(path: Path, change) -> None:
+    with open(path, "rb") as f:
+        content = pickle.load(f)
+    change(content)
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+
+
+CIFAR_DAMAGE = {
+    "label_out_of_range": (lambda base: rewrite_pickle(base / "data_batch_2", lambda b: b["labels"].__setitem__(0, 10)),
+                           r"data_batch_2: 20 images and 20 labels, labels must be 0\.\.9"),
+    "negative_label": (lambda base: rewrite_pickle(base / "test_batch", lambda b: b["labels"].__setitem__(3, -1)),
+                       r"test_batch: 20 images and 20 labels"),
+    "fewer_labels": (lambda base: rewrite_pickle(base / "data_batch_1", lambda b: b["labels"].pop()),
+                     r"data_batch_1: 20 images and 19 labels"),
+    "two_ids_one_name": (lambda base: rewrite_pickle(base / "batches.meta",
+                                                     lambda m: m["label_names"].__setitem__(3, "dog")),
+                         r"class name\(s\) \['dog'\] given to more than one class id"),
+    "name_with_a_slash": (lambda base: rewrite_pickle(base / "batches.meta",
+                                                      lambda m: m["label_names"].__setitem__(0, "air/plane")),
+                          r"class name 'air/plane' of cifar10 .* cannot be a folder name"),
+    "not_a_pickle": (lambda base: (base / "data_batch_3").write_bytes(b"\xff\x00garbage"),
+                     r"data_batch_3: cannot be read as a CIFAR-10 pickle"),
+}
+
+
+@pytest.mark.parametrize("case", CIFAR_DAMAGE)
+def test_damaged_cifar10_label_files_are_named(tmp_path, case):
+    damage, message = CIFAR_DAMAGE[case]
+    root = fake_cifar10(tmp_path / "cifar")
+    damage(root / "cifar-10-batches-py")
+    with pytest.raises(PipelineError, match=message):
+        prepare_dataset(DataParams(dataset="cifar10", root=str(root)), seed=0, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fashion_mnist_label_out_of_range_is_named(tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fmnist", gz=False)
+    write_idx(root / "t10k-labels-idx1-ubyte", np.full(30, 10))
+    with pytest.raises(PipelineError, match=r"t10k-images-idx3-ubyte, .*t10k-labels-idx1-ubyte: .* labels in 0\.\.9"):
+        read_fashion_mnist(DataParams(dataset="fashion_mnist", root=str(root)), seed=0)

@@ -17,6 +17,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from conftest import TINY_PARAMS, deep_update, dvc, make_project
+from petlab.evaluation import confusion_labels
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
@@ -68,8 +69,9 @@ def test_pipeline_learns_fashion_mnist(tmp_path):
 
     # The confusion rows are the checkpoint's own predictions on the test images, and the metrics follow from them.
     rows = read_csv(project / "plots/evaluate/confusion_cnn.csv")
-    actual = np.array([CLASSES.index(r["actual"]) for r in rows])
-    predicted = np.array([CLASSES.index(r["predicted"]) for r in rows])
+    labels = confusion_labels(CLASSES)
+    actual = np.array([labels.index(r["actual"]) for r in rows])
+    predicted = np.array([labels.index(r["predicted"]) for r in rows])
     assert len(rows) == len(CLASSES) * TEST_PER_CLASS
     assert predicted.tolist() == predict_test(project).tolist()
     matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)

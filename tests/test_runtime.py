@@ -33,6 +33,19 @@ def test_run_stage_turns_errors_and_ctrl_c_into_one_line(capsys):
     assert exit_.value.code == 130 and len(capsys.readouterr().err.splitlines()) == 1
 
 
+def test_a_failed_stage_leaves_no_partial_live_logs(tmp_path, capsys):
+    logs = tmp_path / "runs" / "demo"
+
+    def fail_after_logging():
+        logs.mkdir(parents=True)
+        (logs / "events.out.tfevents.1.host").write_bytes(b"partial")
+        raise PipelineError("cannot get pretrained weights")
+
+    with pytest.raises(SystemExit):
+        run_stage("demo", fail_after_logging, live_dirs=[logs])
+    assert not logs.exists() and capsys.readouterr().err.startswith("demo: error: cannot get")
+
+
 def test_a_missing_device_is_an_error():
     if MISSING_DEVICE == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has both CUDA and MPS")
@@ -65,3 +78,26 @@ def test_ctrl_c_while_a_stage_is_still_importing_prints_one_line(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "train_cnn: interrupted while starting; nothing was written\n", err
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EACCES", "EDQUOT"])
+def test_a_write_failure_anywhere_is_one_line(capsys, errno_name):
+    import errno
+
+    code = getattr(errno, errno_name)
+
+    def write():
+        raise OSError(code, os.strerror(code), "metrics/train_cnn.json")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("demo", write)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"demo: error: metrics/train_cnn.json: {os.strerror(code)} (errno {errno_name})\n"
+
+
+def test_an_os_error_without_errno_keeps_its_traceback():
+    def bug():
+        raise OSError("broken data stream")
+
+    with pytest.raises(OSError, match="broken data stream"):
+        run_stage("demo", bug)

@@ -1,0 +1,56 @@
+"""Stage backbone_weights: the probe's backbone weights, resolved once into a file that DVC versions.
+
+dvc.yaml marks it always_changed, so it runs first on every `dvc repro`: it checks the whole params.yaml,
+then either keeps models/backbone.safetensors, when the file already holds the weights from the same
+source (the same local file by SHA-256, the same hub id, or the same seeded random init), without any
+network access, or resolves them again: a local file, the Hugging Face cache or the hub. Unchanged
+weights give a byte-identical file, so nothing downstream re-runs; new weights at the same path do.
+"""
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save
+from torch import nn
+
+from petlab.downloads import file_digest, verify_checksum
+from petlab.models import BACKBONE_INFO_KEY, backbone_info, load_pretrained_backbone, weights_source
+from petlab.outputs import write_bytes, write_json
+from petlab.params import load_params
+from petlab.runtime import run_stage, seed_everything
+
+BACKBONE = Path("models/backbone.safetensors")
+METRICS = Path("metrics/backbone.json")
+
+
+def save_backbone(path: Path, backbone: nn.Module, info: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    # One metadata entry of sorted JSON: the same weights and info give the same bytes.
+    write_bytes(path, save(state, metadata={BACKBONE_INFO_KEY: json.dumps(info, sort_keys=True)}))
+
+
+def main() -> None:
+    params = load_params()  # every key of params.yaml, checked on every `dvc repro` since this stage always runs
+    p = params.train_vit
+    wanted = {"model": p.model, "pretrained": p.pretrained, "source": weights_source(p.model, p.pretrained, p.weights)}
+    if not p.pretrained:
+        wanted["seed"] = params.seed
+    elif p.weights is not None and Path(p.weights).expanduser().is_file():
+        weights_file = Path(p.weights).expanduser()
+        if p.weights_sha256 is not None:
+            verify_checksum(weights_file, p.weights_sha256, "train_vit.weights_sha256")
+        wanted["source_sha256"] = file_digest(weights_file)  # a new file at the same path is new weights
+    if backbone_info(BACKBONE) == wanted:
+        print(f"backbone_weights: {BACKBONE} already holds {p.model} from {wanted['source']}")
+    else:
+        seed_everything(params.seed)  # the random init of pretrained: false
+        backbone, _ = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
+        save_backbone(BACKBONE, backbone, wanted)
+        print(f"backbone_weights: {p.model} from {wanted['source']} -> {BACKBONE}")
+    if not p.pretrained:
+        print("backbone_weights: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
+    write_json(METRICS, {**wanted, "file": str(BACKBONE), "sha256": file_digest(BACKBONE)})
+
+
+if __name__ == "__main__":
+    run_stage("backbone_weights", main)
