@@ -146,4 +146,6 @@ def metrics_summary(report: dict) -> dict:
                        for split, c in report["counts"].items()},
             "cross_split_duplicates": {"count": report["cross_split_duplicates"]["count"]},
             "unreadable": {"count": report["unreadable"]["count"]},
-            "prepare": {"skipped_count": report["prepare"]["skipped_count"]}, **overfit}
+            "prepare": {k: report["prepare"][k]
+                        for k in ("skipped_count", "left_out_count", "exif_rotated", "resized_to_fit_jpeg")},
+            **overfit}
