@@ -15,7 +15,7 @@ from petlab.outputs import save_figure
 from petlab.params import Params
 from petlab.runtime import PipelineError
 
-# backbone_weights runs (and times itself) on every `dvc repro`: depending on its time would re-run the report each time.
+# backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
 STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate")
 DATA = Path("data/oxford_pets")
 
