@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchcodec.decoders import decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+from petlab import distributed
 from petlab.params import LoaderParams
 from petlab.prepare import SPLITS
 from petlab.runtime import PipelineError, default_num_workers, seeded_rng
@@ -176,14 +177,18 @@ class EpochSampler(Sampler[int]):
     """Shuffles with a seed per epoch and tags each index with its epoch (k = epoch * n + i).
 
     The tag reaches the dataset inside worker processes too, which an epoch attribute set on
-    the dataset would not when workers are persistent.
+    the dataset would not when workers are persistent. It also plays DistributedSampler's part
+    for several ranks: every rank draws the same order and takes every num_replicas-th index of it
+    (the tail that does not split evenly is left out); the epoch advances by itself each pass
+    (DistributedSampler's set_epoch), and an augmentation still depends only on (seed, epoch, index).
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int):
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, num_replicas: int = 1):
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.rank, self.num_replicas = rank, num_replicas
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
@@ -192,23 +197,39 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 7919 * epoch))
         else:
             order = torch.arange(self.n)
+        order = order[:len(self) * self.num_replicas][self.rank::self.num_replicas]
         offset = epoch * self.n
         return iter((order + offset).tolist())
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device,
                 loader: LoaderParams) -> DataLoader:
+    """`batch_size` is the global batch: with several ranks each loads its share of every batch.
+
+    Several ranks split training batches with EpochSampler and evaluation with DistributedSampler,
+    whose shards predict() gathers back into the whole split.
+    """
     workers = default_num_workers(device) if loader.num_workers is None else loader.num_workers
     if not isinstance(dataset, ImageDataset):
         workers = 0  # in-memory tensors: worker processes would only add copying
     pin = device.type == "cuda" if loader.pin_memory is None else loader.pin_memory
     # Drop the ragged last batch while training: a batch of 1 breaks BatchNorm and skews the step size.
     drop_last = train and len(dataset) > batch_size
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed) if isinstance(dataset, ImageDataset) else None
+    ranks = distributed.world_size()
+    sampler = None
+    if ranks > 1 and train:
+        if not isinstance(dataset, ImageDataset):
+            raise ValueError("training on several ranks reads an ImageDataset (its samples are seeded per epoch)")
+        sampler = EpochSampler(len(dataset), True, seed, distributed.rank(), ranks)
+    elif ranks > 1:
+        sampler = DistributedSampler(dataset, ranks, distributed.rank(), shuffle=False)
+    elif isinstance(dataset, ImageDataset):
+        sampler = EpochSampler(len(dataset), shuffle=train, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        # Training needs the exact split (for the same steps as one process); evaluation only a share.
+        batch_size=distributed.rank_batch_size(batch_size) if train else -(-batch_size // ranks),
         sampler=sampler,
         shuffle=train if sampler is None else None,
         generator=generator if sampler is None else None,

@@ -24,7 +24,7 @@ def confusion_labels(class_names: list[str]) -> list[str]:
 
 def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
                   title: str) -> None:
-    """Per-class CSV, the confusion rows for `dvc plots`, and confusion PNGs (counts and row-normalised)."""
+    """Per-class CSV, the confusion rows for `dvc plots`, and confusion PNGs (counts, and normalised per actual class)."""
     preds, y = logits.argmax(1).numpy(), labels.numpy()
     write_csv(out_dir / f"per_class_{name}.csv", per_class_rows(y, preds, class_names),
               ["class", "precision", "recall", "f1", "support"])
@@ -34,7 +34,8 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
     matrix = confusion(y, preds, len(class_names))
     save_figure(plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
                 out_dir / f"confusion_{name}.png")
-    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: row-normalised", normalized=True),
+    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class",
+                                       normalized=True),
                 out_dir / f"confusion_{name}_normalized.png")
 
 

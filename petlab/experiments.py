@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
+from petlab import distributed
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
 from petlab.features import extract_features, save_feature_cache
 from petlab.downloads import file_digest
@@ -17,22 +19,35 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
                            load_pretrained_backbone, timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
-from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision
-from petlab.train import HISTORY_COLUMNS, FitResult, StepContext, fit
+from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
+from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision, share_cpu
+from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 
 @dataclass
 class TrainedModel:
     model: nn.Module
     config: dict  # enough to rebuild the model with create_model()
-    result: FitResult
+    best_val: dict[str, float]  # validation metrics of the weights kept
+    selection: dict  # how they were chosen: the rule, and the best and last epoch or the C kept and its grid
+    curves: dict[str, tuple[list[dict], list[str]]]  # CSV name -> (rows, columns): per epoch, per C
     summary: dict  # what goes into the stage's metrics file besides the validation numbers
-    setup_seconds: float = 0.0  # wall time before the first epoch that training needed (the probe's feature cache)
+    # Wall times, kept out of the metrics and curves, which repeat byte for byte: the seconds of each epoch (none
+    # for the L-BFGS probe) and those before the first that training needed (the probe's feature cache).
+    epoch_seconds: list[float] = field(default_factory=list)
+    setup_seconds: float = 0.0
+
+
+def fit_selection(result: FitResult) -> dict:
+    """What the training loop kept: best and last epoch, so an early pick shows, and the steps an epoch took."""
+    return {"selection": SELECTION_RULE, "best_epoch": result.best_epoch, "last_epoch": len(result.history),
+            "steps_per_epoch": result.steps_per_epoch}
 
 
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     """What every stage after prepare does first: check all params, fix seeds, check the device, open the data."""
     params = load_params()
+    share_cpu()
     seed_everything(params.seed)
     select_device(params.device)  # a requested GPU that is missing is reported before any work
     return params, PreparedData.open(data_dir)
@@ -76,14 +91,15 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
         model = model.to(memory_format=torch.channels_last)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
-    with SummaryWriter(str(log_dir)) as writer:
+    with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
                      name="train_cnn")
-        log_hparams(writer, to_dict(p), result)
+        log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-               "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result, summary)
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
+    return TrainedModel(model, config, result.best_val, fit_selection(result),
+                        {"history.csv": (result.history, HISTORY_COLUMNS)}, summary, result.epoch_seconds)
 
 
 def build_probe(params: Params, num_classes: int,
@@ -130,15 +146,22 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
-    save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
-                                                "class_names": data.class_names})
+    if distributed.is_main():
+        save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
+                                                    "transform": spec.as_dict(), "class_names": data.class_names})
     setup_seconds = extraction.seconds()
+    # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
+    lbfgs = not fine_tune and not p.augment and p.head == "linear" and p.solver == "lbfgs"
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
         val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    with SummaryWriter(str(log_dir)) as writer:
-        if fine_tune:
+    with tensorboard(log_dir) as writer:
+        if lbfgs:
+            probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
+                                       name="train_vit")
+            model.head.load_state_dict(probe.head_state)
+        elif fine_tune:
             train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
                                         "rrc" if p.augment else "none")
             groups = [{"params": list(model.head.parameters())},
@@ -156,41 +179,61 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
             result = fit(model.head, train_loader, val_loader, p, head_ctx, data.num_classes, writer,
                          params.log.hist_every, name="train_vit")
             model.head.load_state_dict(result.best_state)
-        log_hparams(writer, to_dict(p), result)
+        if lbfgs:
+            best_val, selection, history, sweep, epoch_seconds = probe.best_val, probe.selection, [], probe.sweep, []
+        else:
+            best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
+            epoch_seconds = result.epoch_seconds
+        log_hparams(writer, to_dict(p), best_val, selection)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route, **config["info"],
-               "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result, summary, setup_seconds)
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
+               "solver": "lbfgs" if lbfgs else "sgd", **config["info"],
+               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
+    # Both files always exist (DVC outputs); the one the route does not make holds its header only.
+    curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
+    return TrainedModel(model, config, best_val, selection, curves, summary, epoch_seconds, setup_seconds)
 
 
-def log_hparams(writer: SummaryWriter, hparams: dict, result: FitResult) -> None:
+def tensorboard(log_dir: Path):
+    """A TensorBoard writer on rank 0; None on the other ranks, which write nothing."""
+    return SummaryWriter(str(log_dir)) if distributed.is_main() else contextlib.nullcontext()
+
+
+def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, selection: dict) -> None:
+    if writer is None:
+        return
     flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
-    writer.add_hparams(flat, {"best/val_macro_f1": result.best_val["macro_f1"],
-                              "best/val_accuracy": result.best_val["accuracy"],
-                              "best/epoch": result.best_epoch}, run_name="hparams")
+    kept = {f"best/{k}": selection[k] for k in ("best_epoch", "selected_c") if k in selection}
+    writer.add_hparams(flat, {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"],
+                              **kept}, run_name="hparams")
 
 
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
-                 history: Path, epoch_times: Path) -> None:
-    """The best checkpoint (loadable with weights_only=True), the metrics file, the per-epoch history and times.
+                 plots_dir: Path, epoch_times: Path) -> None:
+    """The kept checkpoint (loadable with weights_only=True), the metrics file, the curves (per epoch, per C)
+    and the epochs' wall times.
 
-    Wall times go to their own file (`epoch_times`): the history repeats byte for byte, they do not.
-    `elapsed_seconds` counts from the start of training, including setup such as the probe's feature cache.
+    Wall times go to their own file (`epoch_times`; header only for the L-BFGS probe, which has no epochs): the
+    curves repeat byte for byte, they do not. `elapsed_seconds` counts from the start of training, including
+    setup such as the probe's feature cache.
     """
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
+    selection = trained.selection
     save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
-                            "epoch": trained.result.best_epoch, "val_metrics": trained.result.best_val})
-    write_csv(history, trained.result.history, HISTORY_COLUMNS)
-    elapsed = trained.setup_seconds
-    times = []
-    for epoch, seconds in enumerate(trained.result.epoch_seconds, start=1):
+                            "epoch": selection.get("best_epoch"), "selection": selection,
+                            "val_metrics": trained.best_val})
+    for name, (rows, columns) in trained.curves.items():
+        write_csv(plots_dir / name, rows, columns)
+    elapsed, times = trained.setup_seconds, []
+    for epoch, seconds in enumerate(trained.epoch_seconds, start=1):
         elapsed += seconds
         times.append({"epoch": epoch, "seconds": seconds, "elapsed_seconds": round(elapsed, 3)})
     write_csv(epoch_times, times, ["epoch", "seconds", "elapsed_seconds"])
-    write_json(metrics, {"best_epoch": trained.result.best_epoch, "epochs": len(trained.result.history),
-                         **{f"val_{k}": v for k, v in trained.result.best_val.items()}, **trained.summary})
-    best = trained.result.best_val
-    print(f"{stage}: best epoch {trained.result.best_epoch}, val accuracy {best['accuracy']:.4f}, "
+    write_json(metrics, {**selection, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
+    kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
+            else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")
+    best = trained.best_val
+    print(f"{stage}: kept {kept} ({selection['selection']}), val accuracy {best['accuracy']:.4f}, "
           f"val macro-F1 {best['macro_f1']:.4f} -> {checkpoint}")
 
 

@@ -88,6 +88,14 @@ class LogParams:
 
 
 @dataclass(frozen=True)
+class DistParams:
+    nproc_per_node: int = 1  # training ranks on this machine (one per GPU on CUDA); 1: one plain process
+
+    def check(self, key: str) -> None:
+        _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", self.nproc_per_node, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class SanityParams:
     overfit_batches: int = 2
     batch_size: int = 16
@@ -170,6 +178,13 @@ class TrainViTParams(OptimParams):
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = 512  # mlp head only
     head_dropout: float = 0.0  # mlp head only
+    # A linear head on cached features: "lbfgs" fits L2-regularised logistic regression (scikit-learn, L-BFGS)
+    # for every C of c_grid and keeps the best on val; "sgd" trains it with the loop below, like the other
+    # routes (augment, unfreeze, the mlp head), which always do.
+    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
+                                                         100.0, 300.0, 1000.0])
+    max_iter: int = 1000  # L-BFGS iterations at most per C
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
@@ -184,6 +199,9 @@ class TrainViTParams(OptimParams):
         _require(self.backbone_lr > 0, f"{key}.backbone_lr", self.backbone_lr, "a number > 0")
         _require(self.head_hidden >= 1, f"{key}.head_hidden", self.head_hidden, "an integer >= 1")
         _require(0 <= self.head_dropout < 1, f"{key}.head_dropout", self.head_dropout, "a number in [0, 1)")
+        _require(len(self.c_grid) >= 1 and min(self.c_grid) > 0 and len(set(self.c_grid)) == len(self.c_grid),
+                 f"{key}.c_grid", self.c_grid, "a non-empty list of distinct numbers > 0")
+        _require(self.max_iter >= 1, f"{key}.max_iter", self.max_iter, "an integer >= 1")
         if self.weights is not None:
             _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
         if self.weights_sha256 is not None:
@@ -240,6 +258,7 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     loader: LoaderParams = field(default_factory=LoaderParams)
     log: LogParams = field(default_factory=LogParams)
+    dist: DistParams = field(default_factory=DistParams)
     sanity: SanityParams = field(default_factory=SanityParams)
     train_cnn: TrainCNNParams = field(default_factory=TrainCNNParams)
     train_vit: TrainViTParams = field(default_factory=TrainViTParams)

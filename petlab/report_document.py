@@ -42,8 +42,9 @@ class Run:
     prepared: dict  # data/oxford_pets/report.json
     sanity: dict  # plots/sanity/report.json, the full sanity report
     trained: dict[str, dict]  # model -> metrics/train_<model>.json
-    histories: dict[str, pd.DataFrame]  # model -> history with the epochs' elapsed seconds
-    setup_seconds: dict[str, float]  # model -> wall time before its first epoch
+    histories: dict[str, pd.DataFrame]  # model -> history with the epochs' elapsed seconds (no rows: L-BFGS)
+    setup_seconds: dict[str, float]  # model -> wall time before its first epoch (models with epochs)
+    sweep: pd.DataFrame  # plots/train_vit/c_sweep.csv: the L-BFGS probe's row per C (no rows for the loop)
     evaluation: dict
     per_class: dict[str, pd.DataFrame]
     predictions: pd.DataFrame
@@ -61,18 +62,29 @@ class Run:
             history = read_csv(root / f"plots/train_{model}/history.csv")
             times = read_csv(root / f"metrics/timing/train_{model}_epochs.csv")
             histories[model] = history.merge(times, on="epoch", validate="one_to_one")
-            setup[model] = float(times["elapsed_seconds"].iloc[0] - times["seconds"].iloc[0])
+            if len(times):
+                setup[model] = float(times["elapsed_seconds"].iloc[0] - times["seconds"].iloc[0])
         return cls(
             root=root, class_names=read_json(data / "classes.json"),
             species=read_json(species_file) if species_file.is_file() else None,
             prepared=read_json(data / "report.json"), sanity=read_json(root / "plots/sanity/report.json"),
             trained=trained, histories=histories, setup_seconds=setup,
+            sweep=read_csv(root / "plots/train_vit/c_sweep.csv"),
             evaluation=read_json(root / "metrics/evaluate.json"),
             per_class={m: read_csv(root / f"plots/evaluate/per_class_{m}.csv") for m in report.MODELS},
             predictions=read_csv(root / "plots/evaluate/predictions_test.csv"),
             profile=read_json(root / "metrics/profile.json"), top_ops=read_json(root / "plots/profile/top_ops.json"),
             stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
         )
+
+    def epochs(self, model: str) -> int | None:
+        """How many epochs the model trained; None for the probe fitted by L-BFGS, which has none."""
+        return self.trained[model].get("last_epoch")
+
+    def kept(self, model: str) -> str:
+        """The weights the model kept: its best epoch, or the L-BFGS probe's C."""
+        t = self.trained[model]
+        return f"C = {t['selected_c']:g}" if self.epochs(model) is None else f"epoch {t['best_epoch']}"
 
 
 # ---------------------------------------------------------------- formatting
@@ -120,8 +132,8 @@ def caveats(run: Run) -> dict[str, str]:
     dataset = run.prepared["source"].split(" ")[0]
     if dataset != "oxford_pets":
         out[f"{dataset}, not Oxford-IIIT Pet"] = "another dataset than the one the question is about"
-    few = [f"{report.IN_SENTENCES[m]} {run.trained[m]['epochs']}" for m in report.MODELS
-           if run.trained[m]["epochs"] < report.FEW_EPOCHS]
+    few = [f"{report.IN_SENTENCES[m]} {run.epochs(m)}" for m in report.MODELS
+           if run.epochs(m) is not None and run.epochs(m) < report.FEW_EPOCHS]
     if few:
         out["few epochs"] = f"{', '.join(few)}; fewer than {report.FEW_EPOCHS} may stop well before convergence"
     return out
@@ -136,13 +148,18 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
     predictions = report.TestPredictions.from_frame(run.predictions, run.class_names)
     results = report.bootstrap_results(predictions, params.report.bootstrap, params.seed)
     mcnemar = report.mcnemar_exact(predictions.correct("cnn"), predictions.correct("vit"))
+    stepped = [m for m in names if run.epochs(m) is not None]  # the L-BFGS probe has no epochs
     speed = {m: report.convergence(run.histories[m], run.histories[m].set_index("epoch")["elapsed_seconds"])
-             for m in names}
-    gaps = {m: report.generalisation_gaps(run.histories[m], run.trained[m]["best_epoch"],
-                                          run.evaluation[m]["test"]) for m in names}
+             for m in stepped}
+    gaps = {m: report.generalisation_gaps(run.histories[m], run.trained[m]["best_epoch"], run.evaluation[m]["test"])
+            if m in stepped else report.sweep_gaps(run.sweep, run.trained[m]["selected_c"], run.evaluation[m]["test"])
+            for m in names}
+    # Time to 95% of the best val macro-F1; for the L-BFGS probe its whole fit, the train_vit stage's seconds.
+    speed_95 = {m: speed[m][0.95] if m in speed else {"epoch": None, "seconds": run.stage_seconds[f"train_{m}"]}
+                for m in names}
     bound = {m: (report.bottleneck(run.profile[m]["data_wait_share"]), run.profile[m]["data_wait_share"])
              for m in names}
-    last_best = [m for m in names if run.trained[m]["best_epoch"] == run.trained[m]["epochs"] > 1]
+    last_best = [m for m in stepped if run.trained[m]["best_epoch"] == run.epochs(m) > 1]
     notes = caveats(run)
     sections = [f"# Run report: CNN from scratch vs. linear probe on a frozen {params.train_vit.model}\n",
                 "Written by the `report` stage from this run's files; every number below comes from them.\n"]
@@ -157,7 +174,7 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
         cost_section(run, bound, out_dir),
         sanity_section(run),
         "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in report.conclusions(
-            results, mcnemar, speed, bound, gaps, last_best, list(notes))) + RULES,
+            results, mcnemar, speed_95, bound, gaps, last_best, list(notes))) + RULES,
     ]
     return "\n".join(sections)
 
@@ -170,9 +187,11 @@ def what_ran(run: Run, params: Params, git_state: str) -> str:
         ("Classes", str(len(run.class_names))),
         ("Images (train / val / test)", " / ".join(str(counts[s]["total"]) for s in ("train", "val", "test"))),
         ("CNN", f"{params.train_cnn.arch}, widths {list(params.train_cnn.widths)}, {params.train_cnn.image_size} px, "
-                f"{cnn['epochs']} epochs; {cnn['device']}, {cnn['precision']}"),
+                f"{run.epochs('cnn')} epochs; {cnn['device']}, {cnn['precision']}"),
         ("Probe", f"{params.train_vit.model}, head {params.train_vit.head}, {vit['route'].replace('_', ' ')}, "
-                  f"{vit['epochs']} epochs; {vit['device']}, {vit['precision']}"),
+                  + (f"{run.epochs('vit')} epochs" if run.epochs("vit") is not None
+                     else f"L-BFGS logistic regression, C chosen on val from {vit['c_grid']}")
+                  + f"; {vit['device']}, {vit['precision']}"),
         ("Backbone weights", f"{'pretrained' if vit.get('pretrained') else 'RANDOM'}: {vit.get('weights_source')}"),
         ("Seed", f"{params.seed} (bootstrap: {params.report.bootstrap} resamples, seeded with it)"),
         ("Code", git_state),
@@ -207,12 +226,13 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
 
 
 def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> str:
-    histories = {report.MODELS[m]: h for m, h in run.histories.items()}
+    stepped = {m: name for m, name in report.MODELS.items() if m in speed}
+    histories = {name: run.histories[m] for m, name in stepped.items()}
     save_figure(plots.curves_figure(histories, "epoch", "epoch"), figures / "curves.png")
     save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)"),
                 figures / "curves_seconds.png")
     rows = []
-    for m, name in report.MODELS.items():
+    for m, name in stepped.items():
         history = run.histories[m]
         rows.append({"model": name, "epochs": len(history), "best epoch": run.trained[m]["best_epoch"],
                      "best val macro-F1": pct(history["val_macro_f1"].max()),
@@ -220,13 +240,40 @@ def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> 
                         for f in (0.9, 0.95)},
                      "training s": f"{history['elapsed_seconds'].iloc[-1]:.1f}",
                      "of which before epoch 1": f"{run.setup_seconds[m]:.1f}"})
+    parts = [
+        "## 3. Convergence\n\n",
+        figure(figures / "curves.png", out_dir, "val macro-F1 and losses per epoch"),
+        "\n" + figure(figures / "curves_seconds.png", out_dir, "the same against training wall time"),
+        "\nSeconds count from the start of training" + ("; the probe's include extracting its features once "
+                                                          "(\"before epoch 1\")" if "vit" in stepped else "")
+        + ". Wall times are this machine's and vary between runs.\n\n",
+        table(pd.DataFrame(rows)),
+    ]
+    if "vit" not in stepped:
+        parts.append(lbfgs_probe(run, speed["cnn"]))
+    return "".join(parts)
+
+
+def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
+    """The probe fitted by L-BFGS: no epochs to converge over; its fit time beside the CNN's times to 90% and
+    95% of its best val macro-F1, the C it kept and the sweep."""
+    vit = run.trained["vit"]
+    cnn = " and ".join(f"{f:.0%} of its best val macro-F1 after {cnn_speed[f]['seconds']:.1f} s" for f in (0.9, 0.95))
+    sweep = run.sweep[[c for c in ("c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1",
+                                   "iterations", "converged") if c in run.sweep.columns]].copy()
+    for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
+        if column in sweep:
+            sweep[column] = sweep[column].map(pct)
+    sweep["c"] = sweep["c"].map(lambda c: f"**{c:g}**" if np.isclose(c, vit["selected_c"]) else f"{c:g}")
+    sweep = sweep.rename(columns={"c": "C", "val_macro_f1": "val macro-F1"})
+    sweep.columns = [c.replace("_", " ") for c in sweep.columns]
     return (
-        "## 3. Convergence\n\n"
-        + figure(figures / "curves.png", out_dir, "val macro-F1 and losses per epoch, both models")
-        + "\n" + figure(figures / "curves_seconds.png", out_dir, "the same against training wall time")
-        + "\nSeconds count from the start of training; the probe's include extracting its features once "
-          "(\"before epoch 1\"). Wall times are this machine's and vary between runs.\n\n"
-        + table(pd.DataFrame(rows))
+        f"\nThe probe has no epochs: its head is multinomial logistic regression solved to convergence by L-BFGS "
+        f"on the cached features, once per C of train_vit.c_grid, and the C best on val by the pipeline's "
+        f"selection rule is kept (C = {vit['selected_c']:g}, {vit['iterations']} iterations, converged: "
+        f"{vit['converged']}). Its whole fit, the train_vit stage with feature extraction and the sweep, took "
+        f"{run.stage_seconds['train_vit']:.1f} s (process start included); the CNN reached {cnn}.\n\n"
+        "The sweep (accuracies and macro-F1 in percent; the kept C in bold):\n\n" + table(sweep)
     )
 
 
@@ -237,8 +284,11 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
     probe_train = ("cached features of un-augmented images" if route == "cached_features"
                    else "augmented images" if route != "fine_tuned" or params.train_vit.augment
                    else "un-augmented images")
-    gap_rows = [{"model": name, "selected epoch": run.trained[m]["best_epoch"],
-                 **{f"{kind} {metric}": f"{gaps[m][f'{key}_{metric_key}'] * 100:+.2f}"
+    def points(gap: float | None) -> str:
+        return "not recorded" if gap is None else f"{gap * 100:+.2f}"
+
+    gap_rows = [{"model": name, "selected": run.kept(m),
+                 **{f"{kind} {metric}": points(gaps[m][f"{key}_{metric_key}"])
                     for key, kind in (("train_val", "train - val"), ("val_test", "val - test"))
                     for metric_key, metric in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))}}
                 for m, name in names.items()]
@@ -247,9 +297,12 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
                 figures / "per_class_f1.png")
     parts = [
         "## 4. Generalisation\n\n",
-        "Gaps in points at the selected (best-val) epoch. Train metrics are those of the training epoch itself: "
+        "Gaps in points at the selected (best-val) weights. Train metrics are those of the training epoch itself: "
         f"for the CNN on augmented batches in train mode (dropout on), for the probe on {probe_train}; so a "
         "train - val gap below zero is possible.\n\n",
+        ("For the probe fitted by L-BFGS they are its sweep's numbers at the kept C (plots/train_vit/c_sweep.csv); "
+         "the sweep records train loss and accuracy but no train macro-F1, so its train - val macro-F1 gap is not "
+         "recorded and the conclusions compare accuracy gaps.\n\n" if run.epochs("vit") is None else ""),
         table(pd.DataFrame(gap_rows)),
         "\nSpread of the per-class test F1 (percent):\n\n",
         table(spread, index=True),

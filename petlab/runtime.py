@@ -50,14 +50,16 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
     try:
         from petlab.outputs import check_writable, stage_outputs, write_json  # outputs imports this module
 
+        main_rank = os.environ.get("RANK", "0") == "0"  # one rank of several (torchrun): only rank 0 writes
         check_writable(stage_outputs(name))  # before any work: a read-only metrics/ must not cost a whole run
         try:
             main()
         except BaseException:
-            for folder in live_dirs:  # a failed stage leaves no partial TensorBoard or trace files
-                shutil.rmtree(folder, ignore_errors=True)
+            for folder in live_dirs if main_rank else ():  # a failed stage leaves no partial TensorBoard or
+                shutil.rmtree(folder, ignore_errors=True)       # trace files (rank 0's: the others write none)
             raise
-        write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
+        if main_rank:
+            write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -69,9 +71,19 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
         print(f"{name}: error: {where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})",
               file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        if "RANK" in os.environ and peer_failed(err):
+            sys.exit(1)  # a collective broke because another rank failed: that rank prints the reason
+        raise
     except KeyboardInterrupt:
+        if "RANK" in os.environ:
+            sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
+
+
+def peer_failed(err: Exception) -> bool:
+    return isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err)
 
 
 def seed_everything(seed: int) -> None:
@@ -155,9 +167,31 @@ def select_precision(device: torch.device, amp: bool) -> Precision:
     return Precision(None, False)
 
 
+JOBS_VARIABLE = "PETLAB_JOBS"
+
+
+def cores_per_process() -> int:
+    """This machine's cores (those the process may run on) shared among the jobs running at once and the ranks
+    torchrun started on this node.
+
+    PETLAB_JOBS=N says N jobs share the machine (`dvc queue start -j N`); torchrun sets LOCAL_WORLD_SIZE.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = os.environ.get(JOBS_VARIABLE, "1")
+    if not jobs.isdigit() or int(jobs) < 1:
+        raise PipelineError(f"{JOBS_VARIABLE}={jobs!r}: must be a positive integer (the number of jobs run at once)")
+    return max(1, cores // (int(jobs) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def share_cpu() -> None:
+    """Keep torch's threads within this process's share of the cores: jobs and ranks side by side would
+    otherwise each start a thread per core and slow each other down."""
+    torch.set_num_threads(min(torch.get_num_threads(), cores_per_process()))
+
+
 def default_num_workers(device: torch.device) -> int:
     """Decode in worker processes but leave a core to the training step itself."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cores_per_process()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return max(0, min(4, cores - 1))

@@ -10,9 +10,10 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from petlab import distributed
 from petlab.data import TransformSpec
 from petlab.metrics import classification_metrics, rounded
 from petlab.params import OptimParams
@@ -20,6 +21,18 @@ from petlab.runtime import Precision
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_macro_f1",
                    "val_macro_f1", "val_top5_accuracy", "lr"]
+
+SELECTION_RULE = "highest val macro-F1, ties broken by lower val loss"
+
+
+def selection_key(val: dict[str, float]) -> tuple[float, float]:
+    """What model selection maximises, for epochs and for a probe's regularisation alike (SELECTION_RULE).
+
+    On a small val set many epochs give the same predictions, so the same macro-F1: keeping the earliest of
+    them keeps an under-trained model. The val loss still tells them apart, and prefers the one that fits
+    val better.
+    """
+    return val["macro_f1"], -val["loss"]
 
 
 @dataclass
@@ -125,15 +138,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
                     num_classes: int, scaler=None, desc: str = "train") -> dict[str, float]:
     model.train()
     losses, all_logits, all_labels = [], [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.tqdm_disable()):
         loss, logits = train_step(model, x, y, optimizer, loss_fn, ctx, scaler)
         scheduler.step()
         losses.append(loss.float().cpu() * len(y))
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    distributed.share_buffers(model)
+    # Every rank's samples, so the metrics are those of the whole epoch.
+    logits = distributed.gather_shards(torch.cat(all_logits))
+    labels = distributed.gather_shards(torch.cat(all_labels))
     metrics = classification_metrics(logits, labels, num_classes)
-    metrics["loss"] = float(torch.stack(losses).sum() / len(labels))
+    metrics["loss"] = float(distributed.sum_over_ranks(torch.stack(losses).sum()) / len(labels))
     return metrics
 
 
@@ -147,7 +163,7 @@ def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = 
     model.eval()
     n = len(loader.dataset)
     outputs, labels, filled = None, torch.empty(n, dtype=torch.long), 0
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.tqdm_disable()):
         with ctx.precision.autocast(ctx.device):
             out = model(ctx.to_device(x))
         if outputs is None:
@@ -155,7 +171,10 @@ def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = 
         outputs[filled:filled + len(y)] = out
         labels[filled:filled + len(y)] = y
         filled += len(y)
-    return outputs[:filled], labels[:filled]
+    outputs, labels = outputs[:filled], labels[:filled]
+    if isinstance(loader.sampler, DistributedSampler):  # this rank's shard: the whole split from all ranks
+        outputs, labels = distributed.gather_shards(outputs)[:n], distributed.gather_shards(labels)[:n]
+    return outputs, labels
 
 
 def validate(model: nn.Module, loader: DataLoader, loss_fn, ctx: StepContext, num_classes: int) -> dict[str, float]:
@@ -171,6 +190,7 @@ class FitResult:
     best_val: dict[str, float]
     best_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    steps_per_epoch: int = 0
     # Wall seconds of each epoch (training and validation): kept out of `history`, which must repeat byte for byte.
     epoch_seconds: list[float] = field(default_factory=list)
 
@@ -178,24 +198,30 @@ class FitResult:
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
         num_classes: int, writer=None, hist_every: int = 0, eval_model: nn.Module | None = None,
         name: str = "model", param_groups: list[dict] | None = None) -> FitResult:
-    """Train for optim.epochs, keeping the state with the best validation macro-F1 (earliest on ties).
+    """Train for optim.epochs, keeping the state that is best by SELECTION_RULE on validation.
 
     `eval_model` validates instead of `model` when validation runs on other inputs (the probe's head
     on cached features while training on augmented images); it must share the trained weights.
     `param_groups` gives parts of the model their own lr (a fine-tuned backbone); default: all at optim.lr.
     """
     eval_model = eval_model or model
+    train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
+    n_train = len(train_loader.dataset)
+    if train_loader.batch_size > n_train and distributed.is_main():  # then the whole split is one batch
+        print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
+              f"samples: one full-batch step per epoch, {optim.epochs} steps in all", flush=True)
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision.grad_scaling else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     best: FitResult | None = None
+    best_key = None
     history, epoch_seconds = [], []
-    epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=None)
+    epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable())
     for epoch in epochs:
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
+        train_m = train_one_epoch(train_model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
                                   scaler, desc=f"{name}: epoch {epoch}")
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
@@ -204,15 +230,16 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
-        if epochs.disable:  # no progress bar (not a terminal: CI, logs): one line per epoch instead
+        # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
+        if epochs.disable and distributed.is_main():
             print(f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
                   f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
                   flush=True)
         if writer is not None:
             log_epoch(writer, model, epoch, train_m, val_m, lr, hist_every)
-        if best is None or val_m["macro_f1"] > best.best_val["macro_f1"]:
-            best = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict()))
-    best.history, best.epoch_seconds = history, epoch_seconds
+        if best is None or selection_key(val_m) > best_key:
+            best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
+    best.history, best.steps_per_epoch, best.epoch_seconds = history, len(train_loader), epoch_seconds
     return best
 
 

@@ -1,22 +1,30 @@
-"""Stage train_cnn: the small CNN from scratch; best checkpoint by validation macro-F1."""
+"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.SELECTION_RULE).
+
+With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/distributed.py).
+"""
 
 from pathlib import Path
 
+from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_cnn
-from petlab.runtime import run_stage
+from petlab.runtime import run_stage, select_device
 
 DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")
 METRICS = Path("metrics/train_cnn.json")
-HISTORY = Path("plots/train_cnn/history.csv")
-EPOCH_TIMES = Path("metrics/timing/train_cnn_epochs.csv")  # wall times, apart from the deterministic history
+PLOTS = Path("plots/train_cnn")  # history.csv per epoch
+EPOCH_TIMES = Path("metrics/timing/train_cnn_epochs.csv")  # wall times, apart from the deterministic curves
 LOG_DIR = Path("runs/cnn")
 
 
 def main() -> None:
     params, data = setup_stage(DATA)
+    if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size,
+                                  select_device(params.device)):
+        return  # the ranks have trained and written everything
     trained = train_cnn(params, data, LOG_DIR)
-    save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, HISTORY, EPOCH_TIMES)
+    if distributed.is_main():
+        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,43 @@
-"""Stage train_vit: a linear probe on a frozen pretrained timm backbone (ViT-Tiny by default)."""
+"""Stage train_vit: a linear probe on a frozen pretrained timm backbone (ViT-Tiny by default).
+
+The image routes (augment, unfreeze) run as dist.nproc_per_node ranks under torchrun; the head on cached
+features trains in seconds in one process.
+"""
 
 from pathlib import Path
 
+from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_vit
-from petlab.runtime import run_stage
+from petlab.runtime import PipelineError, run_stage, select_device
 
 DATA = Path("data/oxford_pets")
 BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
-HISTORY = Path("plots/train_vit/history.csv")
-EPOCH_TIMES = Path("metrics/timing/train_vit_epochs.csv")  # wall times, apart from the deterministic history
+PLOTS = Path("plots/train_vit")  # history.csv per epoch, c_sweep.csv per C
+EPOCH_TIMES = Path("metrics/timing/train_vit_epochs.csv")  # wall times, apart from the deterministic curves
 LOG_DIR = Path("runs/vit")
 
 
 def main() -> None:
     params, data = setup_stage(DATA)
+    p = params.train_vit
+    image_route = p.augment or bool(p.unfreeze)
+    if not image_route and distributed.launched_by_torchrun():
+        raise PipelineError("the probe on cached features trains in one process; run it without torchrun "
+                            "(several ranks serve train_vit.augment or train_vit.unfreeze)")
+    ranks = params.dist.nproc_per_node if image_route else 1
+    if ranks < params.dist.nproc_per_node:
+        print("train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
+              "the augment and unfreeze routes)")
+    if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
+        return  # the ranks have trained and written everything
     trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE)
-    if not trained.summary["pretrained"]:
-        print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-    save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, HISTORY, EPOCH_TIMES)
+    if distributed.is_main():
+        if not trained.summary["pretrained"]:
+            print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
+        save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
 
 
 if __name__ == "__main__":

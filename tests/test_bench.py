@@ -30,7 +30,7 @@ def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets
     prepare_oxford_pets(DataParams(root=str(fake_pets)), 0, tmp_path / "prepared")
     data = PreparedData.open(tmp_path / "prepared")
     probe = TrainViTParams(model="test_vit", pretrained=True, weights=str(test_vit_weights), augment=False,
-                           amp=False, epochs=4, batch_size=8, warmup_epochs=1.0)
+                           solver="sgd", amp=False, epochs=4, batch_size=8, warmup_epochs=1.0)
     params = Params(seed=3, device="cpu", loader=LoaderParams(num_workers=0), train_vit=probe)
 
     torch.manual_seed(0)  # the head's initial weights, the same for both routes
@@ -102,17 +102,20 @@ def test_quick_benchmark_writes_its_report(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert {"machine", "dataset", "probe", "cnn_step", "data_path", "loader", "evaluate"} <= set(report)
+    assert {"machine", "dataset", "probe", "probe_head", "cnn_step", "data_path", "loader", "evaluate"} <= set(report)
     assert "pipeline" not in report
-    for result in (report["probe"], report["cnn_step"], report["data_path"], report["loader"],
+    for result in (report["probe"], report["probe_head"], report["cnn_step"], report["data_path"], report["loader"],
                    report["evaluate"]["cnn"], report["evaluate"]["probe"]):
         plain, pipeline = result["plain"], result["pipeline"]
         assert plain["seconds"] > 0 and pipeline["seconds"] > 0 and "peak_rss_rise_mb" in pipeline
         assert abs(result["speedup"] - plain["seconds"] / pipeline["seconds"]) < 0.01 * result["speedup"] + 0.01
     assert report["data_path"]["speedup_from_prepared_sizes_alone"] > 0
     assert report["probe"]["weights"].startswith("random")
+    head = report["probe_head"]  # the L-BFGS head is fitted for real: above chance (0.2) on the generated features
+    assert head["pipeline"]["solver"] == "lbfgs" and head["pipeline"]["val_accuracy"] > 0.3
+    assert 0 <= head["plain"]["val_accuracy"] <= 1
     assert report["evaluate"]["cnn"]["argmax_agreement"] >= 0.0
-    assert "linear probe" in proc.stdout and str(out) in proc.stdout
+    assert "linear probe" in proc.stdout and "probe head 200 x 32" in proc.stdout and str(out) in proc.stdout
 
 
 def test_the_benchmarks_pipeline_ignores_the_workspace_params(tmp_path, monkeypatch):

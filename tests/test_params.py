@@ -32,6 +32,11 @@ def test_defaults_match_params_file():
     ({"train_vit": {"model": "vit_tiny_patch16_244"}}, "did you mean vit_tiny_patch16_224"),
     ({"train_cnn": {"widths": 32}}, "train_cnn.widths must be a list"),
     ({"train_vit": {"amp": "yes"}}, "train_vit.amp must be true or false"),
+    ({"train_vit": {"solver": "adam"}}, "allowed: lbfgs, sgd"),
+    ({"train_vit": {"c_grid": []}}, "train_vit.c_grid"),
+    ({"train_vit": {"c_grid": [0.1, 0, 10]}}, "train_vit.c_grid"),
+    ({"train_vit": {"c_grid": [1, 1.0]}}, "train_vit.c_grid"),
+    ({"train_vit": {"max_iter": 0}}, "train_vit.max_iter"),
 ])
 def test_bad_params_name_the_key(raw, message):
     with pytest.raises(ParamsError, match=message.replace(".", r"\.").replace("(", r"\(")):

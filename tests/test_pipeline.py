@@ -7,14 +7,17 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 from petlab.evaluation import confusion_labels
 from conftest import dvc, run
 from test_readme import bash_blocks, commands, section
+from test_probe import check_probe
 
 
 def ran_stages(proc) -> set[str]:
@@ -54,10 +57,11 @@ def check_metrics(project: Path) -> None:
 
     vit = load_json(project / "metrics/train_vit.json")
     assert vit["pretrained"] is False and "random" in vit["weights_source"]  # never mistaken for the real result
-    assert vit["route"] == "cached_features"
+    assert vit["route"] == "cached_features" and vit["solver"] == "lbfgs"
     assert vit["parameters"]["trainable"] < vit["parameters"]["total"]
     cnn = load_json(project / "metrics/train_cnn.json")
-    assert cnn["epochs"] == 3 and 1 <= cnn["best_epoch"] <= 3
+    assert cnn["last_epoch"] == 3 and 1 <= cnn["best_epoch"] <= 3 and cnn["steps_per_epoch"] == 36 // 8
+    assert "ties broken by lower val loss" in cnn["selection"]
 
     evaluation = load_json(project / "metrics/evaluate.json")
     for model in ("cnn", "vit"):
@@ -102,7 +106,7 @@ def check_models_and_plots(project: Path) -> None:
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
         with open(project / f"plots/train_{name}/history.csv") as f:
-            assert len(list(csv.DictReader(f))) == (3 if name == "cnn" else 4)
+            assert len(list(csv.DictReader(f))) == (3 if name == "cnn" else 0)  # the probe's default has no epochs
         assert list((project / f"runs/{name}").glob("events.out.tfevents.*"))
         assert list((project / f"runs/profile/{name}").glob("*.pt.trace.json"))
     for png in ("class_counts.png", "samples_train.png", "samples_val.png", "samples_test.png"):
@@ -172,6 +176,73 @@ def check_report(project: Path) -> None:
     assert "## 7. Conclusions" in text and "Caveats: random backbone weights" in text
 
 
+def check_remote_round_trip(project: Path, tmp: Path) -> None:
+    """A colleague clones the repository, pulls data, models and the run-cache: nothing left to compute."""
+    dvc(project, "remote", "add", "-d", "shared", str(tmp / "remote"))
+    run(["git", "commit", "-qam", "shared remote"], project)
+    dvc(project, "push", "--run-cache")
+    clone = tmp / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp)
+    dvc(clone, "pull", "--run-cache")
+    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights"}  # always run; it keeps the same weights
+    assert "in sync" in dvc(clone, "status", "-c").stdout
+    assert torch.load(clone / "models/cnn.pt", weights_only=True)["epoch"] >= 1
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 8
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights", "evaluate", "report"}
+
+
+def check_queued_experiments(project: Path) -> None:
+    """Two experiments queued as a grid run side by side in two workers, each with its own metrics."""
+    dvc(project, "exp", "run", "--queue", "train_cnn", "-S", "train_cnn.lr=0.001,0.01")
+    # The workers outlive `dvc queue start`; holding its output open would wait for them.
+    subprocess.run(["env", "PETLAB_JOBS=2", sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    experiments = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["train_cnn"]["lr"]
+            experiments[lr] = data["metrics"]["metrics/train_cnn.json"]["data"]
+    assert set(experiments) == {0.001, 0.01}
+    assert experiments[0.001]["val_loss"] != experiments[0.01]["val_loss"]
+
+
+def check_train_cnn_on_two_ranks(project: Path) -> None:
+    """train_cnn as 2 gloo ranks through dvc; its checkpoint, evaluated by one process, gives what it recorded."""
+    from torch import nn
+
+    from petlab.data import PreparedData
+    from petlab.experiments import image_loader, load_trained, make_context, transform_spec
+    from petlab.params import load_params
+    from petlab.train import validate
+
+    proc = dvc(project, "exp", "run", "train_cnn", "-S", "dist.nproc_per_node=2")
+    # backbone_weights always runs (and keeps its weights); train_cnn's upstream is cached.
+    assert ran_stages(proc) == {"backbone_weights", "train_cnn"} and "2 ranks" in proc.stdout
+    recorded = load_json(project / "metrics/train_cnn.json")
+    assert recorded["ranks"] == 2
+    checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
+    params = load_params(project / "params.yaml")
+    spec = transform_spec(checkpoint["model_config"])
+    ctx = make_context(params, params.train_cnn.amp, params.train_cnn.channels_last, spec)
+    data = PreparedData.open(project / "data/oxford_pets")
+    loader = image_loader(data, "val", spec, params.train_cnn.batch_size, False, params, ctx.device)
+    model = load_trained(checkpoint).to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    again = validate(model, loader, nn.CrossEntropyLoss(), ctx, data.num_classes)
+    for key in ("accuracy", "macro_f1", "top5_accuracy", "loss"):
+        assert abs(again[key] - recorded[f"val_{key}"]) < 1e-5, key
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
@@ -184,6 +255,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     check_metrics_are_scalars(project)
     check_models_and_plots(project)
     check_report(project)
+    check_probe(project)
     check_backbone(project)
     backbone = (project / "models/backbone.safetensors").read_bytes()
 
@@ -192,14 +264,29 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert ran_stages(again) == {"backbone_weights"} and "already holds test_vit" in again.stdout
     assert (project / "models/backbone.safetensors").read_bytes() == backbone
 
+    plots_dir = project.parent / "plots_html"
+    dvc(project, "plots", "show", "-o", str(plots_dir))
+    html = (plots_dir / "index.html").read_text()
+    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
+                  "Loss per epoch", "Linear probe, val score over C"):
+        assert title in html
+    assert "American Bulldog" in html  # the confusion data itself, with class names
+    assert "log10_c" in html  # the probe's sweep, drawn over log10(C)
+
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
+    check_remote_round_trip(project, project.parent)
+    check_queued_experiments(project)
     before = load_json(project / "metrics/train_vit.json")
 
-    # A train_vit change re-runs train_vit and what depends on it, nothing else.
-    experiment = dvc(project, "exp", "run", "-S", "train_vit.lr=0.02")
+    # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
+    # route for the head, which writes per-epoch history instead of the sweep.
+    experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
     assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "report"}
-    assert load_json(project / "metrics/train_vit.json") != before
+    after = load_json(project / "metrics/train_vit.json")
+    assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
+    with open(project / "plots/train_vit/history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
@@ -209,13 +296,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
 
-    plots_dir = project / "plots_html"
-    dvc(project, "plots", "show", "-o", str(plots_dir))
-    html = (plots_dir / "index.html").read_text()
-    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
-                  "Loss per epoch"):
-        assert title in html
-    assert "American Bulldog" in html  # the confusion data itself, with class names
+    check_train_cnn_on_two_ranks(project)
 
 
 def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):

@@ -63,8 +63,22 @@ def printed_recipes() -> list[str]:
         command = " ".join(command.split())
         for name, value in shorthands().items():
             command = command.replace(f"<{name}>", value)
-        recipes.append(command)
+        recipes += grid_points(command)
     return sorted(set(recipes))
+
+
+def grid_points(command: str) -> list[str]:
+    """A queued grid (`-S 'train_vit.lr=1e-3,3e-3'`) as one command per point; commas inside [...] are a list."""
+    points: list[list[str]] = [[]]
+    tokens = shlex.split(command)
+    for previous, token in zip([""] + tokens, tokens):
+        if previous in ("-S", "--set-param") and "=" in token:
+            key, value = token.split("=", 1)
+            choices = [f"{key}={choice}" for choice in re.split(r",(?![^\[]*\])", value)]
+        else:
+            choices = [token]
+        points = [point + [choice] for point in points for choice in choices]
+    return [shlex.join(point) for point in points]
 
 
 def params_of(command: str) -> dict:

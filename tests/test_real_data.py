@@ -18,6 +18,7 @@ from sklearn.metrics import f1_score
 
 from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.evaluation import confusion_labels
+from test_probe import check_probe
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
@@ -82,6 +83,10 @@ def test_pipeline_learns_fashion_mnist(tmp_path):
     per_class = {r["class"]: r for r in read_csv(project / "plots/evaluate/per_class_cnn.csv")}
     for i, name in enumerate(CLASSES):
         assert float(per_class[name]["recall"]) == pytest.approx(matrix[i, i] / matrix[i].sum(), abs=1e-6)
+
+    # The probe on real images through a fixed backbone (random weights, but fixed): its head within a point of
+    # scikit-learn's LogisticRegression with C chosen on the same val split, on the same cached features.
+    check_probe(project, max_gap=0.01)
 
 
 def predict_test(project: Path) -> np.ndarray:

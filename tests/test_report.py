@@ -94,6 +94,16 @@ def test_generalisation_gaps_at_the_selected_epoch():
                                   "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
 
 
+def test_generalisation_gaps_of_the_lbfgs_probe_at_its_kept_c():
+    sweep = pd.DataFrame({"c": [0.1, 1.0, 10.0], "train_accuracy": [0.6, 0.9, 1.0], "val_accuracy": [0.5, 0.7, 0.65],
+                          "val_macro_f1": [0.45, 0.6, 0.6]})
+    gaps = report.sweep_gaps(sweep, 1.0, {"accuracy": 0.6, "macro_f1": 0.65})
+    assert gaps == pytest.approx({"train_val_accuracy": 0.2, "train_val_macro_f1": None,  # no train macro-F1
+                                  "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
+    both = {"cnn": {"train_val_macro_f1": 0.1, "train_val_accuracy": 0.1}, "vit": gaps}
+    assert report.compared_gap(both) == ("accuracy", "accuracy")
+
+
 def test_stage_shares_and_bottleneck_thresholds():
     shares = report.stage_shares({"a": 30.0, "b": 10.0})
     assert list(shares["share"]) == [0.75, 0.25]
@@ -103,7 +113,7 @@ def test_stage_shares_and_bottleneck_thresholds():
 
 def conclusions_for(difference, mcnemar_p=0.01, cnn_seconds=100.0, vit_seconds=10.0, caveats=()):
     results = {m: {"difference": difference} for m in ("macro_f1", "accuracy")}
-    speed = {"cnn": {0.95: {"epoch": 8, "seconds": cnn_seconds}}, "vit": {0.95: {"epoch": 3, "seconds": vit_seconds}}}
+    speed = {"cnn": {"epoch": 8, "seconds": cnn_seconds}, "vit": {"epoch": 3, "seconds": vit_seconds}}
     gaps = {"cnn": {"train_val_macro_f1": 0.2}, "vit": {"train_val_macro_f1": 0.05}}
     return report.conclusions(results, {"only_a": 3, "only_b": 20, "p_value": mcnemar_p}, speed,
                               {"cnn": ("data-bound", 0.6), "vit": ("compute-bound", 0.02)}, gaps, ["vit"],
@@ -129,6 +139,12 @@ def test_conclusions_follow_the_numbers():
     assert tie[0].startswith("No significant difference on test macro-F1") and "holds zero" in tie[0]
     assert "better" not in tie[0] and "borderline" not in tie[1]
     assert "the CNN converges 3.0 times faster" in tie[2]
+
+
+def test_speed_sentence_of_a_probe_without_epochs_quotes_its_whole_fit():
+    sentence = report.speed_sentence({"epoch": 8, "seconds": 100.0}, {"epoch": None, "seconds": 20.0}, 0.95)
+    assert "the probe, fitted by L-BFGS without epochs, took 20.0 s in all" in sentence
+    assert "the probe converges 5.0 times faster" in sentence and "None" not in sentence
 
 
 def test_generalisation_sentence_follows_the_gaps():
