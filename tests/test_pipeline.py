@@ -81,9 +81,18 @@ def check_metrics(project: Path) -> None:
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
     for model in ("cnn", "vit"):
         assert 0 <= profile[model]["data_wait_share"] < 1
-        with open(project / f"metrics/timing/train_{model}_epochs.csv") as f:
-            times = list(csv.DictReader(f))
-        assert [int(t["epoch"]) for t in times] == list(range(1, (3 if model == "cnn" else 4) + 1))
+    check_epoch_times(project, "cnn", 3)
+    check_epoch_times(project, "vit", 0)  # the L-BFGS probe has no epochs: the header only
+
+
+def check_epoch_times(project: Path, model: str, epochs: int) -> None:
+    """Each epoch's wall seconds, apart from the history; elapsed counts from the start of training."""
+    with open(project / f"metrics/timing/train_{model}_epochs.csv") as f:
+        reader = csv.DictReader(f)
+        times = list(reader)
+    assert reader.fieldnames == ["epoch", "seconds", "elapsed_seconds"]
+    assert [int(t["epoch"]) for t in times] == list(range(1, epochs + 1))
+    if times:
         assert float(times[-1]["elapsed_seconds"]) >= sum(float(t["seconds"]) for t in times) - 0.01 > 0
 
 
@@ -174,6 +183,12 @@ def check_report(project: Path) -> None:
     for target in links:
         assert (project / "reports" / target).resolve().is_file(), target
     assert "## 7. Conclusions" in text and "Caveats: random backbone weights" in text
+    selected_c = load_json(project / "metrics/train_vit.json").get("selected_c")
+    if selected_c is not None:  # the L-BFGS probe: no epochs, its fit time and its sweep with the kept C
+        assert "The probe has no epochs" in text and f"(C = {selected_c:g}," in text
+        assert f"| **{selected_c:g}** |" in text and "the probe, fitted by L-BFGS without epochs, took" in text
+    else:
+        assert "The probe has no epochs" not in text and "| Probe " in text.split("## 3. Convergence")[1]
 
 
 def check_remote_round_trip(project: Path, tmp: Path) -> None:
@@ -287,6 +302,8 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
     with open(project / "plots/train_vit/history.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+    check_epoch_times(project, "vit", 4)
+    check_report(project)
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
