@@ -258,7 +258,8 @@ def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
     """The probe fitted by L-BFGS: no epochs to converge over; its fit time beside the CNN's times to 90% and
     95% of its best val macro-F1, the C it kept and the sweep."""
     vit = run.trained["vit"]
-    cnn = " and ".join(f"{f:.0%} of its best val macro-F1 after {cnn_speed[f]['seconds']:.1f} s" for f in (0.9, 0.95))
+    cnn = (f"90% and 95% of its best val macro-F1 after {cnn_speed[0.9]['seconds']:.1f} s and "
+           f"{cnn_speed[0.95]['seconds']:.1f} s of training")
     sweep = run.sweep[[c for c in ("c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1",
                                    "iterations", "converged") if c in run.sweep.columns]].copy()
     for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
