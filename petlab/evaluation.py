@@ -1,4 +1,4 @@
-"""Scoring trained checkpoints: metrics per split, per-class tables, confusion matrices."""
+"""Scoring trained checkpoints: metrics per split, per-class tables, confusion matrices, per-image predictions."""
 
 from __future__ import annotations
 
@@ -37,3 +37,19 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
     save_figure(plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class",
                                        normalized=True),
                 out_dir / f"confusion_{name}_normalized.png")
+
+
+def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor],
+                      class_names: list[str]) -> None:
+    """One row per image: its label, each model's prediction and whether its top 5 held the label.
+
+    Both models scored the same images in the same order, so the report can pair them image by image.
+    """
+    k = min(5, len(class_names))
+    columns = {}
+    for name, model_logits in logits.items():
+        columns[f"{name}_predicted"] = [class_names[i] for i in model_logits.argmax(1).tolist()]
+        columns[f"{name}_top5"] = (model_logits.topk(k, dim=1).indices == labels[:, None]).any(1).int().tolist()
+    rows = ({"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}
+            for i, (image, label) in enumerate(zip(images, labels.tolist())))
+    write_csv(path, rows, ["image", "actual", *columns])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import Precision, seed_everything, select_device, select_precision, share_cpu
+from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision, share_cpu
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 
@@ -32,6 +32,10 @@ class TrainedModel:
     selection: dict  # how they were chosen: the rule, and the best and last epoch or the C kept and its grid
     curves: dict[str, tuple[list[dict], list[str]]]  # CSV name -> (rows, columns): per epoch, per C
     summary: dict  # what goes into the stage's metrics file besides the validation numbers
+    # Wall times, kept out of the metrics and curves, which repeat byte for byte: the seconds of each epoch (none
+    # for the L-BFGS probe) and those before the first that training needed (the probe's feature cache).
+    epoch_seconds: list[float] = field(default_factory=list)
+    setup_seconds: float = 0.0
 
 
 def fit_selection(result: FitResult) -> dict:
@@ -95,7 +99,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     return TrainedModel(model, config, result.best_val, fit_selection(result),
-                        {"history.csv": (result.history, HISTORY_COLUMNS)}, summary)
+                        {"history.csv": (result.history, HISTORY_COLUMNS)}, summary, result.epoch_seconds)
 
 
 def build_probe(params: Params, num_classes: int,
@@ -138,12 +142,14 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     model.to(ctx.device)
     fine_tune = model.trains_backbone  # features change while training: nothing can be cached
     splits = () if fine_tune else ("val", "test") if p.augment else ("train", "val", "test")
+    extraction = Stopwatch()
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
               for s in splits}
     if distributed.is_main():
         save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
                                                     "transform": spec.as_dict(), "class_names": data.class_names})
+    setup_seconds = extraction.seconds()
     # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
     lbfgs = not fine_tune and not p.augment and p.head == "linear" and p.solver == "lbfgs"
     if fine_tune:
@@ -174,9 +180,10 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
                          params.log.hist_every, name="train_vit")
             model.head.load_state_dict(result.best_state)
         if lbfgs:
-            best_val, selection, history, sweep = probe.best_val, probe.selection, [], probe.sweep
+            best_val, selection, history, sweep, epoch_seconds = probe.best_val, probe.selection, [], probe.sweep, []
         else:
             best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
+            epoch_seconds = result.epoch_seconds
         log_hparams(writer, to_dict(p), best_val, selection)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
@@ -184,7 +191,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     # Both files always exist (DVC outputs); the one the route does not make holds its header only.
     curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
-    return TrainedModel(model, config, best_val, selection, curves, summary)
+    return TrainedModel(model, config, best_val, selection, curves, summary, epoch_seconds, setup_seconds)
 
 
 def tensorboard(log_dir: Path):
@@ -202,8 +209,14 @@ def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, sel
 
 
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
-                 plots_dir: Path) -> None:
-    """The kept checkpoint (loadable with weights_only=True), the metrics file and the curves (per epoch, per C)."""
+                 plots_dir: Path, epoch_times: Path) -> None:
+    """The kept checkpoint (loadable with weights_only=True), the metrics file, the curves (per epoch, per C)
+    and the epochs' wall times.
+
+    Wall times go to their own file (`epoch_times`; header only for the L-BFGS probe, which has no epochs): the
+    curves repeat byte for byte, they do not. `elapsed_seconds` counts from the start of training, including
+    setup such as the probe's feature cache.
+    """
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
     selection = trained.selection
     save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
@@ -211,6 +224,11 @@ def save_trained(stage: str, trained: TrainedModel, class_names: list[str], chec
                             "val_metrics": trained.best_val})
     for name, (rows, columns) in trained.curves.items():
         write_csv(plots_dir / name, rows, columns)
+    elapsed, times = trained.setup_seconds, []
+    for epoch, seconds in enumerate(trained.epoch_seconds, start=1):
+        elapsed += seconds
+        times.append({"epoch": epoch, "seconds": seconds, "elapsed_seconds": round(elapsed, 3)})
+    write_csv(epoch_times, times, ["epoch", "seconds", "elapsed_seconds"])
     write_json(metrics, {**selection, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
     kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
             else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")

@@ -242,6 +242,16 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    bootstrap: int = 2000  # resamples of the test images for each 95% confidence interval
+    misclassified: int = 16  # test images in each model's grid of mistakes
+
+    def check(self, key: str) -> None:
+        _require(self.bootstrap >= 100, f"{key}.bootstrap", self.bootstrap, "an integer >= 100")
+        _require(self.misclassified >= 0, f"{key}.misclassified", self.misclassified, "an integer >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -254,6 +264,7 @@ class Params:
     train_vit: TrainViTParams = field(default_factory=TrainViTParams)
     profile: ProfileParams = field(default_factory=ProfileParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    report: ReportParams = field(default_factory=ReportParams)
 
     def check(self, key: str = "") -> None:
         _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}] (numpy's seed range)")

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -32,15 +33,62 @@ def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str
 
 
 def sample_grid_figure(items: list[tuple[Path, int]], class_names: list[str], title: str, cols: int = 4):
-    rows = (len(items) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6), squeeze=False)
+    return image_grid_figure([(path, class_names[label]) for path, label in items], title, cols)
+
+
+def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, inches: float = 2.4):
+    """Images with a caption each, `cols` to a row, each about `inches` wide."""
+    rows = max(1, (len(items) + cols - 1) // cols)
+    height = rows * (inches + 0.3) + 0.6  # room for two-line captions and, above them, the title
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * inches, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.6 / height, hspace=0.35)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (path, label) in zip(axes.flat, items):
+    for ax, (path, caption) in zip(axes.flat, items):
         with Image.open(path) as image:
             ax.imshow(image.convert("RGB"))
-        ax.set_title(class_names[label], fontsize=8, **LITERAL)
+        ax.set_title(caption, fontsize=7 if inches < 2 else 8, **LITERAL)
     fig.suptitle(title, **LITERAL)
+    return fig
+
+
+MODEL_COLORS = {"CNN": "#4c72b0", "Probe": "#dd8452"}
+
+
+def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str):
+    """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model."""
+    fig, (f1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, history in histories.items():
+        color = MODEL_COLORS.get(label)
+        f1_ax.plot(history[x], history["val_macro_f1"], marker=".", color=color, label=label)
+        loss_ax.plot(history[x], history["train_loss"], linestyle="--", color=color, label=f"{label} train")
+        loss_ax.plot(history[x], history["val_loss"], marker=".", color=color, label=f"{label} val")
+    f1_ax.set_ylabel("val macro-F1")
+    loss_ax.set_ylabel("loss")
+    for ax in (f1_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=x == "epoch"))
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"]):
+    """Test F1 of every class for each model, classes sorted by the models' mean F1 (hardest at the top)."""
+    frames = list(per_class.values())
+    order = sorted(frames[0]["class"], key=lambda c: (sum(float(f.set_index("class").loc[c, "f1"]) for f in frames), c),
+                   reverse=True)
+    y = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
+    for label, frame in per_class.items():
+        ax.scatter(frame.set_index("class").loc[order, "f1"], y, color=MODEL_COLORS.get(label), label=label, s=18)
+    ax.set_yticks(y, order, fontsize=7, **LITERAL)
+    ax.set_xlabel("test F1")
+    ax.set_xlim(-0.02, 1.02)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(per_class), frameon=False)
+    fig.tight_layout()
     return fig
 
 

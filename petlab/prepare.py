@@ -6,7 +6,8 @@ them: class subsets, per-class caps, the train/val split, re-encoding, the repor
 Layout written (the same for any source):
     <out>/train/<Class Name>/<image id>.jpg, <out>/val/..., <out>/test/...
     <out>/classes.json   class names in label order
-    <out>/report.json    what was converted, what was skipped or left out and why
+    <out>/report.json    what was converted, what was skipped or left out and why, and whether the source was generated
+    <out>/species.json   Oxford-IIIT Pet only: each class's species (cat or dog), from the annotations
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def check_free_space(sources: list[Path], out_dir: Path, headroom: float = 1.1) 
 
 
 def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_dir: Path, data: DataParams,
-                   source: str, workers: int | None = None, left_out: list[dict] | None = None) -> dict:
+                   source: str, workers: int | None = None, left_out: list[dict] | None = None,
+                   species: dict[str, str] | None = None, generated: bool = False) -> dict:
     """Re-encode every image as RGB JPEG into out_dir (built aside, moved in at the end); return the report."""
     for split in SPLITS:
         present = {r.label for r in splits[split]}
@@ -179,9 +181,11 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
         finally:
             # On Ctrl-C or an error, drop the queued images instead of converting them all first.
             pool.shutdown(wait=True, cancel_futures=True)
-        report = _report(results, owners, class_names, data, source, left_out or [])
+        report = {**_report(results, owners, class_names, data, source, left_out or []), "generated": generated}
         check_counts_on_disk(tmp, report["counts"])
         write_json(tmp / "classes.json", class_names)
+        if species:
+            write_json(tmp / "species.json", {name: species[name] for name in class_names})
         write_json(tmp / "report.json", report)
     return report
 
@@ -257,4 +261,4 @@ def prepare_dataset(data: DataParams, seed: int, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="petlab-pixels-") as tmp:
         splits = {split: materialize(records, Path(tmp)) for split, records in splits.items()}
         return write_prepared(splits, source.class_names, out_dir, data, source=source.origin,
-                              left_out=source.left_out)
+                              left_out=source.left_out, species=source.species, generated=source.generated)

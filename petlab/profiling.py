@@ -108,7 +108,10 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
     top = [{"op": e.key, "self_ms_total": round(getattr(e, self_time) / 1000.0, 3), "calls": e.count}
            for e in events[: cfg.top_ops]]
     stats = step_stats(seconds, len(y))
+    # The share of a step spent waiting for the next batch: near 0 when the loader keeps ahead (compute-bound).
+    data_wait_share = float(np.sum(data_seconds) / (np.sum(data_seconds) + np.sum(seconds)))
     stats.update({"data_wait_ms_mean": round(float(np.mean(data_seconds)) * 1000.0, 3),
+                  "data_wait_share": round(data_wait_share, 4),
                   "peak_memory_mb": round(memory.peak_mb, 2), "peak_memory_method": memory.method, "top_ops": top})
     return stats
 

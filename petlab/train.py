@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -190,6 +191,8 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     steps_per_epoch: int = 0
+    # Wall seconds of each epoch (training and validation): kept out of `history`, which must repeat byte for byte.
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
@@ -213,14 +216,16 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     val_loss_fn = nn.CrossEntropyLoss()
     best: FitResult | None = None
     best_key = None
-    history = []
+    history, epoch_seconds = [], []
     epochs = tqdm(range(1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable())
     for epoch in epochs:
+        started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_m = train_one_epoch(train_model, train_loader, optimizer, scheduler, loss_fn, ctx, num_classes,
                                   scaler, desc=f"{name}: epoch {epoch}")
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
+        epoch_seconds.append(round(time.perf_counter() - started, 3))
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
                **{f"val_{k}": v for k, v in val_m.items()}}
         history.append(rounded(row))
@@ -234,7 +239,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
             log_epoch(writer, model, epoch, train_m, val_m, lr, hist_every)
         if best is None or selection_key(val_m) > best_key:
             best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
-    best.history, best.steps_per_epoch = history, len(train_loader)
+    best.history, best.steps_per_epoch, best.epoch_seconds = history, len(train_loader), epoch_seconds
     return best
 
 

@@ -1,4 +1,4 @@
-"""Stage evaluate: both best checkpoints on val and test; metrics, per-class tables, confusion matrices."""
+"""Stage evaluate: both best checkpoints on val and test; metrics, per-class tables, confusion matrices, predictions."""
 
 import functools
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from petlab.data import PreparedData
-from petlab.evaluation import score, write_reports
+from petlab.evaluation import score, write_predictions, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
 from petlab.features import feature_split
 from petlab.outputs import load_torch, write_json
@@ -66,7 +66,7 @@ def title(checkpoint: dict) -> str:
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    results = {}
+    results, test_logits = {}, {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
         if checkpoint["class_names"] != data.class_names:
@@ -77,10 +77,16 @@ def main() -> None:
             logits, labels = logits_of(checkpoint, params, data, split)
             results[name][split] = score(logits, labels, data.num_classes)
             if split == "test":
+                if test_logits and not torch.equal(labels, test_labels):  # pairing by image needs one order
+                    raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; "
+                                        f"re-run train_vit (dvc repro)")
+                test_logits[name], test_labels = logits, labels
                 write_reports(name, logits, labels, data.class_names, PLOTS, f"{title(checkpoint)} (test)")
         results[name]["checkpoint_epoch"] = checkpoint["epoch"]
         results[name].update(checkpoint["model_config"].get("info", {}))
     write_json(METRICS, results)
+    images = [path.relative_to(DATA).as_posix() for path, _ in data.items("test")]
+    write_predictions(PLOTS / "predictions_test.csv", images, test_labels, test_logits, data.class_names)
     for name in CHECKPOINTS:
         t = results[name]["test"]
         print(f"evaluate: {name}: test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "

@@ -13,6 +13,7 @@ DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")
 METRICS = Path("metrics/train_cnn.json")
 PLOTS = Path("plots/train_cnn")  # history.csv per epoch
+EPOCH_TIMES = Path("metrics/timing/train_cnn_epochs.csv")  # wall times, apart from the deterministic curves
 LOG_DIR = Path("runs/cnn")
 
 
@@ -23,7 +24,7 @@ def main() -> None:
         return  # the ranks have trained and written everything
     trained = train_cnn(params, data, LOG_DIR)
     if distributed.is_main():
-        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
+        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ FEATURES = Path("data/features/vit.pt")
 CHECKPOINT = Path("models/vit.pt")
 METRICS = Path("metrics/train_vit.json")
 PLOTS = Path("plots/train_vit")  # history.csv per epoch, c_sweep.csv per C
+EPOCH_TIMES = Path("metrics/timing/train_vit_epochs.csv")  # wall times, apart from the deterministic curves
 LOG_DIR = Path("runs/vit")
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     if distributed.is_main():
         if not trained.summary["pretrained"]:
             print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
-        save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, PLOTS)
+        save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from petlab.evaluation import confusion_labels
 from conftest import dvc, run
 from test_readme import bash_blocks, commands, section
 from test_probe import check_probe
@@ -38,6 +39,9 @@ def check_prepared(project: Path) -> None:
             assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= 256
     report = load_json(root / "report.json")
     assert report["converted_to_rgb"] == {"JPEG CMYK": 1, "JPEG L": 1, "PNG RGBA": 1}
+    assert report["generated"] is True  # made by petlab.synthetic, and every later report must say so
+    assert load_json(root / "species.json") == {"Abyssinian": "cat", "American Bulldog": "dog", "Bengal": "cat",
+                                                "Beagle": "dog"}
     # A clean tree: nothing left out, rotated or resized, and the same counts in the sanity metrics.
     assert (report["left_out_count"], report["exif_rotated"], report["resized_to_fit_jpeg"]) == (0, 0, 0)
     sanity = load_json(project / "metrics/sanity.json")["prepare"]
@@ -73,8 +77,23 @@ def check_metrics(project: Path) -> None:
         assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and "top_ops" not in p
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
-    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate"):
+    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "report"):
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
+    for model in ("cnn", "vit"):
+        assert 0 <= profile[model]["data_wait_share"] < 1
+    check_epoch_times(project, "cnn", 3)
+    check_epoch_times(project, "vit", 0)  # the L-BFGS probe has no epochs: the header only
+
+
+def check_epoch_times(project: Path, model: str, epochs: int) -> None:
+    """Each epoch's wall seconds, apart from the history; elapsed counts from the start of training."""
+    with open(project / f"metrics/timing/train_{model}_epochs.csv") as f:
+        reader = csv.DictReader(f)
+        times = list(reader)
+    assert reader.fieldnames == ["epoch", "seconds", "elapsed_seconds"]
+    assert [int(t["epoch"]) for t in times] == list(range(1, epochs + 1))
+    if times:
+        assert float(times[-1]["elapsed_seconds"]) >= sum(float(t["seconds"]) for t in times) - 0.01 > 0
 
 
 def check_models_and_plots(project: Path) -> None:
@@ -86,6 +105,13 @@ def check_models_and_plots(project: Path) -> None:
         assert len(rows) == 20 and set(rows[0]) == {"actual", "predicted"}
         accuracy = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
         assert abs(accuracy - load_json(project / "metrics/evaluate.json")[name]["test"]["accuracy"]) < 1e-6
+        with open(project / "plots/evaluate/predictions_test.csv") as f:
+            paired = list(csv.DictReader(f))
+        classes = load_json(project / "data/oxford_pets/classes.json")
+        numbered = dict(zip(classes, confusion_labels(classes)))  # the confusion rows' "07 Beagle" names
+        assert [(numbered[r["actual"]], numbered[r[f"{name}_predicted"]]) for r in paired] == \
+            [(r["actual"], r["predicted"]) for r in rows]
+        assert all((project / "data/oxford_pets" / r["image"]).is_file() for r in paired)
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
         with open(project / f"plots/train_{name}/history.csv") as f:
@@ -138,6 +164,33 @@ def check_exp_show_fits_160_columns(project: Path) -> None:
     assert any("0.02" in line for line in lines)  # the experiment's train_vit.lr
 
 
+def check_report(project: Path) -> None:
+    """reports/report.md: the warning a random-weights run needs, numbers equal to the metrics, every figure there."""
+    text = (project / "reports/report.md").read_text()
+    assert "this run cannot answer the question" in text and "**random backbone weights**" in text
+    assert "**generated images**" in text and "**few epochs**" in text
+    evaluation = load_json(project / "metrics/evaluate.json")
+    for label, metric in (("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("Top-5 accuracy", "top5_accuracy")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} "))
+        _, cnn_test, vit_test, difference, cnn_val, vit_val = [c.strip() for c in row.strip("|").split("|")]
+        for cell, model, split in ((cnn_test, "cnn", "test"), (vit_test, "vit", "test"), (cnn_val, "cnn", "val"),
+                                   (vit_val, "vit", "val")):
+            assert cell.split(" ")[0] == f"{evaluation[model][split][metric] * 100:.2f}", (label, model, split)
+        expected = evaluation["vit"]["test"][metric] - evaluation["cnn"]["test"][metric]
+        assert abs(float(difference.split(" ")[0]) - expected * 100) < 0.006
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "figures/curves.png" in links and "figures/misclassified_cnn.png" in links
+    for target in links:
+        assert (project / "reports" / target).resolve().is_file(), target
+    assert "## 7. Conclusions" in text and "Caveats: random backbone weights" in text
+    selected_c = load_json(project / "metrics/train_vit.json").get("selected_c")
+    if selected_c is not None:  # the L-BFGS probe: no epochs, its fit time and its sweep with the kept C
+        assert "The probe has no epochs" in text and f"(C = {selected_c:g}," in text
+        assert f"| **{selected_c:g}** |" in text and "the probe, fitted by L-BFGS without epochs, took" in text
+    else:
+        assert "The probe has no epochs" not in text and "| Probe " in text.split("## 3. Convergence")[1]
+
+
 def check_remote_round_trip(project: Path, tmp: Path) -> None:
     """A colleague clones the repository, pulls data, models and the run-cache: nothing left to compute."""
     dvc(project, "remote", "add", "-d", "shared", str(tmp / "remote"))
@@ -152,7 +205,7 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["evaluate"]["batch_size"] = 8
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights", "evaluate"}
+    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights", "evaluate", "report"}
 
 
 def check_queued_experiments(project: Path) -> None:
@@ -209,13 +262,14 @@ def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
     assert ran_stages(first) == {"backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
-                                 "profile", "evaluate"}
+                                 "profile", "evaluate", "report"}
     assert "random backbone weights" in first.stdout
     assert "Memory block of unknown size" not in first.stdout + first.stderr
     check_prepared(project)
     check_metrics(project)
     check_metrics_are_scalars(project)
     check_models_and_plots(project)
+    check_report(project)
     check_probe(project)
     check_backbone(project)
     backbone = (project / "models/backbone.safetensors").read_bytes()
@@ -243,11 +297,13 @@ def test_dvc_repro_end_to_end(tiny_project):
     # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
     # route for the head, which writes per-epoch history instead of the sweep.
     experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
-    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate"}
+    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "report"}
     after = load_json(project / "metrics/train_vit.json")
     assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
     with open(project / "plots/train_vit/history.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+    check_epoch_times(project, "vit", 4)
+    check_report(project)
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)

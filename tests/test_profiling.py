@@ -39,6 +39,7 @@ def test_profile_steps_times_the_active_steps_writes_a_trace_and_stays_quiet(tmp
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     assert stats["step_ms_mean"] > 0 and stats["throughput_images_per_s"] > 0
+    assert 0 <= stats["data_wait_share"] < 1  # a list of ready batches: the step hardly waits
     assert any(tmp_path.joinpath("trace").glob("*.pt.trace.json*"))
     for noise in ("ERROR:", "USDT:", "STAGE:", "gpuGetDeviceCount", "Memory block of unknown size"):
         assert noise not in proc.stderr, proc.stderr

@@ -41,6 +41,7 @@ def test_fit_learns_real_digits_and_keeps_the_best_epoch():
     result = fit(model, train_loader, val_loader, optim, CPU, num_classes=10)
     assert result.best_val["accuracy"] > 0.9  # chance is 0.1
     assert len(result.history) == 6 and set(result.history[0]) == set(HISTORY_COLUMNS)
+    assert len(result.epoch_seconds) == 6 and all(s > 0 for s in result.epoch_seconds)  # wall times kept apart
     best = max(result.history, key=lambda r: selection_key({"macro_f1": r["val_macro_f1"], "loss": r["val_loss"]}))
     assert result.best_epoch == best["epoch"]
     # The kept state is the best epoch's, not the last one's.

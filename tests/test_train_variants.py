@@ -101,7 +101,8 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     assert changed and all(k.startswith(("backbone.blocks.1.", "head.")) for k in changed)
     assert any(k.startswith("backbone.blocks.1.") for k in changed)
 
-    save_trained("train_vit", trained, data.class_names, tmp_path / "vit.pt", tmp_path / "m.json", tmp_path / "h.csv")
+    save_trained("train_vit", trained, data.class_names, tmp_path / "vit.pt", tmp_path / "m.json", tmp_path / "plots",
+                 tmp_path / "t.csv")
     checkpoint = load_torch(tmp_path / "vit.pt")
     assert checkpoint["model_config"]["info"]["feature_cache"] is False
     logits, labels = probe_logits(checkpoint, params, data, "test")  # reads no feature cache

@@ -38,6 +38,8 @@ class SourceSplits:
     origin: str = ""  # what was read, for the report
     # What the source read but left out, each {"file": ..., "reason": ...}: duplicate lines, links, hidden files.
     left_out: list[dict] = field(default_factory=list)
+    species: dict[str, str] = field(default_factory=dict)  # class name -> "cat" / "dog", where the source says
+    generated: bool = False  # made by petlab.synthetic, not real photos: every report must say so
 
 
 def read_text_lines(path: Path) -> list[tuple[int, str]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from petlab.downloads import download_verified, extract_tar
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
+from petlab.synthetic import GENERATED_MARKER
 from petlab.sources.base import (Record, SourceSplits, check_image_id, download_with_torchvision, parse_int,
                                  read_text_lines)
 
@@ -55,6 +56,9 @@ def pets_class_name(image_id: str) -> str:
     return " ".join(part.title() for part in image_id.rsplit("_", 1)[0].split("_"))
 
 
+PETS_SPECIES = {1: "cat", 2: "dog"}  # the annotations' SPECIES column
+
+
 def read_pets_annotations(base: Path) -> SourceSplits:
     """Parse annotations/{trainval,test}.txt, checking every field of every line and every image it names.
 
@@ -62,6 +66,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
     class, or in both trainval and test, is an error naming both lines.
     """
     names_by_label: dict[int, tuple[str, str]] = {}  # label -> (class name, where first seen)
+    species: dict[str, str] = {}  # class name -> cat / dog
     label_by_name: dict[str, tuple[int, str]] = {}
     first_seen: dict[str, tuple[str, int, str]] = {}  # image id -> (split, label, file:line)
     splits: dict[str, list[Record]] = {}
@@ -79,7 +84,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             image_id = parts[0]
             check_image_id(image_id, where)
             label = parse_int(parts[1], where, "class id", 1, NUM_CLASSES) - 1
-            parse_int(parts[2], where, "species", 1, 2)  # 1 cat, 2 dog
+            species_id = parse_int(parts[2], where, "species", 1, 2)
             parse_int(parts[3], where, "breed id", 1)
             if image_id in first_seen:
                 seen_split, seen_label, seen_where = first_seen[image_id]
@@ -103,6 +108,7 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             if known_label != label:
                 raise PipelineError(f"{where}: class {name!r} has class id {label + 1} here but {known_label + 1} at "
                                     f"{known_where}; two class ids cannot share a class name")
+            species[name] = PETS_SPECIES[species_id]
             records.append(Record(path, image_id, label))
         if not records:
             raise PipelineError(f"{ann}: no images listed")
@@ -118,9 +124,11 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             raise PipelineError(f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
                                 f"{[names_by_label[i][0] for i in absent]}, which the other split has; every class "
                                 f"needs images in both trainval and test")
-    return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i][0] for i in labels], left_out=left_out)
+    return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i][0] for i in labels], left_out=left_out,
+                        species=species)
 
 
 def read_oxford_pets(data: DataParams, seed: int) -> SourceSplits:
     base = locate_oxford_pets(data)
-    return replace(read_pets_annotations(base), origin=f"oxford_pets ({base})")
+    return replace(read_pets_annotations(base), origin=f"oxford_pets ({base})",
+                   generated=(base / GENERATED_MARKER).is_file())

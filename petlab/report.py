@@ -1,0 +1,327 @@
+"""The analysis a run exists for: numbers with uncertainty, paired tests, convergence, errors, cost, conclusions.
+
+Every quantity is a small pure function of what the earlier stages wrote, so each can be checked on a
+hand-worked case. The conclusions come from explicit rules (see `conclusions`), never from prose written
+by hand, so they change when the numbers change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables and figures
+IN_SENTENCES = {"cnn": "CNN", "vit": "probe"}
+METRICS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "top5_accuracy": "Top-5 accuracy"}
+LEVEL = 0.95  # of every confidence interval
+SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference
+DATA_BOUND, COMPUTE_BOUND = 0.5, 0.1  # loader-wait shares of a training step (see `bottleneck`)
+SAME_SPEED = 1.25  # wall-time ratios within this factor count as "about as fast"
+SIMILAR_GAP = 0.02  # train - val gaps closer than 2 points count as similar
+FEW_EPOCHS = 10
+
+
+# ---------------------------------------------------------------- metrics on resamples
+
+
+def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of (resamples, images) label and prediction arrays.
+
+    As sklearn's f1_score(average="macro", labels=range(num_classes), zero_division=0): a class with no
+    true and no predicted image counts as F1 0. Counted with one bincount for all rows at once.
+    """
+    labels, preds = np.atleast_2d(labels), np.atleast_2d(preds)
+    offset = np.arange(len(labels))[:, None] * num_classes  # row r's classes live at r*C .. r*C+C-1
+    size = len(labels) * num_classes
+
+    def counts(values: np.ndarray) -> np.ndarray:
+        return np.bincount(values.ravel(), minlength=size).reshape(len(labels), num_classes)
+
+    true_pos = counts((labels + offset)[labels == preds])
+    denominator = counts(labels + offset) + counts(preds + offset)
+    f1 = np.divide(2.0 * true_pos, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    return f1.mean(1)
+
+
+@dataclass(frozen=True)
+class TestPredictions:
+    """Both models' predictions on the same test images, as label indices."""
+
+    labels: np.ndarray
+    preds: dict[str, np.ndarray]  # model -> predicted label per image
+    top5: dict[str, np.ndarray]  # model -> 1 where the label was among the model's 5 best
+    num_classes: int
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> "TestPredictions":
+        index = {name: i for i, name in enumerate(class_names)}
+        return cls(frame["actual"].map(index).to_numpy(),
+                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS},
+                   {m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}, len(class_names))
+
+    def correct(self, model: str) -> np.ndarray:
+        return self.preds[model] == self.labels
+
+    def metric(self, model: str, name: str, rows: np.ndarray) -> np.ndarray:
+        """The metric on each resample; `rows` holds one resample of image indices per row."""
+        if name == "accuracy":
+            return self.correct(model)[rows].mean(1)
+        if name == "top5_accuracy":
+            return self.top5[model][rows].mean(1)
+        return macro_f1_rows(self.labels[rows], self.preds[model][rows], self.num_classes)
+
+
+def resample_rows(n: int, resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of n image indices with replacement, one per row, from a seeded generator."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -> dict[str, dict[str, tuple]]:
+    """For each metric: each model's (estimate, low, high) and the paired difference probe - CNN.
+
+    Both models are scored on the same resampled images, so the difference's interval accounts for their
+    errors falling on the same hard images.
+    """
+    rows = resample_rows(len(predictions.labels), resamples, seed)
+    everything = np.arange(len(predictions.labels))[None, :]
+    results = {}
+    for name in METRICS:
+        point = {m: float(predictions.metric(m, name, everything)[0]) for m in MODELS}
+        samples = {m: predictions.metric(m, name, rows) for m in MODELS}
+        results[name] = {m: (point[m], *percentile_interval(samples[m])) for m in MODELS}
+        difference = samples["vit"] - samples["cnn"]
+        results[name]["difference"] = (point["vit"] - point["cnn"], *percentile_interval(difference))
+    return results
+
+
+# ---------------------------------------------------------------- paired test and agreement
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test: only the images exactly one model gets right say which is better.
+
+    Under no difference each such image is a fair coin between the two models: a two-sided binomial test
+    of `only_a` successes in `only_a + only_b` trials.
+    """
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    discordant = only_a + only_b
+    p = binomtest(only_a, discordant, 0.5).pvalue if discordant else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p_value": float(p)}
+
+
+def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.DataFrame:
+    """Test images by which model got them right: a 2 x 2 table with totals."""
+    def outcome(correct: np.ndarray, model: str) -> pd.Categorical:
+        right, wrong = f"{model} right", f"{model} wrong"
+        return pd.Categorical(np.where(correct, right, wrong), [right, wrong])
+
+    return pd.crosstab(outcome(correct_cnn, "CNN"), outcome(correct_vit, "Probe"), margins=True, margins_name="total",
+                       dropna=False).rename_axis(index=None, columns=None)
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)) -> dict[float, dict]:
+    """The first epoch (and the wall seconds since training started) whose val macro-F1 reached each
+    fraction of the best val macro-F1 of the run.
+
+    `elapsed` holds the cumulative seconds at the end of each epoch, indexed by epoch.
+    """
+    best = history["val_macro_f1"].max()
+    out = {}
+    for fraction in fractions:
+        epoch = int(history.loc[history["val_macro_f1"] >= fraction * best, "epoch"].iloc[0])
+        out[fraction] = {"epoch": epoch, "seconds": float(elapsed.loc[epoch])}
+    return out
+
+
+# ---------------------------------------------------------------- errors by class
+
+
+def most_confused_pairs(matrix: np.ndarray, class_names: list[str], top: int = 5) -> pd.DataFrame:
+    """The largest off-diagonal cells of a confusion matrix (rows actual, columns predicted), largest first;
+    ties in the order of the class names."""
+    actual, predicted = np.nonzero(matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype)))
+    frame = pd.DataFrame({"actual": [class_names[i] for i in actual], "predicted": [class_names[j] for j in predicted],
+                          "images": matrix[actual, predicted].astype(int)})
+    return frame.sort_values("images", ascending=False, kind="stable").head(top).reset_index(drop=True)
+
+
+def confusion_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def hardest_classes(per_class: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """The classes with the lowest F1 (ties by name)."""
+    return per_class.sort_values(["f1", "class"], kind="stable").head(top).reset_index(drop=True)
+
+
+def f1_spread(per_class: pd.DataFrame) -> dict[str, float]:
+    f1 = per_class["f1"]
+    return {"min": float(f1.min()), "q1": float(f1.quantile(0.25)), "median": float(f1.median()),
+            "q3": float(f1.quantile(0.75)), "max": float(f1.max()), "std": float(f1.std(ddof=0))}
+
+
+def species_errors(labels: np.ndarray, preds: np.ndarray, class_species: list[str]) -> dict[str, float]:
+    """Errors between species (a cat taken for a dog or back) against errors within one species."""
+    species = np.asarray(class_species)
+    wrong = labels != preds
+    across = wrong & (species[labels] != species[preds])
+    return {"errors": int(wrong.sum()), "across_species": int(across.sum()),
+            "within_species": int((wrong & ~across).sum()), "species_accuracy": float(np.mean(~across))}
+
+
+def gaps_of(row: pd.Series, test: dict) -> dict[str, float | None]:
+    """Train - val and val - test gaps of accuracy and macro-F1 from one row of train_/val_ metrics; None where
+    the row lacks a metric."""
+    def gap(a: str, b: float | None) -> float | None:
+        return float(row[a] - b) if a in row.index and b is not None else None
+
+    return {f"{kind}_{metric}": value
+            for metric in ("accuracy", "macro_f1")
+            for kind, value in (("train_val", gap(f"train_{metric}", row.get(f"val_{metric}"))),
+                                ("val_test", gap(f"val_{metric}", test[metric])))}
+
+
+def generalisation_gaps(history: pd.DataFrame, best_epoch: int, test: dict) -> dict[str, float | None]:
+    """Train - val and val - test gaps of accuracy and macro-F1 at the selected (best) epoch."""
+    return gaps_of(history.set_index("epoch").loc[best_epoch], test)
+
+
+def sweep_gaps(sweep: pd.DataFrame, selected_c: float, test: dict) -> dict[str, float | None]:
+    """The same gaps for the L-BFGS probe at the C it kept, from its sweep (which has no train macro-F1)."""
+    return gaps_of(sweep.loc[np.isclose(sweep["c"], selected_c)].iloc[0], test)
+
+
+# ---------------------------------------------------------------- cost
+
+
+def stage_shares(seconds: dict[str, float]) -> pd.DataFrame:
+    total = sum(seconds.values())
+    frame = pd.DataFrame({"stage": list(seconds), "seconds": list(seconds.values())})
+    frame["share"] = frame["seconds"] / total
+    return frame
+
+
+def bottleneck(data_wait_share: float) -> str:
+    """`data-bound` when the step waits on the loader at least DATA_BOUND of its time, `compute-bound` below
+    COMPUTE_BOUND, `partly data-bound` between."""
+    if data_wait_share >= DATA_BOUND:
+        return "data-bound"
+    if data_wait_share < COMPUTE_BOUND:
+        return "compute-bound"
+    return "partly data-bound"
+
+
+# ---------------------------------------------------------------- conclusions
+
+
+def points(value: float) -> str:
+    return f"{abs(value) * 100:.1f} points"
+
+
+def interval(low: float, high: float) -> str:
+    return f"95% CI [{low * 100:+.1f}, {high * 100:+.1f}]"
+
+
+def p_value(p: float) -> str:
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def comparison_sentence(metric: str, difference: tuple[float, float, float], mcnemar: dict | None = None) -> str:
+    """Rule: a difference is significant when its 95% bootstrap interval (probe - CNN) excludes zero;
+    the model with the higher estimate is then better. On accuracy McNemar's p is quoted too, and a
+    disagreement between the two tests is said."""
+    estimate, low, high = difference
+    name = METRICS[metric].lower() if metric != "macro_f1" else "macro-F1"
+    test = f", McNemar {p_value(mcnemar['p_value'])}" if mcnemar else ""
+    if low > 0 or high < 0:
+        better, worse = ("probe", "CNN") if estimate > 0 else ("CNN", "probe")
+        if estimate < 0:  # the interval of CNN - probe, so that both bounds read as the CNN's lead
+            low, high = -high, -low
+        sentence = (f"The {better} is better than the {worse} on test {name} by {points(estimate)} "
+                    f"({better} - {worse}: {interval(low, high)}{test}).")
+        if mcnemar and mcnemar["p_value"] >= SIGNIFICANCE:
+            sentence += " The paired test does not confirm it: a borderline difference."
+        return sentence
+    sentence = (f"No significant difference on test {name}: probe - CNN = {estimate * 100:+.1f} points, "
+                f"{interval(low, high)} holds zero{test}.")
+    if mcnemar and mcnemar["p_value"] < SIGNIFICANCE:
+        sentence += " The paired test does see a difference: a borderline case."
+    return sentence
+
+
+def speed_sentence(cnn: dict, vit: dict, fraction: float) -> str:
+    """Rule: compare the wall seconds each model needed to first reach `fraction` of its best val macro-F1
+    (the probe's include extracting its features); within a factor SAME_SPEED the two are about as fast.
+
+    A probe fitted by L-BFGS has no epochs (`vit["epoch"]` is None): its `seconds` are then its whole fit,
+    compared as they are with the CNN's time to `fraction`."""
+    cnn_part = (f"To reach {fraction:.0%} of its best val macro-F1 the CNN needed {cnn['epoch']} epoch(s) "
+                f"({cnn['seconds']:.1f} s)")
+    if vit["epoch"] is None:
+        head = (f"{cnn_part}; the probe, fitted by L-BFGS without epochs, took {vit['seconds']:.1f} s in all "
+                f"(the train_vit stage: features and the whole C sweep): ")
+    else:
+        head = (f"{cnn_part} and the probe {vit['epoch']} epoch(s) ({vit['seconds']:.1f} s, features "
+                f"included): ")
+    fast, slow = sorted([("probe", vit["seconds"]), ("CNN", cnn["seconds"])], key=lambda x: x[1])
+    ratio = slow[1] / max(fast[1], 1e-9)
+    if ratio < SAME_SPEED:
+        return head + "about as fast in wall time."
+    return head + f"the {fast[0]} converges {ratio:.1f} times faster in wall time."
+
+
+def gap_sentence(cnn_gap: float, vit_gap: float, metric: str = "macro-F1") -> str:
+    """Rule: with no train - val gap above zero neither model overfits; gaps within SIMILAR_GAP are
+    similar; otherwise the model with the larger gap generalises less well from its training data."""
+    gaps = f"({cnn_gap * 100:+.1f} points for the CNN, {vit_gap * 100:+.1f} for the probe)"
+    if max(cnn_gap, vit_gap) <= 0:
+        return (f"Neither model scores higher on its training data than on val at its selected weights {gaps}: "
+                f"no sign of overfitting.")
+    if abs(cnn_gap - vit_gap) < SIMILAR_GAP:
+        return f"Both models have similar train - val {metric} gaps at their selected weights {gaps}."
+    larger, smaller = ("CNN", "probe") if cnn_gap > vit_gap else ("probe", "CNN")
+    return (f"The {larger} generalises less well than the {smaller}: its train - val {metric} gap at the selected "
+            f"weights is the larger {gaps}.")
+
+
+def compared_gap(gaps: dict[str, dict]) -> tuple[str, str]:
+    """The metric whose train - val gap both models have: macro-F1, else accuracy (the L-BFGS probe's sweep
+    records no train macro-F1)."""
+    for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy")):
+        if all(g.get(f"train_val_{key}") is not None for g in gaps.values()):
+            return key, label
+    raise ValueError("no train - val gap that both models have")
+
+
+def conclusions(results: dict, mcnemar: dict, speed: dict[str, dict], bound: dict[str, tuple[str, float]],
+                gaps: dict[str, dict], last_epoch_best: list[str], caveats: list[str]) -> list[str]:
+    """The report's conclusions, each from one rule stated in the function it comes from.
+
+    `speed` holds each model's time to 95% of its best val macro-F1 ({"epoch", "seconds"}); for a probe
+    fitted by L-BFGS, epoch None and its whole fit's seconds."""
+    caveat = f" Caveats: {'; '.join(caveats)}." if caveats else ""
+    out = [comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
+           comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
+           speed_sentence(speed["cnn"], speed["vit"], 0.95) + caveat]
+    for model, (kind, share) in bound.items():
+        out.append(f"The {IN_SENTENCES[model]}'s training step is {kind}: it waits on the loader for {share:.0%} of "
+                   f"each profiled step.")
+    key, label = compared_gap(gaps)
+    out.append(gap_sentence(gaps["cnn"][f"train_val_{key}"], gaps["vit"][f"train_val_{key}"], label))
+    for model in last_epoch_best:
+        out.append(f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
+                   f"and more epochs could change the comparison.")
+    return out

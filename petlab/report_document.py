@@ -1,0 +1,418 @@
+"""reports/report.md: the run's files read once, the quantities of petlab.report, tables (pandas) and figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from petlab import plots, report
+from petlab.outputs import save_figure
+from petlab.params import Params
+from petlab.runtime import PipelineError
+
+# backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
+STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate")
+DATA = Path("data/oxford_pets")
+
+
+def read_json(path: Path):
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run the stage that writes it (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run the stage that writes it (dvc repro)")
+    return pd.read_csv(path, keep_default_na=False)
+
+
+@dataclass
+class Run:
+    """Everything the report reads, from the files the other stages wrote in `root`."""
+
+    root: Path
+    class_names: list[str]
+    species: dict[str, str] | None  # Oxford-IIIT Pet only
+    prepared: dict  # data/oxford_pets/report.json
+    sanity: dict  # plots/sanity/report.json, the full sanity report
+    trained: dict[str, dict]  # model -> metrics/train_<model>.json
+    histories: dict[str, pd.DataFrame]  # model -> history with the epochs' elapsed seconds (no rows: L-BFGS)
+    setup_seconds: dict[str, float]  # model -> wall time before its first epoch (models with epochs)
+    sweep: pd.DataFrame  # plots/train_vit/c_sweep.csv: the L-BFGS probe's row per C (no rows for the loop)
+    evaluation: dict
+    per_class: dict[str, pd.DataFrame]
+    predictions: pd.DataFrame
+    profile: dict
+    top_ops: dict[str, list[dict]]  # model -> ops by self time
+    stage_seconds: dict[str, float]
+
+    @classmethod
+    def load(cls, root: Path) -> "Run":
+        data = root / DATA
+        species_file = data / "species.json"
+        trained, histories, setup = {}, {}, {}
+        for model in report.MODELS:
+            trained[model] = read_json(root / f"metrics/train_{model}.json")
+            history = read_csv(root / f"plots/train_{model}/history.csv")
+            times = read_csv(root / f"metrics/timing/train_{model}_epochs.csv")
+            histories[model] = history.merge(times, on="epoch", validate="one_to_one")
+            if len(times):
+                setup[model] = float(times["elapsed_seconds"].iloc[0] - times["seconds"].iloc[0])
+        return cls(
+            root=root, class_names=read_json(data / "classes.json"),
+            species=read_json(species_file) if species_file.is_file() else None,
+            prepared=read_json(data / "report.json"), sanity=read_json(root / "plots/sanity/report.json"),
+            trained=trained, histories=histories, setup_seconds=setup,
+            sweep=read_csv(root / "plots/train_vit/c_sweep.csv"),
+            evaluation=read_json(root / "metrics/evaluate.json"),
+            per_class={m: read_csv(root / f"plots/evaluate/per_class_{m}.csv") for m in report.MODELS},
+            predictions=read_csv(root / "plots/evaluate/predictions_test.csv"),
+            profile=read_json(root / "metrics/profile.json"), top_ops=read_json(root / "plots/profile/top_ops.json"),
+            stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
+        )
+
+    def epochs(self, model: str) -> int | None:
+        """How many epochs the model trained; None for the probe fitted by L-BFGS, which has none."""
+        return self.trained[model].get("last_epoch")
+
+    def kept(self, model: str) -> str:
+        """The weights the model kept: its best epoch, or the L-BFGS probe's C."""
+        t = self.trained[model]
+        return f"C = {t['selected_c']:g}" if self.epochs(model) is None else f"epoch {t['best_epoch']}"
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def pct(value: float) -> str:
+    return f"{value * 100:.2f}"
+
+
+def with_interval(estimate: float, low: float, high: float, signed: bool = False) -> str:
+    if signed:
+        return f"{estimate * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
+    return f"{pct(estimate)} [{pct(low)}, {pct(high)}]"
+
+
+def table(frame: pd.DataFrame, index: bool = False) -> str:
+    """A markdown table; numbers as given (strings) or with 2 decimals, never re-parsed by tabulate."""
+    cells = frame.map(lambda v: f"{v:.2f}" if isinstance(v, float) else v)
+    return cells.to_markdown(index=index, disable_numparse=True) + "\n"
+
+
+def relative(path: Path, start: Path) -> str:
+    """A link target as the report's folder sees it, so links work on any git host."""
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def figure(path: Path, start: Path, alt: str) -> str:
+    return f"![{alt}]({relative(path, start)})\n"
+
+
+def link(path: Path, start: Path, text: str) -> str:
+    return f"[{text}]({relative(path, start)})"
+
+
+# ---------------------------------------------------------------- the banner
+
+
+def caveats(run: Run) -> dict[str, str]:
+    """Why this run cannot answer the question: short name -> explanation (empty for a real, full run)."""
+    out = {}
+    if not run.trained["vit"].get("pretrained", True):
+        out["random backbone weights"] = "the probe's numbers say nothing about a pretrained ViT"
+    if run.prepared.get("generated"):
+        out["generated images"] = "shapes on noise made by petlab.synthetic, not photographs"
+    dataset = run.prepared["source"].split(" ")[0]
+    if dataset != "oxford_pets":
+        out[f"{dataset}, not Oxford-IIIT Pet"] = "another dataset than the one the question is about"
+    few = [f"{report.IN_SENTENCES[m]} {run.epochs(m)}" for m in report.MODELS
+           if run.epochs(m) is not None and run.epochs(m) < report.FEW_EPOCHS]
+    if few:
+        out["few epochs"] = f"{', '.join(few)}; fewer than {report.FEW_EPOCHS} may stop well before convergence"
+    return out
+
+
+# ---------------------------------------------------------------- the document
+
+
+def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str) -> str:
+    """The report's markdown; its figures are written under `figures` (inside `out_dir`) on the way."""
+    names = report.MODELS
+    predictions = report.TestPredictions.from_frame(run.predictions, run.class_names)
+    results = report.bootstrap_results(predictions, params.report.bootstrap, params.seed)
+    mcnemar = report.mcnemar_exact(predictions.correct("cnn"), predictions.correct("vit"))
+    stepped = [m for m in names if run.epochs(m) is not None]  # the L-BFGS probe has no epochs
+    speed = {m: report.convergence(run.histories[m], run.histories[m].set_index("epoch")["elapsed_seconds"])
+             for m in stepped}
+    gaps = {m: report.generalisation_gaps(run.histories[m], run.trained[m]["best_epoch"], run.evaluation[m]["test"])
+            if m in stepped else report.sweep_gaps(run.sweep, run.trained[m]["selected_c"], run.evaluation[m]["test"])
+            for m in names}
+    # Time to 95% of the best val macro-F1; for the L-BFGS probe its whole fit, the train_vit stage's seconds.
+    speed_95 = {m: speed[m][0.95] if m in speed else {"epoch": None, "seconds": run.stage_seconds[f"train_{m}"]}
+                for m in names}
+    bound = {m: (report.bottleneck(run.profile[m]["data_wait_share"]), run.profile[m]["data_wait_share"])
+             for m in names}
+    last_best = [m for m in stepped if run.trained[m]["best_epoch"] == run.epochs(m) > 1]
+    notes = caveats(run)
+    sections = [f"# Run report: CNN from scratch vs. linear probe on a frozen {params.train_vit.model}\n",
+                "Written by the `report` stage from this run's files; every number below comes from them.\n"]
+    if notes:
+        sections.append("> **Warning: this run cannot answer the question.**\n>\n"
+                        + "".join(f"> - **{name}**: {why}\n" for name, why in notes.items()))
+    sections += [
+        what_ran(run, params, git_state),
+        results_section(run, results, mcnemar, predictions, out_dir),
+        convergence_section(run, speed, out_dir, figures),
+        generalisation_section(run, gaps, predictions, params, out_dir, figures),
+        cost_section(run, bound, out_dir),
+        sanity_section(run),
+        "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in report.conclusions(
+            results, mcnemar, speed_95, bound, gaps, last_best, list(notes))) + RULES,
+    ]
+    return "\n".join(sections)
+
+
+def what_ran(run: Run, params: Params, git_state: str) -> str:
+    counts = run.sanity["counts"]
+    cnn, vit = run.trained["cnn"], run.trained["vit"]
+    rows = [
+        ("Dataset", f"{run.prepared['source']}" + (" (generated)" if run.prepared.get("generated") else "")),
+        ("Classes", str(len(run.class_names))),
+        ("Images (train / val / test)", " / ".join(str(counts[s]["total"]) for s in ("train", "val", "test"))),
+        ("CNN", f"{params.train_cnn.arch}, widths {list(params.train_cnn.widths)}, {params.train_cnn.image_size} px, "
+                f"{run.epochs('cnn')} epochs; {cnn['device']}, {cnn['precision']}"),
+        ("Probe", f"{params.train_vit.model}, head {params.train_vit.head}, {vit['route'].replace('_', ' ')}, "
+                  + (f"{run.epochs('vit')} epochs" if run.epochs("vit") is not None
+                     else f"L-BFGS logistic regression, C chosen on val from {vit['c_grid']}")
+                  + f"; {vit['device']}, {vit['precision']}"),
+        ("Backbone weights", f"{'pretrained' if vit.get('pretrained') else 'RANDOM'}: {vit.get('weights_source')}"),
+        ("Seed", f"{params.seed} (bootstrap: {params.report.bootstrap} resamples, seeded with it)"),
+        ("Code", git_state),
+    ]
+    return "## 1. What ran\n\n" + table(pd.DataFrame(rows, columns=["", "value"]))
+
+
+def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.TestPredictions,
+                    out_dir: Path) -> str:
+    rows = []
+    for metric, label in report.METRICS.items():
+        rows.append({"metric": label,
+                     **{f"{name} test": with_interval(*results[metric][m]) for m, name in report.MODELS.items()},
+                     "Probe - CNN": with_interval(*results[metric]["difference"], signed=True),
+                     **{f"{name} val": pct(run.evaluation[m]["val"][metric]) for m, name in report.MODELS.items()}})
+    n = len(predictions.labels)
+    agreement = report.agreement_table(predictions.correct("cnn"), predictions.correct("vit"))
+    return (
+        "## 2. Results\n\n"
+        f"Percent on the {n} test images (and on val); in brackets the 95% confidence interval from "
+        f"a seeded bootstrap over the test images. Probe - CNN is paired: both models "
+        "are scored on the same resampled images.\n\n"
+        + table(pd.DataFrame(rows))
+        + f"\nMcNemar's exact test on the same {n} images: {mcnemar['only_a']} only the CNN got right, "
+          f"{mcnemar['only_b']} only the probe; {report.p_value(mcnemar['p_value'])}.\n\n"
+        "Test images by which model classified them right:\n\n"
+        + table(agreement, index=True)
+        + "\nConfusion matrices (test, row-normalised): "
+        + ", ".join(link(run.root / f"plots/evaluate/confusion_{m}_normalized.png", out_dir, name)
+                    for m, name in report.MODELS.items()) + ".\n"
+    )
+
+
+def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> str:
+    stepped = {m: name for m, name in report.MODELS.items() if m in speed}
+    histories = {name: run.histories[m] for m, name in stepped.items()}
+    save_figure(plots.curves_figure(histories, "epoch", "epoch"), figures / "curves.png")
+    save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)"),
+                figures / "curves_seconds.png")
+    rows = []
+    for m, name in stepped.items():
+        history = run.histories[m]
+        rows.append({"model": name, "epochs": len(history), "best epoch": run.trained[m]["best_epoch"],
+                     "best val macro-F1": pct(history["val_macro_f1"].max()),
+                     **{f"{f:.0%} of best: epoch (s)": f"{speed[m][f]['epoch']} ({speed[m][f]['seconds']:.1f})"
+                        for f in (0.9, 0.95)},
+                     "training s": f"{history['elapsed_seconds'].iloc[-1]:.1f}",
+                     "of which before epoch 1": f"{run.setup_seconds[m]:.1f}"})
+    parts = [
+        "## 3. Convergence\n\n",
+        figure(figures / "curves.png", out_dir, "val macro-F1 and losses per epoch"),
+        "\n" + figure(figures / "curves_seconds.png", out_dir, "the same against training wall time"),
+        "\nSeconds count from the start of training" + ("; the probe's include extracting its features once "
+                                                          "(\"before epoch 1\")" if "vit" in stepped else "")
+        + ". Wall times are this machine's and vary between runs.\n\n",
+        table(pd.DataFrame(rows)),
+    ]
+    if "vit" not in stepped:
+        parts.append(lbfgs_probe(run, speed["cnn"]))
+    return "".join(parts)
+
+
+def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
+    """The probe fitted by L-BFGS: no epochs to converge over; its fit time beside the CNN's times to 90% and
+    95% of its best val macro-F1, the C it kept and the sweep."""
+    vit = run.trained["vit"]
+    cnn = (f"90% and 95% of its best val macro-F1 after {cnn_speed[0.9]['seconds']:.1f} s and "
+           f"{cnn_speed[0.95]['seconds']:.1f} s of training")
+    sweep = run.sweep[[c for c in ("c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1",
+                                   "iterations", "converged") if c in run.sweep.columns]].copy()
+    for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
+        if column in sweep:
+            sweep[column] = sweep[column].map(pct)
+    sweep["c"] = sweep["c"].map(lambda c: f"**{c:g}**" if np.isclose(c, vit["selected_c"]) else f"{c:g}")
+    sweep = sweep.rename(columns={"c": "C", "val_macro_f1": "val macro-F1"})
+    sweep.columns = [c.replace("_", " ") for c in sweep.columns]
+    return (
+        f"\nThe probe has no epochs: its head is multinomial logistic regression solved to convergence by L-BFGS "
+        f"on the cached features, once per C of train_vit.c_grid, and the C best on val by the pipeline's "
+        f"selection rule is kept (C = {vit['selected_c']:g}, {vit['iterations']} iterations, converged: "
+        f"{vit['converged']}). Its whole fit, the train_vit stage with feature extraction and the sweep, took "
+        f"{run.stage_seconds['train_vit']:.1f} s (process start included); the CNN reached {cnn}.\n\n"
+        "The sweep (accuracies and macro-F1 in percent; the kept C in bold):\n\n" + table(sweep)
+    )
+
+
+def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredictions, params: Params,
+                           out_dir: Path, figures: Path) -> str:
+    names = report.MODELS
+    route = run.trained["vit"]["route"]
+    probe_train = ("cached features of un-augmented images" if route == "cached_features"
+                   else "augmented images" if route != "fine_tuned" or params.train_vit.augment
+                   else "un-augmented images")
+    def points(gap: float | None) -> str:
+        return "not recorded" if gap is None else f"{gap * 100:+.2f}"
+
+    gap_rows = [{"model": name, "selected": run.kept(m),
+                 **{f"{kind} {metric}": points(gaps[m][f"{key}_{metric_key}"])
+                    for key, kind in (("train_val", "train - val"), ("val_test", "val - test"))
+                    for metric_key, metric in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))}}
+                for m, name in names.items()]
+    spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
+    save_figure(plots.per_class_f1_figure({name: run.per_class[m] for m, name in names.items()}),
+                figures / "per_class_f1.png")
+    parts = [
+        "## 4. Generalisation\n\n",
+        "Gaps in points at the selected (best-val) weights. Train metrics are those of the training epoch itself: "
+        f"for the CNN on augmented batches in train mode (dropout on), for the probe on {probe_train}; so a "
+        "train - val gap below zero is possible.\n\n",
+        ("For the probe fitted by L-BFGS they are its sweep's numbers at the kept C (plots/train_vit/c_sweep.csv); "
+         "the sweep records train loss and accuracy but no train macro-F1, so its train - val macro-F1 gap is not "
+         "recorded and the conclusions compare accuracy gaps.\n\n" if run.epochs("vit") is None else ""),
+        table(pd.DataFrame(gap_rows)),
+        "\nSpread of the per-class test F1 (percent):\n\n",
+        table(spread, index=True),
+        "\n" + figure(figures / "per_class_f1.png", out_dir, "per-class test F1 of both models"),
+    ]
+    for m, name in names.items():
+        hardest = report.hardest_classes(run.per_class[m])
+        hardest[["precision", "recall", "f1"]] *= 100
+        hardest = hardest.rename(columns={"f1": "F1"})
+        matrix = report.confusion_counts(predictions.labels, predictions.preds[m], predictions.num_classes)
+        parts += [f"\n**{name}**: the {len(hardest)} hardest classes (test, percent)\n\n", table(hardest),
+                  f"\n**{name}**: the most-confused pairs (test images)\n\n",
+                  table(report.most_confused_pairs(matrix, run.class_names)) if matrix.sum() > np.trace(matrix)
+                  else "no test image misclassified\n"]
+    if run.species is not None:
+        class_species = [run.species[c] for c in run.class_names]
+        rows = [{"model": name, **report.species_errors(predictions.labels, predictions.preds[m], class_species)}
+                for m, name in names.items()]
+        frame = pd.DataFrame(rows)
+        frame["species_accuracy"] = frame["species_accuracy"].map(pct)
+        frame.columns = [c.replace("_", " ") for c in frame.columns]
+        parts += ["\nCat or dog: errors that confuse the species, and those within one species (test images; "
+                  "species accuracy in percent):\n\n", table(frame)]
+    if params.report.misclassified:
+        parts.append("\nMisclassified test images (a seeded draw), captioned actual → predicted:\n\n")
+        for m, name in names.items():
+            wrong = np.flatnonzero(~predictions.correct(m))
+            if not len(wrong):
+                parts.append(f"{name}: none misclassified.\n")
+                continue
+            count = min(len(wrong), params.report.misclassified)
+            pick = np.sort(np.random.default_rng(params.seed).choice(wrong, count, replace=False))
+            items = [(run.root / DATA / run.predictions["image"].iloc[i],
+                      f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}")
+                     for i in pick]
+            save_figure(plots.image_grid_figure(items, f"{name}: misclassified test images", cols=8, inches=1.5),
+                        figures / f"misclassified_{m}.png")
+            parts.append(figure(figures / f"misclassified_{m}.png", out_dir, f"{name} misclassified") + "\n")
+    return "".join(parts)
+
+
+def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
+    rows = []
+    for m, name in report.MODELS.items():
+        p = run.profile[m]
+        rows.append({"model": name, "step ms (mean / p95)": f"{p['step_ms_mean']:.1f} / {p['step_ms_p95']:.1f}",
+                     "images/s": f"{p['throughput_images_per_s']:.1f}", "peak memory MB": f"{p['peak_memory_mb']:.0f}",
+                     "GFLOPs/image": f"{p['gflops_per_image']:.3g}",
+                     "parameters (trainable / total)": f"{p['trainable_parameters']:,} / {p['total_parameters']:,}",
+                     "loader wait": f"{p['data_wait_share']:.0%}", "step is": bound[m][0]})
+    vit = run.profile["vit"]
+    peak_memory = PEAK_MEMORY.get(run.profile["cnn"].get("peak_memory_method"), "")
+    extraction, head = vit.get("feature_extraction"), vit.get("cached_head_step")
+    parts = ["## 5. Cost and bottlenecks\n\n",
+             f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
+             f"({run.profile['cnn']['device']}); loader wait is the share of each profiled step spent waiting for "
+             f"the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
+             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
+             table(pd.DataFrame(rows))]
+    if extraction and head:
+        parts.append(f"\nThe probe's cached route: extracting features costs {extraction['step_ms_mean']:.1f} ms a "
+                     f"batch ({extraction['throughput_images_per_s']:.0f} images/s), once per image; a head step on "
+                     f"cached features {head['step_ms_mean']:.2f} ms ({head['throughput_images_per_s']:.0f} "
+                     f"images/s).\n")
+    for m, name in report.MODELS.items():
+        ops = run.top_ops.get(m)
+        if ops:
+            top = pd.DataFrame(ops).head(5)[["op", "self_ms_total", "calls"]]
+            parts += [f"\n{name}: top ops by self time over the profiled steps\n\n", table(top)]
+    shares = report.stage_shares(run.stage_seconds)
+    shares["share"] = shares["share"].map(lambda v: f"{v:.0%}")
+    comparison = link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison")
+    parts += ["\nEach stage's share of the pipeline's wall time (this run; the report stage itself not counted):\n\n",
+              table(shares), f"\nCost side by side: {comparison}.\n"]
+    return "".join(parts)
+
+
+PEAK_MEMORY = {"cpu_rss_increase": "the rise of the process's resident memory over the profiled steps",
+               "cuda_max_memory_allocated": "the CUDA allocator's peak over the profiled steps"}
+
+
+def sanity_section(run: Run) -> str:
+    s = run.sanity
+    counts = pd.DataFrame({split: {k.replace("_", " "): s["counts"][split][k]
+                                   for k in ("total", "min_per_class", "max_per_class")}
+                           for split in ("train", "val", "test")}).T
+    converted = s["prepare"]["converted_to_rgb"]
+    overfit = {name: s[f"overfit_{key}"] for key, name in (("cnn", "CNN"), ("probe", "Probe"))}
+    return (
+        "## 6. Sanity\n\n"
+        + table(counts, index=True)
+        + f"\n- Unreadable prepared images: {s['unreadable']['count']}.\n"
+        + f"- Images in more than one split (leaks): {s['cross_split_duplicates']['count']}.\n"
+        + f"- Skipped by prepare: {s['prepare']['skipped_count']}; left out by the source reader: "
+          f"{s['prepare']['left_out_count']}; converted to RGB: "
+        + (", ".join(f"{n} {kind}" for kind, n in converted.items()) or "none")
+        + f"; rotated by EXIF: {s['prepare']['exif_rotated']}; resized to fit JPEG: "
+          f"{s['prepare']['resized_to_fit_jpeg']}.\n"
+        + "".join(f"- {name} overfits {o['images']} training images to 100% in {o['steps_to_100pct']} steps "
+                  f"(of at most {o['max_steps']}).\n" for name, o in overfit.items())
+        + f"- All checks passed: {'yes' if s['passed'] else 'no'}.\n"
+    )
+
+
+RULES = """
+How these sentences are made (petlab/report.py): a difference is called significant when its 95% bootstrap
+interval (probe - CNN, paired over the test images) excludes zero, and McNemar's exact test is quoted beside
+accuracy, with any disagreement said; wall-time convergence compares the seconds to 95% of each model's best val
+macro-F1, and within a factor of 1.25 counts as about as fast; a training step is data-bound when it waits on the
+loader for at least half its time, compute-bound below a tenth; the caveats of the warning above are repeated
+where they apply.
+"""

@@ -1,0 +1,37 @@
+"""Stage report: reports/report.md and its figures, the analysis of this run's metrics, plots and timings."""
+
+import subprocess
+from pathlib import Path
+
+from petlab import report_document
+from petlab.outputs import write_text
+from petlab.params import load_params
+from petlab.runtime import run_stage
+
+OUT_DIR = Path("reports")
+REPORT = OUT_DIR / "report.md"
+FIGURES = OUT_DIR / "figures"
+
+
+def git_state() -> str:
+    """The commit the code came from and whether tracked files differ from it; cheap, and optional."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"git commit {commit}" + (" with uncommitted changes (e.g. `dvc exp run -S` params)" if changed else "")
+
+
+def main() -> None:
+    params = load_params()
+    run = report_document.Run.load(Path("."))
+    write_text(REPORT, report_document.build(run, params, OUT_DIR, FIGURES, git_state()))
+    print(f"report: {REPORT}")
+
+
+if __name__ == "__main__":
+    run_stage("report", main)
