@@ -27,6 +27,15 @@ TINY_PARAMS = {
 }
 
 
+# The end-to-end `dvc repro` tests take minutes each: started first, they run beside the many short tests
+# (pytest -n) instead of after them.
+SLOW_MODULES = ("test_pipeline.py", "test_real_data.py", "test_pipeline_robustness.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in SLOW_MODULES)  # stable: the order within each part stays
+
+
 def deep_update(base: dict, overrides: dict) -> dict:
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -258,6 +258,16 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
         assert abs(again[key] - recorded[f"val_{key}"]) < 1e-5, key
 
 
+def test_parallel_experiments_and_two_ranks(tiny_project):
+    """The scaling flows on the CNN's branch of the pipeline only, beside the whole-pipeline test."""
+    project = tiny_project
+    dvc(project, "repro", "train_cnn")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    check_queued_experiments(project)
+    check_train_cnn_on_two_ranks(project)
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     first = dvc(project, "repro")
@@ -291,7 +301,6 @@ def test_dvc_repro_end_to_end(tiny_project):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     check_remote_round_trip(project, project.parent)
-    check_queued_experiments(project)
     before = load_json(project / "metrics/train_vit.json")
 
     # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
@@ -312,8 +321,6 @@ def test_dvc_repro_end_to_end(tiny_project):
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
-
-    check_train_cnn_on_two_ranks(project)
 
 
 def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):

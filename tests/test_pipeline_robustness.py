@@ -18,6 +18,9 @@ from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.synthetic import make_fake_pets, write_awkward_image
 from test_runtime import start_as_in_a_terminal
 
+# One worker runs this module's tests (pytest -n): they share the module's reference run.
+pytestmark = pytest.mark.xdist_group("pipeline_robustness")
+
 # Wall-clock measurements, different on every run by nature; everything else must be identical.
 TIMED = ("metrics/timing/", "metrics/profile.json", "plots/profile/")
 COMPARED = ("metrics", "plots", "models", "data/oxford_pets", "data/features", "data/checks")
