@@ -51,7 +51,7 @@ def test_pipeline_learns_fashion_mnist(tmp_path):
 
     params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), REAL_PARAMS)
     project = make_project(tmp_path / "project", params)
-    dvc(project, "repro")
+    dvc(project, "repro", "evaluate")  # profile and report run in the end-to-end test; here what is learned
 
     # The prepared layout is the usual one: the chosen classes, capped and split, as RGB JPEGs.
     prepared = project / "data/oxford_pets"
