@@ -55,14 +55,22 @@ def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, 
 MODEL_COLORS = {"CNN": "#4c72b0", "Probe": "#dd8452"}
 
 
-def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str):
-    """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model."""
+def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
+                  levels: dict[str, dict] | None = None):
+    """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model.
+
+    `levels` draws a model without epochs (the probe fitted by L-BFGS) as dotted horizontal lines at its kept
+    val macro-F1 and val loss ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models."""
     fig, (f1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for label, history in histories.items():
         color = MODEL_COLORS.get(label)
         f1_ax.plot(history[x], history["val_macro_f1"], marker=".", color=color, label=label)
         loss_ax.plot(history[x], history["train_loss"], linestyle="--", color=color, label=f"{label} train")
         loss_ax.plot(history[x], history["val_loss"], marker=".", color=color, label=f"{label} val")
+    for label, level in (levels or {}).items():
+        color = MODEL_COLORS.get(label)
+        f1_ax.axhline(level["val_macro_f1"], linestyle=":", color=color, label=f"{label} ({level['note']})")
+        loss_ax.axhline(level["val_loss"], linestyle=":", color=color, label=f"{label} val ({level['note']})")
     f1_ax.set_ylabel("val macro-F1")
     loss_ax.set_ylabel("loss")
     for ax in (f1_ax, loss_ax):

@@ -81,6 +81,11 @@ class Run:
         """How many epochs the model trained; None for the probe fitted by L-BFGS, which has none."""
         return self.trained[model].get("last_epoch")
 
+    def sweep_level(self, model: str) -> dict[str, float]:
+        """The L-BFGS probe's val macro-F1 and val loss at the C it kept."""
+        row = self.sweep.loc[np.isclose(self.sweep["c"], self.trained[model]["selected_c"])].iloc[0]
+        return {"val_macro_f1": float(row["val_macro_f1"]), "val_loss": float(row["val_loss"])}
+
     def kept(self, model: str) -> str:
         """The weights the model kept: its best epoch, or the L-BFGS probe's C."""
         t = self.trained[model]
@@ -228,8 +233,10 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
 def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> str:
     stepped = {m: name for m, name in report.MODELS.items() if m in speed}
     histories = {name: run.histories[m] for m, name in stepped.items()}
-    save_figure(plots.curves_figure(histories, "epoch", "epoch"), figures / "curves.png")
-    save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)"),
+    levels = {name: {**run.sweep_level(m), "note": f"L-BFGS, {run.kept(m)}"}
+              for m, name in report.MODELS.items() if m not in speed}
+    save_figure(plots.curves_figure(histories, "epoch", "epoch", levels), figures / "curves.png")
+    save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)", levels),
                 figures / "curves_seconds.png")
     rows = []
     for m, name in stepped.items():
@@ -246,7 +253,9 @@ def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> 
         "\n" + figure(figures / "curves_seconds.png", out_dir, "the same against training wall time"),
         "\nSeconds count from the start of training" + ("; the probe's include extracting its features once "
                                                           "(\"before epoch 1\")" if "vit" in stepped else "")
-        + ". Wall times are this machine's and vary between runs.\n\n",
+        + ". Wall times are this machine's and vary between runs."
+        + (" The dotted lines are the probe's val macro-F1 and val loss at the C it kept: fitted by L-BFGS, "
+           "it has no epochs." if levels else "") + "\n\n",
         table(pd.DataFrame(rows)),
     ]
     if "vit" not in stepped:

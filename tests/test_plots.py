@@ -87,3 +87,22 @@ def test_figure_titles_name_the_probe_model_and_random_weights():
     probe["info"]["pretrained"] = True
     assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
     assert "CNN" in title({"model_config": {"kind": "simple_cnn"}})
+
+
+def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_macro_f1": [0.2, 0.5, 0.6], "train_loss": [2.0, 1.0, 0.5],
+                            "val_loss": [2.1, 1.4, 1.2]})
+    fig = plots.curves_figure({"CNN": history}, "epoch", "epoch",
+                              {"Probe": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
+    f1_ax, loss_ax = fig.axes
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    assert lines["Probe (L-BFGS, C = 100)"].get_ydata() == [0.7, 0.7]
+    assert lines["Probe val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
+    assert lines["Probe (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN"] in f1_ax.get_lines()
+    assert lines["Probe val (L-BFGS, C = 100)"] in loss_ax.get_lines()
+    assert lines["Probe (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["Probe"] != lines["CNN"].get_color()
+    labels = [t.get_text() for t in f1_ax.get_legend().get_texts()]
+    assert labels == ["CNN", "Probe (L-BFGS, C = 100)"]
+    matplotlib.pyplot.close(fig)
