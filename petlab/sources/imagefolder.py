@@ -30,11 +30,16 @@ class _Walk:
         self.read_files: dict[Path, Path] = {}  # real path -> the path it was taken under
 
     def refuse(self, path: Path, reason: str) -> None:
-        self.left_out.append({"file": str(path), "reason": reason})
+        # A name that is not UTF-8 is shown with its odd bytes escaped ('\\xff'), so the report can be written.
+        self.left_out.append({"file": os.fsencode(path).decode("utf-8", "backslashreplace"), "reason": reason})
 
     def reason_to_skip(self, path: Path) -> str | None:
         if path.name.startswith("."):
             return "hidden (its name starts with '.')"
+        try:
+            path.name.encode("utf-8")  # undecodable bytes come back from the file system as lone surrogates
+        except UnicodeEncodeError:
+            return "its name is not valid UTF-8 (rename it: names reach the outputs, reports and figures as text)"
         if path.is_symlink():
             target = Path(os.path.realpath(path))
             if not target.exists():
