@@ -275,6 +275,10 @@ class Params:
         if self.train_cnn.batch_norm:  # the profile stage takes training steps of the CNN at its own batch size
             _require(self.profile.batch_size >= 2, "profile.batch_size", self.profile.batch_size,
                      "an integer >= 2 when train_cnn.batch_norm is true (BatchNorm needs two samples)")
+            ranks = self.dist.nproc_per_node  # each rank normalises its own share of the batch
+            _require(self.train_cnn.batch_size >= 2 * ranks, "train_cnn.batch_size", self.train_cnn.batch_size,
+                     f"an integer >= {2 * ranks} with batch_norm on dist.nproc_per_node={ranks} ranks "
+                     "(BatchNorm needs two samples on each rank)")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:

@@ -194,11 +194,14 @@ def test_a_typo_of_any_key_in_any_section_suggests_the_key(key):
                                        r"batch_norm is true"),
     ({"profile": {"batch_size": 1}}, r"profile\.batch_size = 1 is out of range \(allowed: an integer >= 2 when "
                                      r"train_cnn\.batch_norm is true"),
+    ({"train_cnn": {"batch_size": 2}, "dist": {"nproc_per_node": 2}},
+     r"train_cnn\.batch_size = 2 is out of range \(allowed: an integer >= 4 with batch_norm on "
+     r"dist\.nproc_per_node=2 ranks"),
     ({"zzz": 1}, r"unknown parameter zzz \(allowed: seed, device, data, loader"),
     ({"loader": {"zzz": 1}}, r"unknown parameter loader\.zzz \(allowed: num_workers, pin_memory, prefetch_factor\)"),
     ({"train_vit": {"learning_rate": 1e-3}}, r"unknown parameter train_vit\.learning_rate; did you mean train_vit\.lr\?"),
 ], ids=["seed_negative", "seed_too_large", "batch_of_one_with_batchnorm", "profile_batch_of_one_with_batchnorm",
-        "unknown_top_level_key", "unknown_loader_key", "learning_rate_alias"])
+        "batch_of_one_per_rank_with_batchnorm", "unknown_top_level_key", "unknown_loader_key", "learning_rate_alias"])
 def test_params_refused_with_the_key(raw, message):
     with pytest.raises(ParamsError, match=message):
         parse_params(raw)
@@ -208,6 +211,7 @@ def test_edge_values_that_are_fine_are_accepted():
     assert parse_params({"seed": 2**32 - 1}).seed == 2**32 - 1
     assert parse_params({"train_cnn": {"batch_size": 1, "batch_norm": False},
                          "profile": {"batch_size": 1}}).train_cnn.batch_size == 1
+    assert parse_params({"train_cnn": {"batch_size": 4}, "dist": {"nproc_per_node": 2}}).train_cnn.batch_size == 4
 
 
 PARAMS_FILES = {
