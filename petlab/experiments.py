@@ -151,7 +151,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
                                                     "transform": spec.as_dict(), "class_names": data.class_names})
     setup_seconds = extraction.seconds()
     # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
-    lbfgs = not fine_tune and not p.augment and p.head == "linear" and p.solver == "lbfgs"
+    lbfgs = p.fits_lbfgs
     if fine_tune:
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:

@@ -165,6 +165,11 @@ class TrainCNNParams(OptimParams):
         _require(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "a number in [0, 1)")
 
 
+# What only the training loop reads (the L-BFGS probe has no epochs, lr or schedule).
+LOOP_ONLY = ("epochs", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler", "plateau_factor",
+             "plateau_patience")
+
+
 @dataclass(frozen=True)
 class TrainViTParams(OptimParams):
     model: str = "vit_tiny_patch16_224"  # any timm model name
@@ -191,6 +196,16 @@ class TrainViTParams(OptimParams):
     weight_decay: float = 1e-4
     warmup_epochs: float = 5.0
     label_smoothing: float = 0.0
+
+    @property
+    def fits_lbfgs(self) -> bool:
+        """The standard linear probe: a linear head on cached features fitted by L-BFGS, not by the loop."""
+        return not self.unfreeze and not self.augment and self.head == "linear" and self.solver == "lbfgs"
+
+    def unused_changes(self) -> list[str]:
+        """Keys set away from their defaults that this route never reads: changing or sweeping them does nothing."""
+        keys = LOOP_ONLY if self.fits_lbfgs else ("c_grid", "max_iter")
+        return [k for k in keys if getattr(self, k) != getattr(TrainViTParams(), k)]
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -31,6 +31,11 @@ def main() -> None:
     if ranks < params.dist.nproc_per_node:
         print("train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
               "the augment and unfreeze routes)")
+    unused = p.unused_changes()
+    if unused and not distributed.launched_by_torchrun():  # once, before any ranks start
+        route = "the L-BFGS probe (set train_vit.solver: sgd to train the head by the loop)" if p.fits_lbfgs \
+            else "the training loop (c_grid and max_iter serve solver lbfgs)"
+        print(f"train_vit: WARNING: {', '.join(f'train_vit.{k}' for k in unused)} changed but not used by {route}")
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
     trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE)

@@ -233,3 +233,15 @@ def test_params_files_refused_in_one_line_naming_file_and_line(tmp_path, case):
     with pytest.raises(PipelineError, match=message) as err:
         load_params(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("train_vit, unused", [
+    ({}, []),
+    ({"lr": 3e-4, "weight_decay": 0.0}, ["lr", "weight_decay"]),  # the default L-BFGS probe has no lr
+    ({"solver": "sgd", "lr": 3e-4}, []),
+    ({"solver": "sgd", "c_grid": [1.0, 10.0]}, ["c_grid"]),
+    ({"augment": True, "lr": 3e-4, "max_iter": 50}, ["max_iter"]),  # augmented images always train by the loop
+    ({"head": "mlp", "epochs": 10}, []),
+], ids=["defaults", "lr_on_lbfgs", "lr_on_sgd", "c_grid_on_sgd", "max_iter_on_augment", "epochs_on_mlp_head"])
+def test_train_vit_names_the_changed_keys_its_route_does_not_read(train_vit, unused):
+    assert parse_params({"train_vit": train_vit}).train_vit.unused_changes() == unused
