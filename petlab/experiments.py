@@ -36,6 +36,7 @@ class TrainedModel:
     # for the L-BFGS probe) and those before the first that training needed (the probe's feature cache).
     epoch_seconds: list[float] = field(default_factory=list)
     setup_seconds: float = 0.0
+    head_seconds: float = 0.0  # fitting the head (or the whole model): the L-BFGS sweep, or the loop's epochs
 
 
 def fit_selection(result: FitResult) -> dict:
@@ -156,6 +157,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     else:
         val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
+    head_fit = Stopwatch()
     with tensorboard(log_dir) as writer:
         if lbfgs:
             probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
@@ -184,6 +186,7 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         else:
             best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
             epoch_seconds = result.epoch_seconds
+        head_seconds = head_fit.seconds()
         log_hparams(writer, to_dict(p), best_val, selection)
     route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
@@ -191,7 +194,8 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     # Both files always exist (DVC outputs); the one the route does not make holds its header only.
     curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
-    return TrainedModel(model, config, best_val, selection, curves, summary, epoch_seconds, setup_seconds)
+    return TrainedModel(model, config, best_val, selection, curves, summary, epoch_seconds, setup_seconds,
+                        head_seconds)
 
 
 def tensorboard(log_dir: Path):

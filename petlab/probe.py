@@ -1,6 +1,6 @@
 """The linear probe's head fitted the way frozen features are usually evaluated (CLIP's linear probe).
 
-Multinomial logistic regression with an L2 penalty, solved to convergence by L-BFGS on the cached
+Multinomial logistic regression with an L2 penalty, solved by L-BFGS (to scikit-learn's tolerance, or max_iter) on the cached
 features (scikit-learn's LogisticRegression), for every inverse strength C of a log grid; the C whose head
 is best on the val split by the pipeline's one selection rule is kept. The result is the same nn.Linear
 head the other routes train, so checkpoints and the evaluate stage do not change.
@@ -37,13 +37,21 @@ class ProbeFit:
     sweep: list[dict]  # one row per C of the grid, by increasing C (SWEEP_COLUMNS)
 
     @property
+    def edge(self) -> str | None:
+        """'largest' or 'smallest' when the kept C is at that end of a grid of several: a C beyond may be better."""
+        grid = [row["c"] for row in self.sweep]
+        if len(grid) > 1 and self.c in (grid[0], grid[-1]):
+            return "largest" if self.c == grid[-1] else "smallest"
+        return None
+
+    @property
     def selection(self) -> dict:
         """How the head was chosen, for the metrics file and the checkpoint."""
         kept = next(row for row in self.sweep if row["c"] == self.c)
         # The grid as one string: metrics files hold scalars only (c_sweep.csv has a row per C).
         return {"selection": f"{SELECTION_RULE}, over train_vit.c_grid", "selected_c": self.c,
                 "c_grid": " ".join(f"{row['c']:g}" for row in self.sweep), "iterations": kept["iterations"],
-                "converged": kept["converged"]}
+                "converged": kept["converged"], "c_at_grid_edge": self.edge is not None}
 
 
 def linear_head(solver: LogisticRegression, num_classes: int) -> nn.Linear:
@@ -100,6 +108,9 @@ def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[
     if stopped:
         print(f"{name}: WARNING: L-BFGS stopped at max_iter {max_iter} before converging for C = {stopped} "
               f"(raise train_vit.max_iter)", flush=True)
+    if best.edge:
+        print(f"{name}: WARNING: the kept C = {best.c:g} is the {best.edge} of train_vit.c_grid; a C beyond it may "
+              f"do better on val (extend the grid)", flush=True)
     for row in sweep:
         mark = " <- kept" if row["c"] == best.c else ""
         print(f"{name}: C {row['c']:<8g} val accuracy {row['val_accuracy']:.4f} val macro-F1 "

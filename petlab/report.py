@@ -15,6 +15,9 @@ from scipy.stats import binomtest
 
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables and figures
 IN_SENTENCES = {"cnn": "CNN", "vit": "probe"}
+# What the profile stage times for each model: the probe's step is its frozen backbone's forward (the pass its
+# feature extraction also makes, once per image) plus a head update, as its augment route trains.
+PROFILED_STEP = {"cnn": "CNN's training step", "vit": "probe's step from images (frozen backbone forward + head update)"}
 METRICS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "top5_accuracy": "Top-5 accuracy"}
 LEVEL = 0.95  # of every confidence interval
 SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference
@@ -272,7 +275,7 @@ def speed_sentence(cnn: dict, vit: dict, fraction: float) -> str:
                 f"({cnn['seconds']:.1f} s)")
     if vit["epoch"] is None:
         head = (f"{cnn_part}; the probe, fitted by L-BFGS without epochs, took {vit['seconds']:.1f} s in all "
-                f"(the train_vit stage: features and the whole C sweep): ")
+                f"(its features and the whole C sweep): ")
     else:
         head = (f"{cnn_part} and the probe {vit['epoch']} epoch(s) ({vit['seconds']:.1f} s, features "
                 f"included): ")
@@ -307,21 +310,26 @@ def compared_gap(gaps: dict[str, dict]) -> tuple[str, str]:
 
 
 def conclusions(results: dict, mcnemar: dict, speed: dict[str, dict], bound: dict[str, tuple[str, float]],
-                gaps: dict[str, dict], last_epoch_best: list[str], caveats: list[str]) -> list[str]:
+                gaps: dict[str, dict], last_epoch_best: list[str], caveats: list[str],
+                c_edge: str | None = None) -> list[str]:
     """The report's conclusions, each from one rule stated in the function it comes from.
 
     `speed` holds each model's time to 95% of its best val macro-F1 ({"epoch", "seconds"}); for a probe
-    fitted by L-BFGS, epoch None and its whole fit's seconds."""
+    fitted by L-BFGS, epoch None and its whole fit's seconds. `c_edge` ("largest"/"smallest"): the L-BFGS probe
+    kept that end of its C grid, so it may be under-tuned."""
     caveat = f" Caveats: {'; '.join(caveats)}." if caveats else ""
     out = [comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
            comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
            speed_sentence(speed["cnn"], speed["vit"], 0.95) + caveat]
     for model, (kind, share) in bound.items():
-        out.append(f"The {IN_SENTENCES[model]}'s training step is {kind}: it waits on the loader for {share:.0%} of "
-                   f"each profiled step.")
+        out.append(f"The {PROFILED_STEP[model]} is {kind}: it waits on the loader for {share:.0%} of each profiled "
+                   f"step.")
     key, label = compared_gap(gaps)
     out.append(gap_sentence(gaps["cnn"][f"train_val_{key}"], gaps["vit"][f"train_val_{key}"], label))
     for model in last_epoch_best:
         out.append(f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
                    f"and more epochs could change the comparison.")
+    if c_edge:
+        out.append(f"The probe kept the {c_edge} C of its grid: a C beyond it may do better on val, so the probe "
+                   f"may be under-tuned and the comparison may understate it (extend train_vit.c_grid).")
     return out

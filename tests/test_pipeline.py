@@ -187,6 +187,9 @@ def check_report(project: Path) -> None:
     if selected_c is not None:  # the L-BFGS probe: no epochs, its fit time and its sweep with the kept C
         assert "The probe has no epochs" in text and f"(C = {selected_c:g}," in text
         assert f"| **{selected_c:g}** |" in text and "the probe, fitted by L-BFGS without epochs, took" in text
+        fit = load_json(project / "metrics/timing/train_vit_fit.json")  # wall seconds from the start of training
+        assert fit["features_seconds"] > 0 and fit["head_seconds"] > 0
+        assert f"Its whole fit took {fit['features_seconds'] + fit['head_seconds']:.1f} s" in text
     else:
         assert "The probe has no epochs" not in text and "| Probe " in text.split("## 3. Convergence")[1]
 

@@ -133,3 +133,14 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     theirs = {"accuracy": accuracy_score(y_test, predicted), "macro_f1": f1_score(y_test, predicted, average="macro")}
     for key in ("accuracy", "macro_f1"):
         assert abs(evaluation["test"][key] - theirs[key]) <= max_gap, (evaluation["test"], theirs, reference.C)
+
+
+def test_a_kept_c_at_either_end_of_the_grid_is_flagged(capsys):
+    splits = digits_splits()
+    inside = fit_logistic_probe(splits["train"], splits["val"], 10, DEFAULT_C_GRID, max_iter=1000)
+    assert inside.c == 3.0 and inside.edge is None and inside.selection["c_at_grid_edge"] is False
+    capsys.readouterr()
+    too_strong = fit_logistic_probe(splits["train"], splits["val"], 10, [0.0001, 0.001], max_iter=1000)
+    assert too_strong.c == 0.001 and too_strong.edge == "largest" and too_strong.selection["c_at_grid_edge"]
+    assert "WARNING: the kept C = 0.001 is the largest of train_vit.c_grid" in capsys.readouterr().out
+    assert fit_logistic_probe(splits["train"], splits["val"], 10, [0.001], max_iter=1000).edge is None

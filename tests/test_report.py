@@ -120,13 +120,24 @@ def conclusions_for(difference, mcnemar_p=0.01, cnn_seconds=100.0, vit_seconds=1
                               list(caveats))
 
 
+def test_a_probe_kept_at_the_edge_of_its_c_grid_is_called_possibly_under_tuned():
+    results = {m: {"difference": (0.1, 0.05, 0.15)} for m in ("macro_f1", "accuracy")}
+    speed = {"cnn": {"epoch": 8, "seconds": 100.0}, "vit": {"epoch": None, "seconds": 10.0}}
+    gaps = {"cnn": {"train_val_accuracy": 0.2}, "vit": {"train_val_accuracy": 0.05}}
+    args = (results, {"only_a": 3, "only_b": 20, "p_value": 0.01}, speed,
+            {"cnn": ("compute-bound", 0.02), "vit": ("compute-bound", 0.02)}, gaps, [], [])
+    assert not any("under-tuned" in s for s in report.conclusions(*args))
+    edge = report.conclusions(*args, c_edge="largest")[-1]
+    assert edge.startswith("The probe kept the largest C of its grid") and "under-tuned" in edge
+
+
 def test_conclusions_follow_the_numbers():
     probe_better = conclusions_for((0.12, 0.05, 0.2))
     assert probe_better[0].startswith("The probe is better than the CNN on test macro-F1 by 12.0 points")
     assert "95% CI [+5.0, +20.0]" in probe_better[0] and "McNemar p = 0.01" in probe_better[1]
     assert "the probe converges 10.0 times faster in wall time" in probe_better[2]
     assert "CNN's training step is data-bound" in probe_better[3]
-    assert "probe's training step is compute-bound" in probe_better[4]
+    assert "probe's step from images (frozen backbone forward + head update) is compute-bound" in probe_better[4]
     assert probe_better[5].startswith("The CNN generalises less well than the probe")
     assert "probe's best val macro-F1 came in its last epoch" in probe_better[6]
 
