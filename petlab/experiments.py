@@ -233,7 +233,9 @@ def save_trained(stage: str, trained: TrainedModel, class_names: list[str], chec
         elapsed += seconds
         times.append({"epoch": epoch, "seconds": seconds, "elapsed_seconds": round(elapsed, 3)})
     write_csv(epoch_times, times, ["epoch", "seconds", "elapsed_seconds"])
-    write_json(metrics, {**selection, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
+    # The rule's wording and the C grid stay in the checkpoint: the same text in every run, nothing to compare.
+    compared = {k: v for k, v in selection.items() if k not in ("selection", "c_grid")}
+    write_json(metrics, {**compared, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
     kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
             else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")
     best = trained.best_val

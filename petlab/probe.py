@@ -48,7 +48,7 @@ class ProbeFit:
     def selection(self) -> dict:
         """How the head was chosen, for the metrics file and the checkpoint."""
         kept = next(row for row in self.sweep if row["c"] == self.c)
-        # The grid as one string: metrics files hold scalars only (c_sweep.csv has a row per C).
+        # The grid as one string, for the checkpoint and the printed line (c_sweep.csv has a row per C).
         return {"selection": f"{SELECTION_RULE}, over train_vit.c_grid", "selected_c": self.c,
                 "c_grid": " ".join(f"{row['c']:g}" for row in self.sweep), "iterations": kept["iterations"],
                 "converged": kept["converged"], "c_at_grid_edge": self.edge is not None}

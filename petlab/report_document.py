@@ -208,7 +208,8 @@ def what_ran(run: Run, params: Params, git_state: str) -> str:
                 f"{run.epochs('cnn')} epochs; {cnn['device']}, {cnn['precision']}"),
         ("Probe", f"{params.train_vit.model}, head {params.train_vit.head}, {vit['route'].replace('_', ' ')}, "
                   + (f"{run.epochs('vit')} epochs" if run.epochs("vit") is not None
-                     else f"L-BFGS logistic regression, C chosen on val from {vit['c_grid']}")
+                     else "L-BFGS logistic regression, C chosen on val from "
+                          + " ".join(f"{c:g}" for c in run.sweep["c"]))
                   + f"; {vit['device']}, {vit['precision']}"),
         ("Backbone weights", f"{'pretrained' if vit.get('pretrained') else 'RANDOM'}: {vit.get('weights_source')}"),
         ("Seed", f"{params.seed} (bootstrap: {params.report.bootstrap} resamples, seeded with it)"),

@@ -109,8 +109,9 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     """After a `dvc repro` with the default solver: metrics, sweep, checkpoint and evaluate agree on the kept C;
     with `max_gap`, its test scores are within that of scikit-learn's on the same cached features."""
     metrics = json.loads((project / "metrics/train_vit.json").read_text())
-    c_grid = [float(c) for c in metrics["c_grid"].split()]
-    assert metrics["solver"] == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID)
+    checkpoint = torch.load(project / "models/vit.pt", weights_only=True)
+    c_grid = [float(c) for c in checkpoint["selection"]["c_grid"].split()]
+    assert metrics["solver"] == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID) and "c_grid" not in metrics
     with open(project / "plots/train_vit/c_sweep.csv", newline="") as f:
         sweep = [{k: float(v) for k, v in row.items() if k != "converged"} for row in csv.DictReader(f)]
     with open(project / "plots/train_vit/history.csv", newline="") as f:
@@ -118,7 +119,6 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     assert [row["c"] for row in sweep] == c_grid
     kept = max(sweep, key=lambda row: selection_key({"macro_f1": row["val_macro_f1"], "loss": row["val_loss"]}))
     assert kept["c"] == metrics["selected_c"] and kept["val_macro_f1"] == metrics["val_macro_f1"]
-    checkpoint = torch.load(project / "models/vit.pt", weights_only=True)
     assert checkpoint["selection"]["selected_c"] == metrics["selected_c"] and checkpoint["epoch"] is None
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())["vit"]
     for key in ("accuracy", "macro_f1"):  # the checkpoint scores on val what the sweep recorded for its C
