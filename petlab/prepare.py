@@ -12,6 +12,7 @@ Layout written (the same for any source):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -131,6 +132,23 @@ def _convert_one(task: tuple[str, str, int | None, int]) -> dict:
 def _ignore_sigint() -> None:
     # Ctrl-C reaches every process of the terminal's group: only the main process reports it, in one line.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # forked with SIGINT blocked (see sigint_blocked); now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """SIGINT held back while worker processes are forked: they inherit the block until their initializer
+    ignores the signal, so a Ctrl-C while one is still starting cannot raise (and print) a traceback in it.
+    The main process gets a Ctrl-C held back here as soon as the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def check_free_space(sources: list[Path], out_dir: Path, headroom: float = 1.1) -> None:
@@ -171,8 +189,9 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
                 owners.append((split, r))
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
         try:
-            results = list(tqdm(pool.map(_convert_one, tasks, chunksize=16), total=len(tasks),
-                                desc="prepare: re-encoding", unit="img", disable=None))
+            with sigint_blocked():  # map submits every task at once, and the first submit forks the workers
+                converted = pool.map(_convert_one, tasks, chunksize=16)
+            results = list(tqdm(converted, total=len(tasks), desc="prepare: re-encoding", unit="img", disable=None))
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise PipelineError(f"{out_dir.parent}: disk full while writing the prepared images; free some "

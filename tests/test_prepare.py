@@ -416,3 +416,23 @@ def test_ctrl_c_while_preparing_prints_one_line_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert err == "prepare_oxford_pets: interrupted; no output was half-written, re-run `dvc repro` to finish\n"
     assert list((project / "data").iterdir()) == []
+
+
+def _slow_start_then_ignore_sigint() -> None:
+    time.sleep(1.0)  # a worker still starting when Ctrl-C comes
+    prepare._ignore_sigint()
+
+
+def test_a_ctrl_c_while_workers_start_is_held_until_they_ignore_it(capfd):
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=2, initializer=_slow_start_then_ignore_sigint)
+    try:
+        with prepare.sigint_blocked():
+            absolute = pool.map(abs, [-1, -2, -3, -4])
+            for process in list(pool._processes.values()):  # each worker, while it sleeps in its initializer
+                os.kill(process.pid, signal.SIGINT)
+        assert list(absolute) == [1, 2, 3, 4]
+    finally:
+        pool.shutdown(wait=True)
+    assert "Traceback" not in capfd.readouterr().err
