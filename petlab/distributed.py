@@ -113,6 +113,14 @@ def share_buffers(model: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def check_batch_per_rank(batch_size: int, minimum: int, key: str, why: str) -> None:
+    """Refuse a global batch that leaves a rank fewer than `minimum` samples. Params can only check
+    dist.nproc_per_node; ranks started by hand with torchrun (several nodes) are known only here."""
+    if batch_size // world_size() < minimum:
+        raise PipelineError(f"{key} = {batch_size} gives each of the {world_size()} ranks {batch_size // world_size()} "
+                            f"sample(s); {why} needs at least {minimum} per rank")
+
+
 def rank_batch_size(batch_size: int) -> int:
     """Each rank's share of the global batch size."""
     if batch_size % world_size():

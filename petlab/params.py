@@ -166,7 +166,7 @@ class TrainCNNParams(OptimParams):
 
 
 # What only the training loop reads (the L-BFGS probe has no epochs, lr or schedule).
-LOOP_ONLY = ("epochs", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler", "plateau_factor",
+LOOP_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler", "plateau_factor",
              "plateau_patience")
 
 

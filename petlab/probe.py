@@ -98,9 +98,9 @@ def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[
         head = linear_head(solver, num_classes)
         train_m, val_m = head_metrics(head, train, num_classes), head_metrics(head, val, num_classes)
         iterations = int(solver.n_iter_.max())
-        sweep.append(rounded({"c": float(c), "log10_c": math.log10(c), "train_loss": train_m["loss"],
-                              "train_accuracy": train_m["accuracy"], **{f"val_{k}": v for k, v in val_m.items()},
-                              "iterations": iterations, "converged": iterations < max_iter}))
+        sweep.append({"c": float(c), **rounded({"log10_c": math.log10(c), "train_loss": train_m["loss"],  # C exact
+                      "train_accuracy": train_m["accuracy"], **{f"val_{k}": v for k, v in val_m.items()},
+                      "iterations": iterations, "converged": iterations < max_iter})})
         if best is None or selection_key(val_m) > best_key:
             best, best_key = ProbeFit(float(c), rounded(val_m), head.state_dict(), []), selection_key(val_m)
     best.sweep = sweep

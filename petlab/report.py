@@ -15,9 +15,10 @@ from scipy.stats import binomtest
 
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables and figures
 IN_SENTENCES = {"cnn": "CNN", "vit": "probe"}
-# What the profile stage times for each model: the probe's step is its frozen backbone's forward (the pass its
-# feature extraction also makes, once per image) plus a head update, as its augment route trains.
-PROFILED_STEP = {"cnn": "CNN's training step", "vit": "probe's step from images (frozen backbone forward + head update)"}
+# What the profile stage times for each model: the probe's step is a forward through its backbone (the pass its
+# feature extraction also makes, once per image) and an update of what it trains, as its image routes train.
+PROFILED_STEP = {"cnn": "CNN's training step",
+                 "vit": "probe's step from images (backbone forward + update of what it trains)"}
 METRICS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "top5_accuracy": "Top-5 accuracy"}
 LEVEL = 0.95  # of every confidence interval
 SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference

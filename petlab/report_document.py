@@ -385,9 +385,9 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
     extraction, head = vit.get("feature_extraction"), vit.get("cached_head_step")
     parts = ["## 5. Cost and bottlenecks\n\n",
              f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
-             f"({run.profile['cnn']['device']}). The probe's is its frozen backbone's forward plus a head update, as "
-             f"its augment route trains; the cached route makes that forward once per image, then fits the head on "
-             f"the features (below). Loader wait is the share of each profiled step spent waiting for "
+             f"({run.profile['cnn']['device']}). The probe's is a forward through its backbone and an update of what it "
+             f"trains (the head, and any unfrozen parts), as its image routes train; the cached route makes that "
+             f"forward once per image, then fits the head on the features (below). Loader wait is the share of each profiled step spent waiting for "
              f"the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
              f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
              table(pd.DataFrame(rows))]

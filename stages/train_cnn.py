@@ -22,6 +22,8 @@ def main() -> None:
     if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size,
                                   select_device(params.device)):
         return  # the ranks have trained and written everything
+    if params.train_cnn.batch_norm:
+        distributed.check_batch_per_rank(params.train_cnn.batch_size, 2, "train_cnn.batch_size", "BatchNorm")
     trained = train_cnn(params, data, LOG_DIR)
     if distributed.is_main():
         save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)

@@ -36,7 +36,8 @@ def main() -> None:
     unused = p.unused_changes()
     if unused and not distributed.launched_by_torchrun():  # once, before any ranks start
         route = "the L-BFGS probe (set train_vit.solver: sgd to train the head by the loop)" if p.fits_lbfgs \
-            else "the training loop (c_grid and max_iter serve solver lbfgs)"
+            else "the training loop (c_grid and max_iter serve only solver lbfgs with a linear head on cached " \
+                  "features: no augment, unfreeze or mlp head)"
         print(f"train_vit: WARNING: {', '.join(f'train_vit.{k}' for k in unused)} changed but not used by {route}")
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything

@@ -106,3 +106,14 @@ def test_cores_are_shared_among_parallel_jobs(monkeypatch):
     monkeypatch.setenv("PETLAB_JOBS", "two")
     with pytest.raises(PipelineError, match="PETLAB_JOBS"):
         cores_per_process()
+
+
+def test_a_global_batch_too_small_for_the_ranks_is_refused_in_one_line(monkeypatch):
+    """Ranks started by hand with torchrun (several nodes) are not in the params: checked once joined."""
+    from petlab import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 8)
+    distributed.check_batch_per_rank(16, 2, "train_cnn.batch_size", "BatchNorm")
+    with pytest.raises(PipelineError, match=r"^train_cnn\.batch_size = 8 gives each of the 8 ranks 1 sample\(s\); "
+                                            r"BatchNorm needs at least 2 per rank$"):
+        distributed.check_batch_per_rank(8, 2, "train_cnn.batch_size", "BatchNorm")

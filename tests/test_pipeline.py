@@ -280,8 +280,8 @@ def test_dvc_repro_end_to_end(tiny_project):
                                  "profile", "evaluate", "report"}
     assert "random backbone weights" in first.stdout
     # TINY_PARAMS shortens the probe's loop, which its default L-BFGS route never runs: the stage says so.
-    assert ("train_vit: WARNING: train_vit.epochs, train_vit.warmup_epochs changed but not used by the L-BFGS probe"
-            in first.stdout)
+    assert ("train_vit: WARNING: train_vit.epochs, train_vit.batch_size, train_vit.warmup_epochs changed but not used "
+            "by the L-BFGS probe" in first.stdout)
     assert "Memory block of unknown size" not in first.stdout + first.stderr
     check_prepared(project)
     check_metrics(project)

@@ -144,3 +144,10 @@ def test_a_kept_c_at_either_end_of_the_grid_is_flagged(capsys):
     assert too_strong.c == 0.001 and too_strong.edge == "largest" and too_strong.selection["c_at_grid_edge"]
     assert "WARNING: the kept C = 0.001 is the largest of train_vit.c_grid" in capsys.readouterr().out
     assert fit_logistic_probe(splits["train"], splits["val"], 10, [0.001], max_iter=1000).edge is None
+
+
+def test_a_c_of_many_digits_is_kept_exactly():
+    splits = digits_splits()
+    fitted = fit_logistic_probe(splits["train"], splits["val"], 10, [0.0012345678, 0.0001234567], max_iter=1000)
+    assert [row["c"] for row in fitted.sweep] == [0.0001234567, 0.0012345678]
+    assert fitted.c == 0.0012345678 and fitted.edge == "largest" and fitted.selection["selected_c"] == fitted.c

@@ -137,7 +137,7 @@ def test_conclusions_follow_the_numbers():
     assert "95% CI [+5.0, +20.0]" in probe_better[0] and "McNemar p = 0.01" in probe_better[1]
     assert "the probe converges 10.0 times faster in wall time" in probe_better[2]
     assert "CNN's training step is data-bound" in probe_better[3]
-    assert "probe's step from images (frozen backbone forward + head update) is compute-bound" in probe_better[4]
+    assert "probe's step from images (backbone forward + update of what it trains) is compute-bound" in probe_better[4]
     assert probe_better[5].startswith("The CNN generalises less well than the probe")
     assert "probe's best val macro-F1 came in its last epoch" in probe_better[6]
 
