@@ -19,11 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from petlab.runtime import PipelineError, cores_per_process
-
-
-def launched_by_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ  # torchrun sets it (with RANK, WORLD_SIZE, MASTER_ADDR, ...) for every rank
+from petlab.runtime import PipelineError, cores_per_process, launched_by_torchrun
 
 
 def world_size() -> int:

@@ -151,19 +151,13 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
                                                     "transform": spec.as_dict(), "class_names": data.class_names})
     setup_seconds = extraction.seconds()
-    # The standard linear probe where the head is linear and trains on cached features; the loop otherwise.
     lbfgs = p.fits_lbfgs
-    if fine_tune:
-        val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
-    else:
-        val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    head_fit = Stopwatch()
-    with tensorboard(log_dir) as writer:
-        if lbfgs:
-            probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
-                                       name="train_vit")
-            model.head.load_state_dict(probe.head_state)
-        elif fine_tune:
+
+    def fit_by_loop(writer: SummaryWriter | None) -> FitResult:
+        """The training loop's routes: the backbone fine-tuned, augmented images through it, or cached features."""
+        val_loader = (image_loader(data, "val", spec, p.batch_size, False, params, ctx.device) if fine_tune
+                      else tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params))
+        if fine_tune:
             train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
                                         "rrc" if p.augment else "none")
             groups = [{"params": list(model.head.parameters())},
@@ -181,9 +175,17 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
             result = fit(model.head, train_loader, val_loader, p, head_ctx, data.num_classes, writer,
                          params.log.hist_every, name="train_vit")
             model.head.load_state_dict(result.best_state)
-        if lbfgs:
+        return result
+
+    head_fit = Stopwatch()
+    with tensorboard(log_dir) as writer:
+        if lbfgs:  # the standard linear probe: a linear head on cached features
+            probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
+                                       name="train_vit")
+            model.head.load_state_dict(probe.head_state)
             best_val, selection, history, sweep, epoch_seconds = probe.best_val, probe.selection, [], probe.sweep, []
         else:
+            result = fit_by_loop(writer)
             best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
             epoch_seconds = result.epoch_seconds
         head_seconds = head_fit.seconds()

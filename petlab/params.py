@@ -166,8 +166,8 @@ class TrainCNNParams(OptimParams):
 
 
 # What only the training loop reads (the L-BFGS probe has no epochs, lr or schedule).
-LOOP_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler", "plateau_factor",
-             "plateau_patience")
+LOOP_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler",
+             "plateau_factor", "plateau_patience")
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,14 @@ class TrainViTParams(OptimParams):
     label_smoothing: float = 0.0
 
     @property
+    def image_route(self) -> bool:
+        """Images go through the backbone at every step (augmented, or to fine-tune it): nothing is cached."""
+        return self.augment or bool(self.unfreeze)
+
+    @property
     def fits_lbfgs(self) -> bool:
         """The standard linear probe: a linear head on cached features fitted by L-BFGS, not by the loop."""
-        return not self.unfreeze and not self.augment and self.head == "linear" and self.solver == "lbfgs"
+        return not self.image_route and self.head == "linear" and self.solver == "lbfgs"
 
     def unused_changes(self) -> list[str]:
         """Keys set away from their defaults that this route never reads: changing or sweeping them does nothing."""

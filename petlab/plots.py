@@ -84,13 +84,13 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
 
 def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"]):
     """Test F1 of every class for each model, classes sorted by the models' mean F1 (hardest at the top)."""
-    frames = list(per_class.values())
-    order = sorted(frames[0]["class"], key=lambda c: (sum(float(f.set_index("class").loc[c, "f1"]) for f in frames), c),
-                   reverse=True)
+    f1 = {label: frame.set_index("class")["f1"] for label, frame in per_class.items()}
+    order = sorted(next(iter(per_class.values()))["class"],
+                   key=lambda c: (sum(float(scores[c]) for scores in f1.values()), c), reverse=True)
     y = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
-    for label, frame in per_class.items():
-        ax.scatter(frame.set_index("class").loc[order, "f1"], y, color=MODEL_COLORS.get(label), label=label, s=18)
+    for label, scores in f1.items():
+        ax.scatter(scores.loc[order], y, color=MODEL_COLORS.get(label), label=label, s=18)
     ax.set_yticks(y, order, fontsize=7, **LITERAL)
     ax.set_xlabel("test F1")
     ax.set_xlim(-0.02, 1.02)

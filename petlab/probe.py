@@ -1,8 +1,8 @@
 """The linear probe's head fitted the way frozen features are usually evaluated (CLIP's linear probe).
 
-Multinomial logistic regression with an L2 penalty, solved by L-BFGS (to scikit-learn's tolerance, or max_iter) on the cached
-features (scikit-learn's LogisticRegression), for every inverse strength C of a log grid; the C whose head
-is best on the val split by the pipeline's one selection rule is kept. The result is the same nn.Linear
+Multinomial logistic regression with an L2 penalty, solved by L-BFGS (to scikit-learn's tolerance, or
+max_iter) on the cached features (scikit-learn's LogisticRegression), for every inverse strength C of a log
+grid; the C whose head is best on the val split by the pipeline's one selection rule is kept. The result is the same nn.Linear
 head the other routes train, so checkpoints and the evaluate stage do not change.
 """
 

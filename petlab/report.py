@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from petlab.metrics import confusion
+
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables and figures
 IN_SENTENCES = {"cnn": "CNN", "vit": "probe"}
 # What the profile stage times for each model: the probe's step is a forward through its backbone (the pass its
@@ -162,8 +164,7 @@ def most_confused_pairs(matrix: np.ndarray, class_names: list[str], top: int = 5
     return frame.sort_values("images", ascending=False, kind="stable").head(top).reset_index(drop=True)
 
 
-def confusion_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+confusion_counts = confusion  # rows actual, columns predicted: the matrix evaluate writes
 
 
 def hardest_classes(per_class: pd.DataFrame, top: int = 5) -> pd.DataFrame:
@@ -203,9 +204,14 @@ def generalisation_gaps(history: pd.DataFrame, best_epoch: int, test: dict) -> d
     return gaps_of(history.set_index("epoch").loc[best_epoch], test)
 
 
+def is_kept(sweep: pd.DataFrame, selected_c: float) -> pd.Series:
+    """Which row of the L-BFGS probe's sweep (c_sweep.csv) is the C it kept."""
+    return pd.Series(np.isclose(sweep["c"], selected_c), index=sweep.index)
+
+
 def sweep_gaps(sweep: pd.DataFrame, selected_c: float, test: dict) -> dict[str, float | None]:
     """The same gaps for the L-BFGS probe at the C it kept, from its sweep (which has no train macro-F1)."""
-    return gaps_of(sweep.loc[np.isclose(sweep["c"], selected_c)].iloc[0], test)
+    return gaps_of(sweep.loc[is_kept(sweep, selected_c)].iloc[0], test)
 
 
 # ---------------------------------------------------------------- cost

@@ -85,7 +85,7 @@ class Run:
 
     def sweep_level(self, model: str) -> dict[str, float]:
         """The L-BFGS probe's val macro-F1 and val loss at the C it kept."""
-        row = self.sweep.loc[np.isclose(self.sweep["c"], self.trained[model]["selected_c"])].iloc[0]
+        row = self.sweep.loc[report.is_kept(self.sweep, self.trained[model]["selected_c"])].iloc[0]
         return {"val_macro_f1": float(row["val_macro_f1"]), "val_loss": float(row["val_loss"])}
 
     def lbfgs_fit_seconds(self) -> float:
@@ -97,7 +97,7 @@ class Run:
         vit = self.trained["vit"]
         if not vit.get("c_at_grid_edge"):
             return None
-        return "largest" if np.isclose(vit["selected_c"], self.sweep["c"].max()) else "smallest"
+        return "largest" if report.is_kept(self.sweep, vit["selected_c"]).iloc[-1] else "smallest"
 
     def kept(self, model: str) -> str:
         """The weights the model kept: its best epoch, or the L-BFGS probe's C."""
@@ -283,14 +283,15 @@ def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
     vit = run.trained["vit"]
     cnn = (f"90% and 95% of its best val macro-F1 after {cnn_speed[0.9]['seconds']:.1f} s and "
            f"{cnn_speed[0.95]['seconds']:.1f} s of training")
-    sweep = run.sweep[[c for c in ("c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1",
-                                   "iterations", "converged") if c in run.sweep.columns]].copy()
+    sweep = run.sweep[["c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "iterations",
+                       "converged"]].copy()
     for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
-        if column in sweep:
-            sweep[column] = sweep[column].map(pct)
-    sweep["c"] = sweep["c"].map(lambda c: f"**{c:g}**" if np.isclose(c, vit["selected_c"]) else f"{c:g}")
+        sweep[column] = sweep[column].map(pct)
+    kept = report.is_kept(sweep, vit["selected_c"])
+    sweep["c"] = [f"**{c:g}**" if k else f"{c:g}" for c, k in zip(sweep["c"], kept)]
     sweep = sweep.rename(columns={"c": "C", "val_macro_f1": "val macro-F1"})
     sweep.columns = [c.replace("_", " ") for c in sweep.columns]
+    edge = run.c_edge()
     return (
         f"\nThe probe has no epochs: its head is multinomial logistic regression solved by L-BFGS "
         f"on the cached features, once per C of train_vit.c_grid, and the C best on val by the pipeline's "
@@ -298,8 +299,8 @@ def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
         f"{vit['converged']}). Its whole fit took {run.lbfgs_fit_seconds():.1f} s: "
         f"{run.probe_fit['features_seconds']:.1f} s extracting the features of the train, val and test images "
         f"once and {run.probe_fit['head_seconds']:.1f} s for the sweep; the CNN reached {cnn}."
-        + (f" The kept C is the {run.c_edge()} of the grid: a C beyond it may do better on val (extend "
-           f"train_vit.c_grid)." if run.c_edge() else "") + "\n\n"
+        + (f" The kept C is the {edge} of the grid: a C beyond it may do better on val (extend "
+           f"train_vit.c_grid)." if edge else "") + "\n\n"
         "The sweep (accuracies and macro-F1 in percent; the kept C in bold):\n\n" + table(sweep)
     )
 
@@ -385,10 +386,10 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
     extraction, head = vit.get("feature_extraction"), vit.get("cached_head_step")
     parts = ["## 5. Cost and bottlenecks\n\n",
              f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
-             f"({run.profile['cnn']['device']}). The probe's is a forward through its backbone and an update of what it "
-             f"trains (the head, and any unfrozen parts), as its image routes train; the cached route makes that "
-             f"forward once per image, then fits the head on the features (below). Loader wait is the share of each profiled step spent waiting for "
-             f"the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
+             f"({run.profile['cnn']['device']}). The probe's is a forward through its backbone and an update of "
+             f"what it trains (the head, and any unfrozen parts), as its image routes train; the cached route makes "
+             f"that forward once per image, then fits the head on the features (below). Loader wait is the share "
+             f"of each profiled step spent waiting for the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
              f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
              table(pd.DataFrame(rows))]
     if extraction and head:

@@ -72,14 +72,18 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
               file=sys.stderr)
         sys.exit(1)
     except Exception as err:
-        if "RANK" in os.environ and peer_failed(err):
+        if launched_by_torchrun() and peer_failed(err):
             sys.exit(1)  # a collective broke because another rank failed: that rank prints the reason
         raise
     except KeyboardInterrupt:
-        if "RANK" in os.environ:
+        if launched_by_torchrun():
             sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ  # torchrun sets it (with RANK, WORLD_SIZE, MASTER_ADDR, ...) for every rank
 
 
 def peer_failed(err: Exception) -> bool:

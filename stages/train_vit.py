@@ -25,11 +25,10 @@ LOG_DIR = Path("runs/vit")
 def main() -> None:
     params, data = setup_stage(DATA)
     p = params.train_vit
-    image_route = p.augment or bool(p.unfreeze)
-    if not image_route and distributed.launched_by_torchrun():
+    if not p.image_route and distributed.launched_by_torchrun():
         raise PipelineError("the probe on cached features trains in one process; run it without torchrun "
                             "(several ranks serve train_vit.augment or train_vit.unfreeze)")
-    ranks = params.dist.nproc_per_node if image_route else 1
+    ranks = params.dist.nproc_per_node if p.image_route else 1
     if ranks < params.dist.nproc_per_node:
         print("train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
               "the augment and unfreeze routes)")
