@@ -11,7 +11,8 @@ from petlab.experiments import build_probe, cnn_config, make_context, setup_stag
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
 from petlab.prepare import SPLITS
-from petlab.runtime import PipelineError, run_stage
+from petlab.runtime import PipelineError
+from petlab.stage import run_stage
 
 DATA = Path("data/oxford_pets")
 METRICS = Path("metrics/sanity.json")  # the scalars worth comparing
