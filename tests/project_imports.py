@@ -8,8 +8,13 @@ project module, else one more than the highest layer it imports.
 from __future__ import annotations
 
 import ast
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Iterator
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("petlab", "stages")  # the code the pipeline runs
@@ -118,6 +123,77 @@ def longest_chain(graph: dict[str, set[str]], start: str) -> list[str]:
     while graph[chain[-1]]:
         chain.append(max(sorted(graph[chain[-1]]), key=layer.__getitem__))
     return chain
+
+
+# ---------------------------------------------------------------- dvc.yaml: what each stage's command runs
+
+
+def dvc_files(root: Path = REPO) -> list[Path]:
+    """Every dvc.yaml DVC would read here: the tree's, outside hidden folders and virtual environments."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and not (Path(folder, d) / "pyvenv.cfg").exists())
+        if "dvc.yaml" in files:
+            found.append(Path(folder) / "dvc.yaml")
+    return found
+
+
+def stage_specs(dvc_file: Path) -> Iterator[tuple[str, list[str], list[str], Path]]:
+    """(stage, commands, deps, working folder) for every stage of a dvc.yaml; a `foreach` stage's body is its `do`,
+    a `matrix` stage's its own (its ${item...} entries stay as written)."""
+    spec = yaml.safe_load(dvc_file.read_text()) or {}
+    for name, stage in (spec.get("stages") or {}).items():
+        body = stage.get("do", stage) if "foreach" in stage else stage
+        cmd = body.get("cmd") or []
+        deps = [next(iter(d)) if isinstance(d, dict) else str(d) for d in body.get("deps") or []]
+        yield name, [cmd] if isinstance(cmd, str) else list(cmd), deps, dvc_file.parent / body.get("wdir", ".")
+
+
+def command_modules(cmd: str, modules: dict[str, Path], wdir: Path, root: Path = REPO) -> list[str]:
+    """The project modules a command runs: `python -m MODULE ...` (any interpreter or launcher flags before -m,
+    arguments after), and `python path/to/module.py ...`."""
+    found = []
+    for name in re.findall(r"(?<![\w-])-m\s+([A-Za-z_][\w.]*)", cmd):
+        if name in modules or name.split(".")[0] in PACKAGES:
+            found.append(name)  # a project package's name that is no module stays, to be reported
+    by_file = {path.resolve(): name for name, path in modules.items()}
+    for script in re.findall(r"(?<!\S)([\w./-]+\.py)(?!\S)", cmd):
+        name = by_file.get((wdir / script).resolve())
+        if name:
+            found.append(name)
+    return found
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    """Whether a dvc.yaml dep names `path` (both relative to the repository), itself or a folder above it."""
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def repo_relative(dep: str, wdir: Path, root: Path = REPO) -> str:
+    return os.path.relpath(os.path.normpath(wdir / dep), root).replace(os.sep, "/")
+
+
+def deps_problems(cmds: list[str], deps: list[str], wdir: Path, root: Path = REPO) -> list[str]:
+    """What is wrong with a stage's code deps, one line each: a project module its commands run that no dep names
+    (itself or a folder above it), a code dep that names nothing it runs (re-running the stage for nothing), a
+    command that names no project module (or one that does not exist)."""
+    modules, graph = project_modules(root), import_graph(root)
+    problems, run = [], []
+    for cmd in cmds:
+        names = command_modules(cmd, modules, wdir, root)
+        problems += [f"`{cmd}` runs {n}, which is no module of {', '.join(PACKAGES)}" for n in names if n not in modules]
+        if not names and re.search(r"\bpython|\b(?:petlab|stages)\b", cmd):
+            problems.append(f"`{cmd}`: cannot tell which project module it runs; write it as `python -m MODULE ...`")
+        run += [n for n in names if n in modules]
+    run += [f"{n}.__main__" for n in run if f"{n}.__main__" in modules]  # `python -m package` runs its __main__
+    names = set().union(*(runs_when_imported(graph, n) for n in run))
+    paths = sorted(modules[n].relative_to(root).as_posix() for n in names)
+    listed = [repo_relative(d, wdir, root) for d in deps if "${" not in d]  # templated entries name data
+    problems += [f"runs {p}, which its deps do not list" for p in paths if not covered(p, listed)]
+    problems += [f"lists {d} in its deps but runs none of it" for d in listed
+                 if d.split("/")[0] in PACKAGES and not any(covered(p, [d]) for p in paths)]
+    return problems
 
 
 def main() -> None:
