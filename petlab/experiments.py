@@ -159,8 +159,8 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     spec = transform_spec(config)
     ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
     model.to(ctx.device)
-    # A fine-tuned backbone's features change while it trains: nothing can be cached. Augmented images go through
-    # the backbone at every step, so only val and test are.
+    # The splits each route reads from the cache: a fine-tuned backbone's features change while it trains, so none;
+    # the head on augmented images sees new train images at every step, so only val and test (never augmented).
     splits = {"fine_tuned": (), "augmented_images": ("val", "test"), "cached_features": ("train", "val", "test")}
     extraction = Stopwatch()
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
