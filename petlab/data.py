@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from petlab import distributed
 from petlab.params import LoaderParams
-from petlab.prepare import SPLITS
+from petlab.layout import SPLITS
 from petlab.runtime import PipelineError, default_num_workers, seeded_rng
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

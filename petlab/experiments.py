@@ -18,7 +18,7 @@ from petlab.downloads import file_digest
 from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_backbone,
                            load_pretrained_backbone, timm_data_config)
 from petlab.outputs import save_torch, write_csv, write_json
-from petlab.params import Params, load_params, to_dict
+from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision, share_cpu
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
@@ -133,71 +133,113 @@ def transform_spec(config: dict) -> TransformSpec:
     return TransformSpec(t["size"], tuple(t["mean"]), tuple(t["std"]), t["interpolation"], t["crop_pct"])
 
 
+@dataclass
+class ProbeFit:
+    """What a probe route kept (its weights already in the model): their validation metrics, how they were chosen,
+    and the curves: per epoch for the loop's routes, per C for the L-BFGS probe."""
+
+    best_val: dict[str, float]
+    selection: dict
+    history: list[dict] = field(default_factory=list)
+    sweep: list[dict] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def loop_fit(result: FitResult) -> ProbeFit:
+    return ProbeFit(result.best_val, fit_selection(result), history=result.history,
+                    epoch_seconds=result.epoch_seconds)
+
+
 def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path,
               backbone_file: Path | None = None) -> TrainedModel:
+    """The probe: features of the splits its route reads from the cache extracted and saved, then the one route
+    its params choose (TrainViTParams.route and fits_lbfgs) trains it."""
     p = params.train_vit
     model, config = build_probe(params, data.num_classes, backbone_file)
     spec = transform_spec(config)
     ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
-    head_ctx = StepContext(ctx.device, Precision(None, False))  # a linear layer gains nothing from autocast
     model.to(ctx.device)
-    fine_tune = model.trains_backbone  # features change while training: nothing can be cached
-    splits = () if fine_tune else ("val", "test") if p.augment else ("train", "val", "test")
+    # The splits each route reads from the cache: a fine-tuned backbone's features change while it trains, so none;
+    # the head on augmented images sees new train images at every step, so only val and test (never augmented).
+    splits = {"fine_tuned": (), "augmented_images": ("val", "test"), "cached_features": ("train", "val", "test")}
     extraction = Stopwatch()
     cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
                                                                 ctx.device), ctx, desc=f"train_vit: {s} features")
-              for s in splits}
+              for s in splits[p.route]}
     if distributed.is_main():
         save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
                                                     "transform": spec.as_dict(), "class_names": data.class_names})
     setup_seconds = extraction.seconds()
-    lbfgs = p.fits_lbfgs
-
-    def fit_by_loop(writer: SummaryWriter | None) -> FitResult:
-        """The training loop's routes: the backbone fine-tuned, augmented images through it, or cached features."""
-        val_loader = (image_loader(data, "val", spec, p.batch_size, False, params, ctx.device) if fine_tune
-                      else tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params))
-        if fine_tune:
-            train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
-                                        "rrc" if p.augment else "none")
-            groups = [{"params": list(model.head.parameters())},
-                      {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
-            result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                         name="train_vit", param_groups=groups)
-            model.load_state_dict(result.best_state)
-        elif p.augment:
-            train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
-            result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                         eval_model=model.head, name="train_vit")
-            model.load_state_dict(result.best_state)
-        else:
-            train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
-            result = fit(model.head, train_loader, val_loader, p, head_ctx, data.num_classes, writer,
-                         params.log.hist_every, name="train_vit")
-            model.head.load_state_dict(result.best_state)
-        return result
 
     head_fit = Stopwatch()
     with tensorboard(log_dir) as writer:
-        if lbfgs:  # the standard linear probe: a linear head on cached features
-            probe = fit_logistic_probe(cached["train"], cached["val"], data.num_classes, p.c_grid, p.max_iter,
-                                       name="train_vit")
-            model.head.load_state_dict(probe.head_state)
-            best_val, selection, history, sweep, epoch_seconds = probe.best_val, probe.selection, [], probe.sweep, []
+        if p.fits_lbfgs:  # the standard linear probe: a linear head on cached features
+            fitted = fit_lbfgs_probe(model, cached, p, data.num_classes)
+        elif p.route == "cached_features":
+            fitted = fit_head_on_cached_features(model, cached, params, data.num_classes, ctx.device, writer)
+        elif p.route == "augmented_images":
+            fitted = fit_head_on_augmented_images(model, cached, params, data, spec, ctx, writer)
         else:
-            result = fit_by_loop(writer)
-            best_val, selection, history, sweep = result.best_val, fit_selection(result), result.history, []
-            epoch_seconds = result.epoch_seconds
+            fitted = fine_tune_backbone(model, params, data, spec, ctx, writer)
         head_seconds = head_fit.seconds()
-        log_hparams(writer, to_dict(p), best_val, selection)
-    route = "fine_tuned" if fine_tune else "augmented_images" if p.augment else "cached_features"
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": route,
-               "solver": "lbfgs" if lbfgs else "sgd", **config["info"],
+        log_hparams(writer, to_dict(p), fitted.best_val, fitted.selection)
+    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": p.route,
+               "solver": "lbfgs" if p.fits_lbfgs else "sgd", **config["info"],
                "ranks": distributed.world_size(), "parameters": count_parameters(model)}
     # Both files always exist (DVC outputs); the one the route does not make holds its header only.
-    curves = {"history.csv": (history, HISTORY_COLUMNS), "c_sweep.csv": (sweep, SWEEP_COLUMNS)}
-    return TrainedModel(model, config, best_val, selection, curves, summary, epoch_seconds, setup_seconds,
-                        head_seconds)
+    curves = {"history.csv": (fitted.history, HISTORY_COLUMNS), "c_sweep.csv": (fitted.sweep, SWEEP_COLUMNS)}
+    return TrainedModel(model, config, fitted.best_val, fitted.selection, curves, summary, fitted.epoch_seconds,
+                        setup_seconds, head_seconds)
+
+
+def fit_lbfgs_probe(model: FrozenBackboneClassifier, cached: dict, p: TrainViTParams, num_classes: int) -> ProbeFit:
+    """The linear head as L2-regularised logistic regression on the cached train features, by L-BFGS for every C
+    of the grid, keeping the best C on the cached val features."""
+    probe = fit_logistic_probe(cached["train"], cached["val"], num_classes, p.c_grid, p.max_iter, name="train_vit")
+    model.head.load_state_dict(probe.head_state)
+    return ProbeFit(probe.best_val, probe.selection, sweep=probe.sweep)
+
+
+def fit_head_on_cached_features(model: FrozenBackboneClassifier, cached: dict, params: Params, num_classes: int,
+                                device: torch.device, writer: SummaryWriter | None) -> ProbeFit:
+    """The head alone (linear or mlp) by the training loop on the cached train features, kept on the cached val."""
+    p = params.train_vit
+    head_ctx = StepContext(device, Precision(None, False))  # a linear layer gains nothing from autocast
+    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
+    train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
+    result = fit(model.head, train_loader, val_loader, p, head_ctx, num_classes, writer, params.log.hist_every,
+                 name="train_vit")
+    model.head.load_state_dict(result.best_state)
+    return loop_fit(result)
+
+
+def fit_head_on_augmented_images(model: FrozenBackboneClassifier, cached: dict, params: Params, data: PreparedData,
+                                 spec: TransformSpec, ctx: StepContext, writer: SummaryWriter | None) -> ProbeFit:
+    """The head by the training loop on augmented train images through the frozen backbone at every step, kept on
+    the cached val features (val images are not augmented, so their features are fixed)."""
+    p = params.train_vit
+    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
+    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
+                 eval_model=model.head, name="train_vit")
+    model.load_state_dict(result.best_state)
+    return loop_fit(result)
+
+
+def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: PreparedData, spec: TransformSpec,
+                       ctx: StepContext, writer: SummaryWriter | None) -> ProbeFit:
+    """The head and the unfrozen backbone parts (train_vit.unfreeze, at backbone_lr) by the training loop on train
+    images (augmented where train_vit.augment), kept on val images."""
+    p = params.train_vit
+    val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
+    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
+                                "rrc" if p.augment else "none")
+    groups = [{"params": list(model.head.parameters())},
+              {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
+    result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
+                 name="train_vit", param_groups=groups)
+    model.load_state_dict(result.best_state)
+    return loop_fit(result)
 
 
 def tensorboard(log_dir: Path):

@@ -198,9 +198,16 @@ class TrainViTParams(OptimParams):
     label_smoothing: float = 0.0
 
     @property
+    def route(self) -> Literal["fine_tuned", "augmented_images", "cached_features"]:
+        """The one rule for how the probe trains: unfrozen backbone parts fine-tune on images; else augment sends
+        augmented images through the frozen backbone; else the head trains on features cached once (by L-BFGS
+        where fits_lbfgs, else by the loop)."""
+        return "fine_tuned" if self.unfreeze else "augmented_images" if self.augment else "cached_features"
+
+    @property
     def image_route(self) -> bool:
         """Images go through the backbone at every step (augmented, or to fine-tune it): nothing is cached."""
-        return self.augment or bool(self.unfreeze)
+        return self.route != "cached_features"
 
     @property
     def fits_lbfgs(self) -> bool:

@@ -29,13 +29,12 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petlab import images
+from petlab.layout import SPLITS
 from petlab.outputs import atomic_dir, write_json
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
 from petlab.sources import READERS
 from petlab.sources.base import Record, SourceSplits, check_class_names, check_split_sizes, unique_ids
-
-SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------- class subsets, caps and the split

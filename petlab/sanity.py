@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from petlab.data import PreparedData, TransformSpec, eval_transform, read_image
-from petlab.prepare import SPLITS
+from petlab.layout import SPLITS
 from petlab.runtime import PipelineError
 from petlab.train import StepContext, train_step
 

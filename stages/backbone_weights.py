@@ -17,7 +17,8 @@ from petlab.downloads import file_digest, verify_checksum
 from petlab.models import BACKBONE_INFO_KEY, backbone_info, load_pretrained_backbone, weights_source
 from petlab.outputs import write_bytes, write_json
 from petlab.params import load_params
-from petlab.runtime import run_stage, seed_everything
+from petlab.runtime import seed_everything
+from petlab.stage import run_stage
 
 BACKBONE = Path("models/backbone.safetensors")
 METRICS = Path("metrics/backbone.json")

@@ -10,7 +10,8 @@ from petlab.evaluation import score, write_predictions, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
 from petlab.features import feature_split
 from petlab.outputs import load_torch, write_json
-from petlab.runtime import PipelineError, Precision, run_stage
+from petlab.runtime import PipelineError, Precision
+from petlab.stage import run_stage
 from petlab.train import StepContext, predict
 
 DATA = Path("data/oxford_pets")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from petlab.params import load_params
 from petlab.prepare import prepare_dataset
-from petlab.runtime import run_stage
+from petlab.stage import run_stage
 
 OUT_DIR = Path("data/oxford_pets")
 

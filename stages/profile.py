@@ -13,7 +13,7 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
-from petlab.runtime import run_stage
+from petlab.stage import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
 
 DATA = Path("data/oxford_pets")

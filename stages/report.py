@@ -6,7 +6,7 @@ from pathlib import Path
 from petlab import report_document
 from petlab.outputs import write_text
 from petlab.params import load_params
-from petlab.runtime import run_stage
+from petlab.stage import run_stage
 
 OUT_DIR = Path("reports")
 REPORT = OUT_DIR / "report.md"

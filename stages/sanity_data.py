@@ -10,8 +10,9 @@ from petlab import plots, sanity
 from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, transform_spec
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
-from petlab.prepare import SPLITS
-from petlab.runtime import PipelineError, run_stage
+from petlab.layout import SPLITS
+from petlab.runtime import PipelineError
+from petlab.stage import run_stage
 
 DATA = Path("data/oxford_pets")
 METRICS = Path("metrics/sanity.json")  # the scalars worth comparing

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_cnn
-from petlab.runtime import run_stage, select_device
+from petlab.runtime import select_device
+from petlab.stage import run_stage
 
 DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")

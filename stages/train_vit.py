@@ -9,7 +9,8 @@ from pathlib import Path
 from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_vit
 from petlab.outputs import write_json
-from petlab.runtime import PipelineError, run_stage, select_device
+from petlab.runtime import PipelineError, select_device
+from petlab.stage import run_stage
 
 DATA = Path("data/oxford_pets")
 BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage

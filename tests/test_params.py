@@ -245,3 +245,16 @@ def test_params_files_refused_in_one_line_naming_file_and_line(tmp_path, case):
 ], ids=["defaults", "lr_on_lbfgs", "lr_on_sgd", "c_grid_on_sgd", "max_iter_on_augment", "epochs_on_mlp_head"])
 def test_train_vit_names_the_changed_keys_its_route_does_not_read(train_vit, unused):
     assert parse_params({"train_vit": train_vit}).train_vit.unused_changes() == unused
+
+
+@pytest.mark.parametrize("train_vit, route, lbfgs", [
+    ({}, "cached_features", True),
+    ({"solver": "sgd"}, "cached_features", False),
+    ({"head": "mlp"}, "cached_features", False),  # L-BFGS fits a linear head only
+    ({"augment": True}, "augmented_images", False),
+    ({"unfreeze": ["blocks.11"]}, "fine_tuned", False),
+    ({"unfreeze": ["blocks.11"], "augment": True}, "fine_tuned", False),  # fine-tuning takes augment as its own
+])
+def test_train_vit_params_choose_one_route(train_vit, route, lbfgs):
+    p = parse_params({"train_vit": train_vit}).train_vit
+    assert (p.route, p.fits_lbfgs, p.image_route) == (route, lbfgs, route != "cached_features")

@@ -1,0 +1,65 @@
+"""Running a stage's main(): its outputs checked writable first, its wall time recorded, and every failure the
+user can fix (or Ctrl-C) turned into one line and an exit code."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from petlab.outputs import check_writable, stage_outputs, write_json
+from petlab.runtime import PipelineError, Stopwatch, launched_by_torchrun
+
+
+def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
+    """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
+
+    On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
+    shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
+    stage fails they are removed, so no partial event file outlives the run.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt from here on
+    clock = Stopwatch()
+    try:
+        main_rank = os.environ.get("RANK", "0") == "0"  # one rank of several (torchrun): only rank 0 writes
+        check_writable(stage_outputs(name))  # before any work: a read-only metrics/ must not cost a whole run
+        try:
+            main()
+        except BaseException:
+            for folder in live_dirs if main_rank else ():  # a failed stage leaves no partial TensorBoard or
+                shutil.rmtree(folder, ignore_errors=True)       # trace files (rank 0's: the others write none)
+            raise
+        if main_rank:
+            write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
+    except PipelineError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno is None:  # not a file-system failure: a bug, whose traceback is worth having
+            raise
+        # Disk full, read-only or permission denied while writing (or reading) some file: one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{name}: error: {where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})",
+              file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        if launched_by_torchrun() and peer_failed(err):
+            sys.exit(1)  # a collective broke because another rank failed: that rank prints the reason
+        raise
+    except KeyboardInterrupt:
+        if launched_by_torchrun():
+            sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
+        print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
+        sys.exit(130)
+
+
+def peer_failed(err: Exception) -> bool:
+    return isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err)
