@@ -31,9 +31,10 @@ def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, p
     spec = transform_spec(config)
     loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
     optimizer, _ = make_optimizer(model.parameters(), optim, steps_per_epoch=1)
+    scaler = ctx.precision.grad_scaler(ctx.device)  # the step the training loop runs: fp16 scales its gradients
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, None), loader, p,
+    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, scaler), loader, p,
                           ctx.device, TRACES / name, desc=f"profile: {name}")
     counts = count_parameters(model)
     stats.update({"trainable_parameters": counts["trainable"], "total_parameters": counts["total"],

@@ -3,9 +3,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
 
+from petlab.data import TransformSpec
+from petlab.params import Params, ProfileParams
 from petlab.profiling import forward_gflops, step_stats
+from petlab.runtime import Precision
+from petlab.train import StepContext, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +56,33 @@ def test_step_stats_and_gflops():
     assert stats["step_ms_mean"] == 200.0 and stats["throughput_images_per_s"] == 50.0
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 1000))
     assert forward_gflops(model, 64, torch.device("cpu")) == round(2 * 3 * 64 * 64 * 1000 / 1e9, 4)
+
+
+@pytest.mark.parametrize("precision", [Precision(torch.float16, True), Precision(torch.bfloat16, False),
+                                       Precision(None, False)], ids=lambda p: p.name)
+def test_the_profiled_step_scales_gradients_where_training_does(monkeypatch, tmp_path, precision):
+    """fp16 trains with a GradScaler (its scaling and unscaling are part of every step): the profile times that
+    step, one scaler across the steps as in training; other precisions have none to time."""
+    import stages.profile as stage
+
+    spec = TransformSpec(size=16)
+    batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 3, (4,)))
+               for _ in range(2)]
+    monkeypatch.setattr(stage, "TRACES", tmp_path)
+    monkeypatch.setattr(stage, "image_loader", lambda *args, **kwargs: batches)
+    scalers = []
+
+    def recording_train_step(*args):
+        scalers.append(args[-1])
+        return train_step(*args)
+
+    monkeypatch.setattr(stage, "train_step", recording_train_step)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    params = Params(profile=ProfileParams(wait=0, warmup=1, active=2, batch_size=4))
+    ctx = StepContext(torch.device("cpu"), precision, input_spec=spec)
+    stats = stage.profile_model("cnn", model, {"transform": spec.as_dict()}, ctx, params, None, params.train_cnn)
+    assert stats["precision"] == precision.name and stats["steps_timed"] == 2 and len(scalers) == 3
+    if precision.grad_scaling:
+        assert isinstance(scalers[0], torch.amp.GradScaler) and all(s is scalers[0] for s in scalers)
+    else:
+        assert scalers == [None] * 3
