@@ -1,7 +1,7 @@
 """Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
 
 # First: it sets torch's C++ log level, which only takes effect before torch loads.
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
+from petlab.profiling import forward_gflops, peak_memory_metric, profile_steps, step_stats, time_calls  # isort: skip
 
 from pathlib import Path
 
@@ -82,7 +82,8 @@ def main() -> None:
     write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
-    save_figure(plots.profile_comparison_figure(results), PLOT)
+    memory = peak_memory_metric(results["cnn"])
+    save_figure(plots.profile_comparison_figure(results, (memory.key, memory.label)), PLOT)
     for name, r in results.items():
         print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
               f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")

@@ -55,7 +55,7 @@ def test_user_strings_are_drawn_literally(tmp_path, kind, usetex):
     assert drawn and all(not t.get_usetex() and not t._parse_math for t in drawn)
     matplotlib.pyplot.close(fig)
 
-PROFILE = {"step_ms_mean": 400.0, "throughput_images_per_s": 80.0, "peak_memory_mb": 2000.0, "gflops_per_image": 1.2,
+PROFILE = {"step_ms_mean": 400.0, "throughput_images_per_s": 80.0, "peak_rss_rise_mb": 2000.0, "gflops_per_image": 1.2,
            "trainable_parameters": 100000}
 
 
@@ -69,8 +69,9 @@ def test_class_counts_legend_does_not_cover_the_bars():
 
 
 def test_profile_comparison_fits_dvc_plots_page():
-    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE})
+    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE}, ("peak_rss_rise_mb", "peak RSS rise (MB)"))
     assert fig.get_size_inches()[0] * 110 <= 1000  # pixels at save_figure's dpi
+    assert "peak RSS rise (MB)" in [ax.get_title() for ax in fig.axes]
 
 
 def test_confusion_labels_sort_as_text_in_label_order():
