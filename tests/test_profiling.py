@@ -105,7 +105,8 @@ def test_peak_memory_on_the_cpu_is_the_rise_of_the_process_rss():
 def test_peak_memory_on_cuda_is_the_allocators_absolute_peak(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 700 * MB)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated",
+                        lambda device=None: calls.append(("peak", device)) or 700 * MB)
     cuda = torch.device("cuda")
     with PeakMemory(cuda) as memory:
         pass
