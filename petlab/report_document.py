@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from petlab import plots, report
+from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import Params
 from petlab.profiling import peak_memory_metric
@@ -146,6 +147,8 @@ def caveats(run: Run) -> dict[str, str]:
     out = {}
     if not run.trained["vit"].get("pretrained", True):
         out["random backbone weights"] = "the probe's numbers say nothing about a pretrained ViT"
+    elif weights_label(run.trained["vit"]):  # weights that stand in for others: named where the numbers are
+        out["stand-in backbone weights"] = f"{weights_label(run.trained['vit'])}: the probe's numbers are theirs"
     if run.prepared.get("generated"):
         out["generated images"] = "shapes on noise made by petlab.synthetic, not photographs"
     dataset = run.prepared["source"].split(" ")[0]

@@ -80,13 +80,19 @@ def test_confusion_labels_sort_as_text_in_label_order():
     assert labels[:2] == ["00 Yorkshire", "01 Abyssinian"] and sorted(labels) == labels
 
 
-def test_figure_titles_name_the_probe_model_and_random_weights():
+def test_figure_titles_name_the_probe_model_and_random_or_stand_in_weights():
     from stages.evaluate import title
 
     probe = {"kind": "timm_probe", "timm_model": "resnet18", "info": {"pretrained": False}}
     assert title({"model_config": probe}) == "Linear probe on frozen resnet18, random weights"
     probe["info"]["pretrained"] = True
     assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
+    probe["info"]["weights_source"] = "file /weights/resnet18.safetensors"
+    assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
+    probe.update(timm_model="tf_efficientnet_lite0", info={"pretrained": True, "weights_source": (
+        "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)")})
+    assert title({"model_config": probe}) == ("Linear probe on frozen tf_efficientnet_lite0, EfficientNet-Lite0 "
+                                              "ImageNet weights, a stand-in for ViT-Tiny")
     assert "CNN" in title({"model_config": {"kind": "simple_cnn"}})
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -10,7 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import REPO
-from petlab.models import load_pretrained_backbone, timm_data_config
+from petlab import report_document
+from petlab.models import load_pretrained_backbone, timm_data_config, weights_label
 from petlab.params import TrainViTParams
 from petlab.stand_in import DESCRIPTION, TIMM_MODEL, timm_name, to_timm
 
@@ -83,3 +85,18 @@ def test_the_command_writes_the_file_or_says_in_one_line_why_not(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "petlab.stand_in", str(tmp_path / "file" / "x.safetensors")],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "stand_in: error:" in proc.stderr
+
+
+def test_results_on_stand_in_weights_say_so():
+    """The report's warnings and the figures' titles (stages.evaluate.title) read weights_label."""
+    stand_in = {"pretrained": True, "weights_source": f"{DESCRIPTION} (file /w/lite0.safetensors)"}
+    plain = {"pretrained": True, "weights_source": "file /w/vit_tiny.safetensors"}
+    assert weights_label(stand_in) == DESCRIPTION and weights_label(plain) == ""
+    assert weights_label({"pretrained": False, "weights_source": "random init (pretrained: false)"}) == "random weights"
+
+    def run(vit: dict):
+        return SimpleNamespace(trained={"vit": vit}, prepared={"source": "oxford_pets"}, epochs=lambda model: None)
+
+    assert report_document.caveats(run(stand_in)) == {
+        "stand-in backbone weights": f"{DESCRIPTION}: the probe's numbers are theirs"}
+    assert report_document.caveats(run(plain)) == {}
