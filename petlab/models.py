@@ -273,8 +273,8 @@ DESCRIBED_FILE = " (file "  # weights_source of a file that describes itself: "<
 
 
 def weights_label(info: dict) -> str:
-    """What results say beside the backbone's name about its weights (info as build_probe records it):
-    'random weights', the description its weights file carries (a stand-in's), or '' for the weights the name implies."""
+    """What results say beside the backbone's name about its weights (`info` as build_probe records it): 'random
+    weights', the description its weights file carries (a stand-in's), or '' for the weights the name implies."""
     if not info.get("pretrained", True):
         return "random weights"
     source = info.get("weights_source", "")

@@ -62,7 +62,7 @@ PEAK_MEMORY_METRICS = {  # by device type
 
 
 def peak_memory_metric(stats: dict) -> PeakMemoryMetric | None:
-    """Which peak-memory metric a profile result holds (none in results written before there were three)."""
+    """Which of PEAK_MEMORY_METRICS a profile result holds, or None."""
     return next((m for m in PEAK_MEMORY_METRICS.values() if m.key in stats), None)
 
 
