@@ -262,9 +262,37 @@ def weights_source(model_name: str, pretrained: bool, weights: str | None) -> st
     if not pretrained:
         return "random init (pretrained: false)"
     if weights is not None:
-        return f"file {Path(weights).expanduser().resolve()}"
+        path = Path(weights).expanduser().resolve()
+        description = weights_description(path)
+        return f"{description}{DESCRIBED_FILE}{path})" if description else f"file {path}"
     cfg = timm.models.get_pretrained_cfg(model_name)
     return f"timm hub {cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else model_name}"
+
+
+DESCRIBED_FILE = " (file "  # weights_source of a file that describes itself: "<description> (file <path>)"
+
+
+def weights_label(info: dict) -> str:
+    """What results say beside the backbone's name about its weights (`info` as build_probe records it): 'random
+    weights', the description its weights file carries (a stand-in's), or '' for the weights the name implies."""
+    if not info.get("pretrained", True):
+        return "random weights"
+    source = info.get("weights_source", "")
+    return source.split(DESCRIBED_FILE)[0] if DESCRIBED_FILE in source and not source.startswith("file ") else ""
+
+
+def weights_description(path: Path) -> str | None:
+    """What a safetensors weights file says it holds (its metadata's `description`, as petlab.stand_in writes),
+    so that reports name weights that stand in for others; None for other files."""
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("description")
+    except Exception:  # not a valid safetensors file: loading it fails with its own error
+        return None
 
 
 # The backbone's weights as the pipeline versions them: resolved once by the backbone_weights stage into a

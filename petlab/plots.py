@@ -125,10 +125,13 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str, nor
     return fig
 
 
-def profile_comparison_figure(models: dict[str, dict]):
-    """Side-by-side bars of the profile metrics that matter when choosing between the models."""
+def profile_comparison_figure(models: dict[str, dict], memory_panel: tuple[str, str] | None = None):
+    """Side-by-side bars of the profile metrics that matter when choosing between the models.
+
+    `memory_panel`: (key, label) of the peak-memory metric the results hold, which depends on the device.
+    """
     panels = [("step_ms_mean", "train step (ms, mean)"), ("throughput_images_per_s", "throughput (images/s)"),
-              ("peak_memory_mb", "peak memory (MB)"), ("gflops_per_image", "forward GFLOPs / image"),
+              *([memory_panel] if memory_panel else []), ("gflops_per_image", "forward GFLOPs / image"),
               ("trainable_parameters", "trainable parameters")]
     names = list(models)
     # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).

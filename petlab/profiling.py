@@ -13,6 +13,7 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import itertools  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Iterable  # noqa: E402
 
@@ -28,41 +29,83 @@ from petlab.params import ProfileParams  # noqa: E402
 from petlab.runtime import synchronize  # noqa: E402
 
 
-class PeakMemory:
-    """Peak memory over a block: CUDA's allocator peak, or on the CPU the process RSS sampled every 2 ms.
+@dataclass(frozen=True)
+class PeakMemoryMetric:
+    """One way of measuring peak memory, under a metric name of its own: `dvc metrics diff` between runs on
+    different devices then shows two metrics instead of comparing a GPU allocator's peak with a process's RSS."""
 
-    On the CPU the number is the rise of RSS above its level when the block started, i.e. what
-    the steps themselves needed beyond the already-loaded model and data.
+    key: str
+    name: str
+    meaning: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (MB)"
+
+
+PEAK_MEMORY_METRICS = {  # by device type
+    "cuda": PeakMemoryMetric(
+        "peak_cuda_allocated_mb", "peak CUDA memory allocated",
+        "the most memory CUDA's caching allocator had handed to tensors during the profiled steps "
+        "(torch.cuda.max_memory_allocated): model, optimiser state, batch and activations, without the "
+        "allocator's unused cache or the CUDA context"),
+    "mps": PeakMemoryMetric(
+        "peak_mps_driver_mb", "peak MPS driver memory",
+        "the most memory the Metal driver held for the process during the profiled steps "
+        "(torch.mps.driver_allocated_memory, sampled every 2 ms): model, optimiser state, batch, activations "
+        "and the allocator's cache"),
+    "cpu": PeakMemoryMetric(
+        "peak_rss_rise_mb", "peak RSS rise",
+        "the rise of the process's resident memory during the profiled steps above its level before them "
+        "(sampled every 2 ms): what the steps needed beyond the model and data already loaded"),
+}
+
+
+def peak_memory_metric(stats: dict) -> PeakMemoryMetric | None:
+    """Which of PEAK_MEMORY_METRICS a profile result holds, or None."""
+    return next((m for m in PEAK_MEMORY_METRICS.values() if m.key in stats), None)
+
+
+class PeakMemory:
+    """Peak memory over a block, measured as PEAK_MEMORY_METRICS says for the device: `peak_mb` under `metric.key`.
+
+    The process's RSS misses what a GPU holds (CUDA's memory, and Metal's, although MPS shares the host's
+    memory), so each device is measured by its own allocator; CUDA's keeps its own peak, the others are sampled.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.metric = PEAK_MEMORY_METRICS[device.type]
         self.peak_mb = 0.0
-        self.method = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_rss_increase"
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        if self.device.type == "mps":
+            self._read, self._base = torch.mps.driver_allocated_memory, 0  # an absolute figure, as CUDA's
         else:
-            self._proc = psutil.Process(os.getpid())
-            self._base = self._peak = self._proc.memory_info().rss
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            process = psutil.Process(os.getpid())
+            self._read = lambda: process.memory_info().rss
+            self._base = self._read()
+        self._peak = self._read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
-            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self._peak = max(self._peak, self._read())
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-            self.peak_mb = (self._peak - self._base) / 2**20
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._read())
+        self.peak_mb = (self._peak - self._base) / 2**20
 
 
 def step_stats(seconds: list[float], batch_size: int) -> dict:
@@ -112,7 +155,7 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
     data_wait_share = float(np.sum(data_seconds) / (np.sum(data_seconds) + np.sum(seconds)))
     stats.update({"data_wait_ms_mean": round(float(np.mean(data_seconds)) * 1000.0, 3),
                   "data_wait_share": round(data_wait_share, 4),
-                  "peak_memory_mb": round(memory.peak_mb, 2), "peak_memory_method": memory.method, "top_ops": top})
+                  memory.metric.key: round(memory.peak_mb, 2), "top_ops": top})
     return stats
 
 

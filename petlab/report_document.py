@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from petlab import plots, report
+from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import Params
+from petlab.profiling import peak_memory_metric
 from petlab.runtime import PipelineError
 
 # backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
@@ -145,6 +147,8 @@ def caveats(run: Run) -> dict[str, str]:
     out = {}
     if not run.trained["vit"].get("pretrained", True):
         out["random backbone weights"] = "the probe's numbers say nothing about a pretrained ViT"
+    elif weights_label(run.trained["vit"]):  # weights that stand in for others: named where the numbers are
+        out["stand-in backbone weights"] = f"{weights_label(run.trained['vit'])}: the probe's numbers are theirs"
     if run.prepared.get("generated"):
         out["generated images"] = "shapes on noise made by petlab.synthetic, not photographs"
     dataset = run.prepared["source"].split(" ")[0]
@@ -373,16 +377,16 @@ def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredict
 
 
 def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
+    memory = peak_memory_metric(run.profile["cnn"])
     rows = []
     for m, name in report.MODELS.items():
         p = run.profile[m]
         rows.append({"model": name, "step ms (mean / p95)": f"{p['step_ms_mean']:.1f} / {p['step_ms_p95']:.1f}",
-                     "images/s": f"{p['throughput_images_per_s']:.1f}", "peak memory MB": f"{p['peak_memory_mb']:.0f}",
+                     "images/s": f"{p['throughput_images_per_s']:.1f}", memory.label: f"{p[memory.key]:.0f}",
                      "GFLOPs/image": f"{p['gflops_per_image']:.3g}",
                      "parameters (trainable / total)": f"{p['trainable_parameters']:,} / {p['total_parameters']:,}",
                      "loader wait": f"{p['data_wait_share']:.0%}", "step is": bound[m][0]})
     vit = run.profile["vit"]
-    peak_memory = PEAK_MEMORY.get(run.profile["cnn"].get("peak_memory_method"), "")
     extraction, head = vit.get("feature_extraction"), vit.get("cached_head_step")
     parts = ["## 5. Cost and bottlenecks\n\n",
              f"Training steps from images, profiled at batch {run.profile['cnn'].get('batch_size', '?')} "
@@ -390,7 +394,7 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
              f"what it trains (the head, and any unfrozen parts), as its image routes train; the cached route makes "
              f"that forward once per image, then fits the head on the features (below). Loader wait is the share "
              f"of each profiled step spent waiting for the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
-             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
+             f"{report.COMPUTE_BOUND:.0%}). Peak memory ({memory.name}): {memory.meaning}.\n\n",
              table(pd.DataFrame(rows))]
     if extraction and head:
         parts.append(f"\nThe probe's cached route: extracting features costs {extraction['step_ms_mean']:.1f} ms a "
@@ -408,10 +412,6 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
     parts += ["\nEach stage's share of the pipeline's wall time (this run; the report stage itself not counted):\n\n",
               table(shares), f"\nCost side by side: {comparison}.\n"]
     return "".join(parts)
-
-
-PEAK_MEMORY = {"cpu_rss_increase": "the rise of the process's resident memory over the profiled steps",
-               "cuda_max_memory_allocated": "the CUDA allocator's peak over the profiled steps"}
 
 
 def sanity_section(run: Run) -> str:

@@ -106,12 +106,28 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
+        """The GradScaler every training step at this precision needs (fp16's small gradients), else None."""
+        return torch.amp.GradScaler(device.type) if self.grad_scaling else None
+
+
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """True where the GPU runs bf16 natively: Ampere (sm_80) and later, and ROCm's GPUs.
+
+    Not torch.cuda.is_bf16_supported(): by default it also counts bf16 that is merely emulated (a T4, sm_75,
+    runs bf16 autocast without tensor cores or cuDNN bf16 convolutions, far slower than fp16 there).
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
 
 def select_precision(device: torch.device, amp: bool) -> Precision:
+    """bf16 autocast where the device runs it natively; fp16 with a GradScaler on older GPUs; else fp32."""
     if not amp:
         return Precision(None, False)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if cuda_supports_bf16(device):
             return Precision(torch.bfloat16, False)
         return Precision(torch.float16, True)
     if device.type == "cpu" and cpu_supports_bf16():

@@ -9,6 +9,7 @@ from petlab.data import PreparedData
 from petlab.evaluation import score, write_predictions, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
 from petlab.features import feature_split
+from petlab.models import weights_label
 from petlab.outputs import load_torch, write_json
 from petlab.runtime import PipelineError, Precision
 from petlab.stage import run_stage
@@ -57,12 +58,12 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
 
 
 def title(checkpoint: dict) -> str:
-    """What the model is, as the figures name it; a probe on random weights says so."""
+    """What the model is, as the figures name it; a probe on random or stand-in weights says so."""
     config = checkpoint["model_config"]
     if config["kind"] != "timm_probe":
         return f"CNN from scratch ({config['kind']})"
-    random = "" if config.get("info", {}).get("pretrained", True) else ", random weights"
-    return f"Linear probe on frozen {config['timm_model']}{random}"
+    label = weights_label(config.get("info", {}))
+    return f"Linear probe on frozen {config['timm_model']}" + (f", {label}" if label else "")
 
 
 def main() -> None:
@@ -94,6 +95,8 @@ def main() -> None:
               f"top-5 {t['top5_accuracy']:.4f}")
     if not results["vit"].get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
+    elif weights_label(results["vit"]):
+        print(f"evaluate: vit: {weights_label(results['vit'])}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
 
 # First: it sets torch's C++ log level, which only takes effect before torch loads.
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
+from petlab.profiling import forward_gflops, peak_memory_metric, profile_steps, step_stats, time_calls  # isort: skip
 
 from pathlib import Path
 
@@ -31,9 +31,10 @@ def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, p
     spec = transform_spec(config)
     loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
     optimizer, _ = make_optimizer(model.parameters(), optim, steps_per_epoch=1)
+    scaler = ctx.precision.grad_scaler(ctx.device)  # the step the training loop runs: fp16 scales its gradients
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, None), loader, p,
+    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, scaler), loader, p,
                           ctx.device, TRACES / name, desc=f"profile: {name}")
     counts = count_parameters(model)
     stats.update({"trainable_parameters": counts["trainable"], "total_parameters": counts["total"],
@@ -81,7 +82,8 @@ def main() -> None:
     write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
-    save_figure(plots.profile_comparison_figure(results), PLOT)
+    memory = peak_memory_metric(results["cnn"])
+    save_figure(plots.profile_comparison_figure(results, (memory.key, memory.label)), PLOT)
     for name, r in results.items():
         print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
               f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")

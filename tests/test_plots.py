@@ -55,7 +55,7 @@ def test_user_strings_are_drawn_literally(tmp_path, kind, usetex):
     assert drawn and all(not t.get_usetex() and not t._parse_math for t in drawn)
     matplotlib.pyplot.close(fig)
 
-PROFILE = {"step_ms_mean": 400.0, "throughput_images_per_s": 80.0, "peak_memory_mb": 2000.0, "gflops_per_image": 1.2,
+PROFILE = {"step_ms_mean": 400.0, "throughput_images_per_s": 80.0, "peak_rss_rise_mb": 2000.0, "gflops_per_image": 1.2,
            "trainable_parameters": 100000}
 
 
@@ -69,8 +69,9 @@ def test_class_counts_legend_does_not_cover_the_bars():
 
 
 def test_profile_comparison_fits_dvc_plots_page():
-    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE})
+    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE}, ("peak_rss_rise_mb", "peak RSS rise (MB)"))
     assert fig.get_size_inches()[0] * 110 <= 1000  # pixels at save_figure's dpi
+    assert "peak RSS rise (MB)" in [ax.get_title() for ax in fig.axes]
 
 
 def test_confusion_labels_sort_as_text_in_label_order():
@@ -79,13 +80,19 @@ def test_confusion_labels_sort_as_text_in_label_order():
     assert labels[:2] == ["00 Yorkshire", "01 Abyssinian"] and sorted(labels) == labels
 
 
-def test_figure_titles_name_the_probe_model_and_random_weights():
+def test_figure_titles_name_the_probe_model_and_random_or_stand_in_weights():
     from stages.evaluate import title
 
     probe = {"kind": "timm_probe", "timm_model": "resnet18", "info": {"pretrained": False}}
     assert title({"model_config": probe}) == "Linear probe on frozen resnet18, random weights"
     probe["info"]["pretrained"] = True
     assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
+    probe["info"]["weights_source"] = "file /weights/resnet18.safetensors"
+    assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
+    probe.update(timm_model="tf_efficientnet_lite0", info={"pretrained": True, "weights_source": (
+        "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)")})
+    assert title({"model_config": probe}) == ("Linear probe on frozen tf_efficientnet_lite0, EfficientNet-Lite0 "
+                                              "ImageNet weights, a stand-in for ViT-Tiny")
     assert "CNN" in title({"model_config": {"kind": "simple_cnn"}})
 
 

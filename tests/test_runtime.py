@@ -6,12 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import REPO, write_params
-from petlab.runtime import PipelineError, select_device
+from petlab.runtime import PipelineError, Precision, select_device, select_precision
 
 # A device this machine does not have (CUDA machines have no MPS, and the other way round).
 MISSING_DEVICE = "mps" if torch.cuda.is_available() else "cuda"
@@ -50,3 +51,31 @@ def test_ctrl_c_while_a_stage_is_still_importing_prints_one_line(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "train_cnn: interrupted while starting; nothing was written\n", err
+
+
+def pretend_cuda_device(monkeypatch, major: int, minor: int) -> None:
+    """A CUDA GPU of compute capability major.minor, on which (as torch finds on a T4) bf16 tensors can be made."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=major, minor=minor, name=f"sm_{major}{minor}"))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulated bf16 works
+
+
+@pytest.mark.parametrize("capability, name, grad_scaling", [((7, 5), "fp16", True), ((7, 0), "fp16", True),
+                                                            ((8, 0), "bf16", False), ((8, 6), "bf16", False),
+                                                            ((9, 0), "bf16", False)])
+def test_gpus_get_bf16_only_where_it_is_native_else_fp16_with_grad_scaling(monkeypatch, capability, name,
+                                                                           grad_scaling):
+    """A T4 (sm_75) emulates bf16, so torch.cuda.is_bf16_supported() says yes: it must still get fp16."""
+    pretend_cuda_device(monkeypatch, *capability)
+    precision = select_precision(torch.device("cuda"), amp=True)
+    assert (precision.name, precision.grad_scaling) == (name, grad_scaling)
+    assert select_precision(torch.device("cuda"), amp=False).name == "fp32"
+
+
+def test_only_fp16_gets_a_grad_scaler():
+    cpu = torch.device("cpu")
+    assert isinstance(Precision(torch.float16, True).grad_scaler(cpu), torch.amp.GradScaler)
+    assert Precision(torch.bfloat16, False).grad_scaler(cpu) is None and Precision(None, False).grad_scaler(cpu) is None
