@@ -255,8 +255,9 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
     except Exception as err:
         raise PipelineError(
             f"cannot get pretrained weights for {model_name} ({type(err).__name__}{why}). Either set "
-            f"train_vit.weights to a local weights file (.safetensors, .pth or timm's .npz), or put the model in the Hugging Face cache on a machine with "
-            f"internet (python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") "
+            f"train_vit.weights to a local weights file (.safetensors, .pth or timm's .npz), or put the model in the "
+            f"Hugging Face cache on a machine with internet "
+            f"(python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") "
             f"and run with HF_HUB_OFFLINE=1"
         ) from None
     return model, source
