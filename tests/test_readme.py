@@ -86,8 +86,8 @@ def printed_recipes() -> list[str]:
     recipes = []
     for text in TEXTS.values():
         inline = re.findall(r"`((?:[A-Z_]+=\S+ )?dvc (?:exp run|repro)\b[^`]*)`", text)
-        fenced = [line for block in re.findall(r"```\w*\n(.*?)```", text, re.S) for line in commands(block)
-                  if re.search(r"\bdvc (exp run|repro)\b", line)]
+        fenced = [part.strip() for block in re.findall(r"```\w*\n(.*?)```", text, re.S) for line in commands(block)
+                  for part in line.split("&&") if re.match(r"\s*(?:[A-Z_]+=\S+ )*dvc (exp run|repro)\b", part)]
         for command in inline + fenced:
             command = " ".join(command.split())
             for name, value in shorthands().items():
@@ -132,13 +132,25 @@ def test_the_docs_print_their_recipes_and_shorthands():
     assert {"FM-mini", "cheap-ViT"} <= set(shorthands())
     assert len(recipes) >= 15 and not [r for r in recipes if "<" in r and ">" in r]  # every shorthand expanded
     assert any("train_vit.unfreeze" in r for r in recipes)  # docs/ are read, not only the README
+    assert targets_of("dvc exp run --queue train_cnn -S train_cnn.lr=1e-3") == ["train_cnn"]  # and a stale stage
     with pytest.raises(ParamsError, match="warmup_epochs"):  # the check below does catch a stale recipe
         parse_params(params_of("dvc exp run -S train_vit.epochs=2"))
+
+
+def targets_of(command: str) -> list[str]:
+    """The stages (or dvc.yaml files) a printed command names: its arguments that are neither flags nor values."""
+    tokens = shlex.split(command)
+    start = tokens.index("dvc") + 2  # after `dvc repro` / `dvc exp run`
+    tokens = tokens[start + (tokens[start - 1] == "exp"):]
+    return [token for previous, token in zip([""] + tokens, tokens)
+            if not token.startswith("-") and previous not in ("-S", "--set-param", "-n", "--name", "-j", "--jobs")]
 
 
 @pytest.mark.parametrize("command", printed_recipes())
 def test_every_printed_recipe_passes_the_params_schema(command):
     parse_params(params_of(command), source=command)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert [target for target in targets_of(command) if target not in stages and not (REPO / target).is_file()] == []
     if "data.dataset=fashion_mnist" in command and "data.per_class=375" in command:  # FM-mini: measured with cheap-ViT
         parse_params(params_of(f"{command} {shorthands()['cheap-ViT']}"), source=f"{command} <cheap-ViT>")
 
