@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import torch
 from torch import nn
@@ -264,8 +265,13 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
 
 
 def hub_answers(endpoint: str, timeout: float = 5.0) -> bool:
-    """Whether the Hugging Face hub's host accepts a connection within `timeout` seconds."""
+    """Whether the Hugging Face hub's host, or the proxy the environment names for it, accepts a connection within
+    `timeout` seconds."""
     url = urlsplit(endpoint)
+    proxies = getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(url.hostname):  # the hub client goes through it too (HTTPS_PROXY and the like)
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
     except OSError:

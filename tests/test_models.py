@@ -94,7 +94,7 @@ def load_with_silent_hub(hf_home: Path) -> subprocess.CompletedProcess:
     """test_vit's hub weights in a fresh process whose hub does not answer, HF_HUB_OFFLINE unset."""
     code = ("from petlab.models import load_pretrained_backbone\n"
             "print(load_pretrained_backbone('test_vit', pretrained=True, weights=None)[1])")
-    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE" and "proxy" not in key.lower()}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(hf_home))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=300)
@@ -120,14 +120,22 @@ def test_a_hub_that_does_not_answer_leaves_the_cache(tmp_path, test_vit_weights)
     assert "test_vit" in proc.stdout
 
 
-def test_hub_answers_only_where_a_port_accepts():
+def test_hub_answers_only_where_a_port_accepts(monkeypatch):
     import socket
 
+    for key in [key for key in os.environ if "proxy" in key.lower()]:
+        monkeypatch.delenv(key)
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
-        assert hub_answers(f"http://127.0.0.1:{listening.getsockname()[1]}")
-    assert not hub_answers(f"http://127.0.0.1:{closed_port()}", timeout=1)
+        port = listening.getsockname()[1]
+        assert hub_answers(f"http://127.0.0.1:{port}")
+        assert not hub_answers(f"http://127.0.0.1:{closed_port()}", timeout=1)
+        # Behind a proxy, the proxy is what must answer: the hub client reaches the hub through it.
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        assert hub_answers("https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed_port()}")
+        assert not hub_answers("https://hub.invalid", timeout=1)
 
 
 def test_random_backbone_says_so():
