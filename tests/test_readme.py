@@ -159,19 +159,20 @@ def test_every_printed_recipe_passes_the_params_schema(command):
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"no Fashion-MNIST at {FASHION_MNIST} (the README's extras)")
 def test_the_printed_fm_mini_recipe_runs_as_printed(tmp_path):
-    """dvc itself reads the printed -S values as the schema check above assumes, and the pipeline runs them; a few
-    images per class and two CNN epochs, added at the end (the last -S of a key wins), keep it short."""
+    """dvc itself reads the printed -S values as the schema check above assumes, and the stages run on them: a few
+    images per class and two CNN epochs, added at the end (the last -S of a key wins), keep it short, and so does
+    stopping after `evaluate` (profile and report run alike on any data; the end-to-end tests run them)."""
     (printed,) = grid_points(f"dvc exp run {shorthands()['FM-mini']}")
     assert printed in printed_recipes()
     command = (f"{printed} {shorthands()['cheap-ViT']} -S data.per_class=16 -S data.test_per_class=4 "
                "-S train_cnn.epochs=2")
     project = make_project(tmp_path / "project", {})
-    dvc(project, *shlex.split(command)[1:])
+    dvc(project, "exp", "run", "evaluate", *shlex.split(command)[3:])
     applied = yaml.safe_load((project / "params.yaml").read_text())
     assert parse_params(applied) == parse_params(params_of(command))
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    report = (project / "reports/report.md").read_text()
-    assert set(evaluation) == {"cnn", "vit"} and "random backbone weights" in report
+    classes = json.loads((project / "data/oxford_pets/classes.json").read_text())
+    assert set(evaluation) == {"cnn", "vit"} and set(classes) == set(applied["data"]["classes"]) and len(classes) == 6
 
 
 def printed_modules() -> set[str]:
