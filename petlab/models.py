@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import socket
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import torch
 from torch import nn
@@ -241,18 +243,40 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
             raise PipelineError(f"train_vit.weights = {weights!r}: cannot load into {model_name} "
                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
         return model, source
+    from huggingface_hub import constants as hub
+
+    why = ", HF_HUB_OFFLINE=1" if hub.HF_HUB_OFFLINE else ""
+    if not why and not hub_answers(hub.ENDPOINT):
+        # Offline, the hub client retries each file for about half a minute before it looks in its cache: decide
+        # now, and use the cache alone as HF_HUB_OFFLINE=1 does (the client reads this flag at every request).
+        why = f", {hub.ENDPOINT} does not answer"
+        hub.HF_HUB_OFFLINE = True
     try:
         model = timm.create_model(model_name, pretrained=True, num_classes=0)
     except Exception as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise PipelineError(
-            f"cannot get pretrained weights for {model_name} ({type(err).__name__}"
-            f"{', HF_HUB_OFFLINE=1' if offline else ''}). Either set train_vit.weights to a local weights file "
-            f"(.safetensors, .pth or timm's .npz), or put the model in the Hugging Face cache on a machine with "
-            f"internet (python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") "
+            f"cannot get pretrained weights for {model_name} ({type(err).__name__}{why}). Either set "
+            f"train_vit.weights to a local weights file (.safetensors, .pth or timm's .npz), or put the model in the "
+            f"Hugging Face cache on a machine with internet "
+            f"(python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") "
             f"and run with HF_HUB_OFFLINE=1"
         ) from None
     return model, source
+
+
+def hub_answers(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub's host, or the proxy the environment names for it, accepts a connection within
+    `timeout` seconds."""
+    url = urlsplit(endpoint)
+    proxies = getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(url.hostname):  # the hub client goes through it too (HTTPS_PROXY and the like)
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def weights_source(model_name: str, pretrained: bool, weights: str | None) -> str:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from conftest import REPO
 from petlab.downloads import file_digest
-from petlab.models import (FrozenBackboneClassifier, SimpleCNN, count_parameters, create_model,
+from petlab.models import (FrozenBackboneClassifier, SimpleCNN, count_parameters, create_model, hub_answers,
                            load_pretrained_backbone, timm_data_config)
 from petlab.runtime import PipelineError
 
@@ -78,6 +79,63 @@ def test_unreachable_hub_names_both_offline_ways():
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode != 0
     assert "train_vit.weights" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+
+
+def closed_port() -> int:
+    """A local port that refuses connections: one the system just handed out, closed again."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def load_with_silent_hub(hf_home: Path) -> subprocess.CompletedProcess:
+    """test_vit's hub weights in a fresh process whose hub does not answer, HF_HUB_OFFLINE unset."""
+    code = ("from petlab.models import load_pretrained_backbone\n"
+            "print(load_pretrained_backbone('test_vit', pretrained=True, weights=None)[1])")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE" and "proxy" not in key.lower()}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(hf_home))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=300)
+
+
+def test_a_hub_that_does_not_answer_stops_the_load_at_once(tmp_path):
+    """Offline, the first stage stops with its one line, without the hub client's minute of retries."""
+    proc = load_with_silent_hub(tmp_path / "hf")  # an empty cache: nothing to fall back on
+    assert proc.returncode != 0 and "Retrying" not in proc.stderr, proc.stderr
+    assert "does not answer" in proc.stderr and "train_vit.weights" in proc.stderr
+
+
+def test_a_hub_that_does_not_answer_leaves_the_cache(tmp_path, test_vit_weights):
+    import shutil
+
+    snapshot = tmp_path / "hf/hub/models--timm--test_vit.r160_in1k/snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(test_vit_weights, snapshot / "model.safetensors")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs/main").write_text("0" * 40)
+    proc = load_with_silent_hub(tmp_path / "hf")
+    assert proc.returncode == 0 and "Retrying" not in proc.stderr, proc.stderr
+    assert "test_vit" in proc.stdout
+
+
+def test_hub_answers_only_where_a_port_accepts(monkeypatch):
+    import socket
+
+    for key in [key for key in os.environ if "proxy" in key.lower()]:
+        monkeypatch.delenv(key)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert hub_answers(f"http://127.0.0.1:{port}")
+        assert not hub_answers(f"http://127.0.0.1:{closed_port()}", timeout=1)
+        # Behind a proxy, the proxy is what must answer: the hub client reaches the hub through it.
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        assert hub_answers("https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed_port()}")
+        assert not hub_answers("https://hub.invalid", timeout=1)
 
 
 def test_random_backbone_says_so():
