@@ -247,7 +247,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     loaders = {"train": train_loader, "val": val_loader}
     # What a checkpoint must have been made on besides the stage's inputs: results differ across these.
     run = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-           "ranks": distributed.world_size(), "torch": torch.__version__, "steps_per_epoch": len(train_loader)}
+           "ranks": distributed.world_size(), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader)}
     saved = load_training_state(resume, run)
     best: FitResult | None = None
     best_key = None
