@@ -3,8 +3,12 @@ byte; anything else (other inputs, an unreadable checkpoint) starts from scratch
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 
 from petlab.data import ImageDataset, TransformSpec, eval_transform, make_loader, train_transform
@@ -13,7 +17,7 @@ from petlab.params import LoaderParams, OptimParams, parse_params
 from petlab.resume import Resume, path_digest, stage_inputs
 from petlab.runtime import Precision, seed_everything
 from petlab.train import StepContext, fit
-from test_distributed import write_images
+from test_distributed import free_port, write_images
 
 SPEC = TransformSpec(size=16)
 
@@ -140,3 +144,28 @@ def test_a_stage_is_keyed_by_its_command_params_and_every_file_of_its_deps(tmp_p
     (tmp_path / "data.txt").write_text("other data\n")
     changed = stage_inputs("train_cnn", parse_params({"train_cnn": {"lr": 0.02}}))
     assert changed["params"]["train_cnn.lr"] == 0.02 and changed["deps"]["data.txt"] != inputs["deps"]["data.txt"]
+
+
+def resume_on_ranks(rank: int, world: int, port: int, images, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        optim = OptimParams(epochs=3, batch_size=8, lr=0.01, warmup_epochs=0.5)
+        reference = train(images, optim)
+        resume = resume_in(out, optim.lr)
+        with pytest.raises(KeyboardInterrupt):
+            train(images, optim, resume, stop=2)
+        dist.barrier()  # rank 0 has written the checkpoint (a restarted run comes long after)
+        resumed = train(images, optim, resume, stop=1)  # raises if any rank trains epoch 1 again
+        torch.save({"same": same_result(resumed, reference), "checkpoint": resume.path.is_file()},
+                   out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_resume_from_rank_0s_checkpoint_to_the_same_result(images, tmp_path):
+    mp.spawn(resume_on_ranks, args=(2, free_port(), images, tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks == [{"same": True, "checkpoint": True}] * 2
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["net.pt"]  # one file, rank 0's
