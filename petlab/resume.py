@@ -29,10 +29,10 @@ RESUME_DIR = Path("resume")
 class Resume:
     """Where a training loop keeps its end-of-epoch checkpoint, and the inputs it must have been made from.
 
-    `inputs` is called once, when first needed (it reads every dep, the data included).
+    `inputs` is called once, when first needed (it reads every dep, the data included); None keeps no checkpoint.
     """
 
-    def __init__(self, path: str | Path, inputs: Callable[[], dict], name: str):
+    def __init__(self, path: str | Path, inputs: Callable[[], dict | None], name: str):
         self.path, self.name, self._inputs = Path(path), name, inputs
         self.writable = True
 
@@ -41,7 +41,7 @@ class Resume:
         return cls(RESUME_DIR / f"{stage}.pt", lambda: stage_inputs(stage, params, dvc_file), stage)
 
     @functools.cached_property
-    def inputs(self) -> dict:
+    def inputs(self) -> dict | None:
         return self._inputs()
 
     def load(self, run: dict) -> dict | None:
@@ -50,13 +50,13 @@ class Resume:
         None, with one line from rank 0 saying why, for a checkpoint that cannot be read or was made from other
         inputs; None and nothing said where there is no checkpoint.
         """
-        if not self.path.is_file():
+        if self.inputs is None or not self.path.is_file():
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             saved_inputs, state, epoch = saved["inputs"], saved["state"], int(saved["state"]["epoch"])
         except Exception as err:  # truncated, corrupt, or not a checkpoint of ours: the run is not lost, only slower
-            first = str(err).splitlines()[0] if str(err) else ""
+            first = str(err).splitlines()[0][:100] if str(err) else ""
             self.say(f"starting from scratch: {self.path} cannot be read ({type(err).__name__}: {first})")
             return None
         why = differences(saved_inputs, {**self.inputs, "run": run})
@@ -68,7 +68,7 @@ class Resume:
     def save(self, run: dict, state: dict) -> None:
         """Replace the checkpoint with `state` (rank 0 only), atomically: a run killed while saving keeps the
         previous one. A checkpoint that cannot be written costs the resume, not the run: one line, then none."""
-        if not distributed.is_main() or not self.writable:
+        if not distributed.is_main() or not self.writable or self.inputs is None:
             return
         buf = io.BytesIO()
         torch.save({"inputs": {**self.inputs, "run": run}, "state": state}, buf)
@@ -91,12 +91,18 @@ class Resume:
             print(f"{self.name}: {message}", flush=True)
 
 
-def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml") -> dict:
+def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml") -> dict | None:
     """What a stage's outputs depend on, as dvc.yaml declares it: its command, the values of its params (flattened
-    to dotted keys, so a change names the key) and a digest of each dep (every file of a folder)."""
+    to dotted keys, so a change names the key) and a digest of each dep (every file of a folder).
+
+    None where dvc.yaml does not declare the stage (a stage run by hand elsewhere): nothing to key a checkpoint by,
+    so none is kept."""
     import yaml
 
-    spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+    try:
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
     values = flatten(to_dict(params))
     keys = [entry for entry in spec.get("params") or [] if isinstance(entry, str)]  # keys of params.yaml
     chosen = {k: v for k, v in values.items() if any(k == key or k.startswith(f"{key}.") for key in keys)}

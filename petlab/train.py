@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from petlab.runtime import Precision
 
 if TYPE_CHECKING:  # fit only calls its load and save: the loop knows nothing of stages or dvc.yaml
     from petlab.resume import Resume
+
+# timm warns that a cosine of one update (after warmup) has no effect; it has: the lr falls to 0 after it.
+logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_macro_f1",
                    "val_macro_f1", "val_top5_accuracy", "lr"]

@@ -144,6 +144,10 @@ def test_a_stage_is_keyed_by_its_command_params_and_every_file_of_its_deps(tmp_p
     (tmp_path / "data.txt").write_text("other data\n")
     changed = stage_inputs("train_cnn", parse_params({"train_cnn": {"lr": 0.02}}))
     assert changed["params"]["train_cnn.lr"] == 0.02 and changed["deps"]["data.txt"] != inputs["deps"]["data.txt"]
+    assert stage_inputs("train_vit", params) is None  # not in dvc.yaml: no checkpoint is kept
+    unkeyed = Resume.for_stage("train_vit", params)
+    unkeyed.save({}, {"epoch": 1})
+    assert unkeyed.load({}) is None and not unkeyed.path.exists()
 
 
 def resume_on_ranks(rank: int, world: int, port: int, images, out) -> None:

@@ -288,7 +288,10 @@ def test_training_and_prediction_steps_never_wait_for_the_gpu():
     counts = []
     for n_train in (64, 320):
         seed_everything(0)
-        train_loader, val_loader = digits_feature_loaders(n_train, 10 * n_train // 32, 32)
+        x, y = torch.randn(n_train, 64), torch.randint(0, 10, (n_train,))
+        pinned = LoaderParams(num_workers=0, pin_memory=True)  # as on CUDA by default: copies need not wait
+        train_loader = make_loader(TensorDataset(x, y), 32, True, 0, gpu.device, pinned)
+        val_loader = make_loader(TensorDataset(x, y), 32, False, 0, gpu.device, pinned)
         head = nn.Linear(64, 10).cuda()
         optimizer, _ = make_optimizer(head.parameters(), OptimParams(epochs=1), len(train_loader))
         train_one_epoch(head, train_loader, optimizer, nn.CrossEntropyLoss(), gpu, 10)  # first-call set-up
