@@ -75,7 +75,7 @@ class LRSchedule:
 
     timm's CosineLRScheduler gives the lr from the count of optimizer updates (t_in_epochs=False), so it holds
     no state of its own; after the warmup, plateau hands the lr to torch's ReduceLROnPlateau, which cuts it when
-    the val loss stalls (epoch_end). timm's PlateauLRScheduler would warm up per epoch only, and its state_dict
+    the val loss stalls (epoch_end). timm's PlateauLRScheduler warms up per epoch only, and its state_dict
     leaves out the patience counters a resumed run needs.
 
     The schedule counts the updates the optimizer makes (a hook on optimizer.step), not the batches: GradScaler
@@ -101,8 +101,8 @@ class LRSchedule:
         """timm's t for the next update, after `updates` of them.
 
         The lr reaches its peak on the last warmup update and the cosine starts from the peak on the next one
-        (the peak twice, as this project's schedule always had it). timm's warmup ends where its cosine starts,
-        at t = warmup_t, so during the warmup t counts the update about to be made, and afterwards those made.
+        (two updates at the peak). timm's warmup ends where its cosine starts, at t = warmup_t, so during the
+        warmup t counts the update about to be made, and afterwards those made.
         """
         return updates + 1 if updates < self.warmup else updates
 

@@ -117,8 +117,8 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
 
 
 class HandWrittenSchedule:
-    """The schedule as this project first wrote it (LambdaLR and ReduceLROnPlateau by hand): the reference the
-    library-based LRSchedule must match, update for update."""
+    """The reference: warmup, cosine and plateau written out by hand with torch's LambdaLR and ReduceLROnPlateau.
+    LRSchedule must give the same lr at every update."""
 
     def __init__(self, optimizer, optim: OptimParams, steps_per_epoch: int):
         total = max(1, optim.epochs * steps_per_epoch)
