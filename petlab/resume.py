@@ -2,9 +2,9 @@
 
 A stage's checkpoint is resume/<stage>.pt: outside git (.gitignore) and outside DVC's outputs, which DVC
 deletes before it runs a stage (docs/resume.md says why this and not a `persist: true` output). It holds the
-training state after the last finished epoch (what it holds is petlab.train.fit's to say) and the stage's inputs it
-was made from: the stage's command, its params, a digest of every file of its deps in dvc.yaml (code and data),
-and the run's device, precision and ranks. A later run resumes from it only if all of them are the same;
+training state after the last finished epoch (petlab.train.fit says what that is) and the inputs it was made
+from: the stage's command, its params, a digest of every file of its deps in dvc.yaml (code and data), and the
+run's device, precision and ranks. A later run resumes from it only if all of them are the same;
 otherwise it starts from scratch and says why in one line. The stage removes it once its outputs are written.
 """
 
@@ -50,7 +50,7 @@ class Resume:
         None, with one line from rank 0 saying why, for a checkpoint that cannot be read or was made from other
         inputs; None and nothing said where there is no checkpoint.
         """
-        if self.inputs is None or not self.path.is_file():
+        if not self.path.is_file() or self.inputs is None:  # no file: no need to read the deps yet
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)

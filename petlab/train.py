@@ -283,7 +283,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
         epoch_seconds.append(round(time.perf_counter() - started, 3))
-        row = rounded({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
+        row = rounded({"epoch": epoch, "lr": lr,
+                       **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
                        **{f"val_{k}": v for k, v in val_m.items()}})
         history.append(row)
         if best is None or selection_key(val_m) > best_key:
@@ -294,7 +295,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                 "schedule": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_states(ctx.device), "history": history, "epoch_seconds": epoch_seconds,
                 "sampler_epochs": {split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()},
-                "best": {"epoch": best.best_epoch, "val": best.best_val, "key": list(best_key), "state": best.best_state}})
+                "best": {"epoch": best.best_epoch, "val": best.best_val, "key": list(best_key),
+                         "state": best.best_state}})
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
         # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
         if epochs.disable and distributed.is_main():
