@@ -171,14 +171,13 @@ def probe_from_images(model: FrozenBackboneClassifier, data: PreparedData, spec:
     """
     train = plain_loader(data.items("train"), plain_eval_transform(spec), optim.batch_size, True, seed)
     val = plain_loader(data.items("val"), plain_eval_transform(spec), optim.batch_size, False, seed)
-    optimizer, scheduler = make_optimizer(model.head.parameters(), optim, len(train))
+    optimizer, _ = make_optimizer(model.head.parameters(), optim, len(train))  # its schedule follows optimizer.step
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     best_key, best_state = None, None
     for _ in range(optim.epochs):
         model.train()
         for x, y in train:
             plain_train_step(model, x, y, optimizer, loss_fn)
-            scheduler.step()
         model.eval()
         with torch.no_grad():
             logits, labels = (torch.cat(t) for t in zip(*[(model(x), y) for x, y in val]))

@@ -232,7 +232,10 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, devic
         batch_size=distributed.rank_batch_size(batch_size) if train else -(-batch_size // ranks),
         sampler=sampler,
         shuffle=train if sampler is None else None,
-        generator=generator if sampler is None else None,
+        # With a sampler too: DataLoader also draws each iterator's worker seed from it, and without one from
+        # torch's global RNG, which dropout draws from. Training would then depend on the number of workers (only
+        # the first epoch draws, with persistent ones) and on the epoch a run starts in (a resumed one).
+        generator=generator,
         num_workers=workers,
         pin_memory=pin,
         drop_last=drop_last,

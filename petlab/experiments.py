@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision, share_cpu
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
+
+if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
+    from petlab.resume import Resume
 
 
 @dataclass
@@ -82,7 +86,8 @@ def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: 
     return make_loader(dataset, batch_size, train, params.seed, torch.device("cpu"), params.loader)
 
 
-def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel:
+def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume | None = None) -> TrainedModel:
+    """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/resume.py)."""
     p = params.train_cnn
     config = cnn_config(params, data.num_classes)
     spec = transform_spec(config)
@@ -94,7 +99,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path) -> TrainedModel
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                     name="train_cnn")
+                     name="train_cnn", resume=resume)
         log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
@@ -151,9 +156,12 @@ def loop_fit(result: FitResult) -> ProbeFit:
 
 
 def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path,
-              backbone_file: Path | None = None) -> TrainedModel:
+              backbone_file: Path | None = None, resume: Resume | None = None) -> TrainedModel:
     """The probe: features of the splits its route reads from the cache extracted and saved, then the one route
-    its params choose (TrainViTParams.route and fits_lbfgs) trains it."""
+    its params choose (TrainViTParams.route and fits_lbfgs) trains it.
+
+    `resume`: where the image routes (augment, unfreeze) keep their end-of-epoch checkpoint, and continue from it
+    (petlab/resume.py); the L-BFGS probe and the loop on cached features take seconds, and restart."""
     p = params.train_vit
     model, config = build_probe(params, data.num_classes, backbone_file)
     spec = transform_spec(config)
@@ -178,9 +186,9 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         elif p.route == "cached_features":
             fitted = fit_head_on_cached_features(model, cached, params, data.num_classes, ctx.device, writer)
         elif p.route == "augmented_images":
-            fitted = fit_head_on_augmented_images(model, cached, params, data, spec, ctx, writer)
+            fitted = fit_head_on_augmented_images(model, cached, params, data, spec, ctx, writer, resume)
         else:
-            fitted = fine_tune_backbone(model, params, data, spec, ctx, writer)
+            fitted = fine_tune_backbone(model, params, data, spec, ctx, writer, resume)
         head_seconds = head_fit.seconds()
         log_hparams(writer, to_dict(p), fitted.best_val, fitted.selection)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": p.route,
@@ -214,20 +222,21 @@ def fit_head_on_cached_features(model: FrozenBackboneClassifier, cached: dict, p
 
 
 def fit_head_on_augmented_images(model: FrozenBackboneClassifier, cached: dict, params: Params, data: PreparedData,
-                                 spec: TransformSpec, ctx: StepContext, writer: SummaryWriter | None) -> ProbeFit:
+                                 spec: TransformSpec, ctx: StepContext, writer: SummaryWriter | None,
+                                 resume: Resume | None = None) -> ProbeFit:
     """The head by the training loop on augmented train images through the frozen backbone at every step, kept on
     the cached val features (val images are not augmented, so their features are fixed)."""
     p = params.train_vit
     val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
     result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 eval_model=model.head, name="train_vit")
+                 eval_model=model.head, name="train_vit", resume=resume)
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
 def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: PreparedData, spec: TransformSpec,
-                       ctx: StepContext, writer: SummaryWriter | None) -> ProbeFit:
+                       ctx: StepContext, writer: SummaryWriter | None, resume: Resume | None = None) -> ProbeFit:
     """The head and the unfrozen backbone parts (train_vit.unfreeze, at backbone_lr) by the training loop on train
     images (augmented where train_vit.augment), kept on val images."""
     p = params.train_vit
@@ -237,7 +246,7 @@ def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: Pr
     groups = [{"params": list(model.head.parameters())},
               {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
     result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 name="train_vit", param_groups=groups)
+                 name="train_vit", param_groups=groups, resume=resume)
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 

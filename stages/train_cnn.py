@@ -7,6 +7,7 @@ from pathlib import Path
 
 from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_cnn
+from petlab.resume import Resume
 from petlab.runtime import select_device
 from petlab.stage import run_stage
 
@@ -25,9 +26,11 @@ def main() -> None:
         return  # the ranks have trained and written everything
     if params.train_cnn.batch_norm:
         distributed.check_batch_per_rank(params.train_cnn.batch_size, 2, "train_cnn.batch_size", "BatchNorm")
-    trained = train_cnn(params, data, LOG_DIR)
+    resume = Resume.for_stage("train_cnn", params)  # resume/train_cnn.pt: the state after the last epoch
+    trained = train_cnn(params, data, LOG_DIR, resume)
     if distributed.is_main():
         save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
+        resume.remove()  # the outputs are written: nothing is left to resume
 
 
 if __name__ == "__main__":

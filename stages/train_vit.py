@@ -9,6 +9,7 @@ from pathlib import Path
 from petlab import distributed
 from petlab.experiments import save_trained, setup_stage, train_vit
 from petlab.outputs import write_json
+from petlab.resume import Resume
 from petlab.runtime import PipelineError, select_device
 from petlab.stage import run_stage
 
@@ -41,12 +42,14 @@ def main() -> None:
         print(f"train_vit: WARNING: {', '.join(f'train_vit.{k}' for k in unused)} changed but not used by {route}")
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
-    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE)
+    resume = Resume.for_stage("train_vit", params)  # resume/train_vit.pt: the image routes' state after an epoch
+    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE, resume)
     if distributed.is_main():
         if not trained.summary["pretrained"]:
             print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
         save_trained("train_vit", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
         write_json(FIT_TIMES, {"features_seconds": trained.setup_seconds, "head_seconds": trained.head_seconds})
+        resume.remove()  # the outputs are written: nothing is left to resume (nor left by an earlier route)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ def imported_names(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
     run too, only later. A `from package import x` names the submodule x where there is one, else the package."""
     is_package = path.name == "__init__.py"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for guard in ast.walk(tree):  # `if TYPE_CHECKING:` imports are for type checkers only: they never run
+        if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(guard.test):
+            guard.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

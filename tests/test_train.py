@@ -4,6 +4,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.data import TensorDataset
 
 from petlab.data import make_loader
@@ -107,12 +108,111 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
     lrs = []
     for _ in range(50):
         lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+        optimizer.step()  # the schedule follows the optimizer's updates
+    assert scheduler.updates == 50
     assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert max(lrs) == pytest.approx(1.0)
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[30] == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 40)))
+
+
+class HandWrittenSchedule:
+    """The reference: warmup, cosine and plateau written out by hand with torch's LambdaLR and ReduceLROnPlateau.
+    LRSchedule must give the same lr at every update."""
+
+    def __init__(self, optimizer, optim: OptimParams, steps_per_epoch: int):
+        total = max(1, optim.epochs * steps_per_epoch)
+        self.warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+        self.steps = 0
+        self.plateau = None
+        if optim.scheduler == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+
+        def factor(step: int) -> float:
+            if step < self.warmup:
+                return (step + 1) / self.warmup
+            if self.plateau is not None:
+                return 1.0
+            progress = (step - self.warmup) / max(1, total - self.warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.plateau is None or self.steps <= self.warmup:
+            self.per_step.step()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.plateau is not None and self.steps >= self.warmup:
+            self.plateau.step(val_loss)
+
+
+def two_groups(lr: float | None) -> list[dict]:
+    """A head at the optim's lr and, with `lr`, a backbone at its own (as train_vit.backbone_lr)."""
+    groups = [{"params": [nn.Parameter(torch.zeros(3, 3)), nn.Parameter(torch.zeros(3))]}]
+    if lr is not None:
+        groups.append({"params": [nn.Parameter(torch.zeros(4, 4))], "lr": lr})
+    return groups
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+@pytest.mark.parametrize("warmup_epochs,steps_per_epoch,backbone_lr", [
+    (0.0, 5, None), (1.0, 5, None), (0.5, 3, 1e-4), (1.3, 7, 2e-5), (2.0, 1, 3e-4), (7.0, 4, None)])
+def test_the_lr_of_every_update_is_the_hand_written_schedules(scheduler, warmup_epochs, steps_per_epoch, backbone_lr):
+    optim = OptimParams(epochs=7, lr=3e-3, warmup_epochs=warmup_epochs, scheduler=scheduler, plateau_factor=0.5,
+                        plateau_patience=1)
+    optimizer, schedule = make_optimizer(two_groups(backbone_lr), optim, steps_per_epoch)
+    # One group per lr (make_optimizer splits each in two, with and without weight decay, at the same lr).
+    reference_optimizer = torch.optim.AdamW([{"params": g["params"], **({"lr": g["lr"]} if "lr" in g else {})}
+                                             for g in two_groups(backbone_lr)], lr=optim.lr)
+    reference = HandWrittenSchedule(reference_optimizer, optim, steps_per_epoch)
+    val_losses = [3.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.5]  # improving, then stalling: plateau cuts the lr twice
+    compared = 0
+    for val_loss in val_losses:
+        for _ in range(steps_per_epoch):
+            lrs = [g["lr"] for g in optimizer.param_groups[::2]]
+            expected = [g["lr"] for g in reference_optimizer.param_groups]
+            assert lrs == pytest.approx(expected, rel=1e-9, abs=0), f"update {compared}"
+            compared += 1
+            optimizer.step()
+            reference_optimizer.step()
+            reference.step()
+        schedule.epoch_end(val_loss)
+        reference.epoch_end(val_loss)
+    assert compared == 7 * steps_per_epoch and schedule.updates == compared
+    assert [g["lr"] for g in optimizer.param_groups[::2]] == pytest.approx(
+        [g["lr"] for g in reference_optimizer.param_groups], rel=1e-9, abs=0)
+    if scheduler == "plateau" and warmup_epochs < 3:
+        assert optimizer.param_groups[0]["lr"] < optim.lr / 2  # the plateau did cut it
+
+
+def test_steps_gradscaler_skips_leave_the_lr_schedule_where_it_is():
+    """Overflowing fp16 gradients (here inf, injected in the first three steps): GradScaler skips those steps,
+    and the lr must stay that of the first update until the optimizer really makes it."""
+    seed_everything(0)
+    train_loader, val_loader = digits_feature_loaders(160, 40, 32)  # 5 steps an epoch
+    head = nn.Linear(64, 10)
+    backward_passes = []
+
+    def overflow_first_three(grad):
+        backward_passes.append(1)
+        return grad * math.inf if len(backward_passes) <= 3 else grad
+
+    head.weight.register_hook(overflow_first_three)
+    steps = []
+    optim = OptimParams(epochs=3, batch_size=32, lr=0.01, warmup_epochs=1.0)
+    scaled = StepContext(torch.device("cpu"), Precision(None, True))  # GradScaler on the CPU, with fp32
+    counting = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        result = fit(head, train_loader, val_loader, optim, scaled, num_classes=10)
+    finally:
+        counting.remove()
+    assert len(backward_passes) == 15 and len(steps) == 12  # three steps skipped
+    # Warmup over 5 updates: 2 made in epoch 1, so epoch 2 starts at the third update's lr.
+    assert [row["lr"] for row in result.history] == pytest.approx([0.01 / 5, 0.01 * 3 / 5, 0.5 * 0.01 * (
+        1 + math.cos(math.pi * 2 / 10))], rel=1e-5)
 
 
 def test_weight_decay_spares_biases_and_norms():
@@ -136,3 +236,72 @@ def test_bf16_step_on_cpu_gives_close_loss_to_fp32():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         losses.append([float(train_step(model, x, y, opt, nn.CrossEntropyLoss(), ctx, None)[0]) for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=0.05)
+
+
+HOST_COPIES = ("cpu", "item", "tolist", "numpy", "__float__", "__int__", "__bool__")
+
+
+def count_host_copies(monkeypatch) -> list[str]:
+    """Calls from the project's code that bring a tensor's values to the host: on a GPU, each waits for the
+    device to finish the work queued before it. (On the CPU they cost nothing, but the calls are the same.)"""
+    import sys
+    from pathlib import Path
+
+    package = str(Path(__file__).resolve().parents[1] / "petlab")
+    calls = []
+    for method in HOST_COPIES:
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(package):
+                calls.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    return calls
+
+
+def test_an_epoch_copies_to_the_host_as_often_whatever_its_number_of_steps(monkeypatch):
+    from petlab.train import train_one_epoch
+
+    calls = count_host_copies(monkeypatch)
+    per_epoch = []
+    for n_train in (64, 320):  # 2 and 10 steps
+        seed_everything(0)
+        train_loader, _ = digits_feature_loaders(n_train, 10, 32)
+        head = nn.Linear(64, 10)
+        optimizer, _ = make_optimizer(head.parameters(), OptimParams(epochs=1), len(train_loader))
+        calls.clear()
+        train_one_epoch(head, train_loader, optimizer, nn.CrossEntropyLoss(), CPU, 10)
+        per_epoch.append(list(calls))
+    assert per_epoch[0] == per_epoch[1] and len(per_epoch[0]) <= 6, per_epoch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_and_prediction_steps_never_wait_for_the_gpu():
+    """CUDA's sync debug mode warns at every operation that waits for the device: none may happen per step."""
+    import warnings
+
+    from petlab.train import train_one_epoch
+
+    gpu = StepContext(torch.device("cuda"), Precision(torch.bfloat16, False))
+    counts = []
+    for n_train in (64, 320):
+        seed_everything(0)
+        x, y = torch.randn(n_train, 64), torch.randint(0, 10, (n_train,))
+        pinned = LoaderParams(num_workers=0, pin_memory=True)  # as on CUDA by default: copies need not wait
+        train_loader = make_loader(TensorDataset(x, y), 32, True, 0, gpu.device, pinned)
+        val_loader = make_loader(TensorDataset(x, y), 32, False, 0, gpu.device, pinned)
+        head = nn.Linear(64, 10).cuda()
+        optimizer, _ = make_optimizer(head.parameters(), OptimParams(epochs=1), len(train_loader))
+        train_one_epoch(head, train_loader, optimizer, nn.CrossEntropyLoss(), gpu, 10)  # first-call set-up
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_one_epoch(head, train_loader, optimizer, nn.CrossEntropyLoss(), gpu, 10)
+                predict(head, val_loader, gpu)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchronizing" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts

@@ -23,8 +23,7 @@ def test_cosine_schedule_warms_up_then_decays_and_ignores_val_loss():
     for _ in range(4):
         for _ in range(2):
             seen.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            schedule.step()
+            optimizer.step()  # the schedule follows the optimizer's updates
         schedule.epoch_end(1.0)
     assert seen[:3] == [0.5, 1.0, 1.0]  # warmup reaches the lr; cosine starts from it
     assert all(a > b for a, b in zip(seen[2:], seen[3:])) and seen[-1] < 0.2
@@ -41,14 +40,13 @@ def test_plateau_schedule_cuts_the_lr_when_val_loss_stalls_after_warmup():
     for val_loss in [3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]:
         for _ in range(2):
             optimizer.step()
-            schedule.step()
         schedule.epoch_end(val_loss)
         per_epoch.append(lrs(optimizer)[0])
     # Improving, then two epochs without improvement (> patience 1) halve the lr, and again two later.
     assert per_epoch == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     assert lrs(optimizer)[2] == 0.025  # the other group is cut alike
-    schedule.step()
-    assert lrs(optimizer)[0] == 0.25  # batches after warmup leave the plateau's lr alone
+    optimizer.step()
+    assert lrs(optimizer)[0] == 0.25  # updates after warmup leave the plateau's lr alone
 
 
 def test_fit_feeds_the_val_loss_to_the_plateau_schedule():
