@@ -65,9 +65,10 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    results = {}
+    results, labels = {}, {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
+        labels[name] = plots.model_label(checkpoint["model_config"])
         model = load_trained(checkpoint)
         optim = params.train_cnn if name == "cnn" else params.train_vit
         ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last,
@@ -81,7 +82,7 @@ def main() -> None:
     write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
-    save_figure(plots.profile_comparison_figure(results), PLOT)
+    save_figure(plots.profile_comparison_figure(results, labels), PLOT)
     for name, r in results.items():
         print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
               f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")
