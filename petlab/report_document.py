@@ -191,6 +191,11 @@ def cautions(run: Run, seed: int) -> dict[str, str]:
     return out
 
 
+def in_text(label: str) -> str:
+    """A model's label inside a sentence: "Linear probe on x" -> "linear probe on x"; "CNN ..." stays."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
 def banner(title: str, notes: dict[str, str]) -> str:
     return f"> **{title}**\n>\n" + "".join(f"> - **{name}**: {why}\n" for name, why in notes.items())
 
@@ -222,7 +227,7 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
              for m in names}
     last_best = [m for m in stepped if run.trained[m]["best_epoch"] == run.epochs(m) > 1]
     notes, care = caveats(run), cautions(run, params.seed)
-    sections = [f"# Run report: CNN from scratch vs. {labels['vit'][0].lower()}{labels['vit'][1:]}\n",
+    sections = [f"# Run report: CNN from scratch vs. {in_text(labels['vit'])}\n",
                 "Written by the `report` stage from this run's files; every number below comes from them.\n"]
     if notes:
         sections.append(banner("Warning: this run cannot answer the question.", notes))
@@ -264,8 +269,7 @@ def what_ran(run: Run, params: Params, labels: dict[str, str], git_state: str) -
         ("Code", git_state),
     ]
     return ("## 1. What ran\n\n" + table(pd.DataFrame(rows, columns=["", "value"]))
-            + f"\nBelow, *CNN* is the {labels['cnn'][0].lower()}{labels['cnn'][1:]} and *Probe* the "
-              f"{labels['vit'][0].lower()}{labels['vit'][1:]}.\n")
+            + f"\nBelow, *CNN* is the {in_text(labels['cnn'])} and *Probe* the {in_text(labels['vit'])}.\n")
 
 
 def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.TestPredictions,
@@ -454,7 +458,7 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
              f"what it trains (the head, and any unfrozen parts), as its image routes train; the cached route makes "
              f"that forward once per image, then fits the head on the features (below). Loader wait is the share "
              f"of each profiled step spent waiting for the next batch (`data-bound` from {report.DATA_BOUND:.0%}, `compute-bound` below "
-             f"{report.COMPUTE_BOUND:.0%}). Peak memory: {peak_memory}.\n\n",
+             f"{report.COMPUTE_BOUND:.0%})." + (f" Peak memory: {peak_memory}." if peak_memory else "") + "\n\n",
              table(pd.DataFrame(rows))]
     if extraction and head:
         parts.append(f"\nThe probe's cached route: extracting features costs {extraction['step_ms_mean']:.1f} ms a "

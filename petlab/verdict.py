@@ -97,9 +97,10 @@ def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: in
                 f"gaps ({quoted}) say nothing about how they generalise.")
     if under:
         (m,) = under
+        (o,) = [k for k in fit if k != m]
         return (f"No comparison of generalisation: the {names[m]} underfits, so its train - val gap "
-                f"({signed_points(gaps[m])}) is small because it learned little, not because it generalises "
-                f"(gaps: {quoted}).")
+                f"({signed_points(gaps[m])}, against {signed_points(gaps[o])} for the {names[o]}) reflects how "
+                f"little it learned, not how well it generalises.")
     (a, b) = fit
     if abs(gaps[a] - gaps[b]) < SIMILAR_GAP:
         return (f"Both models fit their training data and generalise about alike: their train - val accuracy gaps "

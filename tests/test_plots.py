@@ -79,14 +79,31 @@ def test_confusion_labels_sort_as_text_in_label_order():
     assert labels[:2] == ["00 Yorkshire", "01 Abyssinian"] and sorted(labels) == labels
 
 
-def test_figure_titles_name_the_probe_model_and_random_weights():
-    from stages.evaluate import title
-
-    probe = {"kind": "timm_probe", "timm_model": "resnet18", "info": {"pretrained": False}}
-    assert title({"model_config": probe}) == "Linear probe on frozen resnet18, random weights"
+def test_models_are_named_for_what_they_are():
+    probe = {"kind": "timm_probe", "timm_model": "resnet18", "head": "linear", "info": {"pretrained": False}}
+    assert plots.model_label(probe) == "Linear probe on resnet18, random weights"
     probe["info"]["pretrained"] = True
-    assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
-    assert "CNN" in title({"model_config": {"kind": "simple_cnn"}})
+    assert plots.model_label(probe) == "Linear probe on resnet18"
+    assert plots.model_label({**probe, "head": "mlp", "unfreeze": ["blocks.11"]}) == (
+        "MLP probe on resnet18, partly fine-tuned")
+    assert plots.model_label({"kind": "simple_cnn"}) == "CNN from scratch (simple_cnn)"
+
+
+def test_profile_comparison_names_the_models_and_keeps_every_axis_linear_from_zero():
+    # 47k against 98k trainable parameters: on a log axis from 4.5e4 that looked like a tenfold gap.
+    labels = {"cnn": "CNN from scratch (simple_cnn)", "vit": "Linear probe on tf_efficientnet_lite0"}
+    fig = plots.profile_comparison_figure({"cnn": {**PROFILE, "trainable_parameters": 98_000},
+                                           "vit": {**PROFILE, "trainable_parameters": 47_000}}, labels)
+    drawn = texts(fig)
+    assert "vit" not in drawn and "cnn" not in drawn
+    assert "Linear probe on\ntf_efficientnet_lite0" in drawn and "98,000" in drawn and "47,000" in drawn
+    for ax in fig.axes:
+        if ax.get_title():
+            assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0, ax.get_title()
+    parameters = next(ax for ax in fig.axes if ax.get_title() == "trainable parameters")
+    heights = [bar.get_height() for bar in parameters.patches]
+    assert heights == [98_000, 47_000] and parameters.get_ylim()[1] < 2 * 98_000  # bars in proportion
+    matplotlib.pyplot.close(fig)
 
 
 def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
@@ -94,15 +111,18 @@ def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_macro_f1": [0.2, 0.5, 0.6], "train_loss": [2.0, 1.0, 0.5],
                             "val_loss": [2.1, 1.4, 1.2]})
-    fig = plots.curves_figure({"CNN": history}, "epoch", "epoch",
-                              {"Probe": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
+    labels = {"cnn": "CNN from scratch", "vit": "Linear probe on tf_efficientnet_lite0"}
+    fig = plots.curves_figure({"cnn": history}, "epoch", "epoch", labels,
+                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
     f1_ax, loss_ax = fig.axes
+    probe = "Linear probe on tf_efficientnet_lite0"
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
-    assert lines["Probe (L-BFGS, C = 100)"].get_ydata() == [0.7, 0.7]
-    assert lines["Probe val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
-    assert lines["Probe (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN"] in f1_ax.get_lines()
-    assert lines["Probe val (L-BFGS, C = 100)"] in loss_ax.get_lines()
-    assert lines["Probe (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["Probe"] != lines["CNN"].get_color()
-    labels = [t.get_text() for t in f1_ax.get_legend().get_texts()]
-    assert labels == ["CNN", "Probe (L-BFGS, C = 100)"]
+    assert lines[f"{probe} (L-BFGS, C = 100)"].get_ydata() == [0.7, 0.7]
+    assert lines[f"{probe}, val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
+    assert lines[f"{probe} (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN from scratch"] in f1_ax.get_lines()
+    assert lines[f"{probe}, val (L-BFGS, C = 100)"] in loss_ax.get_lines()
+    assert lines[f"{probe} (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["vit"] != (
+        lines["CNN from scratch"].get_color())
+    legend = [t.get_text() for t in f1_ax.get_legend().get_texts()]
+    assert legend == ["CNN from scratch", f"{probe} (L-BFGS, C = 100)"]
     matplotlib.pyplot.close(fig)

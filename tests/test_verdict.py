@@ -42,7 +42,7 @@ def test_an_underfitting_cnn_with_a_small_gap_is_not_said_to_generalise_better()
     sentence = verdict.generalisation_sentence({"cnn": (0.19, 0.089), "vit": (1.0, 0.82)}, PETS)
     assert "better" not in sentence and "less well" not in sentence and "alike" not in sentence
     assert sentence.startswith("No comparison of generalisation: the CNN underfits")
-    assert "learned little" in sentence and "+10.1 points for the CNN" in sentence
+    assert "how little it learned" in sentence and "(+10.1 points, against +18.0 points for the probe)" in sentence
     neither = verdict.generalisation_sentence({"cnn": (0.1, 0.09), "vit": (0.2, 0.1)}, PETS)
     assert neither.startswith("No comparison of generalisation: neither model fits")
 
