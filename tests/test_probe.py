@@ -123,6 +123,8 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())["vit"]
     for key in ("accuracy", "macro_f1"):  # the checkpoint scores on val what the sweep recorded for its C
         assert evaluation["val"][key] == pytest.approx(metrics[f"val_{key}"], abs=1e-6)
+    # and on its cached train features the train accuracy the sweep recorded
+    assert evaluation["train"]["accuracy"] == pytest.approx(kept["train_accuracy"], abs=1e-6)
     if max_gap is None:
         return
     cache = torch.load(project / "data/features/vit.pt", weights_only=True)
