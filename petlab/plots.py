@@ -81,8 +81,10 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
     """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model.
 
     Histories and levels are keyed by model ("cnn", "vit"); `labels` names each model in the legends.
-    `levels` draws a model without epochs (the probe fitted by L-BFGS) as dotted horizontal lines at its kept
-    val macro-F1 and val loss ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models."""
+    `levels` draws a model without epochs (the probe fitted by L-BFGS) at its kept val macro-F1 and val loss
+    ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models: where the level holds a value
+    for `x` (its whole fit's seconds as "elapsed_seconds") as one point there, the time it has that level from;
+    else (it has no epochs) as dotted horizontal lines."""
     fig, (f1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (key, history) in enumerate(histories.items()):
         c, label = color(key, i), labels[key]
@@ -91,8 +93,13 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
         loss_ax.plot(history[x], history["val_loss"], marker=".", color=c, label=f"{label}, val")
     for i, (key, level) in enumerate((levels or {}).items(), start=len(histories)):
         c, label = color(key, i), labels[key]
-        f1_ax.axhline(level["val_macro_f1"], linestyle=":", color=c, label=f"{label} ({level['note']})")
-        loss_ax.axhline(level["val_loss"], linestyle=":", color=c, label=f"{label}, val ({level['note']})")
+        for ax, y, text in ((f1_ax, "val_macro_f1", f"{label} ({level['note']})"),
+                            (loss_ax, "val_loss", f"{label}, val ({level['note']})")):
+            if level.get(x) is None:
+                ax.axhline(level[y], linestyle=":", color=c, label=text)
+            else:
+                ax.plot([level[x]], [level[y]], marker="*", markersize=12, linestyle="none", color=c,
+                        label=f"{text}, after its whole fit")
     f1_ax.set_ylabel("val macro-F1")
     loss_ax.set_ylabel("loss")
     for ax in (f1_ax, loss_ax):

@@ -126,3 +126,12 @@ def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
     legend = [t.get_text() for t in f1_ax.get_legend().get_texts()]
     assert legend == ["CNN from scratch", f"{probe} (L-BFGS, C = 100)"]
     matplotlib.pyplot.close(fig)
+    # Against wall time the probe has its level only from the end of its whole fit: one point there.
+    history["elapsed_seconds"] = [10.0, 20.0, 30.0]
+    fig = plots.curves_figure({"cnn": history}, "elapsed_seconds", "s", labels,
+                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100",
+                                       "elapsed_seconds": 45.0}})
+    point = next(line for line in fig.axes[0].get_lines() if line.get_label().startswith(probe))
+    assert list(point.get_xdata()) == [45.0] and list(point.get_ydata()) == [0.7]
+    assert point.get_label().endswith("after its whole fit")
+    matplotlib.pyplot.close(fig)
