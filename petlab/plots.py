@@ -106,7 +106,8 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
         ax.xaxis.set_major_locator(MaxNLocator(integer=x == "epoch"))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        legend = ax.legend(fontsize=8)
+        # Below the axes: names of a probe's backbone make long entries, which inside would cover the curves.
+        legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
         for text in legend.get_texts():
             text.set(**LITERAL)
     fig.tight_layout()
