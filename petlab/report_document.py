@@ -337,8 +337,8 @@ def convergence_section(run: Run, speed: dict, target: dict, labels: dict[str, s
            "the C it kept, and against wall time it is one star, at the end of its whole fit." if levels else "")
         + "\n\n",
         f"Time to a common target (as DAWNBench and MLPerf measure time-to-train): the val macro-F1 both models "
-        f"reach, here {verdict.pct(target['target'])} (the {report.IN_SENTENCES[target['target_of']]}'s best), and the "
-        f"wall time each needs to first reach it"
+        f"reach, here {verdict.pct(target['target'])} (the {report.IN_SENTENCES[target['target_of']]}'s best), "
+        f"and the wall time each needs to first reach it"
         + (". The L-BFGS probe has no curve over time: its time to any level it reaches is its whole fit"
            if levels else "")
         + f". The floor for having learned at all is a best val macro-F1 of "
@@ -528,8 +528,8 @@ How these sentences are made (petlab/report.py, petlab/verdict.py), each by one 
   classes) to 100%, here under {level(verdict.FITTED_SKILL)}; it *overfits* when its train accuracy is more than
   {verdict.OVERFIT_GAP * 100:.0f} points above its val accuracy; else it *fits*.
 - **Generalisation**: compared only when neither model underfits: the larger train - val accuracy gap
-  generalises less well, gaps within {verdict.SIMILAR_GAP * 100:.0f} points alike. An underfitting model's small
-  gap means it learned little, not that it generalises.
+  generalises less well, gaps within {verdict.SIMILAR_GAP * 100:.0f} points alike. An underfitting model's gap
+  reflects how little it learned, not how well it generalises.
 - **Speed**: time to a common target, as DAWNBench and MLPerf measure time-to-train: the val macro-F1 both models
   reach (the weaker one's best) and the wall seconds each needs to first reach it, counted from the start of
   training (the probe's include extracting its features); the L-BFGS probe has no curve over time, so its time
