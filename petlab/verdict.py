@@ -78,7 +78,7 @@ def regime_sentence(name: str, train_accuracy: float, val_accuracy: float, num_c
                 f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
                 f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
     numbers = (f"train accuracy {pct(train_accuracy)}, val {pct(val_accuracy)}: a gap of {signed_points(gap)}, "
-               f"{'over' if kind == OVERFITS else 'within'} the {OVERFIT_GAP * 100:.0f} this rule allows")
+               f"{'over' if kind == OVERFITS else 'within'} the {OVERFIT_GAP * 100:.0f} points this rule allows")
     if kind == OVERFITS:
         return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
     return f"The {name} fits its training data without overfitting ({numbers})."
