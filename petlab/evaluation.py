@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from petlab import plots
-from petlab.metrics import classification_metrics, confusion, per_class_rows, rounded
+from petlab.metrics import classification_metrics, confusion, in_top_k, per_class_rows, reports_top_k, rounded
 from petlab.outputs import save_figure, write_csv
 
 
@@ -41,15 +41,16 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
 
 def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor],
                       class_names: list[str]) -> None:
-    """One row per image: its label, each model's prediction and whether its top 5 held the label.
+    """One row per image: its label, each model's prediction and (with more than 5 classes) whether its top 5
+    held the label.
 
     Both models scored the same images in the same order, so the report can pair them image by image.
     """
-    k = min(5, len(class_names))
     columns = {}
     for name, model_logits in logits.items():
         columns[f"{name}_predicted"] = [class_names[i] for i in model_logits.argmax(1).tolist()]
-        columns[f"{name}_top5"] = (model_logits.topk(k, dim=1).indices == labels[:, None]).any(1).int().tolist()
+        if reports_top_k(len(class_names)):
+            columns[f"{name}_top5"] = in_top_k(model_logits, labels).int().tolist()
     rows = ({"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}
             for i, (image, label) in enumerate(zip(images, labels.tolist())))
     write_csv(path, rows, ["image", "actual", *columns])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -52,50 +53,85 @@ def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, 
     return fig
 
 
-MODEL_COLORS = {"CNN": "#4c72b0", "Probe": "#dd8452"}
+MODEL_COLORS = {"cnn": "#4c72b0", "vit": "#dd8452"}  # by the models' keys; any other key by its position
+PALETTE = ["#4c72b0", "#dd8452", "#55a868"]
 
 
-def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
+def probe_label(backbone: str, head: str = "linear", weights: str = "", unfrozen: bool = False) -> str:
+    """The probe named for what it is: its head and its backbone, never the key `vit` (the backbone need not be a
+    ViT), and its weights where they are not what the name implies (`weights`: models.weights_label, e.g.
+    'random weights' or a stand-in's description)."""
+    return (f"{'Linear' if head == 'linear' else head.upper()} probe on {backbone}"
+            + (", partly fine-tuned" if unfrozen else "") + (f", {weights}" if weights else ""))
+
+
+def model_label(config: dict, weights: str = "") -> str:
+    """What a checkpoint's model is, from its model_config (and models.weights_label of its info), as figures
+    name it."""
+    if config["kind"] != "timm_probe":
+        return f"CNN from scratch ({config['kind']})"
+    return probe_label(config["timm_model"], config.get("head", "linear"), weights, bool(config.get("unfreeze")))
+
+
+def color(key: str, position: int) -> str:
+    return MODEL_COLORS.get(key, PALETTE[position % len(PALETTE)])
+
+
+def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str, labels: dict[str, str],
                   levels: dict[str, dict] | None = None):
     """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model.
 
-    `levels` draws a model without epochs (the probe fitted by L-BFGS) as dotted horizontal lines at its kept
-    val macro-F1 and val loss ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models."""
+    Histories and levels are keyed by model ("cnn", "vit"); `labels` names each model in the legends.
+    `levels` draws a model without epochs (the probe fitted by L-BFGS) at its kept val macro-F1 and val loss
+    ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models: where the level holds a value
+    for `x` (its whole fit's seconds as "elapsed_seconds") as one point there, the time it has that level from;
+    else (it has no epochs) as dotted horizontal lines."""
     fig, (f1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, history in histories.items():
-        color = MODEL_COLORS.get(label)
-        f1_ax.plot(history[x], history["val_macro_f1"], marker=".", color=color, label=label)
-        loss_ax.plot(history[x], history["train_loss"], linestyle="--", color=color, label=f"{label} train")
-        loss_ax.plot(history[x], history["val_loss"], marker=".", color=color, label=f"{label} val")
-    for label, level in (levels or {}).items():
-        color = MODEL_COLORS.get(label)
-        f1_ax.axhline(level["val_macro_f1"], linestyle=":", color=color, label=f"{label} ({level['note']})")
-        loss_ax.axhline(level["val_loss"], linestyle=":", color=color, label=f"{label} val ({level['note']})")
+    for i, (key, history) in enumerate(histories.items()):
+        c, label = color(key, i), labels[key]
+        f1_ax.plot(history[x], history["val_macro_f1"], marker=".", color=c, label=label)
+        loss_ax.plot(history[x], history["train_loss"], linestyle="--", color=c, label=f"{label}, train")
+        loss_ax.plot(history[x], history["val_loss"], marker=".", color=c, label=f"{label}, val")
+    for i, (key, level) in enumerate((levels or {}).items(), start=len(histories)):
+        c, label = color(key, i), labels[key]
+        for ax, y, text in ((f1_ax, "val_macro_f1", f"{label} ({level['note']})"),
+                            (loss_ax, "val_loss", f"{label}, val ({level['note']})")):
+            if level.get(x) is None:
+                ax.axhline(level[y], linestyle=":", color=c, label=text)
+            else:
+                ax.plot([level[x]], [level[y]], marker="*", markersize=12, linestyle="none", color=c,
+                        label=f"{text}, after its whole fit")
     f1_ax.set_ylabel("val macro-F1")
     loss_ax.set_ylabel("loss")
     for ax in (f1_ax, loss_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=x == "epoch"))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # Below the axes: names of a probe's backbone make long entries, which inside would cover the curves.
+        legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        for text in legend.get_texts():
+            text.set(**LITERAL)
     fig.tight_layout()
     return fig
 
 
-def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"]):
-    """Test F1 of every class for each model, classes sorted by the models' mean F1 (hardest at the top)."""
-    f1 = {label: frame.set_index("class")["f1"] for label, frame in per_class.items()}
+def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"], labels: dict[str, str]):
+    """Test F1 of every class for each model (keyed by model, named by `labels`), classes sorted by the models'
+    mean F1 (hardest at the top)."""
+    f1 = {key: frame.set_index("class")["f1"] for key, frame in per_class.items()}
     order = sorted(next(iter(per_class.values()))["class"],
                    key=lambda c: (sum(float(scores[c]) for scores in f1.values()), c), reverse=True)
     y = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
-    for label, scores in f1.items():
-        ax.scatter(scores.loc[order], y, color=MODEL_COLORS.get(label), label=label, s=18)
+    for i, (key, scores) in enumerate(f1.items()):
+        ax.scatter(scores.loc[order], y, color=color(key, i), label=labels[key], s=18)
     ax.set_yticks(y, order, fontsize=7, **LITERAL)
     ax.set_xlabel("test F1")
     ax.set_xlim(-0.02, 1.02)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(per_class), frameon=False)
+    legend = ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(per_class), frameon=False)
+    for text in legend.get_texts():
+        text.set(**LITERAL)
     fig.tight_layout()
     return fig
 
@@ -125,30 +161,33 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str, nor
     return fig
 
 
-def profile_comparison_figure(models: dict[str, dict], memory_panel: tuple[str, str] | None = None):
-    """Side-by-side bars of the profile metrics that matter when choosing between the models.
+def profile_comparison_figure(models: dict[str, dict], labels: dict[str, str] | None = None,
+                              memory_panel: tuple[str, str] | None = None):
+    """Side-by-side bars of the profile metrics that matter when choosing between the models (keyed by model,
+    named by `labels`; the keys themselves without). Every axis is linear from zero and every bar carries its
+    value: a log axis would make 47k against 98k parameters look like a tenfold gap.
 
     `memory_panel`: (key, label) of the peak-memory metric the results hold, which depends on the device.
     """
     panels = [("step_ms_mean", "train step (ms, mean)"), ("throughput_images_per_s", "throughput (images/s)"),
               *([memory_panel] if memory_panel else []), ("gflops_per_image", "forward GFLOPs / image"),
               ("trainable_parameters", "trainable parameters")]
-    names = list(models)
+    keys = list(models)
+    # Long names (a probe with its backbone's name) wrap at spaces onto lines a panel's width holds.
+    names = [textwrap.fill((labels or {}).get(k, k), 18, break_long_words=False) for k in keys]
     # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).
     cols = 3
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (key, label) in zip(axes.flat, panels):
-        values = [models[m].get(key, 0) or 0 for m in names]
-        bars = ax.bar(range(len(names)), values, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
-        ax.set_xticks(range(len(names)), names, **LITERAL)
+        values = [models[k].get(key, 0) or 0 for k in keys]
+        bars = ax.bar(range(len(keys)), values, color=[color(k, i) for i, k in enumerate(keys)])
+        ax.set_xticks(range(len(keys)), names, fontsize=7, **LITERAL)
         ax.set_title(label, fontsize=9)
         ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
-        ax.margins(y=0.12)  # room for the labels above the tallest bar
-        if key == "trainable_parameters":
-            ax.set_yscale("log")
+        ax.set_ylim(0, (max(values) or 1) * 1.15)  # from zero, with room for the labels above the tallest bar
     fig.suptitle("Training cost per model (profile stage)")
     fig.tight_layout()
     return fig

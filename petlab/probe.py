@@ -32,7 +32,7 @@ Split = tuple[torch.Tensor, torch.Tensor]  # (features, labels)
 @dataclass
 class ProbeFit:
     c: float  # the C kept
-    best_val: dict[str, float]  # its val metrics: loss, accuracy, macro_f1, top5_accuracy
+    best_val: dict[str, float]  # its val metrics: loss, accuracy, macro_f1, top5_accuracy (over 5 classes)
     head_state: dict[str, torch.Tensor]  # an nn.Linear's state: weight (classes x features), bias
     sweep: list[dict]  # one row per C of the grid, by increasing C (SWEEP_COLUMNS)
 

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from petlab.metrics import confusion
+from petlab import verdict
+from petlab.metrics import confusion, reports_top_k
 
-MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables and figures
-IN_SENTENCES = {"cnn": "CNN", "vit": "probe"}
+MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name each for what it is
+IN_SENTENCES = verdict.NAMES
 # What the profile stage times for each model: the probe's step is a forward through its backbone (the pass its
 # feature extraction also makes, once per image) and an update of what it trains, as its image routes train.
 PROFILED_STEP = {"cnn": "CNN's training step",
@@ -25,9 +26,12 @@ METRICS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "top5_accuracy": "Top
 LEVEL = 0.95  # of every confidence interval
 SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference
 DATA_BOUND, COMPUTE_BOUND = 0.5, 0.1  # loader-wait shares of a training step (see `bottleneck`)
-SAME_SPEED = 1.25  # wall-time ratios within this factor count as "about as fast"
-SIMILAR_GAP = 0.02  # train - val gaps closer than 2 points count as similar
 FEW_EPOCHS = 10
+
+
+def reported_metrics(num_classes: int) -> dict[str, str]:
+    """The metrics the report shows: top-5 accuracy only with more than 5 classes (else 100% by construction)."""
+    return {k: v for k, v in METRICS.items() if k != "top5_accuracy" or reports_top_k(num_classes)}
 
 
 # ---------------------------------------------------------------- metrics on resamples
@@ -58,15 +62,16 @@ class TestPredictions:
 
     labels: np.ndarray
     preds: dict[str, np.ndarray]  # model -> predicted label per image
-    top5: dict[str, np.ndarray]  # model -> 1 where the label was among the model's 5 best
+    top5: dict[str, np.ndarray]  # model -> 1 where the label was among the model's 5 best; empty: 5 classes or fewer
     num_classes: int
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> "TestPredictions":
         index = {name: i for i, name in enumerate(class_names)}
+        top5 = ({m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}
+                if reports_top_k(len(class_names)) else {})
         return cls(frame["actual"].map(index).to_numpy(),
-                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS},
-                   {m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}, len(class_names))
+                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS}, top5, len(class_names))
 
     def correct(self, model: str) -> np.ndarray:
         return self.preds[model] == self.labels
@@ -92,7 +97,7 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -> dict[str, dict[str, tuple]]:
-    """For each metric: each model's (estimate, low, high) and the paired difference probe - CNN.
+    """For each reported metric: each model's (estimate, low, high) and the paired difference probe - CNN.
 
     Both models are scored on the same resampled images, so the difference's interval accounts for their
     errors falling on the same hard images.
@@ -100,7 +105,7 @@ def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -
     rows = resample_rows(len(predictions.labels), resamples, seed)
     everything = np.arange(len(predictions.labels))[None, :]
     results = {}
-    for name in METRICS:
+    for name in reported_metrics(predictions.num_classes):
         point = {m: float(predictions.metric(m, name, everything)[0]) for m in MODELS}
         samples = {m: predictions.metric(m, name, rows) for m in MODELS}
         results[name] = {m: (point[m], *percentile_interval(samples[m])) for m in MODELS}
@@ -140,7 +145,8 @@ def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.Data
 
 def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)) -> dict[float, dict]:
     """The first epoch (and the wall seconds since training started) whose val macro-F1 reached each
-    fraction of the best val macro-F1 of the run.
+    fraction of the best val macro-F1 of the run: each model against its own best, for reading a curve's shape
+    only (a model that learns nothing reaches its own best at once); conclusions use `verdict.time_to_target`.
 
     `elapsed` holds the cumulative seconds at the end of each epoch, indexed by epoch.
     """
@@ -150,6 +156,12 @@ def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)
         epoch = int(history.loc[history["val_macro_f1"] >= fraction * best, "epoch"].iloc[0])
         out[fraction] = {"epoch": epoch, "seconds": float(elapsed.loc[epoch])}
     return out
+
+
+def progress(history: pd.DataFrame) -> list[verdict.Point]:
+    """A model's val macro-F1 over training as `verdict` reads it, from its history with elapsed seconds."""
+    return [(int(e), float(s), float(f)) for e, s, f in
+            zip(history["epoch"], history["elapsed_seconds"], history["val_macro_f1"])]
 
 
 # ---------------------------------------------------------------- errors by class
@@ -187,31 +199,17 @@ def species_errors(labels: np.ndarray, preds: np.ndarray, class_species: list[st
             "within_species": int((wrong & ~across).sum()), "species_accuracy": float(np.mean(~across))}
 
 
-def gaps_of(row: pd.Series, test: dict) -> dict[str, float | None]:
-    """Train - val and val - test gaps of accuracy and macro-F1 from one row of train_/val_ metrics; None where
-    the row lacks a metric."""
-    def gap(a: str, b: float | None) -> float | None:
-        return float(row[a] - b) if a in row.index and b is not None else None
-
-    return {f"{kind}_{metric}": value
-            for metric in ("accuracy", "macro_f1")
-            for kind, value in (("train_val", gap(f"train_{metric}", row.get(f"val_{metric}"))),
-                                ("val_test", gap(f"val_{metric}", test[metric])))}
-
-
-def generalisation_gaps(history: pd.DataFrame, best_epoch: int, test: dict) -> dict[str, float | None]:
-    """Train - val and val - test gaps of accuracy and macro-F1 at the selected (best) epoch."""
-    return gaps_of(history.set_index("epoch").loc[best_epoch], test)
+def split_gaps(scores: dict[str, dict]) -> dict[str, float]:
+    """Train - val and val - test gaps of accuracy and macro-F1 from one model's scores per split in
+    metrics/evaluate.json (every split scored alike: un-augmented images, eval mode)."""
+    return {f"{kind}_{metric}": scores[a][metric] - scores[b][metric]
+            for metric in ("accuracy", "macro_f1") for kind, a, b in (("train_val", "train", "val"),
+                                                                     ("val_test", "val", "test"))}
 
 
 def is_kept(sweep: pd.DataFrame, selected_c: float) -> pd.Series:
     """Which row of the L-BFGS probe's sweep (c_sweep.csv) is the C it kept."""
     return pd.Series(np.isclose(sweep["c"], selected_c), index=sweep.index)
-
-
-def sweep_gaps(sweep: pd.DataFrame, selected_c: float, test: dict) -> dict[str, float | None]:
-    """The same gaps for the L-BFGS probe at the C it kept, from its sweep (which has no train macro-F1)."""
-    return gaps_of(sweep.loc[is_kept(sweep, selected_c)].iloc[0], test)
 
 
 # ---------------------------------------------------------------- cost
@@ -272,67 +270,23 @@ def comparison_sentence(metric: str, difference: tuple[float, float, float], mcn
     return sentence
 
 
-def speed_sentence(cnn: dict, vit: dict, fraction: float) -> str:
-    """Rule: compare the wall seconds each model needed to first reach `fraction` of its best val macro-F1
-    (the probe's include extracting its features); within a factor SAME_SPEED the two are about as fast.
-
-    A probe fitted by L-BFGS has no epochs (`vit["epoch"]` is None): its `seconds` are then its whole fit,
-    compared as they are with the CNN's time to `fraction`."""
-    cnn_part = (f"To reach {fraction:.0%} of its best val macro-F1 the CNN needed {cnn['epoch']} epoch(s) "
-                f"({cnn['seconds']:.1f} s)")
-    if vit["epoch"] is None:
-        head = (f"{cnn_part}; the probe, fitted by L-BFGS without epochs, took {vit['seconds']:.1f} s in all "
-                f"(its features and the whole C sweep): ")
-    else:
-        head = (f"{cnn_part} and the probe {vit['epoch']} epoch(s) ({vit['seconds']:.1f} s, features "
-                f"included): ")
-    fast, slow = sorted([("probe", vit["seconds"]), ("CNN", cnn["seconds"])], key=lambda x: x[1])
-    ratio = slow[1] / max(fast[1], 1e-9)
-    if ratio < SAME_SPEED:
-        return head + "about as fast in wall time."
-    return head + f"the {fast[0]} converges {ratio:.1f} times faster in wall time."
-
-
-def gap_sentence(cnn_gap: float, vit_gap: float, metric: str = "macro-F1") -> str:
-    """Rule: with no train - val gap above zero neither model overfits; gaps within SIMILAR_GAP are
-    similar; otherwise the model with the larger gap generalises less well from its training data."""
-    gaps = f"({cnn_gap * 100:+.1f} points for the CNN, {vit_gap * 100:+.1f} for the probe)"
-    if max(cnn_gap, vit_gap) <= 0:
-        return (f"Neither model scores higher on its training data than on val at its selected weights {gaps}: "
-                f"no sign of overfitting.")
-    if abs(cnn_gap - vit_gap) < SIMILAR_GAP:
-        return f"Both models have similar train - val {metric} gaps at their selected weights {gaps}."
-    larger, smaller = ("CNN", "probe") if cnn_gap > vit_gap else ("probe", "CNN")
-    return (f"The {larger} generalises less well than the {smaller}: its train - val {metric} gap at the selected "
-            f"weights is the larger {gaps}.")
-
-
-def compared_gap(gaps: dict[str, dict]) -> tuple[str, str]:
-    """The metric whose train - val gap both models have: macro-F1, else accuracy (the L-BFGS probe's sweep
-    records no train macro-F1)."""
-    for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy")):
-        if all(g.get(f"train_val_{key}") is not None for g in gaps.values()):
-            return key, label
-    raise ValueError("no train - val gap that both models have")
-
-
-def conclusions(results: dict, mcnemar: dict, speed: dict[str, dict], bound: dict[str, tuple[str, float]],
-                gaps: dict[str, dict], last_epoch_best: list[str], caveats: list[str],
+def conclusions(results: dict, mcnemar: dict, target: dict, fit: dict[str, tuple[float, float]], num_classes: int,
+                bound: dict[str, tuple[str, float]], last_epoch_best: list[str], caveats: list[str],
                 c_edge: str | None = None) -> list[str]:
     """The report's conclusions, each from one rule stated in the function it comes from.
 
-    `speed` holds each model's time to 95% of its best val macro-F1 ({"epoch", "seconds"}); for a probe
-    fitted by L-BFGS, epoch None and its whole fit's seconds. `c_edge` ("largest"/"smallest"): the L-BFGS probe
-    kept that end of its C grid, so it may be under-tuned."""
+    `target`: `verdict.time_to_target` of both models' val macro-F1 over training (the L-BFGS probe one point at
+    its whole fit). `fit`: model -> (train accuracy, val accuracy), both on un-augmented images in eval mode.
+    `c_edge` ("largest"/"smallest"): the L-BFGS probe kept that end of its C grid, so it may be under-tuned."""
     caveat = f" Caveats: {'; '.join(caveats)}." if caveats else ""
     out = [comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
            comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
-           speed_sentence(speed["cnn"], speed["vit"], 0.95) + caveat]
+           verdict.speed_sentence(target, num_classes) + caveat]
+    out += [verdict.regime_sentence(IN_SENTENCES[m], *fit[m], num_classes) for m in MODELS]
+    out.append(verdict.generalisation_sentence(fit, num_classes))
     for model, (kind, share) in bound.items():
         out.append(f"The {PROFILED_STEP[model]} is {kind}: it waits on the loader for {share:.0%} of each profiled "
                    f"step.")
-    key, label = compared_gap(gaps)
-    out.append(gap_sentence(gaps["cnn"][f"train_val_{key}"], gaps["vit"][f"train_val_{key}"], label))
     for model in last_epoch_best:
         out.append(f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
                    f"and more epochs could change the comparison.")

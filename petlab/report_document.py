@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from petlab import plots, report
+from petlab import plots, report, verdict
 from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import Params
@@ -81,6 +81,21 @@ class Run:
             stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
         )
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def progress(self, model: str) -> list[verdict.Point]:
+        """The model's val macro-F1 over training; the L-BFGS probe one point, at its whole fit."""
+        if self.epochs(model) is None:
+            return [(None, self.lbfgs_fit_seconds(), self.sweep_level(model)["val_macro_f1"])]
+        return report.progress(self.histories[model])
+
+    def fit(self, model: str) -> tuple[float, float]:
+        """(train accuracy, val accuracy) at the kept weights, both scored alike by the evaluate stage."""
+        scores = self.evaluation[model]
+        return scores["train"]["accuracy"], scores["val"]["accuracy"]
+
     def epochs(self, model: str) -> int | None:
         """How many epochs the model trained; None for the probe fitted by L-BFGS, which has none."""
         return self.trained[model].get("last_epoch")
@@ -146,7 +161,7 @@ def caveats(run: Run) -> dict[str, str]:
     """Why this run cannot answer the question: short name -> explanation (empty for a real, full run)."""
     out = {}
     if not run.trained["vit"].get("pretrained", True):
-        out["random backbone weights"] = "the probe's numbers say nothing about a pretrained ViT"
+        out["random backbone weights"] = "the probe's numbers say nothing about a pretrained backbone"
     elif weights_label(run.trained["vit"]):  # weights that stand in for others: named where the numbers are
         out["stand-in backbone weights"] = f"{weights_label(run.trained['vit'])}: the probe's numbers are theirs"
     if run.prepared.get("generated"):
@@ -161,56 +176,94 @@ def caveats(run: Run) -> dict[str, str]:
     return out
 
 
+FEW_IMAGES = "few training images per class"
+
+
+def cautions(run: Run, seed: int) -> dict[str, str]:
+    """What limits any run's conclusions: few training images per class (verdict.MIN_TRAIN_PER_CLASS), and one
+    seed (always, in a single run)."""
+    train = run.sanity["counts"]["train"]
+    out = {}
+    few = verdict.few_images_warning(train["min_per_class"], train["max_per_class"])
+    if few:
+        out[FEW_IMAGES] = few
+    out["one seed"] = (f"every number comes from one training run (seed {seed}): the 95% intervals cover the "
+                       f"sampling of test images only, not training randomness (initialisation, data order, "
+                       f"augmentation, which images a subset holds), which can move results by several points and "
+                       f"flip a close comparison; the study (reports/study.md) repeats training over seeds and "
+                       f"training-set sizes")
+    return out
+
+
+def in_text(label: str) -> str:
+    """A model's label inside a sentence: "Linear probe on x" -> "linear probe on x"; "CNN ..." stays."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
+def banner(title: str, notes: dict[str, str]) -> str:
+    return f"> **{title}**\n>\n" + "".join(f"> - **{name}**: {why}\n" for name, why in notes.items())
+
+
+def model_labels(run: Run, params: Params) -> dict[str, str]:
+    """Each model named for what it is, for the figures and section 1 (tables say CNN and Probe)."""
+    vit = run.trained["vit"]
+    return {"cnn": f"CNN from scratch ({params.train_cnn.arch})",
+            "vit": plots.probe_label(params.train_vit.model, params.train_vit.head, weights_label(vit),
+                                     vit.get("route") == "fine_tuned")}
+
+
 # ---------------------------------------------------------------- the document
 
 
 def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str) -> str:
     """The report's markdown; its figures are written under `figures` (inside `out_dir`) on the way."""
     names = report.MODELS
+    labels = model_labels(run, params)
     predictions = report.TestPredictions.from_frame(run.predictions, run.class_names)
     results = report.bootstrap_results(predictions, params.report.bootstrap, params.seed)
     mcnemar = report.mcnemar_exact(predictions.correct("cnn"), predictions.correct("vit"))
     stepped = [m for m in names if run.epochs(m) is not None]  # the L-BFGS probe has no epochs
     speed = {m: report.convergence(run.histories[m], run.histories[m].set_index("epoch")["elapsed_seconds"])
              for m in stepped}
-    gaps = {m: report.generalisation_gaps(run.histories[m], run.trained[m]["best_epoch"], run.evaluation[m]["test"])
-            if m in stepped else report.sweep_gaps(run.sweep, run.trained[m]["selected_c"], run.evaluation[m]["test"])
-            for m in names}
-    # Time to 95% of the best val macro-F1, from the start of training; for the L-BFGS probe its whole fit.
-    speed_95 = {m: speed[m][0.95] if m in speed else {"epoch": None, "seconds": run.lbfgs_fit_seconds()}
-                for m in names}
+    target = verdict.time_to_target({m: run.progress(m) for m in names}, run.num_classes)
+    gaps = {m: report.split_gaps(run.evaluation[m]) for m in names}
     bound = {m: (report.bottleneck(run.profile[m]["data_wait_share"]), run.profile[m]["data_wait_share"])
              for m in names}
     last_best = [m for m in stepped if run.trained[m]["best_epoch"] == run.epochs(m) > 1]
-    notes = caveats(run)
-    sections = [f"# Run report: CNN from scratch vs. linear probe on a frozen {params.train_vit.model}\n",
+    notes, care = caveats(run), cautions(run, params.seed)
+    sections = [f"# Run report: CNN from scratch vs. {in_text(labels['vit'])}\n",
                 "Written by the `report` stage from this run's files; every number below comes from them.\n"]
     if notes:
-        sections.append("> **Warning: this run cannot answer the question.**\n>\n"
-                        + "".join(f"> - **{name}**: {why}\n" for name, why in notes.items()))
+        sections.append(banner("Warning: this run cannot answer the question.", notes))
+    sections.append(banner("Read with care.", care))
     sections += [
-        what_ran(run, params, git_state),
+        what_ran(run, params, labels, git_state),
         results_section(run, results, mcnemar, predictions, out_dir),
-        convergence_section(run, speed, out_dir, figures),
-        generalisation_section(run, gaps, predictions, params, out_dir, figures),
+        convergence_section(run, speed, target, labels, out_dir, figures),
+        generalisation_section(run, gaps, predictions, params, labels, out_dir, figures),
         cost_section(run, bound, out_dir),
         sanity_section(run),
         "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in report.conclusions(
-            results, mcnemar, speed_95, bound, gaps, last_best, list(notes), run.c_edge())) + RULES,
+            results, mcnemar, target, {m: run.fit(m) for m in names}, run.num_classes, bound, last_best,
+            [*notes, *(k for k in care if k == FEW_IMAGES)], run.c_edge())) + rules(run.num_classes),
     ]
     return "\n".join(sections)
 
 
-def what_ran(run: Run, params: Params, git_state: str) -> str:
+def what_ran(run: Run, params: Params, labels: dict[str, str], git_state: str) -> str:
     counts = run.sanity["counts"]
     cnn, vit = run.trained["cnn"], run.trained["vit"]
+    train = counts["train"]
+    per_class = (f"{train['min_per_class']}" if train["min_per_class"] == train["max_per_class"]
+                 else f"{train['min_per_class']} to {train['max_per_class']}")
     rows = [
         ("Dataset", f"{run.prepared['source']}" + (" (generated)" if run.prepared.get("generated") else "")),
-        ("Classes", str(len(run.class_names))),
-        ("Images (train / val / test)", " / ".join(str(counts[s]["total"]) for s in ("train", "val", "test"))),
-        ("CNN", f"{params.train_cnn.arch}, widths {list(params.train_cnn.widths)}, {params.train_cnn.image_size} px, "
+        ("Classes", f"{run.num_classes} (chance: {100 / run.num_classes:.1f}%)"),
+        ("Images (train / val / test)", " / ".join(str(counts[s]["total"]) for s in ("train", "val", "test"))
+         + f"; {per_class} train images per class"),
+        ("CNN", f"{labels['cnn']}: widths {list(params.train_cnn.widths)}, {params.train_cnn.image_size} px, "
                 f"{run.epochs('cnn')} epochs; {cnn['device']}, {cnn['precision']}"),
-        ("Probe", f"{params.train_vit.model}, head {params.train_vit.head}, {vit['route'].replace('_', ' ')}, "
+        ("Probe", f"{labels['vit']}: {vit['route'].replace('_', ' ')}, "
                   + (f"{run.epochs('vit')} epochs" if run.epochs("vit") is not None
                      else "L-BFGS logistic regression, C chosen on val from "
                           + " ".join(f"{c:g}" for c in run.sweep["c"]))
@@ -219,13 +272,14 @@ def what_ran(run: Run, params: Params, git_state: str) -> str:
         ("Seed", f"{params.seed} (bootstrap: {params.report.bootstrap} resamples, seeded with it)"),
         ("Code", git_state),
     ]
-    return "## 1. What ran\n\n" + table(pd.DataFrame(rows, columns=["", "value"]))
+    return ("## 1. What ran\n\n" + table(pd.DataFrame(rows, columns=["", "value"]))
+            + f"\nBelow, *CNN* is the {in_text(labels['cnn'])} and *Probe* the {in_text(labels['vit'])}.\n")
 
 
 def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.TestPredictions,
                     out_dir: Path) -> str:
     rows = []
-    for metric, label in report.METRICS.items():
+    for metric, label in report.reported_metrics(run.num_classes).items():
         rows.append({"metric": label,
                      **{f"{name} test": with_interval(*results[metric][m]) for m, name in report.MODELS.items()},
                      "Probe - CNN": with_interval(*results[metric]["difference"], signed=True),
@@ -238,6 +292,8 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
         f"a seeded bootstrap over the test images. Probe - CNN is paired: both models "
         "are scored on the same resampled images.\n\n"
         + table(pd.DataFrame(rows))
+        + ("" if "top5_accuracy" in results else
+           f"\nNo top-5 accuracy: with {run.num_classes} classes every label is among a model's 5 best.\n")
         + f"\nMcNemar's exact test on the same {n} images: {mcnemar['only_a']} only the CNN got right, "
           f"{mcnemar['only_b']} only the probe; {report.p_value(mcnemar['p_value'])}.\n\n"
         "Test images by which model classified them right:\n\n"
@@ -248,20 +304,29 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
     )
 
 
-def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> str:
+def convergence_section(run: Run, speed: dict, target: dict, labels: dict[str, str], out_dir: Path,
+                        figures: Path) -> str:
     stepped = {m: name for m, name in report.MODELS.items() if m in speed}
-    histories = {name: run.histories[m] for m, name in stepped.items()}
-    levels = {name: {**run.sweep_level(m), "note": f"L-BFGS, {run.kept(m)}"}
-              for m, name in report.MODELS.items() if m not in speed}
-    save_figure(plots.curves_figure(histories, "epoch", "epoch", levels), figures / "curves.png")
-    save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)", levels),
+    histories = {m: run.histories[m] for m in stepped}
+    levels = {m: {**run.sweep_level(m), "note": f"L-BFGS, {run.kept(m)}", "elapsed_seconds": run.lbfgs_fit_seconds()}
+              for m in report.MODELS if m not in speed}
+    save_figure(plots.curves_figure(histories, "epoch", "epoch", labels, levels), figures / "curves.png")
+    save_figure(plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)", labels, levels),
                 figures / "curves_seconds.png")
+    common = []
+    for m, name in report.MODELS.items():
+        reached = target["reached"][m]
+        common.append({"model": name, "best val macro-F1 (%)": pct(target["best"][m]),
+                       "reaches the common target at": ("its whole fit" if reached["epoch"] is None
+                                                        else f"epoch {reached['epoch']}")
+                       + f" ({reached['seconds']:.1f} s)",
+                       "reaches the other's best": "yes" if target["reaches_other_best"][m] else "no",
+                       "learned at all": "yes" if target["learned"][m] else "no"})
     rows = []
     for m, name in stepped.items():
         history = run.histories[m]
         rows.append({"model": name, "epochs": len(history), "best epoch": run.trained[m]["best_epoch"],
-                     "best val macro-F1": pct(history["val_macro_f1"].max()),
-                     **{f"{f:.0%} of best: epoch (s)": f"{speed[m][f]['epoch']} ({speed[m][f]['seconds']:.1f})"
+                     **{f"{f:.0%} of own best: epoch (s)": f"{speed[m][f]['epoch']} ({speed[m][f]['seconds']:.1f})"
                         for f in (0.9, 0.95)},
                      "training s": f"{history['elapsed_seconds'].iloc[-1]:.1f}",
                      "of which before epoch 1": f"{run.setup_seconds[m]:.1f}"})
@@ -272,21 +337,30 @@ def convergence_section(run: Run, speed: dict, out_dir: Path, figures: Path) -> 
         "\nSeconds count from the start of training" + ("; the probe's include extracting its features once "
                                                           "(\"before epoch 1\")" if "vit" in stepped else "")
         + ". Wall times are this machine's and vary between runs."
-        + (" The dotted lines are the probe's val macro-F1 and val loss at the C it kept: fitted by L-BFGS, "
-           "it has no epochs." if levels else "") + "\n\n",
-        table(pd.DataFrame(rows)),
+        + (" The probe, fitted by L-BFGS, has no epochs: the dotted lines are its val macro-F1 and val loss at "
+           "the C it kept, and against wall time it is one star, at the end of its whole fit." if levels else "")
+        + "\n\n",
+        f"Time to a common target (as DAWNBench and MLPerf measure time-to-train): the val macro-F1 both models "
+        f"reach, here {verdict.pct(target['target'])} (the {report.IN_SENTENCES[target['target_of']]}'s best), "
+        f"and the wall time each needs to first reach it"
+        + (". The L-BFGS probe has no curve over time: its time to any level it reaches is its whole fit"
+           if levels else "")
+        + f". The floor for having learned at all is a best val macro-F1 of "
+          f"{verdict.pct(verdict.level_at(verdict.LEARNED_SKILL, run.num_classes))} (a tenth of the way from chance to "
+          f"100%).\n\n",
+        table(pd.DataFrame(common)),
     ]
+    if rows:
+        parts += ["\nEach model against its own best, for the shape of its curve only (a model that learns nothing "
+                  "reaches its own best at once, so no conclusion rests on these):\n\n", table(pd.DataFrame(rows))]
     if "vit" not in stepped:
-        parts.append(lbfgs_probe(run, speed["cnn"]))
+        parts.append(lbfgs_probe(run))
     return "".join(parts)
 
 
-def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
-    """The probe fitted by L-BFGS: no epochs to converge over; its fit time beside the CNN's times to 90% and
-    95% of its best val macro-F1, the C it kept and the sweep."""
+def lbfgs_probe(run: Run) -> str:
+    """The probe fitted by L-BFGS: no epochs to converge over; its fit time, the C it kept and the sweep."""
     vit = run.trained["vit"]
-    cnn = (f"90% and 95% of its best val macro-F1 after {cnn_speed[0.9]['seconds']:.1f} s and "
-           f"{cnn_speed[0.95]['seconds']:.1f} s of training")
     sweep = run.sweep[["c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "iterations",
                        "converged"]].copy()
     for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
@@ -302,39 +376,35 @@ def lbfgs_probe(run: Run, cnn_speed: dict) -> str:
         f"selection rule is kept (C = {vit['selected_c']:g}, {vit['iterations']} iterations, converged: "
         f"{vit['converged']}). Its whole fit took {run.lbfgs_fit_seconds():.1f} s: "
         f"{run.probe_fit['features_seconds']:.1f} s extracting the features of the train, val and test images "
-        f"once and {run.probe_fit['head_seconds']:.1f} s for the sweep; the CNN reached {cnn}."
+        f"once and {run.probe_fit['head_seconds']:.1f} s for the sweep."
         + (f" The kept C is the {edge} of the grid: a C beyond it may do better on val (extend "
            f"train_vit.c_grid)." if edge else "") + "\n\n"
-        "The sweep (accuracies and macro-F1 in percent; the kept C in bold):\n\n" + table(sweep)
+        "The sweep (accuracies and macro-F1 in percent; the kept C in bold; its train accuracy is that of the "
+        "features the head was fitted on):\n\n" + table(sweep)
     )
 
 
 def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredictions, params: Params,
-                           out_dir: Path, figures: Path) -> str:
+                           labels: dict[str, str], out_dir: Path, figures: Path) -> str:
     names = report.MODELS
-    route = run.trained["vit"]["route"]
-    probe_train = ("cached features of un-augmented images" if route == "cached_features"
-                   else "augmented images" if route != "fine_tuned" or params.train_vit.augment
-                   else "un-augmented images")
-    def points(gap: float | None) -> str:
-        return "not recorded" if gap is None else f"{gap * 100:+.2f}"
-
-    gap_rows = [{"model": name, "selected": run.kept(m),
-                 **{f"{kind} {metric}": points(gaps[m][f"{key}_{metric_key}"])
+    fitted = verdict.pct(verdict.level_at(verdict.FITTED_SKILL, run.num_classes))
+    gap_rows = [{"model": name, "kept": run.kept(m),
+                 "train accuracy (%)": pct(run.evaluation[m]["train"]["accuracy"]),
+                 "regime": verdict.regime(*run.fit(m), run.num_classes),
+                 **{f"{kind} {metric}": f"{gaps[m][f'{key}_{metric_key}'] * 100:+.2f}"
                     for key, kind in (("train_val", "train - val"), ("val_test", "val - test"))
                     for metric_key, metric in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))}}
                 for m, name in names.items()]
     spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
-    save_figure(plots.per_class_f1_figure({name: run.per_class[m] for m, name in names.items()}),
-                figures / "per_class_f1.png")
+    save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
     parts = [
         "## 4. Generalisation\n\n",
-        "Gaps in points at the selected (best-val) weights. Train metrics are those of the training epoch itself: "
-        f"for the CNN on augmented batches in train mode (dropout on), for the probe on {probe_train}; so a "
-        "train - val gap below zero is possible.\n\n",
-        ("For the probe fitted by L-BFGS they are its sweep's numbers at the kept C (plots/train_vit/c_sweep.csv); "
-         "the sweep records train loss and accuracy but no train macro-F1, so its train - val macro-F1 gap is not "
-         "recorded and the conclusions compare accuracy gaps.\n\n" if run.epochs("vit") is None else ""),
+        "Train accuracy (percent) and gaps (points) at the kept weights, from metrics/evaluate.json: the evaluate "
+        "stage scores both models alike on every split (un-augmented images, eval mode), so train - val measures "
+        "how much better each model does on the images it was trained on. (The training loop's own train metrics, "
+        "of augmented batches with dropout on, are in plots/train_*/history.csv and no conclusion uses them.) "
+        f"Regime: *underfits* under {fitted} train accuracy (half the way from chance to 100%), *overfits* with a "
+        f"train - val accuracy gap over {verdict.OVERFIT_GAP * 100:.0f} points, else *fits*.\n\n",
         table(pd.DataFrame(gap_rows)),
         "\nSpread of the per-class test F1 (percent):\n\n",
         table(spread, index=True),
@@ -437,11 +507,34 @@ def sanity_section(run: Run) -> str:
     )
 
 
-RULES = """
-How these sentences are made (petlab/report.py): a difference is called significant when its 95% bootstrap
-interval (probe - CNN, paired over the test images) excludes zero, and McNemar's exact test is quoted beside
-accuracy, with any disagreement said; wall-time convergence compares the seconds to 95% of each model's best val
-macro-F1, and within a factor of 1.25 counts as about as fast; a training step is data-bound when it waits on the
-loader for at least half its time, compute-bound below a tenth; the caveats of the warning above are repeated
-where they apply.
+def rules(num_classes: int) -> str:
+    """How the conclusions are made, with this run's levels filled in."""
+    def level(skill: float) -> str:
+        return verdict.pct(verdict.level_at(skill, num_classes))
+
+    return f"""
+How these sentences are made (petlab/report.py, petlab/verdict.py), each by one rule:
+
+- **Differences**: significant when the 95% bootstrap interval of probe - CNN (paired over the test images)
+  excludes zero; McNemar's exact test is quoted beside accuracy, and a disagreement between the two is said.
+  Both cover the sampling of test images only, not training randomness (one seed).
+- **Fit**: every split is scored alike for both models by the evaluate stage (un-augmented images, eval mode).
+  A model *underfits* when its train accuracy covers less than half the way from chance (1 / {num_classes}
+  classes) to 100%, here under {level(verdict.FITTED_SKILL)}; it *overfits* when its train accuracy is more than
+  {verdict.OVERFIT_GAP * 100:.0f} points above its val accuracy; else it *fits*.
+- **Generalisation**: compared only when neither model underfits: the larger train - val accuracy gap
+  generalises less well, gaps within {verdict.SIMILAR_GAP * 100:.0f} points alike. An underfitting model's gap
+  reflects how little it learned, not how well it generalises.
+- **Speed**: time to a common target, as DAWNBench and MLPerf measure time-to-train: the val macro-F1 both models
+  reach (the weaker one's best) and the wall seconds each needs to first reach it, counted from the start of
+  training (the probe's include extracting its features); the L-BFGS probe has no curve over time, so its time
+  to any level it reaches is its whole fit. Within a factor {verdict.SAME_SPEED:g} they are about as fast. A
+  model whose best val macro-F1 stays under a tenth of the way from chance to 100% (here
+  {level(verdict.LEARNED_SKILL)}) never learned, and no speed claim is made. Fractions of each model's own best
+  (section 3) describe a curve's shape only.
+- **Bottlenecks**: a training step is data-bound when it waits on the loader for at least
+  {report.DATA_BOUND:.0%} of its time, compute-bound below {report.COMPUTE_BOUND:.0%}.
+- **Warnings**: fewer than {verdict.MIN_TRAIN_PER_CLASS} training images per class, and the one seed, are said
+  at the top; the caveats of the warning that this run cannot answer the question (and too few training images
+  per class) are repeated where they apply.
 """

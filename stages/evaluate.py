@@ -1,10 +1,17 @@
-"""Stage evaluate: both best checkpoints on val and test; metrics, per-class tables, confusion matrices, predictions."""
+"""Stage evaluate: both best checkpoints on train, val and test; metrics, per-class tables, confusion matrices,
+predictions.
+
+Every split is scored the same way for both models: un-augmented images, model in eval mode. So the train
+numbers measure how well each model fits its training data on equal terms (training's own train metrics are
+of augmented batches, with dropout on, for the CNN), and the report's gaps compare like with like.
+"""
 
 import functools
 from pathlib import Path
 
 import torch
 
+from petlab import plots
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_predictions, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
@@ -20,7 +27,7 @@ FEATURES = Path("data/features/vit.pt")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
 METRICS = Path("metrics/evaluate.json")
 PLOTS = Path("plots/evaluate")
-SPLITS = ("val", "test")
+SPLITS = ("train", "val", "test")
 
 
 def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str, name: str = "cnn"):
@@ -41,9 +48,10 @@ def feature_cache() -> dict:
 
 
 def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
-    """The head on the features cached by train_vit: no second backbone pass over val or test.
+    """The head on the features cached by train_vit: no second backbone pass over the splits it cached.
 
-    A fine-tuned backbone (train_vit.unfreeze) has no valid cache: its images go through the whole model.
+    A fine-tuned backbone (train_vit.unfreeze) has no valid cache, and the augmented route caches no train
+    features (it trains on augmented images): those images go through the whole model, un-augmented.
     """
     if not checkpoint["model_config"].get("info", {}).get("feature_cache", True):
         return cnn_logits(checkpoint, params, data, split, name="vit")
@@ -51,19 +59,12 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
     info = cache["info"]
     if info["class_names"] != checkpoint["class_names"] or info["timm_model"] != checkpoint["model_config"]["timm_model"]:
         raise PipelineError(f"{FEATURES} was not made for {CHECKPOINTS['vit']}; re-run train_vit (dvc repro)")
+    if f"{split}/features" not in cache:
+        return cnn_logits(checkpoint, params, data, split, name="vit")
     model = load_trained(checkpoint)
     ctx = StepContext(torch.device("cpu"), Precision(None, False))
     loader = tensor_loader(feature_split(cache, split, FEATURES), params.evaluate.batch_size, False, params)
     return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
-
-
-def title(checkpoint: dict) -> str:
-    """What the model is, as the figures name it; a probe on random or stand-in weights says so."""
-    config = checkpoint["model_config"]
-    if config["kind"] != "timm_probe":
-        return f"CNN from scratch ({config['kind']})"
-    label = weights_label(config.get("info", {}))
-    return f"Linear probe on frozen {config['timm_model']}" + (f", {label}" if label else "")
 
 
 def main() -> None:
@@ -83,7 +84,8 @@ def main() -> None:
                     raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; "
                                         f"re-run train_vit (dvc repro)")
                 test_logits[name], test_labels = logits, labels
-                write_reports(name, logits, labels, data.class_names, PLOTS, f"{title(checkpoint)} (test)")
+                write_reports(name, logits, labels, data.class_names, PLOTS,
+                              f"{plots.model_label(checkpoint['model_config'], weights_label(checkpoint['model_config'].get('info', {})))} (test)")
         results[name]["checkpoint_epoch"] = checkpoint["epoch"]
         results[name].update(checkpoint["model_config"].get("info", {}))
     write_json(METRICS, results)
@@ -91,8 +93,9 @@ def main() -> None:
     write_predictions(PLOTS / "predictions_test.csv", images, test_labels, test_logits, data.class_names)
     for name in CHECKPOINTS:
         t = results[name]["test"]
-        print(f"evaluate: {name}: test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
-              f"top-5 {t['top5_accuracy']:.4f}")
+        top5 = f", top-5 {t['top5_accuracy']:.4f}" if "top5_accuracy" in t else ""
+        print(f"evaluate: {name}: train accuracy {results[name]['train']['accuracy']:.4f}; test accuracy "
+              f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}")
     if not results["vit"].get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
     elif weights_label(results["vit"]):

@@ -11,7 +11,7 @@ from torch import nn
 from petlab import plots
 from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
-from petlab.models import count_parameters
+from petlab.models import count_parameters, weights_label
 from petlab.outputs import load_torch, save_figure, write_json
 from petlab.stage import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
@@ -66,9 +66,10 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    results = {}
+    results, labels = {}, {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
+        labels[name] = plots.model_label(checkpoint["model_config"], weights_label(checkpoint["model_config"].get("info", {})))
         model = load_trained(checkpoint)
         optim = params.train_cnn if name == "cnn" else params.train_vit
         ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last,
@@ -83,7 +84,7 @@ def main() -> None:
     write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
                                                  "active": params.profile.active}})
     memory = peak_memory_metric(results["cnn"])
-    save_figure(plots.profile_comparison_figure(results, (memory.key, memory.label)), PLOT)
+    save_figure(plots.profile_comparison_figure(results, labels, (memory.key, memory.label)), PLOT)
     for name, r in results.items():
         print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
               f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")

@@ -27,3 +27,18 @@ def test_confusion_and_per_class_agree():
     rows = per_class_rows(labels, preds, ["a", "b", "c"])
     assert [r["support"] for r in rows] == [2, 2, 2]
     assert rows[1]["recall"] == 1.0 and rows[1]["precision"] == round(2 / 3, 6)
+
+
+def test_top5_only_with_more_than_5_classes(tmp_path):
+    import csv
+
+    from petlab.evaluation import write_predictions
+
+    labels = torch.tensor([0, 1, 2, 0])
+    logits = torch.eye(3)[torch.tensor([1, 1, 2, 2])]
+    assert set(classification_metrics(logits, labels, 3)) == {"accuracy", "macro_f1"}  # top-5 of 3: always 100%
+    six = torch.nn.functional.pad(logits, (0, 3), value=-1.0)  # the 3 added classes rank last
+    assert classification_metrics(six, labels, 6)["top5_accuracy"] == 1.0
+    write_predictions(tmp_path / "p.csv", ["a", "b", "c", "d"], labels, {"cnn": logits}, ["x", "y", "z"])
+    with open(tmp_path / "p.csv") as f:
+        assert next(csv.reader(f)) == ["image", "actual", "cnn_predicted"]

@@ -69,7 +69,8 @@ def test_class_counts_legend_does_not_cover_the_bars():
 
 
 def test_profile_comparison_fits_dvc_plots_page():
-    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE}, ("peak_rss_rise_mb", "peak RSS rise (MB)"))
+    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE},
+                                           memory_panel=("peak_rss_rise_mb", "peak RSS rise (MB)"))
     assert fig.get_size_inches()[0] * 110 <= 1000  # pixels at save_figure's dpi
     assert "peak RSS rise (MB)" in [ax.get_title() for ax in fig.axes]
 
@@ -80,20 +81,42 @@ def test_confusion_labels_sort_as_text_in_label_order():
     assert labels[:2] == ["00 Yorkshire", "01 Abyssinian"] and sorted(labels) == labels
 
 
-def test_figure_titles_name_the_probe_model_and_random_or_stand_in_weights():
-    from stages.evaluate import title
+def test_models_are_named_for_what_they_are_with_random_or_stand_in_weights():
+    from petlab.models import weights_label
 
-    probe = {"kind": "timm_probe", "timm_model": "resnet18", "info": {"pretrained": False}}
-    assert title({"model_config": probe}) == "Linear probe on frozen resnet18, random weights"
+    def label(config):
+        return plots.model_label(config, weights_label(config.get("info", {})))
+
+    probe = {"kind": "timm_probe", "timm_model": "resnet18", "head": "linear", "info": {"pretrained": False}}
+    assert label(probe) == "Linear probe on resnet18, random weights"
     probe["info"]["pretrained"] = True
-    assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
+    assert label(probe) == "Linear probe on resnet18"
     probe["info"]["weights_source"] = "file /weights/resnet18.safetensors"
-    assert title({"model_config": probe}) == "Linear probe on frozen resnet18"
-    probe.update(timm_model="tf_efficientnet_lite0", info={"pretrained": True, "weights_source": (
-        "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)")})
-    assert title({"model_config": probe}) == ("Linear probe on frozen tf_efficientnet_lite0, EfficientNet-Lite0 "
-                                              "ImageNet weights, a stand-in for ViT-Tiny")
-    assert "CNN" in title({"model_config": {"kind": "simple_cnn"}})
+    assert label(probe) == "Linear probe on resnet18"
+    lite0 = {**probe, "timm_model": "tf_efficientnet_lite0", "info": {"pretrained": True, "weights_source": (
+        "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)")}}
+    assert label(lite0) == ("Linear probe on tf_efficientnet_lite0, EfficientNet-Lite0 ImageNet weights, "
+                            "a stand-in for ViT-Tiny")
+    assert plots.model_label({**probe, "head": "mlp", "unfreeze": ["blocks.11"]}) == (
+        "MLP probe on resnet18, partly fine-tuned")
+    assert plots.model_label({"kind": "simple_cnn"}) == "CNN from scratch (simple_cnn)"
+
+
+def test_profile_comparison_names_the_models_and_keeps_every_axis_linear_from_zero():
+    # 47k against 98k trainable parameters: on a log axis from 4.5e4 that looked like a tenfold gap.
+    labels = {"cnn": "CNN from scratch (simple_cnn)", "vit": "Linear probe on tf_efficientnet_lite0"}
+    fig = plots.profile_comparison_figure({"cnn": {**PROFILE, "trainable_parameters": 98_000},
+                                           "vit": {**PROFILE, "trainable_parameters": 47_000}}, labels)
+    drawn = texts(fig)
+    assert "vit" not in drawn and "cnn" not in drawn
+    assert "Linear probe on\ntf_efficientnet_lite0" in drawn and "98,000" in drawn and "47,000" in drawn
+    for ax in fig.axes:
+        if ax.get_title():
+            assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0, ax.get_title()
+    parameters = next(ax for ax in fig.axes if ax.get_title() == "trainable parameters")
+    heights = [bar.get_height() for bar in parameters.patches]
+    assert heights == [98_000, 47_000] and parameters.get_ylim()[1] < 2 * 98_000  # bars in proportion
+    matplotlib.pyplot.close(fig)
 
 
 def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
@@ -101,15 +124,27 @@ def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_macro_f1": [0.2, 0.5, 0.6], "train_loss": [2.0, 1.0, 0.5],
                             "val_loss": [2.1, 1.4, 1.2]})
-    fig = plots.curves_figure({"CNN": history}, "epoch", "epoch",
-                              {"Probe": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
+    labels = {"cnn": "CNN from scratch", "vit": "Linear probe on tf_efficientnet_lite0"}
+    fig = plots.curves_figure({"cnn": history}, "epoch", "epoch", labels,
+                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
     f1_ax, loss_ax = fig.axes
+    probe = "Linear probe on tf_efficientnet_lite0"
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
-    assert lines["Probe (L-BFGS, C = 100)"].get_ydata() == [0.7, 0.7]
-    assert lines["Probe val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
-    assert lines["Probe (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN"] in f1_ax.get_lines()
-    assert lines["Probe val (L-BFGS, C = 100)"] in loss_ax.get_lines()
-    assert lines["Probe (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["Probe"] != lines["CNN"].get_color()
-    labels = [t.get_text() for t in f1_ax.get_legend().get_texts()]
-    assert labels == ["CNN", "Probe (L-BFGS, C = 100)"]
+    assert lines[f"{probe} (L-BFGS, C = 100)"].get_ydata() == [0.7, 0.7]
+    assert lines[f"{probe}, val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
+    assert lines[f"{probe} (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN from scratch"] in f1_ax.get_lines()
+    assert lines[f"{probe}, val (L-BFGS, C = 100)"] in loss_ax.get_lines()
+    assert lines[f"{probe} (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["vit"] != (
+        lines["CNN from scratch"].get_color())
+    legend = [t.get_text() for t in f1_ax.get_legend().get_texts()]
+    assert legend == ["CNN from scratch", f"{probe} (L-BFGS, C = 100)"]
+    matplotlib.pyplot.close(fig)
+    # Against wall time the probe has its level only from the end of its whole fit: one point there.
+    history["elapsed_seconds"] = [10.0, 20.0, 30.0]
+    fig = plots.curves_figure({"cnn": history}, "elapsed_seconds", "s", labels,
+                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100",
+                                       "elapsed_seconds": 45.0}})
+    point = next(line for line in fig.axes[0].get_lines() if line.get_label().startswith(probe))
+    assert list(point.get_xdata()) == [45.0] and list(point.get_ydata()) == [0.7]
+    assert point.get_label().endswith("after its whole fit")
     matplotlib.pyplot.close(fig)

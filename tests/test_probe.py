@@ -113,7 +113,8 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     c_grid = [float(c) for c in checkpoint["selection"]["c_grid"].split()]
     assert metrics["solver"] == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID) and "c_grid" not in metrics
     with open(project / "plots/train_vit/c_sweep.csv", newline="") as f:
-        sweep = [{k: float(v) for k, v in row.items() if k != "converged"} for row in csv.DictReader(f)]
+        # (val_top5_accuracy is empty with 5 classes or fewer: no top-5 there)
+        sweep = [{k: float(v) for k, v in row.items() if k != "converged" and v != ""} for row in csv.DictReader(f)]
     with open(project / "plots/train_vit/history.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []  # no epochs: the header only
     assert [row["c"] for row in sweep] == c_grid
@@ -123,6 +124,8 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())["vit"]
     for key in ("accuracy", "macro_f1"):  # the checkpoint scores on val what the sweep recorded for its C
         assert evaluation["val"][key] == pytest.approx(metrics[f"val_{key}"], abs=1e-6)
+    # and on its cached train features the train accuracy the sweep recorded
+    assert evaluation["train"]["accuracy"] == pytest.approx(kept["train_accuracy"], abs=1e-6)
     if max_gap is None:
         return
     cache = torch.load(project / "data/features/vit.pt", weights_only=True)

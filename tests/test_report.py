@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from petlab import report
+from petlab import report, verdict
 
 
 def predictions(labels, cnn, vit, num_classes=3, top5=None) -> report.TestPredictions:
@@ -29,18 +29,29 @@ def test_bootstrap_is_seeded_and_its_intervals_hold_the_estimates():
     labels = rng.integers(0, 3, 60)
     cnn = np.where(rng.random(60) < 0.7, labels, (labels + 1) % 3)
     vit = np.where(rng.random(60) < 0.5, labels, (labels + 2) % 3)
-    data = predictions(labels, cnn, vit)
+    data = predictions(labels, cnn, vit, num_classes=6)  # over 5 classes: top-5 reported
     first = report.bootstrap_results(data, resamples=500, seed=3)
     assert first == report.bootstrap_results(data, resamples=500, seed=3)
     assert first != report.bootstrap_results(data, resamples=500, seed=4)
     assert first["accuracy"]["cnn"][0] == pytest.approx(np.mean(cnn == labels))
     assert first["accuracy"]["difference"][0] == pytest.approx(np.mean(vit == labels) - np.mean(cnn == labels))
+    assert set(first) == set(report.METRICS)
     for metric in report.METRICS:
         for key in ("cnn", "vit", "difference"):
             estimate, low, high = first[metric][key]
             assert low <= estimate <= high, (metric, key)
     assert first["accuracy"]["cnn"][2] - first["accuracy"]["cnn"][1] > 0.1  # 60 images: not a point
     assert first["top5_accuracy"]["difference"] == (0.0, 0.0, 0.0)  # both always right: no difference at all
+
+
+def test_top5_is_not_reported_with_5_classes_or_fewer():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    three = report.bootstrap_results(predictions(labels, labels, (labels + 1) % 3, num_classes=3, top5={}), 200, 0)
+    assert set(three) == {"accuracy", "macro_f1"}
+    assert list(report.reported_metrics(5)) == ["accuracy", "macro_f1"]
+    assert list(report.reported_metrics(6)) == ["accuracy", "macro_f1", "top5_accuracy"]
+    frame = pd.DataFrame({"actual": ["a", "b"], "cnn_predicted": ["a", "a"], "vit_predicted": ["b", "b"]})
+    assert report.TestPredictions.from_frame(frame, ["a", "b", "c"]).top5 == {}  # no top-5 columns needed
 
 
 def test_mcnemar_exact_on_a_known_table():
@@ -86,22 +97,16 @@ def test_per_class_spread_hardest_classes_and_species_errors():
     assert errors == {"errors": 3, "across_species": 2, "within_species": 1, "species_accuracy": 0.5}
 
 
-def test_generalisation_gaps_at_the_selected_epoch():
-    history = pd.DataFrame({"epoch": [1, 2], "train_accuracy": [0.5, 0.9], "val_accuracy": [0.4, 0.7],
-                            "train_macro_f1": [0.5, 0.8], "val_macro_f1": [0.4, 0.6]})
-    gaps = report.generalisation_gaps(history, 2, {"accuracy": 0.6, "macro_f1": 0.65})
-    assert gaps == pytest.approx({"train_val_accuracy": 0.2, "train_val_macro_f1": 0.2,
-                                  "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
+def test_gaps_come_from_the_splits_scored_alike():
+    scores = {"train": {"accuracy": 0.9, "macro_f1": 0.8}, "val": {"accuracy": 0.7, "macro_f1": 0.6},
+              "test": {"accuracy": 0.6, "macro_f1": 0.65}}
+    assert report.split_gaps(scores) == pytest.approx({"train_val_accuracy": 0.2, "train_val_macro_f1": 0.2,
+                                                       "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
 
 
-def test_generalisation_gaps_of_the_lbfgs_probe_at_its_kept_c():
-    sweep = pd.DataFrame({"c": [0.1, 1.0, 10.0], "train_accuracy": [0.6, 0.9, 1.0], "val_accuracy": [0.5, 0.7, 0.65],
-                          "val_macro_f1": [0.45, 0.6, 0.6]})
-    gaps = report.sweep_gaps(sweep, 1.0, {"accuracy": 0.6, "macro_f1": 0.65})
-    assert gaps == pytest.approx({"train_val_accuracy": 0.2, "train_val_macro_f1": None,  # no train macro-F1
-                                  "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
-    both = {"cnn": {"train_val_macro_f1": 0.1, "train_val_accuracy": 0.1}, "vit": gaps}
-    assert report.compared_gap(both) == ("accuracy", "accuracy")
+def test_progress_reads_a_history_with_elapsed_seconds():
+    history = pd.DataFrame({"epoch": [1, 2], "elapsed_seconds": [3.0, 5.5], "val_macro_f1": [0.25, 0.5]})
+    assert report.progress(history) == [(1, 3.0, 0.25), (2, 5.5, 0.5)]
 
 
 def test_stage_shares_and_bottleneck_thresholds():
@@ -111,23 +116,22 @@ def test_stage_shares_and_bottleneck_thresholds():
                                                                    "compute-bound"]
 
 
-def conclusions_for(difference, mcnemar_p=0.01, cnn_seconds=100.0, vit_seconds=10.0, caveats=()):
+FITTED = {"cnn": (0.95, 0.85), "vit": (1.0, 0.82)}  # both fit: the CNN's gap +10, the probe's +18
+
+
+def conclusions_for(difference, mcnemar_p=0.01, cnn_seconds=100.0, vit_seconds=10.0, caveats=(), fit=FITTED,
+                    cnn_best=0.6, num_classes=37, c_edge=None):
     results = {m: {"difference": difference} for m in ("macro_f1", "accuracy")}
-    speed = {"cnn": {"epoch": 8, "seconds": cnn_seconds}, "vit": {"epoch": 3, "seconds": vit_seconds}}
-    gaps = {"cnn": {"train_val_macro_f1": 0.2}, "vit": {"train_val_macro_f1": 0.05}}
-    return report.conclusions(results, {"only_a": 3, "only_b": 20, "p_value": mcnemar_p}, speed,
-                              {"cnn": ("data-bound", 0.6), "vit": ("compute-bound", 0.02)}, gaps, ["vit"],
-                              list(caveats))
+    target = verdict.time_to_target({"cnn": [(4, cnn_seconds / 2, cnn_best / 2), (8, cnn_seconds, cnn_best)],
+                                     "vit": [(None, vit_seconds, 0.8)]}, num_classes)
+    return report.conclusions(results, {"only_a": 3, "only_b": 20, "p_value": mcnemar_p}, target, fit, num_classes,
+                              {"cnn": ("data-bound", 0.6), "vit": ("compute-bound", 0.02)}, ["vit"], list(caveats),
+                              c_edge)
 
 
 def test_a_probe_kept_at_the_edge_of_its_c_grid_is_called_possibly_under_tuned():
-    results = {m: {"difference": (0.1, 0.05, 0.15)} for m in ("macro_f1", "accuracy")}
-    speed = {"cnn": {"epoch": 8, "seconds": 100.0}, "vit": {"epoch": None, "seconds": 10.0}}
-    gaps = {"cnn": {"train_val_accuracy": 0.2}, "vit": {"train_val_accuracy": 0.05}}
-    args = (results, {"only_a": 3, "only_b": 20, "p_value": 0.01}, speed,
-            {"cnn": ("compute-bound", 0.02), "vit": ("compute-bound", 0.02)}, gaps, [], [])
-    assert not any("under-tuned" in s for s in report.conclusions(*args))
-    edge = report.conclusions(*args, c_edge="largest")[-1]
+    assert not any("under-tuned" in s for s in conclusions_for((0.1, 0.05, 0.15)))
+    edge = conclusions_for((0.1, 0.05, 0.15), c_edge="largest")[-1]
     assert edge.startswith("The probe kept the largest C of its grid") and "under-tuned" in edge
 
 
@@ -135,33 +139,35 @@ def test_conclusions_follow_the_numbers():
     probe_better = conclusions_for((0.12, 0.05, 0.2))
     assert probe_better[0].startswith("The probe is better than the CNN on test macro-F1 by 12.0 points")
     assert "95% CI [+5.0, +20.0]" in probe_better[0] and "McNemar p = 0.01" in probe_better[1]
-    assert "the probe converges 10.0 times faster in wall time" in probe_better[2]
-    assert "CNN's training step is data-bound" in probe_better[3]
-    assert "probe's step from images (backbone forward + update of what it trains) is compute-bound" in probe_better[4]
-    assert probe_better[5].startswith("The CNN generalises less well than the probe")
-    assert "probe's best val macro-F1 came in its last epoch" in probe_better[6]
+    assert "the probe gets there 10.0 times faster in wall time" in probe_better[2]
+    assert probe_better[3].startswith("The CNN fits its training data") and probe_better[4].startswith(
+        "The probe overfits")
+    assert probe_better[5].startswith("The CNN generalises better than the probe")
+    assert "CNN's training step is data-bound" in probe_better[6]
+    assert "probe's step from images (backbone forward + update of what it trains) is compute-bound" in probe_better[7]
+    assert "probe's best val macro-F1 came in its last epoch" in probe_better[8]
 
-    cnn_better = conclusions_for((-0.12, -0.2, -0.05), cnn_seconds=10.0, vit_seconds=11.0)
+    cnn_better = conclusions_for((-0.12, -0.2, -0.05), cnn_seconds=10.0, vit_seconds=11.0,
+                                 fit={"cnn": (1.0, 0.8), "vit": (0.9, 0.85)})
     assert cnn_better[0].startswith("The CNN is better than the probe on test macro-F1 by 12.0 points")
     assert "CNN - probe: 95% CI [+5.0, +20.0]" in cnn_better[0]
     assert "about as fast in wall time" in cnn_better[2]
+    assert cnn_better[5].startswith("The probe generalises better than the CNN")
 
     tie = conclusions_for((0.02, -0.03, 0.07), mcnemar_p=0.4, cnn_seconds=10.0, vit_seconds=30.0)
     assert tie[0].startswith("No significant difference on test macro-F1") and "holds zero" in tie[0]
     assert "better" not in tie[0] and "borderline" not in tie[1]
-    assert "the CNN converges 3.0 times faster" in tie[2]
+    assert "the CNN gets there 3.0 times faster" in tie[2]
 
 
-def test_speed_sentence_of_a_probe_without_epochs_quotes_its_whole_fit():
-    sentence = report.speed_sentence({"epoch": 8, "seconds": 100.0}, {"epoch": None, "seconds": 20.0}, 0.95)
-    assert "the probe, fitted by L-BFGS without epochs, took 20.0 s in all" in sentence
-    assert "the probe converges 5.0 times faster" in sentence and "None" not in sentence
-
-
-def test_generalisation_sentence_follows_the_gaps():
-    assert report.gap_sentence(0.05, 0.2).startswith("The probe generalises less well than the CNN")
-    assert report.gap_sentence(0.10, 0.11).startswith("Both models have similar")
-    assert report.gap_sentence(-0.01, -0.02).startswith("Neither model")
+def test_an_underfitting_cnn_that_never_learned_gets_neither_a_generalisation_nor_a_speed_claim():
+    # The real run's shape: the CNN at 19% of its training images, best val macro-F1 3%, after 2 quick epochs.
+    out = conclusions_for((0.7, 0.65, 0.75), cnn_seconds=5.0, vit_seconds=45.0, cnn_best=0.03,
+                          fit={"cnn": (0.19, 0.089), "vit": (1.0, 0.82)})
+    assert out[2].startswith("No speed claim: the CNN never learned") and "faster" not in " ".join(out)
+    assert out[3].startswith("The CNN underfits")
+    assert out[5].startswith("No comparison of generalisation: the CNN underfits")
+    assert not any("generalises better" in s or "generalises less well" in s for s in out)
 
 
 def test_conclusions_say_when_the_two_tests_disagree_and_repeat_the_caveats():
@@ -171,3 +177,131 @@ def test_conclusions_say_when_the_two_tests_disagree_and_repeat_the_caveats():
     assert "Caveats" not in interval_only[3]
     mcnemar_only = conclusions_for((0.02, -0.01, 0.05), mcnemar_p=0.03)
     assert mcnemar_only[1].startswith("No significant difference") and "borderline" in mcnemar_only[1]
+
+
+# ---------------------------------------------------------------- the whole document from a crafted run
+
+
+def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1=(0.2, 0.3), cnn_fit=(0.4, 0.3),
+                probe_fit=(1.0, 0.9), probe_f1=0.9, cnn_seconds_per_epoch=10.0, probe_seconds=(20.0, 5.0)):
+    """A Run as the report stage would load it, from crafted numbers (no pipeline run): the CNN trained by
+    epochs with val macro-F1 `cnn_f1`, the probe fitted by L-BFGS to `probe_f1`; `*_fit`: (train, val) accuracy."""
+    from petlab import report_document
+
+    classes = [f"class {i}" for i in range(num_classes)]
+    labels = np.repeat(np.arange(num_classes), test_per_class)
+    cnn_preds, vit_preds = labels.copy(), labels.copy()
+    cnn_preds[::2] = (labels[::2] + 1) % num_classes  # the CNN wrong on every other image, the probe on few
+    vit_preds[::5] = (labels[::5] + 1) % num_classes
+    per_class = {m: pd.DataFrame(report_metrics_rows(labels, preds, classes))
+                 for m, preds in (("cnn", cnn_preds), ("vit", vit_preds))}
+    epochs = len(cnn_f1)
+    cnn_history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(2, 1, epochs),
+                                "val_loss": np.linspace(2.1, 1.2, epochs), "val_accuracy": cnn_f1,
+                                "val_macro_f1": cnn_f1, "seconds": cnn_seconds_per_epoch,
+                                "elapsed_seconds": cnn_seconds_per_epoch * np.arange(1, epochs + 1)})
+    empty = pd.DataFrame(columns=cnn_history.columns)
+    sweep = pd.DataFrame({"c": [0.1, 1.0, 10.0], "log10_c": [-1, 0, 1], "train_loss": [1.0, 0.5, 0.3],
+                          "train_accuracy": [0.8, probe_fit[0], 1.0], "val_loss": [1.0, 0.6, 0.7],
+                          "val_accuracy": [0.7, probe_fit[1], 0.85], "val_macro_f1": [0.6, probe_f1, 0.8],
+                          "iterations": [20, 40, 80], "converged": [True, True, True]})
+
+    def scores(fit, test):
+        top5 = {"top5_accuracy": 1.0} if num_classes > 5 else {}
+        return {split: {"accuracy": value, "macro_f1": value, **top5}
+                for split, value in (("train", fit[0]), ("val", fit[1]), ("test", test))}
+
+    counts = {"train": train_per_class, "val": 2, "test": test_per_class}
+    profile = {"step_ms_mean": 10.0, "step_ms_p95": 12.0, "throughput_images_per_s": 100.0, "peak_rss_rise_mb": 50.0,
+               "gflops_per_image": 0.1, "trainable_parameters": 1000, "total_parameters": 5000,
+               "data_wait_share": 0.05, "device": "cpu", "batch_size": 8}
+    overfit = {"images": 8, "steps_to_100pct": 20, "max_steps": 200}
+    return report_document.Run(
+        root=root, class_names=classes, species=None, prepared={"source": "oxford_pets (crafted)"},
+        sanity={"counts": {s: {"total": n * num_classes, "min_per_class": n, "max_per_class": n}
+                           for s, n in counts.items()},
+                "unreadable": {"count": 0}, "cross_split_duplicates": {"count": 0},
+                "prepare": {"converted_to_rgb": {}, "skipped_count": 0, "left_out_count": 0, "exif_rotated": 0,
+                            "resized_to_fit_jpeg": 0},
+                "overfit_cnn": overfit, "overfit_probe": overfit, "passed": True},
+        trained={"cnn": {"best_epoch": int(np.argmax(cnn_f1)) + 1, "last_epoch": epochs, "device": "cpu",
+                         "precision": "fp32"},
+                 "vit": {"selected_c": 1.0, "iterations": 40, "converged": True, "c_at_grid_edge": False,
+                         "route": "cached_features", "device": "cpu", "precision": "fp32", "pretrained": True,
+                         "weights_source": "crafted"}},
+        histories={"cnn": cnn_history, "vit": empty}, setup_seconds={"cnn": 0.0}, sweep=sweep,
+        probe_fit={"features_seconds": probe_seconds[0], "head_seconds": probe_seconds[1]},
+        evaluation={"cnn": scores(cnn_fit, float(np.mean(cnn_preds == labels))),
+                    "vit": {**scores(probe_fit, float(np.mean(vit_preds == labels))), "pretrained": True}},
+        per_class=per_class,
+        predictions=pd.DataFrame({"image": [f"test/{i}.jpg" for i in range(len(labels))],
+                                  "actual": [classes[i] for i in labels],
+                                  "cnn_predicted": [classes[i] for i in cnn_preds],
+                                  "vit_predicted": [classes[i] for i in vit_preds],
+                                  # wrong by one class: always among the 5 best where top-5 counts
+                                  **({"cnn_top5": 1, "vit_top5": 1} if num_classes > 5 else {})}),
+        profile={"cnn": profile, "vit": {**profile, "trainable_parameters": 2000}}, top_ops={},
+        stage_seconds={s: 1.0 for s in report_document.STAGES})
+
+
+def report_metrics_rows(labels, preds, classes):
+    from petlab.metrics import per_class_rows
+
+    return per_class_rows(labels, preds, classes)
+
+
+def build_document(tmp_path, **crafted) -> str:
+    from petlab import report_document
+    from petlab.params import parse_params
+
+    params = parse_params({"train_vit": {"model": "tf_efficientnet_lite0"},
+                           "report": {"bootstrap": 200, "misclassified": 0}})
+    run = crafted_run(tmp_path, **crafted)
+    return report_document.build(run, params, tmp_path / "reports", tmp_path / "reports/figures", "crafted")
+
+
+def conclusions_of(text: str) -> str:
+    return text.split("## 7. Conclusions")[1].split("How these sentences are made")[0]
+
+
+def test_a_tiny_three_class_run_is_warned_about_and_reports_no_top5(tmp_path):
+    text = build_document(tmp_path)
+    top = text.split("## 1. What ran")[0]
+    assert "**few training images per class**: the train split holds 4 images per class, fewer than 100" in top
+    assert "**one seed**" in top and "test images only" in top and "reports/study.md" in top
+    assert "Top-5" not in text and "No top-5 accuracy: with 3 classes" in text
+    # Named for what it is, in the title, in section 1 and in the figures' legends.
+    assert text.startswith("# Run report: CNN from scratch vs. linear probe on tf_efficientnet_lite0")
+    assert "*Probe* the linear probe on tf_efficientnet_lite0" in text
+    conclusions = conclusions_of(text)
+    # The CNN at 40% of its own training images (3 classes: under 66.7%): no generalisation claim.
+    assert "The CNN underfits" in conclusions and "generalises better" not in conclusions
+    assert "generalises less well" not in conclusions
+    first = conclusions.strip().splitlines()[0]
+    assert "Caveats: " in first and "few training images per class" in first.split("Caveats: ")[1]
+    assert "under 66.7%" in text  # the rules text with this run's level
+
+
+def test_the_report_sentences_turn_with_the_crafted_numbers(tmp_path):
+    fitted = build_document(tmp_path / "a", cnn_f1=(0.5, 0.7, 0.8), cnn_fit=(0.95, 0.85), probe_fit=(1.0, 0.8),
+                            probe_f1=0.9, cnn_seconds_per_epoch=30.0, probe_seconds=(6.0, 4.0),
+                            train_per_class=120)
+    conclusions = conclusions_of(fitted)
+    assert "The CNN generalises better than the probe" in conclusions
+    assert "the probe gets there 9.0 times faster" in conclusions  # 90 s against its whole fit, 10 s
+    assert "**few training images per class**" not in fitted and "**one seed**" in fitted
+    swapped = conclusions_of(build_document(tmp_path / "b", cnn_f1=(0.5, 0.7, 0.8), cnn_fit=(1.0, 0.8),
+                                            probe_fit=(0.95, 0.85), probe_f1=0.9, cnn_seconds_per_epoch=3.0,
+                                            probe_seconds=(60.0, 30.0), train_per_class=120))
+    assert "The probe generalises better than the CNN" in swapped
+    assert "the CNN gets there 10.0 times faster" in swapped
+
+
+def test_a_two_class_run_with_a_cnn_at_chance_gets_no_speed_claim(tmp_path):
+    text = build_document(tmp_path, num_classes=2, cnn_f1=(0.45, 0.5), cnn_fit=(0.55, 0.5), probe_fit=(1.0, 0.95),
+                          probe_f1=0.95, cnn_seconds_per_epoch=1.0, probe_seconds=(30.0, 8.0))
+    conclusions = conclusions_of(text)
+    assert "No speed claim: the CNN never learned" in conclusions and "times faster" not in conclusions
+    assert "The CNN never reaches the probe's best val macro-F1 (95.0%" in conclusions
+    assert "No comparison of generalisation: the CNN underfits" in conclusions
+    assert "Top-5" not in text and "chance: 50.0%" in text

@@ -1,0 +1,203 @@
+"""The rules that turn numbers into conclusions: whether a model fitted its training data, whether it learned at
+all, how two models' generalisation and speed compare, and when a run is too small to say much.
+
+Each rule is a pure function of plain numbers (accuracies, macro-F1s, seconds, image counts), with its thresholds
+as the constants below, so a single run's report and a study over seeds and training-set sizes conclude alike,
+and each sentence changes when its numbers change. Scores are fractions (0.82, not 82).
+
+Levels are set relative to chance (1 / number of classes), so one rule serves 2 classes and 37: a model's
+*skill* is how far its score has moved from chance towards perfect, 0 at chance and 1 at 100%.
+"""
+
+from __future__ import annotations
+
+# A model fits its training data when its accuracy on its own training images (un-augmented, eval mode) has
+# covered at least half the way from chance to 100%: 51% with 37 classes, 75% with 2. Below that it has not
+# learned the images it was trained on, and its small train - val gap comes from learning little, not from
+# generalising well.
+FITTED_SKILL = 0.5
+# It overfits when its train accuracy is more than 15 points above its val accuracy: it fits the images it saw
+# much better than new ones of the same classes, well beyond the few points that sampling moves accuracy on a
+# val split of a few hundred images (one standard error at 80% on 300 images is 2.3 points).
+OVERFIT_GAP = 0.15
+# Two fitted models' train - val gaps within 5 points count as alike: each gap carries the sampling noise of two
+# accuracies, and their difference that of four.
+SIMILAR_GAP = 0.05
+# A model learned something when its best val macro-F1 has covered at least a tenth of the way from chance to
+# 1 (macro-F1 guessing at random over balanced classes is about 1 / classes, like accuracy): 12% with 37 classes,
+# 55% with 2. A model below it never learned, and no time it takes to reach any level says how fast it learns.
+LEARNED_SKILL = 0.1
+# Wall times within a factor of 1.25 count as about as fast: wall time varies between runs of one machine.
+SAME_SPEED = 1.25
+# Fewer training images per class than this cannot show what a CNN trained from scratch can do: it must learn
+# its features from them, while a pretrained backbone brings its own. The comparison is meant at 100 or more
+# per class; below, only a learning curve over training-set sizes (the study) shows where the two approaches
+# stand.
+MIN_TRAIN_PER_CLASS = 100
+
+NAMES = {"cnn": "CNN", "vit": "probe"}  # how sentences name the models, after "the"
+UNDERFITS, OVERFITS, FITS = "underfits", "overfits", "fits"
+
+
+def chance(num_classes: int) -> float:
+    return 1 / num_classes
+
+
+def level_at(skill: float, num_classes: int) -> float:
+    """The score `skill` of the way from chance to 1."""
+    return chance(num_classes) + skill * (1 - chance(num_classes))
+
+
+def pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def signed_points(value: float) -> str:
+    return f"{value * 100:+.1f} points"
+
+
+# ---------------------------------------------------------------- fit: underfits, overfits, fits
+
+
+def regime(train_accuracy: float, val_accuracy: float, num_classes: int) -> str:
+    """UNDERFITS below FITTED_SKILL on its own training images; else OVERFITS with a train - val accuracy gap
+    above OVERFIT_GAP; else FITS."""
+    if train_accuracy < level_at(FITTED_SKILL, num_classes):
+        return UNDERFITS
+    if train_accuracy - val_accuracy > OVERFIT_GAP:
+        return OVERFITS
+    return FITS
+
+
+def regime_sentence(name: str, train_accuracy: float, val_accuracy: float, num_classes: int) -> str:
+    """One model's regime and the numbers it rests on; `name` as in a sentence ("CNN", "probe")."""
+    kind = regime(train_accuracy, val_accuracy, num_classes)
+    gap = train_accuracy - val_accuracy
+    if kind == UNDERFITS:
+        return (f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
+                f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
+                f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
+    numbers = (f"train accuracy {pct(train_accuracy)}, val {pct(val_accuracy)}: a gap of {signed_points(gap)}, "
+               f"{'over' if kind == OVERFITS else 'within'} the {OVERFIT_GAP * 100:.0f} points this rule allows")
+    if kind == OVERFITS:
+        return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
+    return f"The {name} fits its training data without overfitting ({numbers})."
+
+
+def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: int,
+                            names: dict[str, str] = NAMES) -> str:
+    """Which model generalises better, only when both fit their training data (not UNDERFITS): the larger
+    train - val accuracy gap generalises less well, gaps within SIMILAR_GAP alike. A model that underfits is
+    named instead, and its gap is said to mean nothing. `fit`: model -> (train accuracy, val accuracy)."""
+    gaps = {m: train - val for m, (train, val) in fit.items()}
+    under = [m for m, (train, val) in fit.items() if regime(train, val, num_classes) == UNDERFITS]
+    quoted = ", ".join(f"{signed_points(gaps[m])} for the {names[m]}" for m in fit)
+    if len(under) == len(fit):
+        return (f"No comparison of generalisation: neither model fits its training data, so their train - val "
+                f"gaps ({quoted}) say nothing about how they generalise.")
+    if under:
+        (m,) = under
+        (o,) = [k for k in fit if k != m]
+        return (f"No comparison of generalisation: the {names[m]} underfits, so its train - val gap "
+                f"({signed_points(gaps[m])}, against {signed_points(gaps[o])} for the {names[o]}) reflects how "
+                f"little it learned, not how well it generalises.")
+    (a, b) = fit
+    if abs(gaps[a] - gaps[b]) < SIMILAR_GAP:
+        return (f"Both models fit their training data and generalise about alike: their train - val accuracy gaps "
+                f"({quoted}) are within {SIMILAR_GAP * 100:.0f} points of each other.")
+    worse, better = (a, b) if gaps[a] > gaps[b] else (b, a)
+    return (f"The {names[better]} generalises better than the {names[worse]}: both fit their training data, and "
+            f"the {names[worse]}'s train - val accuracy gap is the larger ({quoted}).")
+
+
+# ---------------------------------------------------------------- speed: time to a common target
+
+
+def learned(best_val_macro_f1: float, num_classes: int) -> bool:
+    """Whether a model's best val macro-F1 reaches LEARNED_SKILL of the way from chance to 1."""
+    return best_val_macro_f1 >= level_at(LEARNED_SKILL, num_classes)
+
+
+Point = tuple[int | None, float, float]  # (epoch or None, wall seconds since training began, val macro-F1)
+
+
+def first_reaching(points: list[Point], level: float) -> dict | None:
+    """The first point whose val macro-F1 reaches `level` ({"epoch", "seconds"}), None if none does.
+
+    A model fitted without epochs (the L-BFGS probe) is one point, epoch None, at its whole fit's seconds: it has
+    no curve over time, so its time to any level it reaches is its whole fit."""
+    for epoch, seconds, f1 in points:
+        if f1 >= level:
+            return {"epoch": epoch, "seconds": seconds}
+    return None
+
+
+def time_to_target(progress: dict[str, list[Point]], num_classes: int) -> dict:
+    """Time to a common target, as DAWNBench and MLPerf measure time-to-train: the target is the val macro-F1
+    both models reach (the weaker model's best), and each model's time is its first point at or above it.
+
+    Returns target, target_of (whose best it is), best (model -> best val macro-F1), reached (model ->
+    {"epoch", "seconds"}), reaches_other_best (model -> whether it reaches the other's best), learned (model ->
+    `learned`)."""
+    best = {m: max(f1 for _, _, f1 in points) for m, points in progress.items()}
+    weaker = min(best, key=best.get)
+    other = {m: next(o for o in progress if o != m) for m in progress}
+    return {"target": best[weaker], "target_of": weaker, "best": best,
+            "reached": {m: first_reaching(points, best[weaker]) for m, points in progress.items()},
+            "reaches_other_best": {m: first_reaching(points, best[other[m]]) is not None
+                                   for m, points in progress.items()},
+            "learned": {m: learned(b, num_classes) for m, b in best.items()}}
+
+
+def when(time: dict) -> str:
+    if time["epoch"] is None:
+        return f"after its whole fit ({time['seconds']:.1f} s: features and C sweep; no epochs)"
+    return f"at epoch {time['epoch']} ({time['seconds']:.1f} s)"
+
+
+def reach_sentence(t: dict, names: dict[str, str]) -> str:
+    """Whether either model reaches the other's best."""
+    (a, b) = t["best"]
+    if all(t["reaches_other_best"].values()):
+        return f"Both reach the same best val macro-F1 ({pct(t['best'][a])})."
+    short = next(m for m, reaches in t["reaches_other_best"].items() if not reaches)
+    long = b if short == a else a
+    return (f"The {names[short]} never reaches the {names[long]}'s best val macro-F1 ({pct(t['best'][long])}; "
+            f"its own: {pct(t['best'][short])}).")
+
+
+def speed_sentence(t: dict, num_classes: int, names: dict[str, str] = NAMES) -> str:
+    """Rule: "N times faster" only from a common target (`time_to_target`) that both models reach, and only
+    when both learned (`learned`); within a factor SAME_SPEED they are about as fast. A model that never learned
+    gets no speed claim: a level near chance is reached by learning nothing."""
+    reach = reach_sentence(t, names)
+    idle = [m for m, ok in t["learned"].items() if not ok]
+    if idle:
+        who = " and the ".join(names[m] for m in idle)
+        return (f"No speed claim: the {who} never learned (best val macro-F1 "
+                f"{', '.join(pct(t['best'][m]) for m in idle)}, under the {pct(level_at(LEARNED_SKILL, num_classes))} "
+                f"this rule asks, chance being {pct(chance(num_classes))}), and reaching a level near chance "
+                f"says nothing about how fast a model learns. {reach}")
+    (a, b) = t["reached"]
+    target = (f"val macro-F1 {pct(t['target'])}, the {names[t['target_of']]}'s best"
+              if not all(t["reaches_other_best"].values()) else f"val macro-F1 {pct(t['target'])}, the best of both")
+    head = (f"Time to a common target ({target}): the {names[a]} reaches it {when(t['reached'][a])}, the "
+            f"{names[b]} {when(t['reached'][b])}")
+    fast, slow = sorted((a, b), key=lambda m: t["reached"][m]["seconds"])
+    ratio = t["reached"][slow]["seconds"] / max(t["reached"][fast]["seconds"], 1e-9)
+    if ratio < SAME_SPEED:
+        return f"{head}: about as fast in wall time (within a factor {SAME_SPEED:g}). {reach}"
+    return f"{head}: the {names[fast]} gets there {ratio:.1f} times faster in wall time. {reach}"
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def few_images_warning(min_per_class: int, max_per_class: int) -> str | None:
+    """A warning when the train split holds fewer than MIN_TRAIN_PER_CLASS images of some class; None else."""
+    if min_per_class >= MIN_TRAIN_PER_CLASS:
+        return None
+    held = f"{min_per_class}" if min_per_class == max_per_class else f"{min_per_class} to {max_per_class}"
+    return (f"the train split holds {held} images per class, fewer than {MIN_TRAIN_PER_CLASS}: too few to show "
+            f"what a CNN trained from scratch can do (it learns its features from them; the probe's backbone "
+            f"brings its own), so this run shows the comparison at this size only")
