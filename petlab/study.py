@@ -99,3 +99,9 @@ def encode_predictions(preds: Sequence[int]) -> str:
 
 def decode_predictions(text: str) -> np.ndarray:
     return np.array([int(p) for p in text.split()], dtype=np.int64)
+
+
+def scores(metrics: dict[str, float]) -> dict[str, float]:
+    """What a cell keeps of a split's metrics: accuracy, macro-F1 (and loss where given), rounded. Not top-5,
+    which the study does not compare (and which is 1 by construction with 5 classes or fewer)."""
+    return {k: round(v, 6) for k, v in metrics.items() if k in ("accuracy", "macro_f1", "loss")}

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from petlab.data import PreparedData
 from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
-from petlab.metrics import classification_metrics, rounded
+from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, write_json
 from petlab.runtime import PipelineError, Stopwatch, run_stage, seed_everything
 from petlab.study import (cell_path, cnn_budget, draw_subset, encode_predictions, late_gain,
-                          parse_cell, subset_digest)
+                          parse_cell, scores, subset_digest)
 from petlab.train import predict
 
 DATA = Path("data/oxford_pets")
@@ -55,7 +55,7 @@ def main(seed: int, size) -> None:
     def scored(images: PreparedData, split: str):
         loader = image_loader(images, split, spec, budget.batch_size, False, params, ctx.device)
         logits, labels = predict(trained.model, loader, ctx, desc=f"study cnn: {split}")
-        return logits, rounded(classification_metrics(logits, labels, data.num_classes))
+        return logits, scores(classification_metrics(logits, labels, data.num_classes))
 
     train_logits, train_metrics = scored(subset, "train")  # un-augmented, eval mode: as the probe is scored
     test_logits, test_metrics = scored(data, "test")
@@ -71,7 +71,7 @@ def main(seed: int, size) -> None:
         "steps": trained.selection["steps_per_epoch"] * budget.epochs, **trained.selection,
         "late_gain": round(late_gain(val_f1), 6), "train": train_metrics,
         "train_augmented_last_epoch_accuracy": history[-1]["train_accuracy"],
-        "val": trained.best_val, "test": test_metrics,
+        "val": scores(trained.best_val), "test": test_metrics,
         "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
         "val_curve": {"val_macro_f1": val_f1, "val_accuracy": [row["val_accuracy"] for row in history],
                       "elapsed_seconds": elapsed},

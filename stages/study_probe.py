@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from petlab.features import feature_split
-from petlab.metrics import classification_metrics, rounded
+from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, load_torch, write_json
 from petlab.params import load_params
 from petlab.probe import fit_logistic_probe
 from petlab.runtime import PipelineError, Stopwatch, run_stage, share_cpu
-from petlab.study import FEATURES, cell_path, draw_subset, encode_predictions, parse_cell, subset_digest
+from petlab.study import FEATURES, cell_path, draw_subset, encode_predictions, parse_cell, scores, subset_digest
 
 
 def main(seed: int, size) -> None:
@@ -43,7 +43,7 @@ def main(seed: int, size) -> None:
     def scored(split) -> tuple[torch.Tensor, dict]:
         with torch.inference_mode():
             logits = head(split[0].float())
-        return logits, rounded(classification_metrics(logits, split[1], num_classes))
+        return logits, scores(classification_metrics(logits, split[1], num_classes))
 
     _, train_metrics = scored((train[0][chosen], train[1][chosen]))
     test_logits, test_metrics = scored(test)
@@ -51,7 +51,7 @@ def main(seed: int, size) -> None:
     write_json(out, {
         "model": "probe", "seed": seed, "images_per_class": size, "train_images": len(chosen),
         "subset": subset_digest([info["images"]["train"][i] for i in chosen]), **selection,
-        "train": train_metrics, "val": probe.best_val, "test": test_metrics,
+        "train": train_metrics, "val": scores(probe.best_val), "test": test_metrics,
         "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
         "seconds": {"fit": fit_seconds, "cell": clock.seconds()},
         "timm_model": info["timm_model"], "pretrained": info["pretrained"], "weights_source": info["weights_source"],
