@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,29 +97,30 @@ def model_names(study: Study, params: Params) -> dict[str, str]:
     return {"cnn": f"CNN from scratch ({params.train_cnn.arch})", "probe": f"Linear probe on {backbone}{stand_in}{random}"}
 
 
-def caveats(study: Study) -> list[str]:
-    """What these numbers are not: every figure and the report's first lines carry it."""
-    out = []
+def caveats(study: Study) -> dict[str, str]:
+    """What these numbers are not, short name -> why: every figure and the report's first lines carry it."""
+    out = {}
     if not study.features.get("pretrained", True):
-        out.append("random backbone weights: the probe's numbers say nothing about a pretrained backbone")
+        out["random backbone weights"] = "the probe's numbers say nothing about a pretrained backbone"
     if study.features["timm_model"] != REFERENCE_BACKBONE:
-        out.append(f"stand-in backbone: {study.features['timm_model']}, not ViT-Tiny")
+        out["stand-in backbone"] = f"the probe's backbone is {study.features['timm_model']}, not ViT-Tiny"
     if study.prepared.get("generated"):
-        out.append("generated images (petlab.synthetic), not photographs")
+        out["generated images"] = "shapes on noise made by petlab.synthetic, not photographs"
     dataset = study.prepared.get("source", "oxford_pets").split(" ")[0]
     if dataset != "oxford_pets":
-        out.append(f"{dataset}, not Oxford-IIIT Pet")
+        out[f"{dataset}, not Oxford-IIIT Pet"] = "another dataset than the one the question is about"
     if len(study.seeds) == 1:
-        out.append("one seed: the intervals hold test sampling only, not training randomness")
+        out["one seed"] = "the intervals hold test sampling only, not training randomness"
     largest = study.per_class(study.sizes[-1])
     if largest < FEW_PER_CLASS:
-        out.append(f"at most {largest:.0f} training images per class, below the {FEW_PER_CLASS} a CNN from scratch is "
-                   "usually given: the curves show the small-data regime only")
+        out[f"at most {largest:.0f} training images per class"] = (
+            f"below the {FEW_PER_CLASS} a CNN from scratch is usually given; the curves show the small-data regime only")
     return out
 
 
-def short_caveats(items: list[str]) -> str:
-    return "; ".join(c.split(":")[0] for c in items)
+def figure_note(notes: dict[str, str]) -> str:
+    """The caveats' short names, wrapped to fit under a figure's title."""
+    return "\n".join(textwrap.wrap("; ".join(notes), 90))
 
 
 # ---------------------------------------------------------------- the numbers
@@ -162,7 +164,7 @@ def summary(study: Study, compared: dict) -> dict:
             entry[f"p_probe_better_{metric}"] = [round(v, 6) for v in (c.p_probe_better, *c.p_interval)]
             entry[f"verdict_{metric}"] = verdict(c)
         sizes[size_name(n)] = entry
-    return {"seeds": study.seeds, "sizes": sizes, "caveats": caveats(study),
+    return {"seeds": study.seeds, "sizes": sizes, "caveats": [f"{k}: {v}" for k, v in caveats(study).items()],
             "crossing": crossing([size_name(n) for n in study.sizes],
                                  [verdict(compared["macro_f1", n]) for n in study.sizes])}
 
@@ -192,12 +194,13 @@ def learning_curves_figure(study: Study, names: dict[str, str], note: str):
         ax.minorticks_off()
         ax.set_xlabel("training images per class (log scale)")
         ax.set_ylabel(f"test {METRICS[metric]}")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
     seeds = f"{len(study.seeds)} seed{'s' if len(study.seeds) > 1 else ''}"
     fig.suptitle(f"Learning curves over {seeds}" + (f"\n({note})" if note else ""), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     return fig
 
 
@@ -205,7 +208,7 @@ def difference_figure(study: Study, compared: dict, note: str):
     import matplotlib.pyplot as plt
 
     x = np.array([study.per_class(n) for n in study.sizes])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for offset, (metric, colour) in zip((0.97, 1.03), zip(METRICS, ("tab:green", "tab:purple"))):
         c = [compared[metric, n] for n in study.sizes]
         mid = np.array([v.difference for v in c])
@@ -216,7 +219,7 @@ def difference_figure(study: Study, compared: dict, note: str):
     ax.set_xticks(x, [size_name(n) for n in study.sizes])
     ax.minorticks_off()
     ax.set_xlabel("training images per class (log scale)")
-    ax.set_ylabel("probe - CNN (95% interval: seeds, then test images)")
+    ax.set_ylabel("probe - CNN, with its 95% interval")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title("Probe minus CNN" + (f"\n({note})" if note else ""), fontsize=10)
@@ -331,17 +334,16 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
     """The report's markdown and metrics/study.json's content; the figures are written on the way."""
     names = model_names(study, params)
     notes = caveats(study)
-    note = short_caveats(notes)
+    note = figure_note(notes)
     compared = comparisons(study, params.study.bootstrap, seed=0)
     save_figure(learning_curves_figure(study, names, note), figures / "learning_curves.png")
     save_figure(difference_figure(study, compared, note), figures / "difference.png")
     times = targets(study)
     results = summary(study, compared)
     sizes = ", ".join(size_name(n) for n in study.sizes)
-    banner = "".join(f"> **{c.split(':')[0]}**:{c.split(':', 1)[1]}\n>\n" if ":" in c else f"> **{c}**\n>\n"
-                     for c in notes)
+    banner = "".join(f"> **{name}**: {why}\n>\n" for name, why in notes.items())
     lines = [
-        "# Study: CNN from scratch vs linear probe, over seeds and training-set sizes\n",
+        "# Study: CNN from scratch vs linear probe, over seeds and training-set sizes\n\n",
         (banner.rstrip(">\n") + "\n\n") if banner else "",
         f"{names['cnn']} against {names['probe']}, on {study.prepared.get('source', 'the prepared data')} "
         f"({study.num_classes} classes; val {study.val_images} and test {len(study.labels)} images, the same for "

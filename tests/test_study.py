@@ -210,7 +210,7 @@ def test_study_end_to_end(tiny_project, tmp_path):
     # ... and the study here takes that cell from the remote and runs every other one.
     first = dvc(project, "repro", "--pull", "study/dvc.yaml")
     ran = ran_stages(first)
-    assert "Stage 'study/dvc.yaml:cnn@1-all' is cached - skipping run" in first.stdout
+    assert "Stage 'study/dvc.yaml:cnn@1-all' is cached - skipping run" in first.stdout + first.stderr
     assert set(ran) >= CELLS - {"study/dvc.yaml:cnn@1-all"} | {"study/dvc.yaml:study_features",
                                                                 "study/dvc.yaml:study_report"}
     assert "study/dvc.yaml:cnn@1-all" not in ran
