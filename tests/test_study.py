@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,22 @@ def test_cell_arguments():
     for bad in (["3"], ["x", "5"], ["1", "0"], ["1", "All"], ["1", "5", "6"]):
         with pytest.raises(PipelineError, match="usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS"):
             parse_cell("cnn", bad)
+
+
+def test_cell_stages_refuse_in_one_line(tmp_path):
+    """A bad command line or a probe route the study does not run: one line, exit 1, nothing written."""
+    from test_stage_refusals import light_project
+
+    project = light_project(tmp_path / "project", {"train_vit": {"solver": "sgd"}})
+    for module, args, message in [
+            ("study_cnn", ["0", "five"], "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS|all; "
+                                         "got 0 five"),
+            ("study_probe", ["1", "5"], "study/probe-1-5: error: the study's probe is the L-BFGS linear probe on cached "
+                                        "features")]:
+        proc = run([sys.executable, "-m", f"stages.{module}", *args], project, check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().startswith(message), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (project / "study").exists() and not (project / "metrics").exists()
 
 
 def test_predictions_round_trip():
