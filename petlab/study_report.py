@@ -157,7 +157,8 @@ def summary(study: Study, compared: dict) -> dict:
             entry[m] = {}
             for metric in METRICS:
                 mean, sd = mean_sd(study.values(m, n, metric))
-                entry[m][f"test_{metric}_mean"], entry[m][f"test_{metric}_sd"] = round(mean, 6), round(sd, 6)
+                entry[m][f"test_{metric}_mean"] = round(mean, 6)
+                entry[m][f"test_{metric}_sd"] = None if np.isnan(sd) else round(sd, 6)  # one seed: no sd
         for metric in METRICS:
             c: Comparison = compared[metric, n]
             entry[f"probe_minus_cnn_{metric}"] = [round(v, 6) for v in (c.difference, *c.difference_interval)]
