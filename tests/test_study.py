@@ -281,3 +281,35 @@ def check_report(project: Path) -> None:
         low, estimate, high = sorted(entry["probe_minus_cnn_macro_f1"])
         assert estimate == entry["probe_minus_cnn_macro_f1"][0] and low <= estimate <= high
         assert entry["verdict_macro_f1"] in ("probe", "cnn", "undecided")
+
+
+def crafted_study(probe_accuracy: dict, cnn_accuracy: dict):
+    """A Study of 3 seeds x sizes 5 and all on 4 classes x 25 test images, each cell right on the given share."""
+    from petlab.study_report import Study
+
+    labels = np.repeat(np.arange(4), 25)
+    rng = np.random.default_rng(0)
+    cells = {}
+    for model, accuracy in (("probe", probe_accuracy), ("cnn", cnn_accuracy)):
+        for size, share in accuracy.items():
+            for seed in (0, 1, 2):
+                right = rng.random(100) < share
+                preds = np.where(right, labels, (labels + 1) % 4)
+                cells[model, seed, size] = {
+                    "subset": f"{seed}-{size}", "train_images": 20 if size == 5 else 40, "test_predicted":
+                    encode_predictions(preds), "test": {"accuracy": float(right.mean()), "macro_f1": 0.0}}
+    return Study([0, 1, 2], [5, "all"], cells, labels, ["a", "b", "c", "d"], 40, {"source": "oxford_pets"},
+                 {"timm_model": "vit_tiny_patch16_224", "pretrained": True, "seconds": {}, "images": {}})
+
+
+def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
+    from petlab.study_report import comparisons, conclusions
+
+    names = {"cnn": "CNN", "probe": "probe"}
+    study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
+    sentences = conclusions(study, comparisons(study, 300, 0), names)
+    assert sentences[0].startswith("At 5 training images per class, the probe is better: probe - CNN +")
+    assert sentences[1].startswith("At all training images per class, no conclusion")
+    flipped = crafted_study({5: 0.4, "all": 0.6}, {5: 0.9, "all": 0.6})
+    assert conclusions(flipped, comparisons(flipped, 300, 0), names)[0].startswith(
+        "At 5 training images per class, the CNN is better: probe - CNN -")
