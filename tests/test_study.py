@@ -50,6 +50,23 @@ def test_cell_arguments():
             parse_cell("cnn", bad)
 
 
+@pytest.mark.parametrize("study, message", [
+    ({"images_per_class": [5, "al"]}, r"study\.images_per_class\[1\] must be an integer or 'all', got 'al'"),
+    ({"images_per_class": [2.5]}, r"study\.images_per_class\[0\] must be an integer or 'all', got 2\.5"),
+    ({"images_per_class": [5, 5]}, r"study\.images_per_class = \[5, 5\] is out of range"),
+    ({"images_per_class": [0, "all"]}, r"study\.images_per_class = \[0, 'all'\] is out of range"),
+    ({"seeds": []}, r"study\.seeds = \[\] is out of range"),
+    ({"seeds": [1, 1]}, r"study\.seeds = \[1, 1\] is out of range"),
+    ({"min_steps": -1}, r"study\.min_steps = -1 is out of range"),
+])
+def test_study_params_are_checked_by_the_schema(study, message):
+    from petlab.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=message):
+        parse_params({"study": study})
+    assert parse_params({"study": {"images_per_class": [3, "all"]}}).study.images_per_class == [3, "all"]
+
+
 def test_cell_stages_refuse_in_one_line(tmp_path):
     """A bad command line or a probe route the study does not run: one line, exit 1, nothing written."""
     from test_stage_refusals import light_project
