@@ -1,8 +1,8 @@
 """The study: both models over seeds and training-set sizes (study/dvc.yaml; docs/study.md says why each rule).
 
 A cell is one (model, seed, size): one DVC stage instance that trains one model on one seeded subset of the
-train split and writes one JSON. This module holds what the cells and the aggregation share: which images a
-cell trains on, the CNN's budget at each size, and the statistics and rules the study's report concludes by.
+train split and writes one JSON. This module holds what the cells share: where they write, which images a cell
+trains on and the CNN's budget at each size (the statistics and rules of the report: petlab/study_stats.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ FEATURES = Path("data/study/features.pt")  # every train, val and test image thr
 FEATURES_RECORD = CELLS / "features.json"  # its wall seconds per split and the backbone's record
 
 
-
 def cell_path(model: str, seed: int, size: int | str) -> Path:
     return CELLS / model / f"{seed}-{size}.json"
 
@@ -33,7 +32,8 @@ def cell_path(model: str, seed: int, size: int | str) -> Path:
 def parse_cell(model: str, argv: Sequence[str]) -> tuple[int, int | str]:
     """(seed, size) from a cell stage's command line: `0 5`, `2 all`."""
     usage = f"usage: python -m stages.study_{model} SEED IMAGES_PER_CLASS|{ALL_IMAGES}"
-    if len(argv) != 2 or not argv[0].isdigit() or not (argv[1] == ALL_IMAGES or argv[1].isdigit() and int(argv[1]) >= 1):
+    size_ok = len(argv) == 2 and (argv[1] == ALL_IMAGES or argv[1].isdigit() and int(argv[1]) >= 1)
+    if not size_ok or not argv[0].isdigit():
         raise PipelineError(f"{usage}; got {' '.join(argv) or 'nothing'}")
     return int(argv[0]), argv[1] if argv[1] == ALL_IMAGES else int(argv[1])
 

@@ -93,8 +93,9 @@ def size_name(size) -> str:
 def model_names(study: Study, params: Params) -> dict[str, str]:
     backbone = study.features["timm_model"]
     random = "" if study.features.get("pretrained", True) else ", random weights"
-    stand_in = "" if backbone == REFERENCE_BACKBONE else f" (stand-in for ViT-Tiny)"
-    return {"cnn": f"CNN from scratch ({params.train_cnn.arch})", "probe": f"Linear probe on {backbone}{stand_in}{random}"}
+    stand_in = "" if backbone == REFERENCE_BACKBONE else " (stand-in for ViT-Tiny)"
+    return {"cnn": f"CNN from scratch ({params.train_cnn.arch})",
+            "probe": f"Linear probe on {backbone}{stand_in}{random}"}
 
 
 def caveats(study: Study) -> dict[str, str]:
@@ -114,7 +115,8 @@ def caveats(study: Study) -> dict[str, str]:
     largest = study.per_class(study.sizes[-1])
     if largest < FEW_PER_CLASS:
         out[f"at most {largest:.0f} training images per class"] = (
-            f"below the {FEW_PER_CLASS} a CNN from scratch is usually given; the curves show the small-data regime only")
+            f"below the {FEW_PER_CLASS} a CNN from scratch is usually given; the curves show the small-data regime "
+            "only")
     return out
 
 
@@ -213,7 +215,8 @@ def difference_figure(study: Study, compared: dict, note: str):
     for offset, (metric, colour) in zip((0.97, 1.03), zip(METRICS, ("tab:green", "tab:purple"))):
         c = [compared[metric, n] for n in study.sizes]
         mid = np.array([v.difference for v in c])
-        err = np.array([[v.difference - v.difference_interval[0], v.difference_interval[1] - v.difference] for v in c]).T
+        err = np.array([[v.difference - v.difference_interval[0], v.difference_interval[1] - v.difference]
+                        for v in c]).T
         ax.errorbar(x * offset, mid, yerr=err, fmt="o-", capsize=3, color=colour, label=f"test {METRICS[metric]}")
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xscale("log")
@@ -307,7 +310,8 @@ def cost_table(study: Study) -> str:
         for s in study.seeds:
             cnn, probe = study.cells["cnn", s, n], study.cells["probe", s, n]
             rows.append({"images per class": size_name(n), "seed": s, "train images": cnn["train_images"],
-                         "CNN cell (s)": f"{cnn['seconds']['cell']:.1f}", "CNN training (s)": f"{cnn['seconds']['fit']:.1f}",
+                         "CNN cell (s)": f"{cnn['seconds']['cell']:.1f}",
+                         "CNN training (s)": f"{cnn['seconds']['fit']:.1f}",
                          "probe cell (s)": f"{probe['seconds']['cell']:.1f}",
                          "probe fit + its features (s)": f"{study.probe_seconds(s, n):.1f}"})
     return table(pd.DataFrame(rows))
@@ -351,7 +355,8 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
         f"every cell). Seeds {', '.join(map(str, study.seeds))}; training images per class {sizes}; each cell "
         f"one DVC stage of study/dvc.yaml. Made with {git_state}.\n",
         "\n## Learning curves\n\n",
-        figure(figures / "learning_curves.png", out_dir, "Test macro-F1 and accuracy against training images per class"),
+        figure(figures / "learning_curves.png", out_dir,
+               "Test macro-F1 and accuracy against training images per class"),
         "\nEach line: the mean over seeds; the band: the lowest to the highest seed; dots: the seeds. The grey line: "
         "chance accuracy (left: macro-F1 0).\n",
         "\n## At each size\n\n",

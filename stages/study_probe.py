@@ -6,7 +6,6 @@ features starts from zero and draws nothing. The C is chosen on val as in the ma
 """
 
 import sys
-from pathlib import Path
 
 import torch
 

@@ -73,10 +73,10 @@ def test_cell_stages_refuse_in_one_line(tmp_path):
 
     project = light_project(tmp_path / "project", {"train_vit": {"solver": "sgd"}})
     for module, args, message in [
-            ("study_cnn", ["0", "five"], "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS|all; "
-                                         "got 0 five"),
-            ("study_probe", ["1", "5"], "study/probe-1-5: error: the study's probe is the L-BFGS linear probe on cached "
-                                        "features")]:
+            ("study_cnn", ["0", "five"],
+             "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS|all; got 0 five"),
+            ("study_probe", ["1", "5"],
+             "study/probe-1-5: error: the study's probe is the L-BFGS linear probe on cached features")]:
         proc = run([sys.executable, "-m", f"stages.{module}", *args], project, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
