@@ -249,8 +249,9 @@ def test_study_end_to_end(tiny_project, tmp_path):
     assert "study/dvc.yaml:cnn@1-all" not in ran
     check_cells(project)
     check_report(project)
-    # The default `dvc repro` is the main pipeline only: it would run no stage of study/dvc.yaml.
-    dry = ran_stages(dvc(project, "repro", "--dry"))
+    # The default `dvc repro` is the main pipeline only: it would run no stage of study/dvc.yaml. (The dry run
+    # stops with an error at profile, whose input models/cnn.pt does not exist yet; the stages before it are named.)
+    dry = ran_stages(dvc(project, "repro", "--dry", check=False))
     assert "train_cnn" in dry and not [s for s in dry if s.startswith("study/")]
 
     # Nothing changed: nothing of the study runs again (backbone_weights always checks its params, in seconds).
