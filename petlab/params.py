@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -278,6 +278,32 @@ class ReportParams:
         _require(self.misclassified >= 0, f"{key}.misclassified", self.misclassified, "an integer >= 0")
 
 
+# The largest size of the study's ladder: every training image of each class.
+ALL_IMAGES = "all"
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    """The opt-in study (study/dvc.yaml): both models over seeds and a ladder of training-set sizes."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed: init, data order, augmentation, subset
+    # Training images per class, each subset nested in the next larger; "all": the whole train split.
+    images_per_class: list[Union[int, Literal["all"]]] = field(default_factory=lambda: [5, 10, 25, 50, ALL_IMAGES])
+    min_steps: int = 1000  # the CNN trains for at least this many optimiser steps at every size (more epochs)
+    bootstrap: int = 2000  # resamples of seeds, then test images, for each 95% interval of the study
+
+    def check(self, key: str) -> None:
+        _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+                 and all(0 <= s <= MAX_SEED for s in self.seeds), f"{key}.seeds", self.seeds,
+                 f"a non-empty list of distinct integers in [0, {MAX_SEED}]")
+        sizes = self.images_per_class
+        _require(len(sizes) >= 1 and len(set(sizes)) == len(sizes)
+                 and all(n == ALL_IMAGES or n >= 1 for n in sizes), f"{key}.images_per_class", sizes,
+                 f"a non-empty list of distinct integers >= 1, and {ALL_IMAGES!r} for every image")
+        _require(self.min_steps >= 0, f"{key}.min_steps", self.min_steps, "an integer >= 0")
+        _require(self.bootstrap >= 100, f"{key}.bootstrap", self.bootstrap, "an integer >= 100")
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
@@ -292,6 +318,7 @@ class Params:
     profile: ProfileParams = field(default_factory=ProfileParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
+    study: StudyParams = field(default_factory=StudyParams)
 
     def check(self, key: str = "") -> None:
         _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}] (numpy's seed range)")
@@ -383,8 +410,15 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, source)
+        inner = [a for a in args if a is not type(None)]
+        for i, option in enumerate(inner):  # several types (an integer or "all"): the first that fits
+            try:
+                return _coerce(option, value, key, source)
+            except ParamsError:
+                if i == len(inner) - 1:
+                    raise ParamsError(f"{source}: {key} must be {' or '.join(map(_type_name, inner))}, "
+                                      f"got {value!r}") from None
+
     if origin is Literal:
         if value not in args:
             raise ParamsError(f"{source}: {key} = {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
@@ -418,6 +452,12 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
             raise ParamsError(f"{source}: {key} must be a string, got {value!r}")
         return value
     raise TypeError(f"params schema: unsupported type {hint} for {key}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
