@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import platform
 import random
 import shutil
 import signal
@@ -191,6 +193,22 @@ def share_cpu() -> None:
     """Keep torch's threads within this process's share of the cores: jobs and ranks side by side would
     otherwise each start a thread per core and slow each other down."""
     torch.set_num_threads(min(torch.get_num_threads(), cores_per_process()))
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the memory freed tensors give back, for the next ones, instead of returning it to the kernel.
+
+    glibc maps every allocation above 32 MB afresh and unmaps it when freed, and a CNN step on the CPU allocates
+    and frees activations and gradients of up to 400 MB each: the kernel then maps and zeroes some 3.6 GB of pages
+    per step (930,000 page faults), a third of the step's CPU time on an AVX2 EPYC. Serving them from the heap,
+    which keeps what was freed, removes that; the process holds on to its peak memory (about 20% more at the
+    peak, measured). Other C libraries (macOS, musl) are left as they are. True where it was applied.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 62))
 
 
 def default_num_workers(device: torch.device) -> int:
