@@ -21,7 +21,8 @@ from petlab.models import (FrozenBackboneClassifier, count_parameters, create_mo
 from petlab.outputs import save_torch, write_csv, write_json
 from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import Precision, Stopwatch, seed_everything, select_device, select_precision, share_cpu
+from petlab.runtime import (Precision, Stopwatch, keep_freed_memory, seed_everything, select_device, select_precision,
+                            share_cpu)
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
@@ -53,6 +54,7 @@ def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     """What every stage after prepare does first: check all params, fix seeds, check the device, open the data."""
     params = load_params()
     share_cpu()
+    keep_freed_memory()
     seed_everything(params.seed)
     select_device(params.device)  # a requested GPU that is missing is reported before any work
     return params, PreparedData.open(data_dir)

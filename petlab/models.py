@@ -42,14 +42,77 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------- the CNN trained from scratch
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d, computing the same numbers (to fp32 rounding; bitwise on the EPYC measured), with a faster CPU
+    training step for channels-last fp32 inputs: the CNN's step on CPUs without native bf16.
+
+    There oneDNN computes the weight gradient of a channels-last convolution several times slower than of an NCHW
+    one (1.30 s against 0.45 s for the 32-to-64 convolution at 112 px, batch 64, on an AVX2 EPYC core), while
+    the forward pass and the input gradient are faster in channels last. So, in that case only, the weight
+    gradient is computed on NCHW copies of the input and of the output's gradient; everything else stays channels
+    last. Layers on few input channels (the image's) keep oneDNN's own kernel: copying their large gradient would
+    cost more than it saves. bf16 autocast (the step on CPUs with native bf16) and GPUs are not touched.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.in_channels >= 8 and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and self.padding_mode == "zeros" and x.dim() == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return ConvWeightGradInNCHW.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                              self.groups)
+        return super().forward(x)
+
+
+class ConvWeightGradInNCHW(torch.autograd.Function):
+    """conv2d whose backward computes the input gradient as usual and the weight (and bias) gradient in NCHW."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups, bias is not None)
+        return nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conv
+
+        def backward(grad, x, weight, mask):
+            return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]] if has_bias else None,
+                                                       stride, padding, dilation, False, [0, 0], groups, mask)
+
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = backward(grad, x, weight, [True, False, False])[0]
+        want_weight, want_bias = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+        if want_weight or want_bias:
+            _, grad_weight, grad_bias = backward(grad.contiguous(), x.contiguous(), weight.contiguous(),
+                                                 [False, want_weight, want_bias])
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
 def conv_bn_relu(in_ch: int, out_ch: int, batch_norm: bool, stride: int = 1) -> list[nn.Module]:
     """3x3 conv (no bias when a BatchNorm follows: it would cancel it), optional BatchNorm, ReLU."""
     norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
-    return [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True)]
+    return [Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True)]
+
+
+def max_pooled(block: list[nn.Module]) -> list[nn.Module]:
+    """The block (ending in a ReLU) followed by a 2x2 max-pool, with the pool moved before that ReLU.
+
+    ReLU and max-pooling commute exactly: max(relu(a), relu(b)) = relu(max(a, b)), and the gradient reaches the
+    same element either way (the window's first maximum when it is positive, none otherwise). Pooling first,
+    the ReLU and its backward touch a quarter of the elements. Neither has parameters, so the state_dict keys are
+    those of Conv-BN-ReLU-MaxPool.
+    """
+    *rest, relu = block
+    return [*rest, nn.MaxPool2d(2), relu]
 
 
 class SimpleCNN(nn.Module):
-    """Blocks of Conv-BN-ReLU-MaxPool, global average pooling, dropout, a linear head."""
+    """Blocks of Conv-BN-ReLU-MaxPool (run as Conv-BN-MaxPool-ReLU: the same function, see max_pooled), global
+    average pooling, dropout, a linear head."""
 
     def __init__(self, num_classes: int, widths: list[int], dropout: float, batch_norm: bool = True):
         super().__init__()
@@ -62,7 +125,7 @@ class SimpleCNN(nn.Module):
     def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
         layers, in_ch = [], 3
         for width in widths:
-            layers += [*conv_bn_relu(in_ch, width, batch_norm), nn.MaxPool2d(2)]
+            layers += max_pooled(conv_bn_relu(in_ch, width, batch_norm))
             in_ch = width
         return nn.Sequential(*layers)
 
@@ -107,7 +170,7 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=not batch_norm), *norm)
+            self.shortcut = nn.Sequential(Conv2d(in_ch, out_ch, 1, stride=stride, bias=not batch_norm), *norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.main(x) + self.shortcut(x))
@@ -133,7 +196,7 @@ class SmallVGG(nn.Module):
         super().__init__()
         layers, in_ch = [], 3
         for width in widths:
-            layers += [*conv_bn_relu(in_ch, width, batch_norm), *conv_bn_relu(width, width, batch_norm), nn.MaxPool2d(2)]
+            layers += [*conv_bn_relu(in_ch, width, batch_norm), *max_pooled(conv_bn_relu(width, width, batch_norm))]
             in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -1,5 +1,6 @@
 """Models: the registry, the CNN, the frozen-backbone probe, and loading weights from untrusted files."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from torch import nn
 
 from conftest import REPO
 from petlab.downloads import file_digest
@@ -213,3 +215,99 @@ def test_plain_state_dicts_load(tmp_path, test_vit_weights, suffix):
     model, _ = load_pretrained_backbone("test_vit", True, str(path))
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+
+# ---------------------------------------------------------------- the faster CNN step computes what the plain one does
+
+
+def plain_cnn(num_classes: int, widths: list[int], dropout: float, batch_norm: bool) -> nn.Module:
+    """SimpleCNN as first written: torch's own Conv2d, Conv-BN-ReLU-MaxPool, NCHW."""
+    layers, in_ch = [], 3
+    for width in widths:
+        norm = [nn.BatchNorm2d(width)] if batch_norm else []
+        layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
+        in_ch = width
+    model = nn.Module()
+    model.features, model.pool = nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1)
+    model.dropout, model.head = nn.Dropout(dropout), nn.Linear(in_ch, num_classes)
+    model.forward = lambda x: model.head(model.dropout(model.pool(model.features(x)).flatten(1)))
+    return model
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_fast_cnn_step_matches_the_plain_fp32_model(batch_norm):
+    """The pipeline's CNN (max-pool before ReLU, channels last, weight gradients through NCHW) against the model
+    as first written, eager fp32 NCHW, from the same weights: the same training-mode logits and gradients, and
+    the same evaluation outputs, up to fp32 rounding (kernels for different memory layouts sum in other orders)."""
+    torch.manual_seed(0)
+    fast = SimpleCNN(5, [8, 16, 32], dropout=0.3, batch_norm=batch_norm).to(memory_format=torch.channels_last)
+    plain = plain_cnn(5, [8, 16, 32], dropout=0.3, batch_norm=batch_norm)
+    plain.load_state_dict(fast.state_dict())  # the same keys: the reordering moved no parameter
+    x, y = torch.randn(6, 3, 40, 40), torch.tensor([0, 1, 2, 3, 4, 0])
+    outputs = {}
+    for name, model, batch in (("fast", fast, x.contiguous(memory_format=torch.channels_last)), ("plain", plain, x)):
+        model.train()
+        torch.manual_seed(1)  # the same dropout mask
+        logits = model(batch)
+        nn.functional.cross_entropy(logits, y).backward()
+        model.eval()
+        outputs[name] = logits.detach(), model(batch)
+    assert any(node.name() == "ConvWeightGradInNCHWBackward"
+               for node in autograd_nodes(fast, x.contiguous(memory_format=torch.channels_last)))
+    torch.testing.assert_close(outputs["fast"], outputs["plain"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads(fast), grads(plain), rtol=1e-4, atol=1e-6)
+    # Running statistics updated alike, so the eval outputs above compare models trained by one step each.
+    torch.testing.assert_close(fast.state_dict(), plain.state_dict(), rtol=1e-5, atol=1e-6)
+
+
+def autograd_nodes(model: nn.Module, x: torch.Tensor) -> list:
+    """Every node of the training-mode graph of model(x) (run on a copy: BatchNorm's running statistics of `model`
+    stay as they are)."""
+    model = copy.deepcopy(model).train()
+    seen, todo = [], [model(x).grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.append(node)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return seen
+
+
+def test_relu_and_max_pool_commute_in_value_and_gradient():
+    """The reordering's premise, on inputs full of ties, zeros and negative windows (where it could go wrong)."""
+    x = torch.randint(-3, 3, (4, 3, 8, 8)).float()
+    x[0, 0, :2, :2] = 0.0  # an all-zero window
+    x[0, 1, :2, :2] = -1.0  # an all-negative window
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_a = nn.functional.max_pool2d(torch.relu(a), 2)
+    out_b = torch.relu(nn.functional.max_pool2d(b, 2))
+    g = torch.randn_like(out_a)
+    out_a.backward(g)
+    out_b.backward(g)
+    assert torch.equal(out_a, out_b) and torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("arch", ["simple_cnn", "resnet", "vgg"])
+def test_the_nchw_weight_gradient_is_torchs_own(arch):
+    """Against the same channels-last model on torch's own Conv2d, for plain, strided, 1x1 and biased convolutions
+    (resnet's shortcuts, nets without BatchNorm): the gradients agree to fp32 rounding."""
+    config = {"kind": arch, "num_classes": 3, "widths": [8, 16], "dropout": 0.0, "batch_norm": arch == "resnet"}
+    torch.manual_seed(0)
+    fast = create_model(config).to(memory_format=torch.channels_last)
+    plain = copy.deepcopy(fast)
+    for module in plain.modules():
+        if isinstance(module, nn.Conv2d):
+            module.__class__ = nn.Conv2d
+    x, y = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.tensor([0, 1, 2, 0])
+    for model in (fast, plain):
+        model.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+    uses_nchw_weight_grad = [any(node.name() == "ConvWeightGradInNCHWBackward" for node in autograd_nodes(model, x))
+                             for model in (fast, plain)]
+    assert uses_nchw_weight_grad == [True, False]
+    torch.testing.assert_close(grads(fast), grads(plain), rtol=1e-5, atol=1e-7)
