@@ -16,6 +16,7 @@ from petlab.params import ALL_IMAGES, Params
 from petlab.report_document import figure, table
 from petlab.runtime import PipelineError
 from petlab.study import FEATURES_RECORD, MODELS, cell_path, decode_predictions
+from petlab import verdict as verdict_rules
 from petlab.study_stats import STILL_IMPROVING, Comparison, compare, crossing, time_to_target, verdict
 
 REFERENCE_BACKBONE = "vit_tiny_patch16_224"  # the backbone the question is about; any other is a stand-in
@@ -386,8 +387,9 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
         "CNN reaches it at the first epoch at or above it (seconds of training, validation included); the L-BFGS "
         "probe has no curve over time and reaches any level it reaches when its fit ends (its C sweep, plus the "
         "extraction of its own train and val images at the shared stage's seconds per image). No time is compared "
-        f"for a target at or below twice chance (macro-F1 {2 / study.num_classes:.2f}): a model that learned "
-        "nothing would set it.\n\n",
+        f"where either model never learned (best val macro-F1 under "
+        f"{verdict_rules.level_at(verdict_rules.LEARNED_SKILL, study.num_classes):.2f}, the single-run report's "
+        "rule): a level near chance is reached by learning nothing.\n\n",
         time_table(study, times),
         "\n## Cost of each cell\n\n",
         f"Wall seconds on {study.cells['cnn', study.seeds[0], study.sizes[0]]['device']} (the CNN's cells) and the "

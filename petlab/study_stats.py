@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from petlab import verdict as verdict_rules
 from petlab.report import macro_f1_rows, percentile_interval
 
 # A cell's CNN counts as still improving when its best val macro-F1 over the last quarter of its epochs beats
@@ -111,18 +112,17 @@ def crossing(sizes: Sequence[str], verdicts: Sequence[str]) -> str:
 
 def time_to_target(cnn_curve: Sequence[float], cnn_elapsed: Sequence[float], probe_best: float,
                    probe_seconds: float, num_classes: int) -> dict:
-    """Time to a common target (as DAWNBench and MLPerf time-to-train): the weaker model's best val macro-F1.
-
-    The CNN reaches a level at the first epoch whose val macro-F1 is at least it (seconds from the start of
-    training); the L-BFGS probe has no curve over time, so it reaches any level it reaches at the end of its
-    fit. A target at or below twice chance (macro-F1 2 / classes) is no target: a model that learned nothing
-    would set it and reach it at once, so no time is compared.
-    """
-    target = min(max(cnn_curve), probe_best)
-    out = {"target": target, "cnn_seconds": None, "probe_seconds": None, "cnn_reaches_probe_best":
-           max(cnn_curve) >= probe_best, "probe_reaches_cnn_best": probe_best >= max(cnn_curve)}
-    if target <= 2 / num_classes:
-        return out
-    first = next(i for i, f in enumerate(cnn_curve) if f >= target)
-    out.update(cnn_seconds=float(cnn_elapsed[first]), probe_seconds=float(probe_seconds))
+    """Time to a common target for one (seed, size) pair, by the single-run report's rule (verdict.time_to_target:
+    the weaker model's best val macro-F1, as DAWNBench and MLPerf time to train). The CNN reaches a level at the
+    first epoch at or above it (seconds from the start of training); the L-BFGS probe has no curve over time, so
+    it reaches any level it reaches at the end of its fit. When either model never learned (verdict.learned), no
+    time is compared: a level near chance is reached by learning nothing."""
+    t = verdict_rules.time_to_target(
+        {"cnn": [(e + 1, float(s), float(f)) for e, (s, f) in enumerate(zip(cnn_elapsed, cnn_curve))],
+         "vit": [(None, float(probe_seconds), float(probe_best))]}, num_classes)
+    out = {"target": t["target"], "cnn_seconds": None, "probe_seconds": None,
+           "cnn_reaches_probe_best": t["reaches_other_best"]["cnn"],
+           "probe_reaches_cnn_best": t["reaches_other_best"]["vit"]}
+    if all(t["learned"].values()):
+        out.update(cnn_seconds=t["reached"]["cnn"]["seconds"], probe_seconds=t["reached"]["vit"]["seconds"])
     return out
