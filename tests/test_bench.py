@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab.bench import (pipeline_model, pipeline_params, plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
+from benchmarks.bench import (pipeline_model, pipeline_params, plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
                           probe_from_images)
 from petlab.data import PreparedData, TransformSpec, read_image, train_transform
 from petlab.experiments import train_vit
@@ -98,7 +98,7 @@ def test_pipeline_step_and_plain_step_give_close_losses():
 
 def test_quick_benchmark_writes_its_report(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "petlab.bench", "--quick", "--no-pipeline", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--no-pipeline", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -1,7 +1,7 @@
 """Side-by-side benchmark: the pipeline's way against the plain way, on one generated dataset and one machine.
 
-    python -m petlab.bench --out bench.json          # the full run (a few minutes on 2 cores)
-    python -m petlab.bench --quick --out quick.json  # a small run that checks everything works
+    python -m benchmarks.bench --out bench.json          # the full run (a few minutes on 2 cores)
+    python -m benchmarks.bench --quick --out quick.json  # a small run that checks everything works
 
 Each comparison runs both ways on the same data, alternating them when repeated, so a
 machine whose load drifts slows both alike; the ratios are what to read. The ViT has
@@ -45,7 +45,7 @@ from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, Train
 from petlab.prepare import prepare_oxford_pets
 from petlab.probe import fit_logistic_probe
 from petlab.profiling import PeakMemory
-from petlab.runtime import PipelineError, Precision, default_num_workers, select_precision
+from petlab.runtime import PipelineError, Precision, cpu_supports_bf16, default_num_workers, select_precision
 from petlab.synthetic import make_fake_pets
 from petlab.train import StepContext, fit, make_optimizer, predict, selection_key, train_step
 
@@ -560,8 +560,6 @@ def cpu_name() -> str:
 
 
 def machine() -> dict:
-    from petlab.runtime import cpu_supports_bf16
-
     return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version()}
@@ -607,7 +605,7 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write the JSON results")
     parser.add_argument("--quick", action="store_true", help="a small run (tiny data and models) to check it works")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the `dvc repro` of the whole pipeline")
