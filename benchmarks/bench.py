@@ -325,6 +325,7 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         result[name]["gflop_per_s"] = round(steps * flops / result[name]["seconds"] / 1e9, 2)
     module = fast_model.get_submodule(conv_name)
     result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
+                   "steps_per_measurement": steps,
                    "pipeline": {**result["pipeline"], "precision": ctx.precision.name,
                                 "channels_last": ctx.channels_last, "compiled": False},
                    "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False},
