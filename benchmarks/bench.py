@@ -1,11 +1,14 @@
 """Side-by-side benchmark: the pipeline's way against the plain way, on one generated dataset and one machine.
 
     python -m benchmarks.bench --out bench.json          # the full run (a few minutes on 2 cores)
-    python -m benchmarks.bench --quick --out quick.json  # a small run that checks everything works
+    python -m benchmarks.bench --quick --out quick.json  # every row on tiny data and models: checks it all works
 
 Each comparison runs both ways on the same data, alternating them when repeated, so a
 machine whose load drifts slows both alike; the ratios are what to read. The ViT has
 random weights (there is no network here): that changes what it predicts, not its speed.
+The CNN step's row also says how close it runs to the CPU's limit: its GFLOP/s (FLOPs counted
+by FlopCounterMode) against its largest convolution's, measured alone in the same rounds.
+A tool around the pipeline: nothing in petlab/ or stages/ imports it.
 """
 
 from __future__ import annotations
