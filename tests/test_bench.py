@@ -3,6 +3,7 @@ benchmark runs every row, the whole pipeline's included."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import subprocess
@@ -199,3 +200,12 @@ def test_the_benchmarks_pipeline_ignores_the_workspace_params(tmp_path, monkeypa
     params = pipeline_params("quick", tmp_path / "pets")
     assert params["data"]["dataset"] == "oxford_pets" and params["data"]["root"] == str(tmp_path / "pets")
     assert params["train_vit"]["model"] == "test_vit" and params["train_cnn"]["epochs"] == 1
+
+
+def test_the_pipeline_never_imports_the_benchmark():
+    """The benchmark is a tool around the pipeline: the library and the stages run without it."""
+    for path in sorted([*(REPO / "petlab").rglob("*.py"), *(REPO / "stages").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(name.split(".")[0] == "benchmarks" for name in names), path
