@@ -160,7 +160,9 @@ def test_quick_benchmark_runs_every_row(tmp_path):
     head = report["probe_head"]  # the L-BFGS head is fitted for real: above chance (0.2) on the generated features
     assert head["pipeline"]["solver"] == "lbfgs" and head["pipeline"]["val_accuracy"] > 0.3
     assert 0 <= head["plain"]["val_accuracy"] <= 1
-    assert report["evaluate"]["cnn"]["argmax_agreement"] >= 0.0
+    cnn_eval = report["evaluate"]["cnn"]  # the same model both ways: in fp32 the layout alone must not change logits
+    tolerance = 1e-3 if cnn_eval["precision"] == "fp32" else 0.5
+    assert cnn_eval["max_abs_logit_difference"] <= tolerance and cnn_eval["argmax_agreement"] > 0.5
 
     # The whole pipeline: every stage of dvc.yaml ran and timed itself; dvc's own work comes on top.
     pipeline = report["pipeline"]
