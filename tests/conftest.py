@@ -28,10 +28,10 @@ TINY_PARAMS = {
 }
 
 
-# The end-to-end `dvc repro` tests take minutes each: started first, they run beside the many short tests
-# (pytest -n) instead of after them.
+# The end-to-end `dvc repro` tests take minutes each (the quick benchmark runs one too): started first, they run
+# beside the many short tests (pytest -n) instead of after them.
 SLOW_MODULES = ("test_pipeline.py", "test_real_data.py", "test_pipeline_robustness.py", "test_study.py",
-                "test_readme.py")
+                "test_readme.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(items):

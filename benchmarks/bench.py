@@ -1,11 +1,14 @@
 """Side-by-side benchmark: the pipeline's way against the plain way, on one generated dataset and one machine.
 
-    python -m petlab.bench --out bench.json          # the full run (a few minutes on 2 cores)
-    python -m petlab.bench --quick --out quick.json  # a small run that checks everything works
+    python -m benchmarks.bench --out bench.json          # the full run (a few minutes on 2 cores)
+    python -m benchmarks.bench --quick --out quick.json  # every row on tiny data and models: checks it all works
 
 Each comparison runs both ways on the same data, alternating them when repeated, so a
 machine whose load drifts slows both alike; the ratios are what to read. The ViT has
 random weights (there is no network here): that changes what it predicts, not its speed.
+The CNN step's row also says how close it runs to the CPU's limit: its GFLOP/s (FLOPs counted
+by FlopCounterMode) against its largest convolution's, measured alone in the same rounds.
+A tool around the pipeline: nothing in petlab/ or stages/ imports it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from petlab.data import (ImageDataset, PreparedData, TransformSpec, eval_transform, interpolation_mode,
@@ -45,7 +49,7 @@ from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, Train
 from petlab.prepare import prepare_oxford_pets
 from petlab.probe import fit_logistic_probe
 from petlab.profiling import PeakMemory
-from petlab.runtime import PipelineError, Precision, default_num_workers, select_precision
+from petlab.runtime import PipelineError, Precision, cpu_supports_bf16, default_num_workers, select_precision
 from petlab.synthetic import make_fake_pets
 from petlab.train import StepContext, fit, make_optimizer, predict, selection_key, train_step
 
@@ -94,11 +98,16 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, object]:
     return seconds, memory.peak_mb, result
 
 
-def side_by_side(plain: Callable[[], object], pipeline: Callable[[], object], repeats: int) -> dict:
-    """Run the two ways alternately `repeats` times; median seconds and the largest peak-RSS rise of each."""
-    runs = {"plain": [], "pipeline": []}
+def side_by_side(plain: Callable[[], object], pipeline: Callable[[], object], repeats: int,
+                 also: dict[str, Callable[[], object]] | None = None) -> dict:
+    """Run the two ways alternately `repeats` times; median seconds and the largest peak-RSS rise of each.
+
+    `also`: more functions measured in the same rounds, under the same load, each under its own name.
+    """
+    fns = {"plain": plain, "pipeline": pipeline, **(also or {})}
+    runs = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in (("plain", plain), ("pipeline", pipeline)):
+        for name, fn in fns.items():
             seconds, peak_mb, _ = measure(fn)
             runs[name].append((seconds, peak_mb))
     out = {name: {"seconds": round(statistics.median(s for s, _ in r), 4),
@@ -301,15 +310,108 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         return run
 
     plain_train_step(plain_model, x_float, y, plain_opt, loss_fn)  # warm-up: first-call allocations, oneDNN primitives
-    train_step(fast_model, x, y, fast_opt, loss_fn, ctx, None)
-    result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"]), steps * len(x))
+    # The pipeline's warm-up step, counted: its FLOPs and the inputs of its convolutions.
+    step_flops, conv_flops, conv_inputs = count_step_flops(fast_model, x, y, fast_opt, loss_fn, ctx)
+    conv_name = largest_conv(fast_model, conv_flops)
+    conv = conv_pass(fast_model.get_submodule(conv_name), conv_inputs[conv_name], ctx)
+    with FlopCounterMode(display=False) as counter:  # the reference's warm-up, counted the same way
+        conv()
+
+    def conv_steps():
+        for _ in range(steps):
+            conv()
+
+    result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"],
+                                    also={"largest_conv": conv_steps}), steps * len(x))
+    for name, flops in (("plain", step_flops), ("pipeline", step_flops), ("largest_conv", counter.get_total_flops())):
+        result[name]["gflop_per_s"] = round(steps * flops / result[name]["seconds"] / 1e9, 2)
+    module = fast_model.get_submodule(conv_name)
     result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
+                   "steps_per_measurement": steps,
                    "pipeline": {**result["pipeline"], "precision": ctx.precision.name,
                                 "channels_last": ctx.channels_last, "compiled": False},
-                   "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False}})
+                   "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False},
+                   "flops": {"per_image_gflop": round(step_flops / len(x) / 1e9, 4),
+                             "per_step_gflop": round(step_flops / 1e9, 4), "counted_by": FLOP_COUNT},
+                   "largest_conv": {"module": conv_name, "in_channels": module.in_channels,
+                                    "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
+                                    "stride": list(module.stride), "padding": list(module.padding),
+                                    "input_shape": list(conv_inputs[conv_name]["shape"]),
+                                    "input_requires_grad": conv_inputs[conv_name]["requires_grad"],
+                                    "precision": ctx.precision.name, "channels_last": ctx.channels_last,
+                                    "gflop_per_pass": round(counter.get_total_flops() / 1e9, 4),
+                                    "gflop_in_step": round(conv_flops[conv_name] / 1e9, 4),
+                                    **result["largest_conv"],
+                                    "note": "forward and backward of the step's convolution with the most FLOPs, "
+                                            "alone, at the step's batch size, layout and precision, measured in the "
+                                            "same rounds as the steps"},
+                   "pipeline_fraction_of_conv_rate": round(result["pipeline"]["gflop_per_s"]
+                                                           / result["largest_conv"]["gflop_per_s"], 3)})
     if try_compile:
         result["torch_compile"] = bench_compile(model, ctx, p, x, y, loss_fn, steps, result["pipeline"]["seconds"])
     return result
+
+
+FLOP_COUNT = ("torch.utils.flop_counter.FlopCounterMode over one real training step, forward and backward: "
+              "convolutions and matrix products, a multiply-add counted as 2 FLOPs, each backward product as "
+              "computed (the first convolution computes no input gradient); BatchNorm, ReLU, pooling and the "
+              "optimizer count none, though they take time")
+
+
+def count_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn,
+                     ctx: StepContext) -> tuple[int, dict[str, int], dict[str, dict]]:
+    """One real training step under FlopCounterMode (see FLOP_COUNT): its FLOPs in all, those of each
+    convolution (forward and backward) by module name, and what each convolution received (shape, dtype,
+    whether its input needs a gradient)."""
+    convs = {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    inputs = {}
+
+    def record(name: str):
+        def hook(_module, args):
+            inputs[name] = {"shape": tuple(args[0].shape), "dtype": args[0].dtype,
+                            "requires_grad": args[0].requires_grad}
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name)) for name, module in convs.items()]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            train_step(model, x, y, optimizer, loss_fn, ctx, None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_module = counter.get_flop_counts()  # keyed by the model's class name, then the module's own name
+    conv_flops = {name: sum(per_module[f"{type(model).__name__}.{name}"].values()) for name in convs}
+    return counter.get_total_flops(), conv_flops, inputs
+
+
+def largest_conv(model: nn.Module, conv_flops: dict[str, int]) -> str:
+    """The convolution with the most FLOPs in the step; of equals (32-64-128 has two), the one with more
+    weights, whose wider matrices run closer to the CPU's peak."""
+    return max(conv_flops, key=lambda name: (conv_flops[name], model.get_submodule(name).weight.numel()))
+
+
+def conv_pass(conv: nn.Conv2d, received: dict, ctx: StepContext) -> Callable[[], None]:
+    """Forward and backward of one convolution alone, as the step runs it: a copy of the module (same layout),
+    an input of the shape and dtype it received, in the step's layout and precision, and the gradients the
+    step computes (weight, bias, and the input's where the step needs it)."""
+    conv = copy.deepcopy(conv)
+    memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(received["shape"], generator=generator)
+    x = x.to(dtype=received["dtype"], memory_format=memory_format).requires_grad_(received["requires_grad"])
+    wrt = [t for t in (x, *conv.parameters()) if t.requires_grad]
+    with torch.no_grad(), ctx.precision.autocast(CPU):
+        out = conv(x)  # the output's shape and dtype, for the gradient that comes back into it
+    grad = torch.randn(out.shape, generator=generator).to(dtype=out.dtype, memory_format=memory_format)
+
+    def run() -> None:
+        for t in wrt:  # as the step's zero_grad(set_to_none=True): backward assigns the gradients, adds nothing
+            t.grad = None
+        with ctx.precision.autocast(CPU):
+            out = conv(x)
+        out.backward(grad)
+
+    return run
 
 
 def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, loss_fn, steps: int,
@@ -471,10 +573,9 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
     """`dvc repro` of every stage in a temporary copy of the project, with each stage's own wall time."""
     project = workdir / "project"
     project.mkdir()
-    for name in ("dvc.yaml", "petlab", "stages"):
-        src = REPO / name
-        copy_tree = shutil.copytree if src.is_dir() else shutil.copy2
-        copy_tree(src, project / name)
+    shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")
+    for name in ("petlab", "stages"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     (project / "params.yaml").write_text(yaml.safe_dump(pipeline_params(mode, pets), sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
@@ -484,14 +585,19 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()
         raise PipelineError(f"`dvc repro` of the benchmark's project failed: {' | '.join(errors[-3:])}")
-    stages = {f.stem: json.loads(f.read_text())["seconds"] for f in sorted((project / "metrics/timing").glob("*.json"))}
+    # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.runtime.run_stage); other files
+    # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
+    timing = project / "metrics/timing"
+    stages = {name: json.loads((timing / f"{name}.json").read_text())["seconds"]
+              for name in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]}
     # ru_maxrss of children: the largest of the stage processes dvc ran (KiB on Linux).
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"dvc_repro_seconds": round(seconds, 2), "stage_seconds": stages,
             "stages_total_seconds": round(sum(stages.values()), 2),
             # dvc's own work plus every stage process's start-up and imports (torch, torchvision, timm)
             "outside_stages_seconds": round(seconds - sum(stages.values()), 2),
-            "peak_rss_largest_process_mb": round(peak_kib / 1024, 1), "params": PIPELINE_PARAMS[mode]}
+            "peak_rss_largest_process_mb": round(peak_kib / 1024, 1),
+            "probe_fit_seconds": json.loads((timing / "train_vit_fit.json").read_text()), "params": PIPELINE_PARAMS[mode]}
 
 
 # ---------------------------------------------------------------- running it all
@@ -559,8 +665,6 @@ def cpu_name() -> str:
 
 
 def machine() -> dict:
-    from petlab.runtime import cpu_supports_bf16
-
     return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version()}
@@ -576,10 +680,23 @@ def print_table(r: dict) -> None:
              ("DataLoader (train epoch)", r["loader"], "img/s", "images_per_s"),
              ("evaluate CNN", r["evaluate"]["cnn"], "img/s", "images_per_s"),
              ("evaluate probe", r["evaluate"]["probe"], "img/s", "images_per_s")]
-    print(f"\n{'comparison':28s} {'plain':>12s} {'pipeline':>12s} {'ratio':>7s}  {'peak RSS rise MB (plain/pipeline)'}")
+    # GFLOP/s and "of conv": the pipeline's CNN step, and its share of the largest convolution's rate.
+    print(f"\n{'comparison':28s} {'plain':>14s} {'pipeline':>14s} {'ratio':>7s} {'GFLOP/s':>8s} {'of conv':>8s}"
+          f"  peak RSS rise MB (plain/pipeline)")
     for name, res, unit, key in rows:
-        print(f"{name:28s} {res['plain'][key]:>8.2f} {unit:<3s} {res['pipeline'][key]:>8.2f} {unit:<3s} "
-              f"{res['speedup']:>6.2f}x  {res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}")
+        gflops, share = ((f"{res['pipeline']['gflop_per_s']:.2f}", f"{res['pipeline_fraction_of_conv_rate']:.0%}")
+                         if "gflop_per_s" in res["pipeline"] else ("", ""))
+        print(f"{name:28s} {res['plain'][key]:>8.2f} {unit:<5s} {res['pipeline'][key]:>8.2f} {unit:<5s} "
+              f"{res['speedup']:>6.2f}x {gflops:>8s} {share:>8s}  "
+              f"{res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}")
+    cnn, conv = r["cnn_step"], r["cnn_step"]["largest_conv"]
+    print(f"CNN step: {cnn['flops']['per_image_gflop']:.3f} GFLOP per image, forward and backward (FlopCounterMode); "
+          f"plain {cnn['plain']['gflop_per_s']:.2f} GFLOP/s, pipeline {cnn['pipeline']['gflop_per_s']:.2f} GFLOP/s "
+          f"= {cnn['pipeline_fraction_of_conv_rate']:.1%} of the largest convolution alone ({conv['module']}: "
+          f"{conv['in_channels']}->{conv['out_channels']}, {'x'.join(map(str, conv['kernel_size']))}, input "
+          f"{'x'.join(map(str, conv['input_shape']))}, {conv['precision']}"
+          f"{', channels_last' if conv['channels_last'] else ''}), forward and backward at "
+          f"{conv['gflop_per_s']:.2f} GFLOP/s in the same run")
     data_path = r["data_path"]
     print(f"decode + augment: the pipeline's own way on original-size images gives "
           f"{data_path['pipeline_on_originals']['images_per_s']:.2f} img/s; the prepared sizes alone bring "
@@ -606,7 +723,7 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write the JSON results")
     parser.add_argument("--quick", action="store_true", help="a small run (tiny data and models) to check it works")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the `dvc repro` of the whole pipeline")

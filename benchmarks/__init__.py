@@ -1,0 +1,1 @@
+"""Tools around the pipeline, outside its library: nothing in petlab/ or stages/ imports them."""
