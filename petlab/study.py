@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from petlab.params import ALL_IMAGES, TrainCNNParams
 from petlab.runtime import PipelineError
+from petlab.stage import run_stage
 
 MODELS = ("cnn", "probe")
 CELLS = Path("study/cells")  # <model>/<seed>-<size>.json, one per cell; features.json: the shared extraction
@@ -36,6 +38,16 @@ def parse_cell(model: str, argv: Sequence[str]) -> tuple[int, int | str]:
     if not size_ok or not argv[0].isdigit():
         raise PipelineError(f"{usage}; got {' '.join(argv) or 'nothing'}")
     return int(argv[0]), argv[1] if argv[1] == ALL_IMAGES else int(argv[1])
+
+
+def run_cell(model: str, main: Callable[[int, int | str], None]) -> None:
+    """A cell stage's entry point: its seed and size from the command line (refused in one line), then
+    main(seed, size) run as a stage."""
+    try:
+        seed, size = parse_cell(model, sys.argv[1:])
+    except PipelineError as err:
+        sys.exit(f"study_{model}: error: {err}")
+    run_stage(f"study/{model}-{seed}-{size}", lambda: main(seed, size))
 
 
 # ---------------------------------------------------------------- which images a cell trains on

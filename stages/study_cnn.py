@@ -7,7 +7,6 @@ augmentation (as `seed` does in the main pipeline) and the subset drawn; val, te
 """
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 import tempfile
 from pathlib import Path
@@ -16,10 +15,9 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
 from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, write_json
-from petlab.runtime import PipelineError, Stopwatch, seed_everything
-from petlab.stage import run_stage
-from petlab.study import (cell_path, cnn_budget, draw_subset, encode_predictions, late_gain,
-                          parse_cell, scores, subset_digest)
+from petlab.runtime import Stopwatch, seed_everything
+from petlab.study import (cell_path, cnn_budget, draw_subset, encode_predictions, late_gain, run_cell, scores,
+                          subset_digest)
 from petlab.train import predict
 
 DATA = Path("data/oxford_pets")
@@ -84,8 +82,4 @@ def main(seed: int, size) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        cell_seed, cell_size = parse_cell("cnn", sys.argv[1:])
-    except PipelineError as err:
-        sys.exit(f"study_cnn: error: {err}")
-    run_stage(f"study/cnn-{cell_seed}-{cell_size}", lambda: main(cell_seed, cell_size))
+    run_cell("cnn", main)

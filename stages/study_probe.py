@@ -5,8 +5,6 @@ python -m stages.study_probe SEED IMAGES_PER_CLASS|all. The subset is the CNN ce
 features starts from zero and draws nothing. The C is chosen on val as in the main pipeline (train_vit.c_grid).
 """
 
-import sys
-
 import torch
 
 from petlab.features import feature_split
@@ -15,8 +13,7 @@ from petlab.outputs import check_writable, load_torch, write_json
 from petlab.params import load_params
 from petlab.probe import fit_logistic_probe
 from petlab.runtime import PipelineError, Stopwatch, share_cpu
-from petlab.stage import run_stage
-from petlab.study import FEATURES, cell_path, draw_subset, encode_predictions, parse_cell, scores, subset_digest
+from petlab.study import FEATURES, cell_path, draw_subset, encode_predictions, run_cell, scores, subset_digest
 
 
 def main(seed: int, size) -> None:
@@ -67,8 +64,4 @@ def linear_head_from(state: dict) -> torch.nn.Linear:
 
 
 if __name__ == "__main__":
-    try:
-        cell_seed, cell_size = parse_cell("probe", sys.argv[1:])
-    except PipelineError as err:
-        sys.exit(f"study_probe: error: {err}")
-    run_stage(f"study/probe-{cell_seed}-{cell_size}", lambda: main(cell_seed, cell_size))
+    run_cell("probe", main)
