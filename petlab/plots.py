@@ -108,9 +108,10 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         # Below the axes: names of a probe's backbone make long entries, which inside would cover the curves.
-        legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        # Wrapped to the panel's width: a long entry would otherwise run under the other panel's legend.
+        legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
         for text in legend.get_texts():
-            text.set(**LITERAL)
+            text.set(text=textwrap.fill(text.get_text(), 60, break_long_words=False), **LITERAL)
     fig.tight_layout()
     return fig
 
