@@ -585,7 +585,7 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()
         raise PipelineError(f"`dvc repro` of the benchmark's project failed: {' | '.join(errors[-3:])}")
-    # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.runtime.run_stage); other files
+    # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.stage.run_stage); other files
     # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
     timing = project / "metrics/timing"
     stages = {name: json.loads((timing / f"{name}.json").read_text())["seconds"]

@@ -13,6 +13,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from petlab.models import weights_label  # noqa: E402
+
 # Every user string (class names, model names) is drawn with these Text properties: literally, as given.
 # '$' would otherwise start mathtext (a class named "a$b" fails to draw), and a matplotlibrc with
 # text.usetex would hand it to LaTeX.
@@ -65,12 +67,12 @@ def probe_label(backbone: str, head: str = "linear", weights: str = "", unfrozen
             + (", partly fine-tuned" if unfrozen else "") + (f", {weights}" if weights else ""))
 
 
-def model_label(config: dict, weights: str = "") -> str:
-    """What a checkpoint's model is, from its model_config (and models.weights_label of its info), as figures
-    name it."""
+def model_label(config: dict) -> str:
+    """What a checkpoint's model is, from its model_config, as figures name it (random or stand-in weights said)."""
     if config["kind"] != "timm_probe":
         return f"CNN from scratch ({config['kind']})"
-    return probe_label(config["timm_model"], config.get("head", "linear"), weights, bool(config.get("unfreeze")))
+    return probe_label(config["timm_model"], config.get("head", "linear"), weights_label(config.get("info", {})),
+                       bool(config.get("unfreeze")))
 
 
 def color(key: str, position: int) -> str:

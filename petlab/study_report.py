@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from petlab import plots
+from petlab import verdict as verdict_rules
 from petlab.data import PreparedData
+from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import ALL_IMAGES, Params
 from petlab.report_document import figure, table
 from petlab.runtime import PipelineError
 from petlab.study import FEATURES_RECORD, MODELS, cell_path, decode_predictions
-from petlab import verdict as verdict_rules
 from petlab.study_stats import STILL_IMPROVING, Comparison, compare, crossing, time_to_target, verdict
 
 REFERENCE_BACKBONE = "vit_tiny_patch16_224"  # the backbone the question is about; any other is a stand-in
-FEW_PER_CLASS = 100  # images per class a CNN from scratch is usually given at least (the assignment's floor)
 METRICS = {"macro_f1": "macro-F1", "accuracy": "accuracy"}
 
 
@@ -93,10 +94,9 @@ def size_name(size) -> str:
 
 def model_names(study: Study, params: Params) -> dict[str, str]:
     backbone = study.features["timm_model"]
-    random = "" if study.features.get("pretrained", True) else ", random weights"
-    stand_in = "" if backbone == REFERENCE_BACKBONE else " (stand-in for ViT-Tiny)"
+    # Named as the single-run report names it: random weights, or the description a stand-in's weights carry.
     return {"cnn": f"CNN from scratch ({params.train_cnn.arch})",
-            "probe": f"Linear probe on {backbone}{stand_in}{random}"}
+            "probe": plots.probe_label(backbone, "linear", weights_label(study.features))}
 
 
 def caveats(study: Study) -> dict[str, str]:
@@ -105,7 +105,9 @@ def caveats(study: Study) -> dict[str, str]:
     if not study.features.get("pretrained", True):
         out["random backbone weights"] = "the probe's numbers say nothing about a pretrained backbone"
     if study.features["timm_model"] != REFERENCE_BACKBONE:
-        out["stand-in backbone"] = f"the probe's backbone is {study.features['timm_model']}, not ViT-Tiny"
+        described = weights_label(study.features)
+        out["stand-in backbone"] = (f"the probe's backbone is {study.features['timm_model']}, not ViT-Tiny"
+                                    + (f" ({described})" if described else ""))
     if study.prepared.get("generated"):
         out["generated images"] = "shapes on noise made by petlab.synthetic, not photographs"
     dataset = study.prepared.get("source", "oxford_pets").split(" ")[0]
@@ -114,10 +116,10 @@ def caveats(study: Study) -> dict[str, str]:
     if len(study.seeds) == 1:
         out["one seed"] = "the intervals hold test sampling only, not training randomness"
     largest = study.per_class(study.sizes[-1])
-    if largest < FEW_PER_CLASS:
-        out[f"at most {largest:.0f} training images per class"] = (
-            f"below the {FEW_PER_CLASS} a CNN from scratch is usually given; the curves show the small-data regime "
-            "only")
+    if largest < verdict_rules.MIN_TRAIN_PER_CLASS:
+        out[f"about {largest:.0f} training images per class at the largest size"] = (
+            f"below the {verdict_rules.MIN_TRAIN_PER_CLASS} a CNN from scratch is usually given; the curves show "
+            "the small-data regime only")
     return out
 
 
@@ -341,7 +343,7 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
     names = model_names(study, params)
     notes = caveats(study)
     note = figure_note(notes)
-    compared = comparisons(study, params.study.bootstrap, seed=0)
+    compared = comparisons(study, params.study.bootstrap, seed=params.seed)
     save_figure(learning_curves_figure(study, names, note), figures / "learning_curves.png")
     save_figure(difference_figure(study, compared, note), figures / "difference.png")
     times = targets(study)
@@ -388,7 +390,8 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
         "probe has no curve over time and reaches any level it reaches when its fit ends (its C sweep, plus the "
         "extraction of its own train and val images at the shared stage's seconds per image). No time is compared "
         f"where either model never learned (best val macro-F1 under "
-        f"{verdict_rules.level_at(verdict_rules.LEARNED_SKILL, study.num_classes):.2f}, the single-run report's "
+        f"{verdict_rules.pct(verdict_rules.level_at(verdict_rules.LEARNED_SKILL, study.num_classes))}, the single-run "
+        "report's "
         "rule): a level near chance is reached by learning nothing.\n\n",
         time_table(study, times),
         "\n## Cost of each cell\n\n",
@@ -401,6 +404,6 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
         "- Probe: the training subset drawn only (L-BFGS on fixed features starts from zero and draws nothing).\n"
         "- Not the train/val/test split: val (model selection) and test are the same images in every cell, made by "
         "the prepare stage with the main `seed`.\n"
-        f"- At `all`, every seed trains on the whole train split: only the CNN's randomness differs.\n",
+        "- At `all`, every seed trains on the whole train split: only the CNN's randomness differs.\n",
     ]
     return "".join(lines), results

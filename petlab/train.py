@@ -245,7 +245,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
               f"samples: one full-batch step per epoch, {optim.epochs} steps in all", flush=True)
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
-    scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision.grad_scaling else None
+    scaler = ctx.precision.grad_scaler(ctx.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     loaders = {"train": train_loader, "val": val_loader}

@@ -69,7 +69,7 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    results, test_logits = {}, {}
+    results, test_logits, test_labels = {}, {}, None
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
         if checkpoint["class_names"] != data.class_names:
@@ -85,7 +85,7 @@ def main() -> None:
                                         f"re-run train_vit (dvc repro)")
                 test_logits[name], test_labels = logits, labels
                 write_reports(name, logits, labels, data.class_names, PLOTS,
-                              f"{plots.model_label(checkpoint['model_config'], weights_label(checkpoint['model_config'].get('info', {})))} (test)")
+                              f"{plots.model_label(checkpoint['model_config'])} (test)")
         results[name]["checkpoint_epoch"] = checkpoint["epoch"]
         results[name].update(checkpoint["model_config"].get("info", {}))
     write_json(METRICS, results)

@@ -11,7 +11,7 @@ from torch import nn
 from petlab import plots
 from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
-from petlab.models import count_parameters, weights_label
+from petlab.models import count_parameters
 from petlab.outputs import load_torch, save_figure, write_json
 from petlab.stage import run_stage
 from petlab.train import StepContext, make_optimizer, train_step
@@ -69,7 +69,7 @@ def main() -> None:
     results, labels = {}, {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
-        labels[name] = plots.model_label(checkpoint["model_config"], weights_label(checkpoint["model_config"].get("info", {})))
+        labels[name] = plots.model_label(checkpoint["model_config"])
         model = load_trained(checkpoint)
         optim = params.train_cnn if name == "cnn" else params.train_vit
         ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last,

@@ -10,7 +10,7 @@ from pathlib import Path
 from petlab.experiments import build_probe, image_loader, make_context, setup_stage, transform_spec
 from petlab.features import extract_features, save_feature_cache
 from petlab.outputs import check_writable, write_json
-from petlab.prepare import SPLITS
+from petlab.layout import SPLITS
 from petlab.runtime import PipelineError, Stopwatch
 from petlab.stage import run_stage
 from petlab.study import FEATURES, FEATURES_RECORD

@@ -82,10 +82,8 @@ def test_confusion_labels_sort_as_text_in_label_order():
 
 
 def test_models_are_named_for_what_they_are_with_random_or_stand_in_weights():
-    from petlab.models import weights_label
-
     def label(config):
-        return plots.model_label(config, weights_label(config.get("info", {})))
+        return plots.model_label(config)
 
     probe = {"kind": "timm_probe", "timm_model": "resnet18", "head": "linear", "info": {"pretrained": False}}
     assert label(probe) == "Linear probe on resnet18, random weights"
