@@ -320,21 +320,24 @@ def cost_table(study: Study) -> str:
     return table(pd.DataFrame(rows))
 
 
-def conclusions(study: Study, compared: dict, names: dict[str, str]) -> list[str]:
+SHORT_NAMES = {"cnn": "CNN", "probe": "probe"}  # in sentences; the report names both in full at its top
+
+
+def conclusions(study: Study, compared: dict) -> list[str]:
     """One sentence per size, by the rule of petlab.study_stats.verdict on macro-F1; none where it is undecided."""
     out = []
     for n in study.sizes:
         c = compared["macro_f1", n]
         v = verdict(c)
-        where = f"At {size_name(n)} training images per class"
+        where = (f"At {size_name(n)} training images per class" if n != ALL_IMAGES
+                 else f"With all training images ({study.per_class(n):.0f} per class)")
         diff = (f"probe - CNN {points(c.difference)} points of test macro-F1 [{points(c.difference_interval[0])}, "
                 f"{points(c.difference_interval[1])}], P(probe beats CNN) {c.p_probe_better:.2f} "
                 f"[{c.p_interval[0]:.2f}, {c.p_interval[1]:.2f}]")
         if v == "undecided":
             out.append(f"{where}, no conclusion: {diff}; the intervals do not exclude a tie.")
         else:
-            winner = names[v]
-            out.append(f"{where}, the {winner} is better: {diff}.")
+            out.append(f"{where}, the {SHORT_NAMES[v]} is better: {diff}.")
     return out
 
 
@@ -375,7 +378,7 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
         "By one rule, on test macro-F1: a model is better at a size only when the 95% interval of probe - CNN "
         "excludes 0 and the interval of P(probe beats CNN) lies wholly on its side of 0.5; otherwise no conclusion "
         "at that size.\n\n",
-        "".join(f"- {sentence}\n" for sentence in conclusions(study, compared, names)),
+        "".join(f"- {sentence}\n" for sentence in conclusions(study, compared)),
         f"\n{results['crossing']}\n",
         "\n## Is the CNN trained enough at every size?\n\n",
         f"Every CNN cell trains for at least study.min_steps = {params.study.min_steps} optimiser steps: epochs = "
