@@ -537,7 +537,8 @@ How these sentences are made (petlab/report.py, petlab/verdict.py), each by one 
 - **Speed**: time to a common target, as DAWNBench and MLPerf measure time-to-train: the val macro-F1 both models
   reach (the weaker one's best) and the wall seconds each needs to first reach it, counted from the start of
   training (the probe's include extracting its features); the L-BFGS probe has no curve over time, so its time
-  to any level it reaches is its whole fit. Within a factor {verdict.SAME_SPEED:g} they are about as fast. A
+  to any level it reaches is its whole fit: its train and val images' share of the feature extraction, and the
+  C sweep. Within a factor {verdict.SAME_SPEED:g} they are about as fast. A
   model whose best val macro-F1 stays under a tenth of the way from chance to 100% (here
   {level(verdict.LEARNED_SKILL)}) never learned, and no speed claim is made. Fractions of each model's own best
   (section 3) describe a curve's shape only.
