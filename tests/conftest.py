@@ -106,13 +106,16 @@ def make_project(root: Path, params_overrides: dict) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    shutil.copy2(REPO / ".gitignore", root / ".gitignore")
+    # What a clone of the repository holds of DVC's own files, as `dvc init` wrote them (no dvc process needed).
+    for name in (".gitignore", ".dvcignore", ".dvc/.gitignore", ".dvc/config"):
+        (root / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    with open(root / ".dvc/config", "a") as config:
+        config.write("[core]\n    analytics = false\n")
     write_params(root, params_overrides)
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
-    dvc(root, "init", "-q")
-    dvc(root, "config", "core.analytics", "false")
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
     return root

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_PARAMS, deep_update, dvc, make_project, write_params
+from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.synthetic import make_fake_pets, write_awkward_image
 from test_runtime import start_as_in_a_terminal
 
@@ -103,12 +103,10 @@ def interrupt_repro(project: Path, sig: signal.Signals) -> str:
     return "".join(lines)
 
 
-@pytest.mark.parametrize("sig,between", [(signal.SIGINT, None), (signal.SIGKILL, None), (signal.SIGKILL, "truncate"),
-                                         (signal.SIGKILL, "params")],
-                         ids=["SIGINT", "SIGKILL", "SIGKILL-truncated-checkpoint", "SIGKILL-params-changed"])
-def test_an_interrupted_training_stage_resumes_on_the_next_repro(reference, params, tmp_path, sig, between):
-    """Stopped during epoch 2, train_cnn continues after epoch 1 to the reference's outputs, byte for byte; with
-    its checkpoint truncated, or other params, it starts from scratch and says why in one line."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_training_stage_resumes_on_the_next_repro(reference, tmp_path, sig):
+    """Stopped during epoch 2, train_cnn continues after epoch 1 to the reference's outputs, byte for byte. (Other
+    params or a truncated checkpoint start from scratch in one line: tests/test_resume.py, on the same code.)"""
     assert not (reference / "resume").exists()  # a finished stage leaves no checkpoint
     project = tmp_path / "project"
     shutil.copytree(reference, project, symlinks=True)
@@ -122,26 +120,14 @@ def test_an_interrupted_training_stage_resumes_on_the_next_repro(reference, para
     assert checkpoint.is_file() and "resume/" in (project / ".gitignore").read_text()
     assert subprocess.run(["git", "status", "--porcelain", "resume"], cwd=project, capture_output=True,
                           text=True).stdout == ""  # never in git
-    if between == "truncate":
-        checkpoint.write_bytes(checkpoint.read_bytes()[:checkpoint.stat().st_size // 2])
-    if between == "params":
-        write_params(project, deep_update(yaml.safe_load(yaml.safe_dump(params)), {"train_cnn": {"lr": 0.002}}))
 
     result = dvc(project, "repro", "evaluate")
     assert "Running stage 'train_cnn'" in result.stdout and "Traceback" not in result.stdout + result.stderr
-    scratch = [line for line in result.stdout.splitlines() if line.startswith("train_cnn: starting from scratch")]
-    if between is None:
-        assert "train_cnn: resumed after epoch 1 (resume/train_cnn.pt)\n" in result.stdout and not scratch
-        assert "train_cnn: epoch 1/" not in result.stdout and "train_cnn: epoch 2/" in result.stdout
-    elif between == "truncate":
-        assert len(scratch) == 1 and "resume/train_cnn.pt cannot be read" in scratch[0]
-    else:
-        assert scratch == ["train_cnn: starting from scratch: resume/train_cnn.pt (after epoch 1) was made with "
-                           "other inputs: params changed (train_cnn.lr)"]
+    assert "train_cnn: resumed after epoch 1 (resume/train_cnn.pt)\n" in result.stdout
+    assert "starting from scratch" not in result.stdout
+    assert "train_cnn: epoch 1/" not in result.stdout and "train_cnn: epoch 2/" in result.stdout
     assert not checkpoint.exists() and not checkpoint.parent.exists()  # removed once the outputs are written
     assert not list(project.rglob(".*.tmp"))
-    if between == "params":
-        return  # other params, other outputs
     # The retrained checkpoint has the reference's hash, so DVC sees nothing downstream to redo.
     assert "Stage 'evaluate' didn't change, skipping" in result.stdout
     for name in ("metrics/train_cnn.json", "plots/train_cnn/history.csv", "models/cnn.pt"):

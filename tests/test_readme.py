@@ -1,11 +1,10 @@
 """The README and docs/ stay true: CI runs exactly the README's two commands and its extras line, every printed
-`dvc exp run` / `dvc repro` recipe passes the params schema, a printed recipe runs as printed, every printed module
-exists, the code layout matches the tree, and every link resolves."""
+`dvc exp run` / `dvc repro` recipe passes the params schema (tests/test_real_data.py runs the FM-mini recipe as
+printed), every printed module exists, the code layout matches the tree, and every link resolves."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shlex
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import deep_update, dvc, make_project
+from conftest import deep_update
 from petlab.params import ParamsError, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +20,6 @@ README = (REPO / "README.md").read_text()
 # The hand-written pages; a run's own reports/ kept as an example are the pipeline's output, not documentation.
 DOCS = sorted(path for path in (REPO / "docs").rglob("*.md") if "reports" not in path.relative_to(REPO).parts)
 TEXTS = {REPO / "README.md": README, **{path: path.read_text() for path in DOCS}}
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist, the extras line
 
 
 def section(title: str) -> str:
@@ -167,24 +165,6 @@ def test_every_printed_recipe_passes_the_params_schema(command):
     if ("data.dataset=fashion_mnist" in command and "data.per_class=375" in command  # FM-mini: measured with
             and "train_vit.weights=" not in command):  # cheap-ViT, unless it names the probe's weights itself
         parse_params(params_of(f"{command} {shorthands()['cheap-ViT']}"), source=f"{command} <cheap-ViT>")
-
-
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"no Fashion-MNIST at {FASHION_MNIST} (the README's extras)")
-def test_the_printed_fm_mini_recipe_runs_as_printed(tmp_path):
-    """dvc itself reads the printed -S values as the schema check above assumes, and the stages run on them: a few
-    images per class and two CNN epochs, added at the end (the last -S of a key wins), keep it short, and so does
-    stopping after `evaluate` (profile and report run alike on any data; the end-to-end tests run them)."""
-    (printed,) = grid_points(f"dvc exp run {shorthands()['FM-mini']}")
-    assert printed in printed_recipes()
-    command = (f"{printed} {shorthands()['cheap-ViT']} -S data.per_class=16 -S data.test_per_class=4 "
-               "-S train_cnn.epochs=2")
-    project = make_project(tmp_path / "project", {})
-    dvc(project, "exp", "run", "evaluate", *shlex.split(command)[3:])
-    applied = yaml.safe_load((project / "params.yaml").read_text())
-    assert parse_params(applied) == parse_params(params_of(command))
-    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    classes = json.loads((project / "data/oxford_pets/classes.json").read_text())
-    assert set(evaluation) == {"cnn", "vit"} and set(classes) == set(applied["data"]["classes"]) and len(classes) == 6
 
 
 def printed_modules() -> set[str]:

@@ -1,7 +1,8 @@
 """The guard that training really learns: the whole pipeline on real images (Fashion-MNIST), offline.
 
 Debian's dataset-fashion-mnist package puts the four idx files under /usr/share/datasets/fashion-mnist;
-the pipeline reads them as a local copy (data.root), takes a seeded mini subset and runs `dvc repro`.
+the pipeline reads them as a local copy (data.root), takes a seeded mini subset and runs under DVC: the docs'
+FM-mini recipe as printed, and the probe on real pretrained features.
 """
 
 from __future__ import annotations
@@ -19,25 +20,14 @@ from sklearn.metrics import f1_score
 
 from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.evaluation import confusion_labels
+from petlab.params import parse_params
 from petlab.stand_in import DESCRIPTION, TIMM_MODEL
 from test_probe import check_probe
+from test_readme import grid_points, params_of, printed_recipes, shorthands
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
 TRAIN_VAL_PER_CLASS, TEST_PER_CLASS, VAL_FRACTION = 300, 50, 0.2
-
-# 6 classes x 240 train / 60 val / 50 test images at 28 px; a small CNN for a few epochs. Here the probe runs on
-# random test_vit weights (its solver is checked, not what it learns), so its sanity check gets one small batch at
-# a higher lr; the probe on real pretrained features is tested below, on fewer images (read at 224 px).
-REAL_PARAMS = {
-    "data": {"dataset": "fashion_mnist", "root": str(FASHION_MNIST), "classes": CLASSES, "val_fraction": VAL_FRACTION,
-             "per_class": TRAIN_VAL_PER_CLASS, "test_per_class": TEST_PER_CLASS},
-    "sanity": {"overfit_batches": 1, "batch_size": 8, "lr": 0.03, "max_steps": 300},
-    "train_cnn": {"image_size": 28, "widths": [16, 32, 64], "augment": "crop_pad", "epochs": 4, "batch_size": 32,
-                  "warmup_epochs": 0.5, "amp": False},
-    "train_vit": {"epochs": 2, "batch_size": 64, "feature_batch_size": 64},
-    "log": {"hist_every": 0},
-}
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -49,12 +39,28 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_pipeline_learns_fashion_mnist(tmp_path):
+# The docs' FM-mini recipe shortened for the suite: 240 train / 60 val / 50 test images a class, a smaller CNN for 4
+# epochs (added after it: the last -S of a key wins). With cheap-ViT, as the docs' measured rows were run.
+SHORTER = (f"-S data.per_class={TRAIN_VAL_PER_CLASS} -S data.test_per_class={TEST_PER_CLASS} "
+           f"-S data.val_fraction={VAL_FRACTION} -S train_cnn.epochs=4 -S 'train_cnn.widths=[16,32,64]' "
+           "-S train_cnn.batch_size=32 -S train_cnn.warmup_epochs=0.5 -S train_cnn.amp=false -S sanity.max_steps=300")
+
+
+def test_the_printed_fm_mini_recipe_learns_fashion_mnist(tmp_path):
+    """dvc reads the printed -S values as the schema check of tests/test_readme.py assumes, the stages run on them,
+    and the CNN learns. Up to `evaluate`: profile and report run alike on any data (the end-to-end tests run them)."""
+    import shlex
+
     import yaml
 
-    params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), REAL_PARAMS)
-    project = make_project(tmp_path / "project", params)
-    dvc(project, "repro", "evaluate")  # profile and report run in the end-to-end test; here what is learned
+    (printed,) = grid_points(f"dvc exp run {shorthands()['FM-mini']}")
+    assert printed in printed_recipes()
+    command = f"{printed} {shorthands()['cheap-ViT']} {SHORTER}"
+    project = make_project(tmp_path / "project", {})
+    dvc(project, "exp", "run", "evaluate", *shlex.split(command)[3:])
+    applied = yaml.safe_load((project / "params.yaml").read_text())
+    assert parse_params(applied) == parse_params(params_of(command))
+    assert applied["data"]["classes"] == CLASSES and applied["train_cnn"]["image_size"] == 28
 
     # The prepared layout is the usual one: the chosen classes, capped and split, as RGB JPEGs.
     prepared = project / "data/oxford_pets"
@@ -93,20 +99,23 @@ def test_pipeline_learns_fashion_mnist(tmp_path):
 
 
 # The probe on real pretrained features: EfficientNet-Lite0's ImageNet weights, a stand-in for ViT-Tiny's, which
-# cannot be fetched here. 6 classes x 30 train / 10 val / 10 test images: features at 224 px cost most of the time.
-PROBE_PER_CLASS, PROBE_TEST_PER_CLASS = 40, 10
-PROBE_PARAMS = {
-    "data": {"per_class": PROBE_PER_CLASS, "test_per_class": PROBE_TEST_PER_CLASS, "val_fraction": 0.25},
-    "train_cnn": {"epochs": 1},
+# cannot be fetched here. 6 classes x 30 train / 10 val / 10 test images: features at 224 px cost most of the time,
+# so the CNN gets one epoch and the sanity check one small batch.
+STAND_IN_PARAMS = {
+    "data": {"dataset": "fashion_mnist", "root": str(FASHION_MNIST), "classes": CLASSES, "val_fraction": 0.25,
+             "per_class": 40, "test_per_class": 10},
+    "sanity": {"overfit_batches": 1, "batch_size": 8, "lr": 0.03, "max_steps": 300},
+    "train_cnn": {"image_size": 28, "widths": [16, 32, 64], "augment": "crop_pad", "epochs": 1, "batch_size": 32,
+                  "amp": False},
     "train_vit": {"model": TIMM_MODEL, "pretrained": True},
+    "log": {"hist_every": 0},
 }
 
 
 def test_probe_on_stand_in_weights_learns_fashion_mnist(tmp_path, stand_in_weights):
     import yaml
 
-    params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), REAL_PARAMS)
-    deep_update(params, PROBE_PARAMS)
+    params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), STAND_IN_PARAMS)
     params["train_vit"]["weights"] = str(stand_in_weights)
     project = make_project(tmp_path / "project", params)
     out = dvc(project, "repro", "evaluate").stdout

@@ -5,7 +5,6 @@ Every case fails before any heavy work, so no case needs trained models or even 
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
