@@ -13,6 +13,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+# pytest -n N: N test processes share the cores. Each, and every stage it starts (which inherits the variable), keeps
+# to its share, as jobs run side by side do (petlab.runtime.cores_per_process): more threads than cores would spend
+# the time waiting on each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    import torch
+
+    from petlab.runtime import cores_per_process
+
+    os.environ.setdefault("PETLAB_JOBS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    torch.set_num_threads(cores_per_process())
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages"]
 
 # Small enough for CI on two cores, big enough that every code path runs (3+ batches an epoch).
