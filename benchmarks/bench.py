@@ -586,6 +586,11 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()
         raise PipelineError(f"`dvc repro` of the benchmark's project failed: {' | '.join(errors[-3:])}")
+    return {**pipeline_summary(project, seconds), "params": PIPELINE_PARAMS[mode]}
+
+
+def pipeline_summary(project: Path, seconds: float) -> dict:
+    """What a finished `dvc repro` of the whole pipeline in `project` took: `seconds` of wall time, each stage's own."""
     # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.stage.run_stage); other files
     # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
     timing = project / "metrics/timing"
@@ -598,7 +603,7 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
             # dvc's own work plus every stage process's start-up and imports (torch, torchvision, timm)
             "outside_stages_seconds": round(seconds - sum(stages.values()), 2),
             "peak_rss_largest_process_mb": round(peak_kib / 1024, 1),
-            "probe_fit_seconds": json.loads((timing / "train_vit_fit.json").read_text()), "params": PIPELINE_PARAMS[mode]}
+            "probe_fit_seconds": json.loads((timing / "train_vit_fit.json").read_text())}
 
 
 # ---------------------------------------------------------------- running it all
@@ -720,11 +725,14 @@ def print_table(r: dict) -> None:
               f"({c['speedup_vs_eager_pipeline']:.2f}x the eager pipeline step) after {c['compile_seconds']:.1f} s "
               f"of compiling; {payback}")
     if "pipeline" in r:
-        pl = r["pipeline"]
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in pl["stage_seconds"].items())
-        print(f"dvc repro: {pl['dvc_repro_seconds']:.1f} s wall ({stages} s; outside the stages "
-              f"(dvc, Python start-up and imports) {pl['outside_stages_seconds']:.1f} s); largest process peak RSS "
-              f"{pl['peak_rss_largest_process_mb']:.0f} MB")
+        print(pipeline_line(r["pipeline"]))
+
+
+def pipeline_line(pl: dict) -> str:
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in pl["stage_seconds"].items())
+    return (f"dvc repro: {pl['dvc_repro_seconds']:.1f} s wall ({stages} s; outside the stages "
+            f"(dvc, Python start-up and imports) {pl['outside_stages_seconds']:.1f} s); largest process peak RSS "
+            f"{pl['peak_rss_largest_process_mb']:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> None:

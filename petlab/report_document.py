@@ -106,12 +106,11 @@ class Run:
         return {"val_macro_f1": float(row["val_macro_f1"]), "val_loss": float(row["val_loss"])}
 
     def fitting_features_seconds(self) -> float:
-        """The train and val images' share of the probe's feature extraction, at its seconds per image: the
-        extraction also covers the test images, which a fit does not need (the CNN's time leaves out its test
-        pass too), and the study charges its probe cells the same way."""
+        """The train and val images' share of the probe's feature extraction (which covers test too)."""
         counts = self.sanity["counts"]
         images = {s: counts[s]["total"] for s in ("train", "val", "test")}
-        return self.probe_fit["features_seconds"] * (images["train"] + images["val"]) / max(1, sum(images.values()))
+        return verdict.share_of_extraction(self.probe_fit["features_seconds"], sum(images.values()),
+                                           images["train"] + images["val"])
 
     def lbfgs_fit_seconds(self) -> float:
         """The L-BFGS probe's whole fit: extracting its train and val features and the C sweep."""

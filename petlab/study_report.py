@@ -80,12 +80,11 @@ class Study:
         return float(self.values("cnn", size, "train_images").mean()) / self.num_classes
 
     def probe_seconds(self, seed: int, size) -> float:
-        """The probe's wall time at a cell: its L-BFGS sweep, and the extraction of its own train and val images
-        at the shared stage's seconds per image (a probe trained alone at that size would extract only those)."""
-        record = self.features
-        per_image = sum(record["seconds"].values()) / sum(record["images"].values())
-        cell = self.cells["probe", seed, size]
-        return cell["seconds"]["fit"] + per_image * (cell["train_images"] + self.val_images)
+        """The probe's wall time at a cell: its L-BFGS sweep, and its own train and val images' share of the
+        shared feature extraction."""
+        record, cell = self.features, self.cells["probe", seed, size]
+        return cell["seconds"]["fit"] + verdict_rules.share_of_extraction(
+            sum(record["seconds"].values()), sum(record["images"].values()), cell["train_images"] + self.val_images)
 
 
 def size_name(size) -> str:

@@ -121,6 +121,14 @@ def learned(best_val_macro_f1: float, num_classes: int) -> bool:
 Point = tuple[int | None, float, float]  # (epoch or None, wall seconds since training began, val macro-F1)
 
 
+def share_of_extraction(extraction_seconds: float, extracted_images: int, fit_images: int) -> float:
+    """The part of a feature extraction the L-BFGS probe's fit is charged: its own images' share, at the
+    extraction's seconds per image. One extraction serves more than a fit needs (the test images; the study's
+    other cells), and a probe fitted alone would extract only its train and val images, as the CNN's time leaves
+    out its test pass."""
+    return extraction_seconds * fit_images / max(1, extracted_images)
+
+
 def first_reaching(points: list[Point], level: float) -> dict | None:
     """The first point whose val macro-F1 reaches `level` ({"epoch", "seconds"}), None if none does.
 

@@ -5,9 +5,11 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, deep_update, make_project, run
+from conftest import REPO, TINY_PARAMS, deep_update, run
 from petlab.params import Params, ParamsError, load_params, parse_params
+from petlab.prepare import prepare_dataset
 from petlab.runtime import PipelineError
+from test_stage_refusals import light_project
 
 
 def test_repository_params_file_is_valid():
@@ -65,11 +67,6 @@ def test_params_are_frozen():
         Params().seed = 1
 
 
-def edit_params(project, overrides):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
-
-
 def test_params_yaml_is_valid():
     params = load_params(REPO / "params.yaml")
     assert params.train_vit.weights_sha256 is None
@@ -120,31 +117,26 @@ def test_yaml_style_numbers_are_accepted():
 
 
 def test_stage_command_line_with_bad_params_exits_with_one_line(tmp_path):
-    """No data exists in this project: each failure below happened before any data was looked at."""
-    project = make_project(tmp_path / "project", {})
-    good = (project / "params.yaml").read_text()
-    cases = [({"train_cnn": {"lerning_rate": 0.1}}, "train_cnn: error: params.yaml: unknown parameter "
-                                                    "train_cnn.lerning_rate; did you mean train_cnn.lr?"),
-             ({"train_cnn": {"batch_size": 0}},
-              "train_cnn: error: train_cnn.batch_size = 0 is out of range (allowed: an integer >= 1)")]
-    for overrides, message in cases:
-        (project / "params.yaml").write_text(good)
-        edit_params(project, overrides)
-        proc = run([sys.executable, "-m", "stages.train_cnn"], project, check=False)
-        assert proc.returncode == 1, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    """No data exists in this project: the failure happened before any data was looked at. (Values out of range
+    through a stage's command line: tests/test_stage_refusals.py.)"""
+    project = light_project(tmp_path / "project", {"train_cnn": {"lerning_rate": 0.1}})
+    proc = run([sys.executable, "-m", "stages.train_cnn"], project, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "train_cnn: error: params.yaml: unknown parameter train_cnn.lerning_rate; did you mean train_cnn.lr?"]
 
 
-def test_overfit_batches_larger_than_the_data_fails_before_checking_it(tiny_project):
-    run([sys.executable, "-m", "stages.prepare_oxford_pets"], tiny_project)
-    edit_params(tiny_project, {"sanity": {"overfit_batches": 50, "batch_size": 8}})
-    proc = run([sys.executable, "-m", "stages.sanity_data"], tiny_project, check=False)
+def test_overfit_batches_larger_than_the_data_fails_before_checking_it(tmp_path, fake_pets):
+    project = light_project(tmp_path / "project", deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), {
+        "data": {"root": str(fake_pets)}, "sanity": {"overfit_batches": 50, "batch_size": 8}}))
+    params = load_params(project / "params.yaml")
+    prepare_dataset(params.data, params.seed, project / "data/oxford_pets")  # what the prepare stage runs
+    proc = run([sys.executable, "-m", "stages.sanity_data"], project, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "sanity_data: error: sanity.overfit_batches = 50 with sanity.batch_size = 8 needs 400 training images but "
         "there are 36; lower one of them"]
-    assert not (tiny_project / "metrics" / "sanity.json").exists()
+    assert not (project / "metrics" / "sanity.json").exists()
 
 
 def schema_fields(cls=Params, prefix=""):

@@ -188,11 +188,11 @@ def importable(module: str) -> bool:
 
 
 def test_the_benchmarks_printed_quick_run_is_run_by_a_test():
+    """Its rows by tests/test_bench.py; the whole pipeline's row, from the end-to-end test's `dvc repro`."""
     assert "python -m benchmarks.bench --quick" in (REPO / "docs/speed.md").read_text()
-    runners = [path.name for path in (REPO / "tests").glob("test_*.py") if path.name != "test_readme.py"
-               and re.search(r"\bbenchmarks\.bench\b|\bfrom benchmarks\b", text := path.read_text())
-               and any('"--quick"' in line and '"--no-pipeline"' not in line for line in text.splitlines())]
-    assert runners, "no test runs `python -m benchmarks.bench --quick` with every row, the whole pipeline's included"
+    texts = {path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py") if path.name != "test_readme.py"}
+    assert [name for name, text in texts.items() if '"benchmarks.bench", "--quick"' in text] == ["test_bench.py"]
+    assert [name for name, text in texts.items() if "pipeline_summary(project" in text] == ["test_pipeline.py"]
 
 
 def layout_paths() -> list[str]:
