@@ -11,17 +11,19 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
 from petlab.metrics import classification_metrics, rounded
 from petlab.runtime import PipelineError
 from petlab.train import SELECTION_RULE, selection_key
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 SWEEP_COLUMNS = ["c", "log10_c", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1",
                  "val_top5_accuracy", "iterations", "converged"]
@@ -54,7 +56,7 @@ class ProbeFit:
                 "converged": kept["converged"], "c_at_grid_edge": self.edge is not None}
 
 
-def linear_head(solver: LogisticRegression, num_classes: int) -> nn.Linear:
+def linear_head(solver: "LogisticRegression", num_classes: int) -> nn.Linear:
     """The fitted model as an nn.Linear whose logits give the same probabilities (float32, like any head)."""
     coef, intercept = solver.coef_, solver.intercept_
     if num_classes == 2:  # scikit-learn keeps one row, class 1's logit against class 0: softmax([0, z]) = sigmoid(z)
@@ -83,6 +85,10 @@ def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
         raise PipelineError(f"{name}: no training sample of class {missing}: logistic regression needs every class")
+    # Imported here: scikit-learn takes about 2 s to import, which the stages that never fit a probe need not pay.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     # float64 for the solver: L-BFGS's line search and stopping test are meant for it.
     x, y = features.double().numpy(), labels.numpy()
     sweep, best, best_key = [], None, None

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from petlab import verdict
-from petlab.metrics import confusion, reports_top_k
+from petlab.metrics import confusion, macro_f1_rows, reports_top_k
 
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name each for what it is
 IN_SENTENCES = verdict.NAMES
@@ -35,25 +35,6 @@ def reported_metrics(num_classes: int) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- metrics on resamples
-
-
-def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 of each row of (resamples, images) label and prediction arrays.
-
-    As sklearn's f1_score(average="macro", labels=range(num_classes), zero_division=0): a class with no
-    true and no predicted image counts as F1 0. Counted with one bincount for all rows at once.
-    """
-    labels, preds = np.atleast_2d(labels), np.atleast_2d(preds)
-    offset = np.arange(len(labels))[:, None] * num_classes  # row r's classes live at r*C .. r*C+C-1
-    size = len(labels) * num_classes
-
-    def counts(values: np.ndarray) -> np.ndarray:
-        return np.bincount(values.ravel(), minlength=size).reshape(len(labels), num_classes)
-
-    true_pos = counts((labels + offset)[labels == preds])
-    denominator = counts(labels + offset) + counts(preds + offset)
-    f1 = np.divide(2.0 * true_pos, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return f1.mean(1)
 
 
 @dataclass(frozen=True)

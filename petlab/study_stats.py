@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from petlab import verdict as verdict_rules
-from petlab.report import macro_f1_rows, percentile_interval
+from petlab.metrics import macro_f1_rows
+from petlab.report import percentile_interval
 
 # A cell's CNN counts as still improving when its best val macro-F1 over the last quarter of its epochs beats
 # the best before them by more than this (2 points): more steps might have helped.

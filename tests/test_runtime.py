@@ -91,14 +91,17 @@ def test_freed_tensor_memory_is_reused_without_faulting_it_in_again():
             "from petlab.runtime import keep_freed_memory\n"
             "kept = sys.argv[1] == 'keep' and keep_freed_memory()\n"
             "a = torch.ones(16 * 2 ** 20)\n"
-            "for step in range(5):\n"
+            "faults = []\n"
+            "for step in range(8):\n"
             "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "    ((a * 2 + 1) * 3).sum()\n"
-            "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+            "print(kept, *faults[-4:])\n")
     faults = {}
     for way in ("keep", "default"):
         out = subprocess.run([sys.executable, "-c", code, way], capture_output=True, text=True, cwd=REPO, check=True,
                              timeout=300).stdout.split()
         assert out[0] == str(way == "keep")
-        faults[way] = int(out[1])
-    assert faults["default"] > 2 * 16_384 and faults["keep"] < 1_000
+        faults[way] = [int(n) for n in out[1:]]
+    # The steady state, over the last 4 steps: on a busy machine a step may now and then fault a tensor in again.
+    assert min(faults["default"]) > 2 * 16_384 and min(faults["keep"]) < 1_000, faults
