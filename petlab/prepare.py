@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petlab import images
@@ -87,6 +86,8 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int, class
     what = "train/val" if per_class is None else f"train/val (data.per_class = {per_class})"
     check_split_sizes(len(records), len(class_names), val_fraction, "data.val_fraction", what)
     records = sorted(records, key=lambda r: r.image_id)
+    from sklearn.model_selection import train_test_split  # here: a 2 s import, after the checks
+
     train, val = train_test_split(
         records, test_size=val_fraction, random_state=seed, stratify=[r.label for r in records]
     )

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
@@ -110,6 +109,8 @@ def read_imagefolder(data: DataParams, seed: int) -> SourceSplits:
             image_id = f.with_suffix("").as_posix() if stems[f.with_suffix("").as_posix()] == 1 else f.as_posix()
             records.append(Record(folder / f, image_id.replace("/", "__"), label))
     check_split_sizes(len(records), len(class_dirs), data.test_fraction, "data.test_fraction", f"{root}")
+    from sklearn.model_selection import train_test_split  # here: a 2 s import, after the checks
+
     trainval, test = train_test_split(records, test_size=data.test_fraction, random_state=seed,
                                       stratify=[r.label for r in records])
     return SourceSplits(trainval, test, [d.name for d in class_dirs], f"imagefolder ({root})", walk.left_out)
