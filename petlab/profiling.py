@@ -133,8 +133,8 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
         schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
         on_trace_ready=tensorboard_trace_handler(str(trace_dir)),
         # No record_shapes: on the CPU (torch 2.14) it made the process grow by about 100 MB every recorded CNN
-        # step at batch 32, 224 px, until a default run's 55 recorded steps were killed for lack of memory on a
-        # 24 GB machine. The top ops and the traces' timings do not need the shapes.
+        # step at batch 32, 224 px, and a default run's profile stage was killed for lack of memory on a 24 GB
+        # machine. The top ops and the traces' timings do not need the shapes.
         profile_memory=True,
     ) as prof:
         for i in tqdm(range(total), desc=desc, unit="step", leave=False, disable=None):

@@ -39,10 +39,9 @@ TINY_PARAMS = {
 }
 
 
-# The end-to-end `dvc repro` tests take minutes each (the quick benchmark runs one too): started first, they run
-# beside the many short tests (pytest -n) instead of after them.
-SLOW_MODULES = ("test_pipeline.py", "test_real_data.py", "test_pipeline_robustness.py", "test_study.py",
-                "test_readme.py", "test_bench.py")
+# The end-to-end `dvc repro` tests take minutes each: started first, they run beside the many short tests (pytest -n)
+# instead of after them.
+SLOW_MODULES = ("test_pipeline.py", "test_real_data.py", "test_pipeline_robustness.py", "test_study.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -117,12 +116,12 @@ def make_project(root: Path, params_overrides: dict) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    # What a clone of the repository holds of DVC's own files, as `dvc init` wrote them (no dvc process needed).
-    for name in (".gitignore", ".dvcignore", ".dvc/.gitignore", ".dvc/config"):
+    # What a clone of the repository holds of DVC's own files, as `dvc init` wrote them (no dvc process needed),
+    # with a config of its own: no remote of the repository's.
+    for name in (".gitignore", ".dvcignore", ".dvc/.gitignore"):
         (root / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, root / name)
-    with open(root / ".dvc/config", "a") as config:
-        config.write("[core]\n    analytics = false\n")
+    (root / ".dvc/config").write_text("[core]\n    analytics = false\n")
     write_params(root, params_overrides)
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)

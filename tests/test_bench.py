@@ -137,7 +137,8 @@ def test_the_step_flops_are_the_convolutions_and_matrix_products_forward_and_bac
 
 def test_quick_benchmark_runs_every_row(tmp_path):
     """`python -m benchmarks.bench --quick`, as the docs print it, every row but the whole pipeline's `dvc repro`:
-    that row's summary is taken from the end-to-end test's run (tests/test_pipeline.py), which is the same run."""
+    that row's summary (bench.pipeline_summary) is taken from the end-to-end test's own `dvc repro` of the whole
+    pipeline (tests/test_pipeline.py)."""
     out = tmp_path / "quick.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--no-pipeline", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)

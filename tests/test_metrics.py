@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from petlab import metrics
 from petlab.metrics import classification_metrics, confusion, per_class_rows
 
 
@@ -17,6 +19,30 @@ def test_metrics_match_sklearn_and_hand_counts():
     top5 = np.argsort(-logits.numpy(), 1)[:, :5]
     assert m["top5_accuracy"] == np.mean([labels[i].item() in top5[i] for i in range(200)])
     assert m["top5_accuracy"] >= m["accuracy"]
+
+
+def test_macro_f1_by_hand_and_as_sklearn_counts_it():
+    # class 0: tp 1, 2 true, 1 predicted -> 2/3; class 1: tp 2, 2 true, 3 predicted -> 4/5; class 2 absent -> 0
+    assert metrics.macro_f1_rows(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)[0] == pytest.approx(
+        (2 / 3 + 4 / 5 + 0) / 3)
+    rng = np.random.default_rng(0)
+    labels, preds = rng.integers(0, 5, size=(20, 30)), rng.integers(0, 5, size=(20, 30))
+    expected = [f1_score(y, p, labels=np.arange(6), average="macro", zero_division=0) for y, p in zip(labels, preds)]
+    np.testing.assert_allclose(metrics.macro_f1_rows(labels, preds, 6), expected)
+
+
+def test_per_class_rows_and_confusion_are_sklearns_with_absent_classes():
+    """Class 5 is in neither the labels nor the predictions, class 4 only among the predictions."""
+    rng = np.random.default_rng(3)
+    labels, preds = rng.integers(0, 4, 50), rng.integers(0, 5, 50)
+    p, r, f, support = precision_recall_fscore_support(labels, preds, labels=np.arange(6), zero_division=0)
+    rows = per_class_rows(labels, preds, list("abcdef"))
+    assert [row["support"] for row in rows] == support.tolist()
+    for name, values in (("precision", p), ("recall", r), ("f1", f)):
+        assert [row[name] for row in rows] == [round(float(v), 6) for v in values]
+    assert np.array_equal(confusion(labels, preds, 6), confusion_matrix(labels, preds, labels=np.arange(6)))
+    with pytest.raises(ValueError, match="class index 4 with 4 classes"):
+        confusion(labels, preds, 4)
 
 
 def test_confusion_and_per_class_agree():

@@ -117,8 +117,8 @@ def test_yaml_style_numbers_are_accepted():
 
 
 def test_stage_command_line_with_bad_params_exits_with_one_line(tmp_path):
-    """No data exists in this project: the failure happened before any data was looked at. (Values out of range
-    through a stage's command line: tests/test_stage_refusals.py.)"""
+    """No data exists in this project: the failure happened before any data was looked at. (Other refusals through
+    a stage's command line: tests/test_stage_refusals.py; every range check: the schema tests here.)"""
     project = light_project(tmp_path / "project", {"train_cnn": {"lerning_rate": 0.1}})
     proc = run([sys.executable, "-m", "stages.train_cnn"], project, check=False)
     assert proc.returncode == 1, proc.stderr

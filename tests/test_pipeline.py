@@ -226,8 +226,13 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["evaluate"]["batch_size"] = 8
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # What would run (--dry: the stages whose inputs changed; DVC runs what depends on their outputs after them).
+    # What would run (--dry: the stages whose inputs changed; DVC runs what depends on their outputs after them),
+    # and evaluate run for real on the pulled checkpoints and data.
     assert ran_stages(dvc(clone, "repro", "--dry")) == {"backbone_weights", "evaluate"}
+    assert ran_stages(dvc(clone, "repro", "--single-item", "evaluate")) == {"evaluate"}
+    for model in ("cnn", "vit"):
+        ours, theirs = (load_json(p / "metrics/evaluate.json")[model]["test"] for p in (project, clone))
+        assert ours["accuracy"] == theirs["accuracy"], model
 
 
 def check_queued_experiments(project: Path) -> None:

@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
 
 from petlab import report, verdict
 
@@ -12,16 +11,6 @@ def predictions(labels, cnn, vit, num_classes=3, top5=None) -> report.TestPredic
     labels, cnn, vit = (np.asarray(a) for a in (labels, cnn, vit))
     top5 = top5 or {m: np.ones(len(labels), bool) for m in report.MODELS}
     return report.TestPredictions(labels, {"cnn": cnn, "vit": vit}, top5, num_classes)
-
-
-def test_macro_f1_by_hand_and_as_sklearn_counts_it():
-    # class 0: tp 1, 2 true, 1 predicted -> 2/3; class 1: tp 2, 2 true, 3 predicted -> 4/5; class 2 absent -> 0
-    assert report.macro_f1_rows(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)[0] == pytest.approx(
-        (2 / 3 + 4 / 5 + 0) / 3)
-    rng = np.random.default_rng(0)
-    labels, preds = rng.integers(0, 5, size=(20, 30)), rng.integers(0, 5, size=(20, 30))
-    expected = [f1_score(y, p, labels=np.arange(6), average="macro", zero_division=0) for y, p in zip(labels, preds)]
-    np.testing.assert_allclose(report.macro_f1_rows(labels, preds, 6), expected)
 
 
 def test_bootstrap_is_seeded_and_its_intervals_hold_the_estimates():

@@ -4,6 +4,7 @@ import importlib
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -103,5 +104,5 @@ def test_freed_tensor_memory_is_reused_without_faulting_it_in_again():
                              timeout=300).stdout.split()
         assert out[0] == str(way == "keep")
         faults[way] = [int(n) for n in out[1:]]
-    # The steady state, over the last 4 steps: on a busy machine a step may now and then fault a tensor in again.
-    assert min(faults["default"]) > 2 * 16_384 and min(faults["keep"]) < 1_000, faults
+    # The steady state, over the last 4 steps (the median): on a busy machine one step may fault a tensor in again.
+    assert statistics.median(faults["default"]) > 2 * 16_384 and statistics.median(faults["keep"]) < 1_000, faults
