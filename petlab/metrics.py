@@ -47,7 +47,7 @@ def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np
     """Macro-F1 of each row of (resamples, images) label and prediction arrays.
 
     As sklearn's f1_score(average="macro", labels=range(num_classes), zero_division=0): a class with no
-    true and no predicted image counts as F1 0. Counted with one bincount for all rows at once.
+    true and no predicted image counts as F1 0. Counted with bincounts over all rows at once.
     """
     labels, preds = np.atleast_2d(labels), np.atleast_2d(preds)
     offset = np.arange(len(labels))[:, None] * num_classes  # row r's classes live at r*C .. r*C+C-1
@@ -72,6 +72,9 @@ def per_class_rows(labels: np.ndarray, preds: np.ndarray, class_names: list[str]
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows: actual class, columns: predicted class."""
+    largest = max(labels.max(initial=0), preds.max(initial=0))
+    if largest >= num_classes:  # it would be counted in another cell
+        raise ValueError(f"class index {largest} with {num_classes} classes")
     return np.bincount(num_classes * labels + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
