@@ -318,12 +318,10 @@ def test_dvc_repro_end_to_end(tiny_project):
     check_report(project)
     check_probe(project)
     check_backbone(project)
-    backbone = (project / "models/backbone.safetensors").read_bytes()
 
-    # Only the always-run backbone_weights stage runs again; it keeps the same weights, so nothing else re-runs.
-    again = dvc(project, "repro")
-    assert ran_stages(again) == {"backbone_weights"} and "already holds test_vit" in again.stdout
-    assert (project / "models/backbone.safetensors").read_bytes() == backbone
+    # Only the always-run backbone_weights stage would run again (--dry); it keeps the same weights (the test below),
+    # so nothing else re-runs.
+    assert ran_stages(dvc(project, "repro", "--dry")) == {"backbone_weights"}
 
     plots_dir = project.parent / "plots_html"
     dvc(project, "plots", "show", "-o", str(plots_dir))
