@@ -62,9 +62,8 @@ def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np
 
 def per_class_rows(labels: np.ndarray, preds: np.ndarray, class_names: list[str]) -> list[dict]:
     """Precision, recall, F1 and support of each class, as scikit-learn's precision_recall_fscore_support."""
-    k = len(class_names)
-    support, predicted = np.bincount(labels, minlength=k), np.bincount(preds, minlength=k)
-    hits = np.bincount(labels[labels == preds], minlength=k)
+    matrix = confusion(labels, preds, len(class_names))
+    hits, support, predicted = np.diag(matrix), matrix.sum(1), matrix.sum(0)
     p, r, f = ratio(1.0 * hits, predicted), ratio(1.0 * hits, support), ratio(2.0 * hits, support + predicted)
     return [{"class": name, "precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
              "f1": round(float(f[i]), 6), "support": int(support[i])} for i, name in enumerate(class_names)]

@@ -24,6 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
 
     os.environ.setdefault("PETLAB_JOBS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
     torch.set_num_threads(cores_per_process())
+
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages"]
 
 # Small enough for CI on two cores, big enough that every code path runs (3+ batches an epoch).
