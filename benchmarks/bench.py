@@ -317,15 +317,19 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
     conv = conv_pass(fast_model.get_submodule(conv_name), conv_inputs[conv_name], ctx)
     with FlopCounterMode(display=False) as counter:  # the reference's warm-up, counted the same way
         conv()
+    # A pass can take a few hundredths of a second (bf16 on AMX), too short to time steadily on a shared machine:
+    # each round runs the reference for at least REFERENCE_SECONDS.
+    conv_passes = max(steps, math.ceil(REFERENCE_SECONDS / measure(conv)[0]))
 
     def conv_steps():
-        for _ in range(steps):
+        for _ in range(conv_passes):
             conv()
 
     result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"],
                                     also={"largest_conv": conv_steps}), steps * len(x))
-    for name, flops in (("plain", step_flops), ("pipeline", step_flops), ("largest_conv", counter.get_total_flops())):
-        result[name]["gflop_per_s"] = round(steps * flops / result[name]["seconds"] / 1e9, 2)
+    for name, runs, flops in (("plain", steps, step_flops), ("pipeline", steps, step_flops),
+                              ("largest_conv", conv_passes, counter.get_total_flops())):
+        result[name]["gflop_per_s"] = round(runs * flops / result[name]["seconds"] / 1e9, 2)
     module = fast_model.get_submodule(conv_name)
     result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
                    "steps_per_measurement": steps,
@@ -342,7 +346,7 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
                                     "precision": ctx.precision.name, "channels_last": ctx.channels_last,
                                     "gflop_per_pass": round(counter.get_total_flops() / 1e9, 4),
                                     "gflop_in_step": round(conv_flops[conv_name] / 1e9, 4),
-                                    **result["largest_conv"],
+                                    **result["largest_conv"], "passes_per_measurement": conv_passes,
                                     "note": "forward and backward of the step's convolution with the most FLOPs, "
                                             "alone, at the step's batch size, layout and precision, measured in the "
                                             "same rounds as the steps"},
@@ -352,6 +356,8 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         result["torch_compile"] = bench_compile(model, ctx, p, x, y, loss_fn, steps, result["pipeline"]["seconds"])
     return result
 
+
+REFERENCE_SECONDS = 1.0  # the least time the largest convolution's reference runs in each round
 
 FLOP_COUNT = ("torch.utils.flop_counter.FlopCounterMode over one real training step, forward and backward: "
               "convolutions and matrix products, a multiply-add counted as 2 FLOPs, each backward product as "
