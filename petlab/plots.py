@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,6 +15,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from petlab.models import weights_label  # noqa: E402
+
+if TYPE_CHECKING:  # for annotations only: the figures take frames, this module never builds one
+    import pandas
 
 # Every user string (class names, model names) is drawn with these Text properties: literally, as given.
 # '$' would otherwise start mathtext (a class named "a$b" fails to draw), and a matplotlibrc with
@@ -79,7 +83,7 @@ def color(key: str, position: int) -> str:
     return MODEL_COLORS.get(key, PALETTE[position % len(PALETTE)])
 
 
-def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str, labels: dict[str, str],
+def curves_figure(histories: dict[str, pandas.DataFrame], x: str, xlabel: str, labels: dict[str, str],
                   levels: dict[str, dict] | None = None):
     """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model.
 
@@ -118,7 +122,7 @@ def curves_figure(histories: dict[str, "pandas.DataFrame"], x: str, xlabel: str,
     return fig
 
 
-def per_class_f1_figure(per_class: dict[str, "pandas.DataFrame"], labels: dict[str, str]):
+def per_class_f1_figure(per_class: dict[str, pandas.DataFrame], labels: dict[str, str]):
     """Test F1 of every class for each model (keyed by model, named by `labels`), classes sorted by the models'
     mean F1 (hardest at the top)."""
     f1 = {key: frame.set_index("class")["f1"] for key, frame in per_class.items()}
