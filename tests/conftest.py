@@ -98,6 +98,8 @@ def write_params(project: Path, overrides: dict) -> dict:
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    # Stages write their bytecode caches beside the modules they import, as a user's do, whatever this shell says.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

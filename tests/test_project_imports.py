@@ -98,3 +98,17 @@ def test_every_stage_of_the_pipeline_runs_its_stage_module():
 def test_stage_deps_name_every_project_module_its_command_runs(dvc_file, stage, cmds, deps, wdir):
     problems = deps_problems(cmds, deps, wdir)
     assert not problems, f"{dvc_file.relative_to(REPO)}, stage {stage}:\n  " + "\n  ".join(problems)
+
+
+def test_python_bytecode_is_no_part_of_a_folder_dep():
+    """A folder dep (petlab/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
+    it, so unless DVC ignores it a colleague's clone, or another Python version, sees the dep changed and re-runs
+    the stage."""
+    import subprocess
+
+    folders = sorted({(wdir / dep).resolve().relative_to(REPO).as_posix() for dvc_file in dvc_files()
+                      for _, _, deps, wdir in stage_specs(dvc_file) for dep in deps if (wdir / dep).is_dir()})
+    assert "petlab/sources" in folders
+    caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
+    ignored = subprocess.run(["dvc", "check-ignore", *caches], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == caches, ignored.stdout + ignored.stderr
