@@ -86,6 +86,8 @@ PIPELINE_PARAMS = {
               "profile": {"wait": 1, "warmup": 1, "active": 2, "batch_size": 8}},
 }
 
+# The least time the CNN row's reference (the largest convolution alone) runs in each round.
+REFERENCE_SECONDS = 1.0
 
 # ---------------------------------------------------------------- measuring
 
@@ -356,8 +358,6 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         result["torch_compile"] = bench_compile(model, ctx, p, x, y, loss_fn, steps, result["pipeline"]["seconds"])
     return result
 
-
-REFERENCE_SECONDS = 1.0  # the least time the largest convolution's reference runs in each round
 
 FLOP_COUNT = ("torch.utils.flop_counter.FlopCounterMode over one real training step, forward and backward: "
               "convolutions and matrix products, a multiply-add counted as 2 FLOPs, each backward product as "

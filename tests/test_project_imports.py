@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dvc
 from project_imports import (REPO, command_modules, deps_problems, dvc_files, find_cycle, import_graph, layers,
                              project_modules, runs_when_imported, stage_specs)
 
@@ -104,11 +105,9 @@ def test_python_bytecode_is_no_part_of_a_folder_dep():
     """A folder dep (petlab/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
     it, so unless DVC ignores it a colleague's clone, or another Python version, sees the dep changed and re-runs
     the stage."""
-    import subprocess
-
     folders = sorted({(wdir / dep).resolve().relative_to(REPO).as_posix() for dvc_file in dvc_files()
                       for _, _, deps, wdir in stage_specs(dvc_file) for dep in deps if (wdir / dep).is_dir()})
     assert "petlab/sources" in folders
     caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
-    ignored = subprocess.run(["dvc", "check-ignore", *caches], cwd=REPO, capture_output=True, text=True)
+    ignored = dvc(REPO, "check-ignore", *caches, check=False)
     assert ignored.stdout.split() == caches, ignored.stdout + ignored.stderr
