@@ -11,7 +11,6 @@ per rank). Only rank 0 writes anything.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 
@@ -85,12 +84,12 @@ def check_device(device: torch.device, ranks: int) -> None:
 
 
 def join(device: torch.device) -> None:
-    """Join torchrun's process group: NCCL between GPUs (each rank its own, LOCAL_RANK), gloo on the CPU."""
+    """Join torchrun's process group: NCCL between GPUs (each rank its own, LOCAL_RANK), gloo on the CPU. The stage
+    runner leaves it after a clean finish only (petlab.stage.leave_process_group)."""
     check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    atexit.register(dist.destroy_process_group)
 
 
 def wrap(model: nn.Module) -> nn.Module:
@@ -138,6 +137,15 @@ def gather_shards(local: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(local_on) for _ in range(world_size())]
     dist.all_gather(parts, local_on)
     return torch.stack(parts, dim=1).flatten(0, 1).to(local.device)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (anything picklable), in rank order, on every rank; [obj] for one process."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:

@@ -55,8 +55,8 @@ def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     params = load_params()
     share_cpu()
     keep_freed_memory()
-    seed_everything(params.seed)
-    select_device(params.device)  # a requested GPU that is missing is reported before any work
+    # A requested GPU that is missing, or that this torch has no kernels for, is reported before any work.
+    seed_everything(params.seed, select_device(params.device))
     return params, PreparedData.open(data_dir)
 
 

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -148,10 +149,7 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
                 seconds.append(t2 - t1)
                 data_seconds.append(t1 - t0)
             prof.step()
-    self_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, self_time), reverse=True)
-    top = [{"op": e.key, "self_ms_total": round(getattr(e, self_time) / 1000.0, 3), "calls": e.count}
-           for e in events[: cfg.top_ops]]
+    top = top_ops(prof.key_averages(), device.type, cfg.top_ops)
     stats = step_stats(seconds, len(y))
     # The share of a step spent waiting for the next batch: near 0 when the loader keeps ahead (compute-bound).
     data_wait_share = float(np.sum(data_seconds) / (np.sum(data_seconds) + np.sum(seconds)))
@@ -159,6 +157,33 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
                   "data_wait_share": round(data_wait_share, 4),
                   memory.metric.key: round(memory.peak_mb, 2), "top_ops": top})
     return stats
+
+
+# What the top ops are ranked by, per device: the key each row holds its milliseconds under, and what they are.
+TOP_OPS_TIME = {
+    "cuda": ("self_device_ms_total", "self CUDA time: the GPU time of the kernels each operator launched itself"),
+    "mps": ("self_host_ms_total", "self host (CPU) time: on MPS the profiler records no GPU time per operator, and "
+                                  "an operator's host time is mostly that of queueing its work"),
+    "cpu": ("self_cpu_ms_total", "self CPU time"),
+}
+
+
+def top_ops(events: Iterable, device_type: str, n: int) -> list[dict]:
+    """The `n` operators that took the most time of their own, from torch.profiler's key_averages().
+
+    On CUDA the profiler lists each kernel as a row of its own besides the operator that launched it, whose self
+    CUDA time already holds that kernel's: only operator rows (CPU-side events) are ranked, by that device time,
+    so no kernel time is counted twice. Elsewhere, the self time of the host (TOP_OPS_TIME says which).
+    """
+    from torch.autograd import DeviceType
+
+    key = TOP_OPS_TIME[device_type][0]
+    if device_type == "cuda":
+        rows = [(e, e.self_device_time_total) for e in events if e.device_type == DeviceType.CPU]
+    else:
+        rows = [(e, e.self_cpu_time_total) for e in events]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    return [{"op": e.key, key: round(us / 1000.0, 3), "calls": e.count} for e, us in rows[:n]]
 
 
 def _repeat(loader: Iterable):
@@ -180,9 +205,14 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, war
 
 
 def forward_gflops(model: nn.Module, image_size: int, device: torch.device) -> float:
-    """Forward FLOPs for one image, counted by torch.utils.flop_counter (a multiply-add counts 2)."""
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter (a multiply-add counts 2).
+
+    Attention runs through its math kernel while counting: FlopCounterMode has a formula for CUDA's fused kernels
+    but none for the CPU's flash attention, which it would count as nothing (ViT-Tiny 2.149 GFLOPs on the CPU
+    against 2.507 with attention counted), so one model would report a cost per device. The math kernel's matrix
+    products count the same multiply-adds as the fused kernels' formulas."""
     model.eval()
     x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(x)
     return round(counter.get_total_flops() / 1e9, 4)

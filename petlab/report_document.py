@@ -14,7 +14,7 @@ from petlab import plots, report, verdict
 from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import Params
-from petlab.profiling import peak_memory_metric
+from petlab.profiling import TOP_OPS_TIME, peak_memory_metric
 from petlab.runtime import PipelineError
 
 # backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
@@ -482,8 +482,9 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
     for m, name in report.MODELS.items():
         ops = run.top_ops.get(m)
         if ops:
-            top = pd.DataFrame(ops).head(5)[["op", "self_ms_total", "calls"]]
-            parts += [f"\n{name}: top ops by self time over the profiled steps\n\n", table(top)]
+            key, meaning = TOP_OPS_TIME[run.profile[m]["device"]]
+            top = pd.DataFrame(ops).head(5)[["op", key, "calls"]]
+            parts += [f"\n{name}: top ops by {meaning}, over the profiled steps\n\n", table(top)]
     shares = report.stage_shares(run.stage_seconds)
     shares["share"] = shares["share"].map(lambda v: f"{v:.0%}")
     comparison = link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison")

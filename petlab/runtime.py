@@ -40,14 +40,52 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ  # torchrun sets it (with RANK, WORLD_SIZE, MASTER_ADDR, ...) for every rank
 
 
-def seed_everything(seed: int) -> None:
+def process_rank() -> int:
+    """This process's rank among torchrun's ranks (0 for one plain process), before or after it joins the group."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random numbers: `seed` itself on rank 0 (so one process is unchanged), a stream of its
+    own on every other rank. Not seed + rank, which would give rank 1 of seed 0 the numbers of rank 0 of seed 1."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
+
+
+# PETLAB_DETERMINISTIC=warn lets an operation without a deterministic kernel run (with a warning) instead of stopping
+# the stage; reruns may then differ in their last bits (docs/reproducibility.md).
+DETERMINISTIC_VARIABLE = "PETLAB_DETERMINISTIC"
+
+
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed every generator, each rank with a stream of its own (rank_seed), and ask for deterministic numerics.
+
+    Ranks that drew alike would apply the same dropout masks to their shares of a global batch: B / N distinct
+    masks where one process draws B. What the ranks must agree on does not come from these generators:
+    DistributedDataParallel copies rank 0's initial weights to every rank, and the data order and augmentations are
+    seeded by (seed, epoch, index) (petlab.data).
+
+    Deterministic kernels only (warn_only=False) on the CPU and CUDA: on CUDA that is also what switches flash and
+    memory-efficient attention to their deterministic backward (under warn_only=True they only warn and stay
+    non-deterministic). The models here use no operation without a deterministic kernel in torch 2.14; one that
+    does stops the stage in one line (petlab.stage). On MPS, whose kernels torch documents nothing about, only a
+    warning. fp32 means IEEE fp32: cuDNN would run fp32 convolutions as TF32 on Ampere and later by default while
+    matmuls stay IEEE, and a run recorded as fp32 would not be one.
+    """
+    seed = rank_seed(seed, process_rank())
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Deterministic kernels where they exist; warn_only keeps GPUs without a deterministic
-    # implementation of some op running (documented in the README as not bit-exact).
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    relaxed = os.environ.get(DETERMINISTIC_VARIABLE, "") == "warn"
+    torch.use_deterministic_algorithms(True, warn_only=relaxed or (device is not None and device.type == "mps"))
     torch.backends.cudnn.benchmark = False
+    # The legacy setters: they set the newer fp32_precision flags too, while reading the legacy flags after setting
+    # only the new ones raises in torch 2.14.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
@@ -70,9 +108,11 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 
 def select_device(requested: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist. A CUDA GPU that the installed torch has
+    no kernels for is refused here, rather than at the first kernel ("no kernel image is available")."""
     if requested == "auto":
         if torch.cuda.is_available():
+            check_cuda_kernels()
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
@@ -81,7 +121,54 @@ def select_device(requested: str) -> torch.device:
         raise PipelineError("device = 'cuda' but no CUDA GPU is available here; set device: auto or cpu in params.yaml")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise PipelineError("device = 'mps' but MPS is not available here; set device: auto or cpu in params.yaml")
+    if requested == "cuda":
+        check_cuda_kernels()
     return torch.device(requested)
+
+
+# torch's CUDA 12.6 wheels carry kernels from sm_50 (Maxwell) on; its CUDA 13 wheels start at sm_75 (Turing), so a
+# P100 (sm_60) or V100 (sm_70) needs the former.
+OLDER_GPU_BUILD = "https://download.pytorch.org/whl/cu126"
+
+
+def arch_version(arch: str) -> tuple[str, int, int] | None:
+    """'sm_86' -> ('sm', 8, 6); 'compute_120' -> ('compute', 12, 0); 'sm_90a' -> ('sm', 9, 0); else None."""
+    kind, _, number = arch.partition("_")
+    digits = number.rstrip("af")  # arch-specific (a) and family (f) variants
+    if kind not in ("sm", "compute") or len(digits) < 2 or not digits.isdigit():
+        return None
+    return kind, int(digits[:-1]), int(digits[-1])
+
+
+def cuda_kernels_cover(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a build compiled for `arch_list` (torch.cuda.get_arch_list()) runs on a GPU of `capability`: a
+    binary (sm_XY) runs on the same major version at the same or a later minor one (sm_86 on an sm_89 GPU, not on
+    sm_80 or sm_90); PTX (compute_XY) is compiled on load for any GPU from XY on."""
+    for arch in arch_list:
+        version = arch_version(arch)
+        if version is None:
+            continue
+        kind, major, minor = version
+        if kind == "sm" and major == capability[0] and minor <= capability[1]:
+            return True
+        if kind == "compute" and (major, minor) <= tuple(capability):
+            return True
+    return False
+
+
+def check_cuda_kernels() -> None:
+    """Refuse, in one line naming a build that covers it, a CUDA GPU the installed torch has no kernels for."""
+    if torch.version.hip:  # ROCm builds list gfx targets, and HIP reports its own mismatch
+        return
+    arch_list = torch.cuda.get_arch_list()
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        if arch_list and not cuda_kernels_cover((major, minor), arch_list):
+            raise PipelineError(
+                f"GPU {index} ({torch.cuda.get_device_name(index)}) has compute capability {major}.{minor} (sm_{major}"
+                f"{minor}), but this torch {torch.__version__} has kernels for {', '.join(arch_list)} only; install a "
+                f"build that covers it (pip install torch==2.14.1 torchvision==0.29.1 --index-url {OLDER_GPU_BUILD}; "
+                "docs/setup.md) or set device: cpu in params.yaml")
 
 
 def cpu_supports_bf16() -> bool:

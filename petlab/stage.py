@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from petlab.outputs import check_writable, stage_outputs, write_json
-from petlab.runtime import PipelineError, Stopwatch, launched_by_torchrun
+from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, launched_by_torchrun
 
 
 def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
@@ -37,6 +37,7 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             for folder in live_dirs if main_rank else ():  # a failed stage leaves no partial TensorBoard or
                 shutil.rmtree(folder, ignore_errors=True)       # trace files (rank 0's: the others write none)
             raise
+        leave_process_group()
         if main_rank:
             write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
     except PipelineError as err:
@@ -53,12 +54,37 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
     except Exception as err:
         if launched_by_torchrun() and peer_failed(err):
             sys.exit(1)  # a collective broke because another rank failed: that rank prints the reason
-        raise
+        op = nondeterministic_op(err)
+        if op is None:
+            raise
+        print(f"{name}: error: {op} has no deterministic kernel on this device, and the pipeline runs deterministic "
+              f"kernels only, so that reruns repeat; set {DETERMINISTIC_VARIABLE}=warn to run it anyway, with reruns "
+              "that may differ in their last bits (docs/reproducibility.md)", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         if launched_by_torchrun():
             sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
+
+
+def leave_process_group() -> None:
+    """Leave torchrun's process group (petlab.distributed.join), after the stage finished cleanly on this rank.
+
+    Not after a failure: NCCL's teardown (ncclCommAbort) is a collective in some NCCL versions and would wait, until
+    the timeout, on ranks that are still in a collective with the failed one. The process exits instead, and torchrun
+    stops the other ranks."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def nondeterministic_op(err: Exception) -> str | None:
+    """The operation named by torch's error for one without a deterministic kernel
+    (torch.use_deterministic_algorithms(True)), or None for any other error."""
+    marker = " does not have a deterministic implementation"
+    if isinstance(err, RuntimeError) and marker in str(err):
+        return str(err).split(marker)[0].strip() or "an operation"
+    return None
 
 
 def peer_failed(err: Exception) -> bool:

@@ -57,6 +57,8 @@ class StepContext:
     input_spec: TransformSpec | None = None
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images, features or labels on the device. Asynchronous (non_blocking) on CUDA only: torch has
+        open reports of non-blocking CPU-to-MPS copies that arrive corrupted."""
         non_blocking = self.device.type == "cuda"
         # Layout first, while the batch is still uint8: a quarter of the bytes to rearrange.
         if self.channels_last and x.dim() == 4:
@@ -146,7 +148,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, lo
                scaler: torch.amp.GradScaler | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (loss, logits) detached, on the device. With `scaler` the optimizer
     may skip the step (gradients that overflowed); its LRSchedule then stays where it is."""
-    x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
+    x, y = ctx.to_device(x), ctx.to_device(y)
     with ctx.precision.autocast(ctx.device):
         logits = model(x)
     loss = loss_fn(logits.float(), y)
@@ -251,7 +253,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     loaders = {"train": train_loader, "val": val_loader}
     # What a checkpoint must have been made on besides the stage's inputs: results differ across these.
     run = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-           "ranks": distributed.world_size(), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader)}
+           "ranks": distributed.world_size(), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader),
+           "rng_per_rank": True}
     saved = load_training_state(resume, run)
     best: FitResult | None = None
     best_key = None
@@ -271,7 +274,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         resume.say(f"resumed after epoch {done} ({resume.path})")
         for row in history if writer is not None else ():
             log_epoch(writer, model, row, 0)  # the logs of the epochs before, but for their histograms
-        set_rng_states(saved["rng"], ctx.device)  # last: nothing else may draw random numbers before the next epoch
+        # Last: nothing else may draw random numbers before the next epoch. Each rank its own (they draw apart).
+        set_rng_states(saved["rng"][distributed.rank()], ctx.device)
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
     epochs = tqdm(range(done + 1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch",
                   disable=distributed.tqdm_disable())
@@ -289,11 +293,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         history.append(row)
         if best is None or selection_key(val_m) > best_key:
             best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
+        # Every rank's generators, gathered on all of them (a collective), written by rank 0 alone.
+        rng = distributed.gather_objects(rng_states(ctx.device)) if resume is not None else None
         if resume is not None and distributed.is_main():  # saved before the epoch's line: once it shows, it is kept
             resume.save(run, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_states(ctx.device), "history": history, "epoch_seconds": epoch_seconds,
+                "rng": rng, "history": history, "epoch_seconds": epoch_seconds,
                 "sampler_epochs": {split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()},
                 "best": {"epoch": best.best_epoch, "val": best.best_val, "key": list(best_key),
                          "state": best.best_state}})
@@ -326,7 +332,7 @@ def rng_states(device: torch.device) -> dict:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     states = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
               "torch": torch.get_rng_state()}
-    if device.type == "cuda":  # this rank's GPU: every rank seeds and draws alike, so rank 0's state serves all
+    if device.type == "cuda":  # this rank's GPU
         states["cuda"] = torch.cuda.get_rng_state(device)
     if device.type == "mps":
         states["mps"] = torch.mps.get_rng_state()

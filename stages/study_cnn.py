@@ -15,7 +15,7 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
 from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, write_json
-from petlab.runtime import Stopwatch, seed_everything
+from petlab.runtime import Stopwatch, seed_everything, select_device
 from petlab.study import (cell_path, cnn_budget, draw_subset, encode_predictions, late_gain, run_cell, scores,
                           subset_digest)
 from petlab.train import predict
@@ -44,7 +44,7 @@ def main(seed: int, size) -> None:
     budget = cnn_budget(params.train_cnn, len(chosen), params.study.min_steps)
     # The cell's seed stands for `seed`; no TensorBoard histograms (the cell keeps no logs).
     params = dataclasses.replace(params, seed=seed, train_cnn=budget, log=dataclasses.replace(params.log, hist_every=0))
-    seed_everything(seed)
+    seed_everything(seed, select_device(params.device))
     with tempfile.TemporaryDirectory() as logs:
         trained = train_cnn(params, subset, Path(logs))
     history, _ = trained.curves["history.csv"]

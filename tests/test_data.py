@@ -122,3 +122,28 @@ def test_vit_eval_preprocessing_matches_timms_own_transform(tmp_path):
         theirs = create_transform(**config, is_training=False)(image.convert("RGB"))
     assert ours.shape == theirs.shape == (3, 224, 224)
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_loader_workers_fit_in_a_small_dev_shm(tmp_path, monkeypatch, capsys):
+    """Docker's default /dev/shm is 64 MB; 8 workers x 4 prefetched batches of 9.6 MB (64 images at 224 px) would
+    die with a bus error. The batches in flight are lowered to fit half of it, in one line saying how to give more."""
+    from petlab import data
+    from petlab.data import fit_shared_memory
+
+    mb = 2**20
+    assert fit_shared_memory(8, 4, int(9.6 * mb), None) == (8, 4)  # no /dev/shm: nothing to fit
+    assert fit_shared_memory(8, 4, int(9.6 * mb), 8 * 1024 * mb) == (8, 4)
+    assert fit_shared_memory(8, 4, int(9.6 * mb), 64 * mb) == (3, 1)
+    assert fit_shared_memory(2, 4, int(9.6 * mb), 128 * mb) == (2, 3)  # fewer batches first, then fewer workers
+    assert fit_shared_memory(2, 4, 40 * mb, 64 * mb) == (0, 4)  # not one batch fits: the process loads itself
+    capsys.readouterr()
+
+    dataset = ImageDataset(_items(tmp_path), train_transform(TransformSpec(size=32)), seed=3)
+    batch_bytes = 4 * 3 * 32 * 32
+    monkeypatch.setattr(data, "shared_memory_bytes", lambda: 2 * 2 * batch_bytes)  # half of it: two batches
+    loader = make_loader(dataset, 4, True, 3, torch.device("cpu"), LoaderParams(num_workers=2, prefetch_factor=4))
+    assert (loader.num_workers, loader.prefetch_factor) == (2, 1)
+    said = capsys.readouterr().out
+    assert said.startswith("loader: /dev/shm holds") and "2 workers x 1 batch;" in said and "--shm-size" in said
+    assert len(said.splitlines()) == 1
+    assert len(_epochs(loader, 1)[0]) == 12

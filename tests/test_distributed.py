@@ -49,8 +49,10 @@ def run_rank(rank: int, world: int, port: int, train_items, val_items, out) -> N
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = train_small_cnn(train_items, val_items)
-        torch.save({"history": result.history, "state": result.best_state, "best_val": result.best_val},
-                   out / f"rank{rank}.pt")
+        seed_everything(0)  # as every stage seeds
+        mask = torch.nn.Dropout(0.5).train()(torch.ones(64)) == 0  # the mask a rank's dropout draws first
+        torch.save({"history": result.history, "state": result.best_state, "best_val": result.best_val,
+                    "dropout_mask": mask}, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -72,6 +74,11 @@ def test_two_ranks_with_half_batches_match_one_process(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     assert len(one.history) == 2
+    # Each rank draws its own dropout masks (rank 0 those of one process): not B / N masks for a global batch of B.
+    # That the ranks' training still repeats byte for byte, resumed or not: test_resume.py, two ranks with dropout.
+    seed_everything(0)
+    assert torch.equal(ranks[0]["dropout_mask"], torch.nn.Dropout(0.5).train()(torch.ones(64)) == 0)
+    assert not torch.equal(ranks[0]["dropout_mask"], ranks[1]["dropout_mask"])
     for two in ranks:  # every rank holds the same, whole-epoch and whole-split numbers
         for row_one, row_two in zip(one.history, two["history"], strict=True):
             for key in ("train_loss", "val_loss"):

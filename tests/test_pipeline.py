@@ -125,7 +125,7 @@ def check_models_and_plots(project: Path) -> None:
         assert (project / "plots/sanity" / png).is_file()
     assert (project / "plots/profile/comparison.png").is_file()
     top_ops = load_json(project / "plots/profile/top_ops.json")
-    assert [len(top_ops[m]) for m in ("cnn", "vit")] == [10, 10] and top_ops["cnn"][0]["self_ms_total"] > 0
+    assert [len(top_ops[m]) for m in ("cnn", "vit")] == [10, 10] and top_ops["cnn"][0]["self_cpu_ms_total"] > 0
 
 
 def check_metrics_are_scalars(project: Path) -> None:

@@ -142,3 +142,52 @@ def test_each_peak_memory_metric_has_its_own_name_and_the_report_says_which():
     text = report_document.cost_section(run, {"cnn": ("compute-bound",), "vit": ("compute-bound",)}, Path("run"))
     assert "peak CUDA memory allocated (MB)" in text and "1234" in text
     assert PEAK_MEMORY_METRICS["cuda"].meaning in text and "resident memory" not in text
+
+
+def event(key: str, device_type, self_cpu_us: float, self_device_us: float, count: int = 1) -> SimpleNamespace:
+    """A row of torch.profiler's key_averages(), with the fields top_ops reads."""
+    return SimpleNamespace(key=key, device_type=device_type, self_cpu_time_total=self_cpu_us,
+                           self_device_time_total=self_device_us, count=count)
+
+
+def test_cuda_top_ops_rank_operators_by_their_kernels_time_counting_no_kernel_twice():
+    """On CUDA the profiler lists each kernel as a row of its own, and the operator that launched it also holds its
+    time as self CUDA time: ranking every row would list the same time twice (the convolution and its kernel)."""
+    from torch.autograd import DeviceType
+
+    from petlab.profiling import top_ops
+
+    events = [event("aten::cudnn_convolution", DeviceType.CPU, 40, 900, 10),
+              event("sm90_xmma_fprop_implicit_gemm_kernel", DeviceType.CUDA, 0, 900, 10),
+              event("aten::add_", DeviceType.CPU, 30, 50, 20),
+              event("elementwise_kernel", DeviceType.CUDA, 0, 50, 20),
+              event("cudaLaunchKernel", DeviceType.CPU, 300, 0, 30),
+              event("aten::batch_norm", DeviceType.CPU, 60, 400, 10)]
+    top = top_ops(events, "cuda", 3)
+    assert top == [{"op": "aten::cudnn_convolution", "self_device_ms_total": 0.9, "calls": 10},
+                   {"op": "aten::batch_norm", "self_device_ms_total": 0.4, "calls": 10},
+                   {"op": "aten::add_", "self_device_ms_total": 0.05, "calls": 20}]
+    # MPS records no GPU time per operator: host time, under a name that says so; the CPU: self CPU time.
+    assert top_ops(events, "mps", 1) == [{"op": "cudaLaunchKernel", "self_host_ms_total": 0.3, "calls": 30}]
+    assert list(top_ops(events, "cpu", 1)[0]) == ["op", "self_cpu_ms_total", "calls"]
+
+
+def test_gflops_count_attention_whichever_kernel_the_device_would_run():
+    """FlopCounterMode has no formula for the CPU's flash attention (it counted nothing for it), and one for CUDA's
+    fused kernels: counted under the math kernel, a ViT costs the same on every device."""
+    import timm
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = timm.create_model("test_vit", pretrained=False).eval()
+    size = model.default_cfg["input_size"][-1]
+    x = torch.zeros(1, 3, size, size)
+
+    def counted(*backends) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(list(backends)):
+            model(x)
+        return counter.get_total_flops()
+
+    with_attention = counted(SDPBackend.MATH)
+    assert counted(SDPBackend.FLASH_ATTENTION) < with_attention  # the CPU's fused kernel, counted as nothing
+    assert forward_gflops(model, size, torch.device("cpu")) == round(with_attention / 1e9, 4)

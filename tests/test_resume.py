@@ -168,7 +168,7 @@ def resume_on_ranks(rank: int, world: int, port: int, images, out) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ranks_resume_from_rank_0s_checkpoint_to_the_same_result(images, tmp_path):
+def test_two_ranks_resume_from_rank_0s_checkpoint_each_with_its_own_generators(images, tmp_path):
     mp.spawn(resume_on_ranks, args=(2, free_port(), images, tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks == [{"same": True, "checkpoint": True}] * 2

@@ -106,3 +106,106 @@ def test_freed_tensor_memory_is_reused_without_faulting_it_in_again():
         faults[way] = [int(n) for n in out[1:]]
     # The steady state, over the last 4 steps (the median): on a busy machine one step may fault a tensor in again.
     assert statistics.median(faults["default"]) > 2 * 16_384 and statistics.median(faults["keep"]) < 1_000, faults
+
+
+# ---------------------------------------------------------------- a GPU the installed build has no kernels for
+
+CUDA13_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1's CUDA 13 wheels
+
+
+def pretend_gpu_and_build(monkeypatch, capability: tuple[int, int], arch_list: list[str], name: str) -> None:
+    pretend_cuda_device(monkeypatch, *capability)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda"])
+@pytest.mark.parametrize("capability, name", [((7, 0), "Tesla V100-SXM2-16GB"), ((6, 0), "Tesla P100-PCIE-16GB")])
+def test_a_gpu_the_build_has_no_kernels_for_is_refused_in_one_line(monkeypatch, requested, capability, name):
+    """Kaggle's P100 and a V100 under the CUDA 13 build: refused before any work, naming a build that covers them,
+    not "no kernel image is available" at the first kernel."""
+    pretend_gpu_and_build(monkeypatch, capability, CUDA13_ARCHS, name)
+    with pytest.raises(PipelineError) as refused:
+        select_device(requested)
+    message = str(refused.value)
+    assert "\n" not in message and name in message and f"sm_{capability[0]}{capability[1]}" in message
+    assert "download.pytorch.org/whl/cu126" in message and "device: cpu" in message
+
+
+@pytest.mark.parametrize("capability, arch_list", [
+    ((7, 5), CUDA13_ARCHS), ((8, 9), CUDA13_ARCHS),  # a T4; an L4 runs the sm_86 binaries
+    ((9, 0), CUDA13_ARCHS), ((12, 1), CUDA13_ARCHS),  # an H100; sm_121 runs sm_120's
+    ((7, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]),  # a V100 under the CUDA 12.6 build
+    ((10, 3), ["sm_80", "sm_90a", "compute_90"]),  # PTX compiles for any later GPU
+])
+def test_a_gpu_the_build_covers_is_chosen(monkeypatch, capability, arch_list):
+    pretend_gpu_and_build(monkeypatch, capability, arch_list, "GPU")
+    assert select_device("auto") == torch.device("cuda") == select_device("cuda")
+
+
+def test_kernel_coverage_follows_cudas_compatibility_rules():
+    from petlab.runtime import arch_version, cuda_kernels_cover
+
+    assert arch_version("sm_86") == ("sm", 8, 6) and arch_version("sm_120") == ("sm", 12, 0)
+    assert arch_version("sm_90a") == ("sm", 9, 0) and arch_version("compute_100f") == ("compute", 10, 0)
+    assert arch_version("gfx90a") is None
+    assert cuda_kernels_cover((8, 9), ["sm_86"]) and not cuda_kernels_cover((8, 0), ["sm_86"])  # minor: forward only
+    assert not cuda_kernels_cover((9, 0), ["sm_86"])  # never across a major version
+    assert cuda_kernels_cover((9, 0), ["compute_86"]) and not cuda_kernels_cover((8, 0), ["compute_86"])
+
+
+# ---------------------------------------------------------------- what fp32 and determinism mean on each device
+
+
+def test_fp32_is_ieee_fp32_on_ampere_not_tf32(monkeypatch):
+    """cuDNN runs fp32 convolutions as TF32 on Ampere and later by default (matmuls stay IEEE): a run with amp off,
+    the sanity overfit and the cached-feature head, all recorded as fp32, must not get TF32."""
+    from petlab.runtime import seed_everything
+
+    pretend_cuda_device(monkeypatch, 8, 0)
+    for flag in (torch.backends.cudnn, torch.backends.cuda.matmul):
+        monkeypatch.setattr(flag, "allow_tf32", True)
+    seed_everything(0, torch.device("cuda"))
+    assert select_precision(torch.device("cuda"), amp=False).name == "fp32"
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+
+
+@pytest.mark.parametrize("device, relaxed, warn_only", [("cuda", "", False), ("cpu", "", False), ("mps", "", True),
+                                                        ("cuda", "warn", True)])
+def test_deterministic_kernels_are_required_except_on_mps_or_when_relaxed(monkeypatch, device, relaxed, warn_only):
+    """warn_only=False is what switches CUDA's flash and memory-efficient attention to their deterministic backward
+    (under warn_only=True they only warn): the unfreeze route then repeats on a GPU too."""
+    from petlab.runtime import DETERMINISTIC_VARIABLE, seed_everything
+
+    monkeypatch.setenv(DETERMINISTIC_VARIABLE, relaxed)
+    try:
+        seed_everything(0, torch.device(device))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled() is warn_only
+    finally:
+        seed_everything(0)
+
+
+def test_the_cnns_global_average_pooling_is_a_mean_whose_backward_is_deterministic():
+    """nn.AdaptiveAvgPool2d(1) lowers to mean() (aten's adaptive_avg_pool2d, any device), whose backward is an
+    expand: not the adaptive pooling backward that has no deterministic CUDA kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from petlab.models import SimpleCNN
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = SimpleCNN(3, [4, 8], dropout=0.0, batch_norm=True)
+    with Ops() as ops:
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert "aten.mean.dim" in ops.names
+    assert not any("adaptive_avg_pool" in name for name in ops.names), sorted(ops.names)

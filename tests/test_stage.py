@@ -4,6 +4,7 @@ import errno
 import os
 
 import pytest
+import torch
 
 from petlab.runtime import PipelineError
 from petlab.stage import run_stage
@@ -56,3 +57,52 @@ def test_an_os_error_without_errno_keeps_its_traceback():
 
     with pytest.raises(OSError, match="broken data stream"):
         run_stage("demo", bug)
+
+
+def test_the_process_group_is_left_after_a_clean_finish_only(tmp_path, monkeypatch, capsys):
+    """NCCL's teardown can wait on ranks still in a collective with a failed one until the timeout: a failed rank
+    exits without it (torchrun stops the others); a rank that finished leaves the group."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from petlab import distributed
+
+    monkeypatch.chdir(tmp_path)
+    registered, destroyed = [], []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    distributed.join(torch.device("cpu"))
+    assert registered == []  # nothing that tears the group down at exit, whatever the exit
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: destroyed.append(True))
+
+    def fail():
+        raise PipelineError("rank 1 cannot read data")
+
+    with pytest.raises(SystemExit):
+        run_stage("demo", fail)
+    assert destroyed == []
+    run_stage("demo", lambda: None)
+    assert destroyed == [True]
+
+
+def test_an_operation_without_a_deterministic_kernel_is_one_line(capsys):
+    def backward_of_an_op_without_one():
+        raise RuntimeError("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you "
+                           "set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("train_cnn", backward_of_an_op_without_one)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("train_cnn: error: adaptive_max_pool2d_backward_cuda has no deterministic kernel")
+    assert "PETLAB_DETERMINISTIC=warn" in err
+
+    def another_runtime_error():
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):  # a bug or a resource: its traceback is kept
+        run_stage("train_cnn", another_runtime_error)

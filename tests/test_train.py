@@ -305,3 +305,33 @@ def test_training_and_prediction_steps_never_wait_for_the_gpu():
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchronizing" in str(w.message) for w in caught))
     assert counts[0] == counts[1], counts
+
+
+class CopyRecorder:
+    """A batch whose copies to a device are recorded (an MPS device cannot be made here)."""
+
+    dtype = torch.int64
+
+    def __init__(self):
+        self.copies = []
+
+    def dim(self) -> int:
+        return 1
+
+    def to(self, device, non_blocking=False, **kwargs):
+        self.copies.append(non_blocking)
+        return self
+
+
+@pytest.mark.parametrize("device, non_blocking", [("cuda", True), ("mps", False), ("cpu", False)])
+def test_labels_and_batches_are_copied_asynchronously_on_cuda_only(device, non_blocking):
+    """torch has open reports of corrupted non-blocking CPU-to-MPS copies: the labels take the path the images take."""
+    import inspect
+
+    from petlab import train
+
+    labels = CopyRecorder()
+    StepContext(torch.device(device), Precision(None, False)).to_device(labels)
+    assert labels.copies == [non_blocking]
+    step = inspect.getsource(train.train_step)
+    assert "ctx.to_device(y)" in step and "non_blocking=True" not in step
