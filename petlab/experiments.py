@@ -88,8 +88,10 @@ def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: 
     return make_loader(dataset, batch_size, train, params.seed, torch.device("cpu"), params.loader)
 
 
-def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume | None = None) -> TrainedModel:
-    """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/resume.py)."""
+def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume | None = None,
+              name: str = "train_cnn") -> TrainedModel:
+    """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/resume.py); `name` leads its
+    progress lines."""
     p = params.train_cnn
     config = cnn_config(params, data.num_classes)
     spec = transform_spec(config)
@@ -101,7 +103,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume 
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                     name="train_cnn", resume=resume)
+                     name=name, resume=resume)
         log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,

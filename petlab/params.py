@@ -283,14 +283,36 @@ ALL_IMAGES = "all"
 
 
 @dataclass(frozen=True)
-class StudyParams:
-    """The opt-in study (study/dvc.yaml): both models over seeds and a ladder of training-set sizes."""
+class CNNGridParams:
+    """The study's search over the CNN's recipe at each size (docs/study.md): every lr x weight_decay."""
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed: init, data order, augmentation, subset
+    lr: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01])
+    weight_decay: list[float] = field(default_factory=lambda: [0.005, 0.05])
+
+    def check(self, key: str) -> None:
+        for name in ("lr", "weight_decay"):
+            values = getattr(self, name)
+            _require(len(values) >= 1 and len(set(values)) == len(values) and min(values) >= 0
+                     and (name != "lr" or min(values) > 0), f"{key}.{name}", values,
+                     f"a non-empty list of distinct numbers {'> 0' if name == 'lr' else '>= 0'}")
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    """The opt-in study (study/pipeline.yaml): both models over seeds and a ladder of training-set sizes."""
+
+    # Each seed: the CNN's init, data order and augmentation, and the subsets drawn. Five: docs/study.md#power.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # Training images per class, each subset nested in the next larger; "all": the whole train split.
     images_per_class: list[Union[int, Literal["all"]]] = field(default_factory=lambda: [5, 10, 25, 50, ALL_IMAGES])
+    # Selection (val) images per class each cell chooses its epoch or C on: "scaled" draws them with the train
+    # subset, in the split's own val : train ratio (nested and stratified alike); an integer, that many at every
+    # size; "all", the whole val split.
+    val_per_class: Union[int, Literal["scaled", "all"]] = "scaled"
     min_steps: int = 1000  # the CNN trains for at least this many optimiser steps at every size (more epochs)
-    bootstrap: int = 2000  # resamples of seeds, then test images, for each 95% interval of the study
+    cnn_grid: CNNGridParams = field(default_factory=CNNGridParams)  # the CNN's recipes tried at each size
+    # The probe's C tried in every cell: as many values as the CNN's grid has recipes (the same tuning budget).
+    probe_c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
 
     def check(self, key: str) -> None:
         _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
@@ -300,8 +322,14 @@ class StudyParams:
         _require(len(sizes) >= 1 and len(set(sizes)) == len(sizes)
                  and all(n == ALL_IMAGES or n >= 1 for n in sizes), f"{key}.images_per_class", sizes,
                  f"a non-empty list of distinct integers >= 1, and {ALL_IMAGES!r} for every image")
+        if isinstance(self.val_per_class, int):
+            _require(self.val_per_class >= 1, f"{key}.val_per_class", self.val_per_class,
+                     "'scaled', 'all' or an integer >= 1")
         _require(self.min_steps >= 0, f"{key}.min_steps", self.min_steps, "an integer >= 0")
-        _require(self.bootstrap >= 100, f"{key}.bootstrap", self.bootstrap, "an integer >= 100")
+        self.cnn_grid.check(f"{key}.cnn_grid")
+        _require(len(self.probe_c_grid) >= 1 and min(self.probe_c_grid) > 0
+                 and len(set(self.probe_c_grid)) == len(self.probe_c_grid), f"{key}.probe_c_grid",
+                 self.probe_c_grid, "a non-empty list of distinct numbers > 0")
 
 
 @dataclass(frozen=True)

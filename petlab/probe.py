@@ -78,9 +78,10 @@ def head_metrics(head: nn.Linear, split: Split, num_classes: int) -> dict[str, f
 
 
 def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[float], max_iter: int,
-                       name: str = "probe") -> ProbeFit:
+                       name: str = "probe", grid_key: str = "train_vit.c_grid") -> ProbeFit:
     """Fit one head per C (increasing), keep the best on val by SELECTION_RULE (no refit on train + val, so
-    the val metrics reported for it stay out-of-sample, as the other routes' are)."""
+    the val metrics reported for it stay out-of-sample, as the other routes' are). `grid_key` names the param the
+    grid came from, in the warnings."""
     features, labels = train
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
@@ -115,8 +116,8 @@ def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[
         print(f"{name}: WARNING: L-BFGS stopped at max_iter {max_iter} before converging for C = {stopped} "
               f"(raise train_vit.max_iter)", flush=True)
     if best.edge:
-        print(f"{name}: WARNING: the kept C = {best.c:g} is the {best.edge} of train_vit.c_grid; a C beyond it may "
-              f"do better on val (extend the grid)", flush=True)
+        print(f"{name}: WARNING: the kept C = {best.c:g} is the {best.edge} of {grid_key}; a C beyond it may "
+              f"do better on val (extend {grid_key})", flush=True)
     for row in sweep:
         mark = " <- kept" if row["c"] == best.c else ""
         print(f"{name}: C {row['c']:<8g} val accuracy {row['val_accuracy']:.4f} val macro-F1 "

@@ -37,8 +37,13 @@ class Resume:
         self.writable = True
 
     @classmethod
-    def for_stage(cls, stage: str, params: Params, dvc_file: str | Path = "dvc.yaml") -> "Resume":
-        return cls(RESUME_DIR / f"{stage}.pt", lambda: stage_inputs(stage, params, dvc_file), stage)
+    def for_stage(cls, stage: str, params: Params, dvc_file: str | Path = "dvc.yaml",
+                  item: dict | None = None) -> "Resume":
+        """A stage's checkpoint, resume/<stage>.pt. For one instance of a `matrix` stage (a study cell, cnn@0-5:
+        `stage` its name, `item` its values, {"seed": "0", "size": "5"}) it is keyed by that instance's own command
+        and deps, so cells run side by side never share one: resume/study/cnn@0-5.pt."""
+        path = RESUME_DIR / f"{stage}.pt" if item is None else RESUME_DIR / "study" / f"{stage}.pt"
+        return cls(path, lambda: stage_inputs(stage.split("@")[0], params, dvc_file, item), stage)
 
     @functools.cached_property
     def inputs(self) -> dict | None:
@@ -91,9 +96,10 @@ class Resume:
             print(f"{self.name}: {message}", flush=True)
 
 
-def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml") -> dict | None:
+def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml", item: dict | None = None) -> dict | None:
     """What a stage's outputs depend on, as dvc.yaml declares it: its command, the values of its params (flattened
-    to dotted keys, so a change names the key) and a digest of each dep (every file of a folder).
+    to dotted keys, so a change names the key) and a digest of each dep (every file of a folder). `item`: the values
+    of one instance of a `matrix` stage, put in for its ${item.KEY}s.
 
     None where dvc.yaml does not declare the stage (a stage run by hand elsewhere): nothing to key a checkpoint by,
     so none is kept."""
@@ -103,11 +109,17 @@ def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml") 
         spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
+
+    def instance(text: str) -> str:
+        for key, value in (item or {}).items():
+            text = text.replace(f"${{item.{key}}}", str(value))
+        return text
+
     values = flatten(to_dict(params))
     keys = [entry for entry in spec.get("params") or [] if isinstance(entry, str)]  # keys of params.yaml
     chosen = {k: v for k, v in values.items() if any(k == key or k.startswith(f"{key}.") for key in keys)}
-    return {"cmd": spec.get("cmd"), "params": chosen,
-            "deps": {str(dep): path_digest(Path(dep)) for dep in spec.get("deps") or []}}
+    deps = [instance(str(dep)) for dep in spec.get("deps") or []]
+    return {"cmd": instance(spec.get("cmd")), "params": chosen, "deps": {dep: path_digest(Path(dep)) for dep in deps}}
 
 
 def flatten(values: dict, prefix: str = "") -> dict:

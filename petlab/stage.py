@@ -17,11 +17,13 @@ from petlab.outputs import check_writable, stage_outputs, write_json
 from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, launched_by_torchrun
 
 
-def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = ()) -> None:
+def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = (),
+              timing_file: str | Path | None = None, timing_extra: dict | None = None) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
     shows a slowdown (kept apart from the result metrics, which must not change between reruns).
+    `timing_file` puts it elsewhere, with `timing_extra` beside it (a study cell's: with the machine it ran on).
     `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
     stage fails they are removed, so no partial event file outlives the run.
     """
@@ -39,7 +41,7 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             raise
         leave_process_group()
         if main_rank:
-            write_json(f"metrics/timing/{name}.json", {"seconds": clock.seconds()})
+            write_json(timing_file or f"metrics/timing/{name}.json", {"seconds": clock.seconds(), **(timing_extra or {})})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)

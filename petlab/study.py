@@ -1,53 +1,150 @@
-"""The study: both models over seeds and training-set sizes (study/dvc.yaml; docs/study.md says why each rule).
+"""The study: both models over seeds and training-set sizes (study/pipeline.yaml; docs/study.md says why each rule).
 
-A cell is one (model, seed, size): one DVC stage instance that trains one model on one seeded subset of the
-train split and writes one JSON. This module holds what the cells share: where they write, which images a cell
-trains on and the CNN's budget at each size (the statistics and rules of the report: petlab/study_stats.py).
+A cell is one DVC stage instance that trains one model on one seeded subset of the train split, chooses on a
+seeded subset of the val split (the selection split), and writes one JSON: `cnn_tune@SIZE-LR-WD` tries one CNN
+recipe at the first seed, `cnn@SEED-SIZE` trains the recipe chosen at its size, `cnn_long@SIZE` the same with twice
+the steps (the budget check), `probe@SEED-SIZE` fits the linear probe. This module holds what the cells share:
+where they write, which images a cell trains and selects on, the CNN's budget at each size, and each cell's place
+in the whole (the statistics and rules of the report: petlab/study_stats.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
-import sys
+import platform
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from petlab.params import ALL_IMAGES, TrainCNNParams
+from petlab.params import ALL_IMAGES, StudyParams, TrainCNNParams
 from petlab.runtime import PipelineError
 from petlab.stage import run_stage
 
 MODELS = ("cnn", "probe")
-CELLS = Path("study/cells")  # <model>/<seed>-<size>.json, one per cell; features.json: the shared extraction
+PIPELINE = Path("study/dvc.yaml")  # the copy DVC runs: a study the user adds (docs/study.md, "Adding the study")
+TEMPLATE = Path("study/pipeline.yaml")  # the study's pipeline as this project ships it
+CELLS = Path("study/cells")  # one JSON per cell; features.json: the shared extraction
+TIMING = Path("study/timing")  # each cell's wall seconds and the machine it ran on: cached like the cells
 FEATURES = Path("data/study/features.pt")  # every train, val and test image through the frozen backbone, once
-FEATURES_RECORD = CELLS / "features.json"  # its wall seconds per split and the backbone's record
+FEATURES_RECORD = CELLS / "features.json"  # its wall seconds per split, the backbone's record and its GFLOPs
+
+
+def size_name(size) -> str:
+    return "all" if size == ALL_IMAGES else str(size)
 
 
 def cell_path(model: str, seed: int, size: int | str) -> Path:
     return CELLS / model / f"{seed}-{size}.json"
 
 
+def tune_path(size: str, lr: str, weight_decay: str) -> Path:
+    """A tuning cell's file, named by the values as its command line gives them (as DVC writes them)."""
+    return CELLS / "cnn_tune" / size / f"{lr}-{weight_decay}.json"
+
+
+def long_path(size: int | str) -> Path:
+    return CELLS / "cnn_long" / f"{size}.json"
+
+
+def parse_size(text: str) -> int | str:
+    if text == ALL_IMAGES:
+        return ALL_IMAGES
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(text)
+
+
 def parse_cell(model: str, argv: Sequence[str]) -> tuple[int, int | str]:
     """(seed, size) from a cell stage's command line: `0 5`, `2 all`."""
     usage = f"usage: python -m stages.study_{model} SEED IMAGES_PER_CLASS|{ALL_IMAGES}"
-    size_ok = len(argv) == 2 and (argv[1] == ALL_IMAGES or argv[1].isdigit() and int(argv[1]) >= 1)
-    if not size_ok or not argv[0].isdigit():
-        raise PipelineError(f"{usage}; got {' '.join(argv) or 'nothing'}")
-    return int(argv[0]), argv[1] if argv[1] == ALL_IMAGES else int(argv[1])
-
-
-def run_cell(model: str, main: Callable[[int, int | str], None]) -> None:
-    """A cell stage's entry point: its seed and size from the command line (refused in one line), then
-    main(seed, size) run as a stage."""
     try:
-        seed, size = parse_cell(model, sys.argv[1:])
-    except PipelineError as err:
-        sys.exit(f"study_{model}: error: {err}")
-    run_stage(f"study/{model}-{seed}-{size}", lambda: main(seed, size))
+        if len(argv) != 2 or not argv[0].isdigit():
+            raise ValueError
+        return int(argv[0]), parse_size(argv[1])
+    except ValueError:
+        raise PipelineError(f"{usage}; got {' '.join(argv) or 'nothing'}") from None
+
+
+def check_pipeline_copy() -> None:
+    """The study runs from study/dvc.yaml, a copy of study/pipeline.yaml: an older copy would run cells with the
+    deps of an older version of the code, and DVC would keep results the current code would not produce."""
+    if PIPELINE.is_file() and TEMPLATE.is_file() and PIPELINE.read_bytes() != TEMPLATE.read_bytes():
+        raise PipelineError(f"{PIPELINE} differs from {TEMPLATE} (a copy from an older version?); copy it again: "
+                            f"cp {TEMPLATE} {PIPELINE}")
+
+
+def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
+    """A study stage's entry point: the study's pipeline checked, where the cell stands in the whole said, then
+    main() run as a stage whose wall seconds go to study/timing/<stage>.json with the cell and the machine.
+
+    `stage` as DVC names it (cnn@0-5, cnn_tune@5-0.001-0.05), `cell` what it is: {"kind", "size"[, "seed"]}."""
+    def checked_main() -> None:
+        check_pipeline_copy()
+        from petlab.params import load_params
+
+        print(progress_line(cell, load_params().study), flush=True)
+        main()
+
+    run_stage(f"study/{stage}", checked_main, timing_file=timing_path(stage),
+              timing_extra={"machine": machine(), "cell": cell})
+
+
+def timing_path(stage: str) -> Path:
+    """study/timing/cnn-0-5.json for cnn@0-5: as the study's pipeline declares it."""
+    return TIMING / f"{stage.replace('@', '-')}.json"
+
+
+def machine() -> str:
+    """This machine, for estimates from cells run here (cells restored from a remote may have run elsewhere)."""
+    return f"{platform.node()} ({platform.processor() or platform.machine()})"
+
+
+# ---------------------------------------------------------------- the cells of a study, and where one stands
+
+
+def cell_count(study: StudyParams) -> int:
+    """Every cell of the study: the CNN's tuning, its seeds and budget checks, the probe's seeds."""
+    sizes, seeds = len(study.images_per_class), len(study.seeds)
+    return sizes * (len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay) + 2 * seeds + 1)
+
+
+def in_study(cell: dict, study: StudyParams) -> bool:
+    """Whether a finished cell (its timing record's `cell`) is one of this study's, not of an earlier ladder's."""
+    sizes = [size_name(n) for n in study.images_per_class]
+    return cell.get("size") in sizes and cell.get("seed", study.seeds[0]) in study.seeds
+
+
+def progress_line(cell: dict, study: StudyParams) -> str:
+    """Where a cell stands: how many of the study's cells have finished (their timing records are here), and an
+    estimate of the time left: every cell still to run at the mean time of the finished cells of its kind and size
+    on this machine (of its kind alone where none of its size has finished here)."""
+    records = [json.loads(p.read_text()) for p in sorted(TIMING.glob("*.json"))] if TIMING.is_dir() else []
+    done = [r for r in records if "cell" in r and in_study(r["cell"], study) and r["cell"] != cell]
+    total = cell_count(study)
+    name = ", ".join(f"{k} {v}" for k, v in cell.items())
+    line = f"study: {name}: {len(done)} of {total} cells done"
+    here = [r for r in done if r.get("machine") == machine()]
+    if not here:
+        return line + "; time left: no estimate yet (no cell has finished on this machine)"
+    kinds = {"cnn_tune": len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay), "cnn": len(study.seeds),
+             "cnn_long": 1, "probe": len(study.seeds)}  # cells of each kind at each size
+    seconds, untimed = 0.0, 0
+    for kind, per_size in kinds.items():
+        for size in (size_name(n) for n in study.images_per_class):
+            left = per_size - sum(r["cell"]["kind"] == kind and r["cell"]["size"] == size for r in done)
+            similar = ([r["seconds"] for r in here if (r["cell"]["kind"], r["cell"]["size"]) == (kind, size)]
+                       or [r["seconds"] for r in here if r["cell"]["kind"] == kind])
+            if similar:
+                seconds += left * float(np.mean(similar))
+            else:
+                untimed += left
+    rest = f", besides {untimed} cells of a kind not yet timed here" if untimed else ""
+    return line + f"; about {seconds / 60:.0f} min left, this one included (by {len(here)} cells finished here{rest})"
 
 
 # ---------------------------------------------------------------- which images a cell trains on
@@ -70,6 +167,17 @@ def draw_subset(labels: Sequence[int], size: int | str, seed: int) -> list[int]:
         kept = order if size == ALL_IMAGES else order[:size]
         chosen += [indices[i] for i in kept]
     return sorted(chosen)
+
+
+def val_size(size: int | str, study: StudyParams, val_fraction: float) -> int | str:
+    """Selection images per class at a training size: `study.val_per_class` as an integer or "all", or "scaled":
+    ceil(size x val : train), the prepared split's own ratio (data.val_fraction of trainval went to val); all of
+    val at size "all"."""
+    if study.val_per_class != "scaled":
+        return study.val_per_class
+    if size == ALL_IMAGES:
+        return ALL_IMAGES
+    return math.ceil(size * val_fraction / (1 - val_fraction))
 
 
 def subset_digest(images: Sequence[str]) -> str:
@@ -96,12 +204,34 @@ def cnn_budget(optim: TrainCNNParams, train_images: int, min_steps: int) -> Trai
     return dataclasses.replace(optim, epochs=epochs, warmup_epochs=optim.warmup_epochs * epochs / optim.epochs)
 
 
-def late_gain(val_macro_f1: Sequence[float]) -> float:
-    """How much the last quarter of the epochs raised the best val macro-F1 (0 when they did not)."""
-    if len(val_macro_f1) < 4:
-        return 0.0
-    cut = len(val_macro_f1) - len(val_macro_f1) // 4
-    return max(0.0, max(val_macro_f1[cut:]) - max(val_macro_f1[:cut]))
+def doubled(optim: TrainCNNParams) -> TrainCNNParams:
+    """The same recipe with twice the epochs (and warmup), so twice the optimiser steps: the budget check."""
+    return dataclasses.replace(optim, epochs=2 * optim.epochs, warmup_epochs=2 * optim.warmup_epochs)
+
+
+def recipe(optim: TrainCNNParams, lr: float, weight_decay: float) -> TrainCNNParams:
+    return dataclasses.replace(optim, lr=lr, weight_decay=weight_decay)
+
+
+def chosen_recipe(size: int | str, study: StudyParams) -> dict:
+    """The CNN recipe kept at a size: of its tuning cells (one per lr x weight_decay of study.cnn_grid), the one
+    whose best epoch scored highest on the selection split, ties to the lower val loss (petlab.train.SELECTION_RULE),
+    then to the grid's order. Files of recipes no longer in the grid (an earlier study's) are left aside.
+    Returns {"lr", "weight_decay", "tried": [{"lr", "weight_decay", "val_macro_f1", "val_loss"}, ...]}."""
+    folder = CELLS / "cnn_tune" / size_name(size)
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        cell = json.loads(path.read_text())
+        found[cell["lr"], cell["weight_decay"]] = cell["val"]
+    grid = [(lr, wd) for lr in study.cnn_grid.lr for wd in study.cnn_grid.weight_decay]
+    missing = [f"lr {lr:g}, weight_decay {wd:g}" for lr, wd in grid if (lr, wd) not in found]
+    if missing:
+        raise PipelineError(f"{folder}: no tuning cell for {'; '.join(missing)}; run the study's tuning cells first "
+                            f"(dvc repro {PIPELINE})")
+    tried = [{"lr": lr, "weight_decay": wd, "val_macro_f1": found[lr, wd]["macro_f1"], "val_loss": found[lr, wd]["loss"]}
+             for lr, wd in grid]
+    best = max(tried, key=lambda t: (t["val_macro_f1"], -t["val_loss"]))  # max keeps the first of equals
+    return {"lr": best["lr"], "weight_decay": best["weight_decay"], "tried": tried}
 
 
 def encode_predictions(preds: Sequence[int]) -> str:

@@ -1,11 +1,15 @@
 """Stage study_features: every train, val and test image through the frozen backbone, once for all probe cells.
 
 Features depend neither on the seed nor on the subset (the backbone is frozen and images are not augmented),
-so the probe's cells only pick their subset's rows. The wall seconds per split go to study/cells/features.json,
-from which the report charges each probe cell the extraction of its own images.
+so the probe's cells only pick their subset's rows. study/cells/features.json records the backbone, its forward
+GFLOPs per image (from which the report charges each probe cell the extraction of its own train and selection
+images) and the wall seconds per split.
 """
 
 from pathlib import Path
+
+# First: it sets torch's C++ log level, which only takes effect before torch loads.
+from petlab.profiling import forward_gflops  # isort: skip
 
 from petlab.experiments import build_probe, image_loader, make_context, setup_stage, transform_spec
 from petlab.features import extract_features, save_feature_cache
@@ -13,13 +17,14 @@ from petlab.outputs import check_writable, write_json
 from petlab.layout import SPLITS
 from petlab.runtime import PipelineError, Stopwatch
 from petlab.stage import run_stage
-from petlab.study import FEATURES, FEATURES_RECORD
+from petlab.study import FEATURES, FEATURES_RECORD, check_pipeline_copy, machine, timing_path
 
 DATA = Path("data/oxford_pets")
 BACKBONE = Path("models/backbone.safetensors")  # written by the main pipeline's backbone_weights stage
 
 
 def main() -> None:
+    check_pipeline_copy()
     check_writable([FEATURES, FEATURES_RECORD])
     params, data = setup_stage(DATA)
     p = params.train_vit
@@ -40,6 +45,7 @@ def main() -> None:
     save_feature_cache(FEATURES, features, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
                                             "class_names": data.class_names, "images": images})
     write_json(FEATURES_RECORD, {"timm_model": p.model, **config["info"], "device": ctx.device.type,
+                                 "forward_gflops_per_image": forward_gflops(model.backbone, spec.size, ctx.device),
                                  "seconds": seconds, "images": {s: len(images[s]) for s in SPLITS}})
     if not config["info"]["pretrained"]:
         print("study_features: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
@@ -47,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("study_features", main)
+    run_stage("study_features", main, timing_file=timing_path("study_features"), timing_extra={"machine": machine()})

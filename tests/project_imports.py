@@ -133,12 +133,13 @@ def longest_chain(graph: dict[str, set[str]], start: str) -> list[str]:
 
 
 def dvc_files(root: Path = REPO) -> list[Path]:
-    """Every dvc.yaml DVC would read here: the tree's, outside hidden folders and virtual environments."""
-    found = []
+    """Every dvc.yaml DVC would read here (the tree's, outside hidden folders and virtual environments), and the
+    study's pipeline, which a user copies to study/dvc.yaml to run it."""
+    found = [root / "study/pipeline.yaml"] if (root / "study/pipeline.yaml").is_file() else []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
                                and not (Path(folder, d) / "pyvenv.cfg").exists())
-        if "dvc.yaml" in files:
+        if "dvc.yaml" in files and Path(folder, "dvc.yaml") != root / "study/dvc.yaml":  # a copy of the above
             found.append(Path(folder) / "dvc.yaml")
     return found
 
