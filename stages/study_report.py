@@ -1,10 +1,12 @@
-"""Stage study/dvc.yaml:study_report: reports/study.md, reports/study_figures/ and metrics/study.json."""
+"""Stage study_report of the study (study/pipeline.yaml): reports/study.md, reports/study_figures/ and
+metrics/study.json."""
 
 from pathlib import Path
 
 from petlab.outputs import write_json, write_text
 from petlab.params import load_params
 from petlab.stage import run_stage
+from petlab.study import check_pipeline_copy, machine, timing_path
 from petlab.study_report import Study, build
 from stages.report import git_state
 
@@ -16,6 +18,7 @@ METRICS = Path("metrics/study.json")
 
 
 def main() -> None:
+    check_pipeline_copy()
     params = load_params()
     study = Study.load(params, DATA)
     text, results = build(study, params, FIGURES, OUT_DIR, git_state())
@@ -27,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("study_report", main)
+    run_stage("study_report", main, timing_file=timing_path("study_report"), timing_extra={"machine": machine()})
