@@ -127,11 +127,12 @@ def ece_interval(probs: np.ndarray, labels: np.ndarray, resamples: int, seed: in
 def calibration_summary(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
                         test_labels: np.ndarray, resamples: int = 0, seed: int = 0) -> dict:
     """Test calibration as trained and after temperature scaling fitted on val; with `resamples`, ECE's 95%
-    bootstrap intervals too."""
+    bootstrap intervals too, as ece_low and ece_high (scalars, for `dvc metrics`)."""
     temperature = fit_temperature(val_logits, val_labels)
     out = {"temperature": round(temperature, 6), "test": calibration_metrics(test_logits, test_labels),
            "test_scaled": calibration_metrics(test_logits, test_labels, temperature)}
     if resamples:
         for key, t in (("test", 1.0), ("test_scaled", temperature)):
-            out[key]["ece_interval"] = list(ece_interval(softmax(test_logits, t), test_labels, resamples, seed))
+            low, high = ece_interval(softmax(test_logits, t), test_labels, resamples, seed)
+            out[key].update(ece_low=low, ece_high=high)
     return out

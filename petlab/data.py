@@ -14,9 +14,12 @@ import functools
 import json
 import math
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -25,7 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from petlab import distributed
-from petlab.params import LoaderParams
+from petlab.params import ALL_IMAGES, LoaderParams
 from petlab.layout import SPLITS
 from petlab.runtime import PipelineError, default_num_workers, seeded_rng
 
@@ -68,6 +71,25 @@ class PreparedData:
         if not items:
             raise PipelineError(f"{self.root / split}: no images")
         return items
+
+
+def draw_subset(labels: Sequence[int], size: int | str, seed: int) -> list[int]:
+    """Indices (ascending) of the images a cell trains on: `size` per class (all of a class that has fewer).
+
+    Each class's images are permuted by a generator seeded with (seed, class) and the first `size` kept, so a
+    smaller subset is inside every larger one of the same seed (nested), each class gets the same number
+    (stratified), and the draw depends neither on the other sizes of the ladder nor on the other classes.
+    `labels` are those of a split in its fixed order (PreparedData.items).
+    """
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[int(label)].append(index)
+    chosen = []
+    for label, indices in sorted(by_class.items()):
+        order = np.random.default_rng([seed, label]).permutation(len(indices))
+        kept = order if size == ALL_IMAGES else order[:size]
+        chosen += [indices[i] for i in kept]
+    return sorted(chosen)
 
 
 # ---------------------------------------------------------------- transforms

@@ -41,14 +41,16 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
 
 def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor],
                       class_names: list[str]) -> None:
-    """One row per image: its label, each model's prediction and (with more than 5 classes) whether its top 5
-    held the label.
+    """One row per image: its label, each model's prediction and confidence (its top-class probability) and (with
+    more than 5 classes) whether its top 5 held the label.
 
     Both models scored the same images in the same order, so the report can pair them image by image.
     """
     columns = {}
     for name, model_logits in logits.items():
         columns[f"{name}_predicted"] = [class_names[i] for i in model_logits.argmax(1).tolist()]
+        # The top-class probability, as trained: the report's paired bootstrap of calibration reads it.
+        columns[f"{name}_confidence"] = [round(v, 6) for v in model_logits.float().softmax(1).max(1).values.tolist()]
         if reports_top_k(len(class_names)):
             columns[f"{name}_top5"] = in_top_k(model_logits, labels).int().tolist()
     rows = ({"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}

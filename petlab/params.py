@@ -269,6 +269,14 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class RobustnessParams:
+    test_per_class: int = 5  # test images of each class scored under every corruption (a seeded, stratified draw)
+
+    def check(self, key: str) -> None:
+        _require(self.test_per_class >= 1, f"{key}.test_per_class", self.test_per_class, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ReportParams:
     bootstrap: int = 2000  # resamples of the test images for each 95% confidence interval
     misclassified: int = 16  # test images in each model's grid of mistakes
@@ -345,6 +353,7 @@ class Params:
     train_vit: TrainViTParams = field(default_factory=TrainViTParams)
     profile: ProfileParams = field(default_factory=ProfileParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    robustness: RobustnessParams = field(default_factory=RobustnessParams)
     report: ReportParams = field(default_factory=ReportParams)
     study: StudyParams = field(default_factory=StudyParams)
 

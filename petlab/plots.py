@@ -198,3 +198,43 @@ def profile_comparison_figure(models: dict[str, dict], labels: dict[str, str] | 
     fig.suptitle("Training cost per model (profile stage)")
     fig.tight_layout()
     return fig
+
+
+def reliability_figure(bins: dict[str, list[dict]], labels: dict[str, str], ece: dict[str, float]):
+    """Reliability diagram of both models on the test split: each equal-mass bin's accuracy against its mean
+    confidence (points sized by the bin's images), the diagonal being perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    for i, (model, rows) in enumerate(bins.items()):
+        conf = [r["confidence"] for r in rows]
+        acc = [r["accuracy"] for r in rows]
+        ax.plot(conf, acc, "o-", color=color(model, i), markersize=4,
+                label=f"{labels[model]}: ECE {ece[model] * 100:.1f} points")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-class probability), mean of the bin")
+    ax.set_ylabel("accuracy of the bin")
+    ax.set_title("Reliability on the test split (equal-mass bins)", loc="left", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", prop={"size": 7})
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def robustness_figure(scores: dict, labels: dict[str, str], corruptions: list[str], images: int):
+    """Test accuracy against severity, one panel per corruption, both models; severity 0 is the clean image."""
+    fig, axes = plt.subplots(1, len(corruptions), figsize=(3.0 * len(corruptions), 3.4), sharey=True, squeeze=False)
+    for ax, corruption in zip(axes[0], corruptions):
+        for i, model in enumerate(labels):
+            acc = [scores[model, "clean", 0]["accuracy"]] + [scores[model, corruption, s]["accuracy"] for s in (1, 2, 3)]
+            ax.plot([0, 1, 2, 3], acc, "o-", color=color(model, i), label=labels[model])
+        ax.set_title(corruption.replace("_", " "), fontsize=9)
+        ax.set_xticks([0, 1, 2, 3])
+        ax.set_xlabel("severity")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"Accuracy under corruption ({images} test images; severity 0: clean)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    return fig

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from petlab import verdict
+from petlab.calibration import ece_bins, ece_rows
 from petlab.metrics import confusion, macro_f1_rows, reports_top_k
 
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name each for what it is
@@ -45,6 +46,7 @@ class TestPredictions:
     preds: dict[str, np.ndarray]  # model -> predicted label per image
     top5: dict[str, np.ndarray]  # model -> 1 where the label was among the model's 5 best; empty: 5 classes or fewer
     num_classes: int
+    confidence: dict[str, np.ndarray] | None = None  # model -> its top-class probability per image
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> "TestPredictions":
@@ -52,7 +54,9 @@ class TestPredictions:
         top5 = ({m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}
                 if reports_top_k(len(class_names)) else {})
         return cls(frame["actual"].map(index).to_numpy(),
-                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS}, top5, len(class_names))
+                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS}, top5, len(class_names),
+                   {m: frame[f"{m}_confidence"].to_numpy(dtype=float) for m in MODELS}
+                   if all(f"{m}_confidence" in frame for m in MODELS) else None)
 
     def correct(self, model: str) -> np.ndarray:
         return self.preds[model] == self.labels
@@ -75,6 +79,45 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def ece_difference(predictions: TestPredictions, resamples: int, seed: int) -> tuple[float, float, float]:
+    """ECE of the probe minus the CNN's on the test images, with its 95% interval from a paired bootstrap (both
+    models' ECE on the same resampled images, equal-mass bins as petlab.calibration)."""
+    n = len(predictions.labels)
+    bins = ece_bins(n)
+    rows = resample_rows(n, resamples, seed)
+
+    def ece_of(model: str, idx: np.ndarray) -> np.ndarray:
+        return ece_rows(predictions.confidence[model][idx], predictions.correct(model)[idx], bins)
+
+    point = float(ece_of("vit", np.arange(n)[None, :])[0] - ece_of("cnn", np.arange(n)[None, :])[0])
+    return (point, *percentile_interval(np.concatenate([ece_of("vit", r) - ece_of("cnn", r)
+                                                        for r in np.array_split(rows, max(1, resamples // 200))])))
+
+
+def robustness_difference(frame: pd.DataFrame, resamples: int, seed: int) -> dict:
+    """From the robustness stage's predictions (a row per image and condition): each model's relative drop of
+    accuracy (1 - mean accuracy over the corruptions and severities / clean accuracy), and probe - CNN with a 95%
+    interval from a paired bootstrap over the images (each resample scores both models, clean and corrupted, on the
+    same images)."""
+    from petlab.robustness import relative_drop
+
+    clean = frame[frame["corruption"] == "clean"].sort_values("image")
+    corrupted = frame[frame["corruption"] != "clean"]
+    right = {m: ((clean[m] == clean["label"]).to_numpy(dtype=float),
+                 corrupted.assign(ok=corrupted[m] == corrupted["label"]).groupby("image", sort=True)["ok"].mean()
+                 .to_numpy(dtype=float)) for m in MODELS}
+    n = len(clean)
+    rows = resample_rows(n, resamples, seed)
+
+    def drops(model: str, idx: np.ndarray) -> np.ndarray:
+        c, k = right[model][0][idx].mean(1), right[model][1][idx].mean(1)
+        return np.where(c > 0, 1 - k / np.where(c > 0, c, 1), 0.0)
+
+    drop = {m: relative_drop(right[m][0].mean(), right[m][1].mean()) for m in MODELS}
+    return {"drop": drop, "clean": {m: float(right[m][0].mean()) for m in MODELS}, "images": n,
+            "difference": (drop["vit"] - drop["cnn"], *percentile_interval(drops("vit", rows) - drops("cnn", rows)))}
 
 
 def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -> dict[str, dict[str, tuple]]:
@@ -127,7 +170,7 @@ def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.Data
 def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)) -> dict[float, dict]:
     """The first epoch (and the wall seconds since training started) whose val macro-F1 reached each
     fraction of the best val macro-F1 of the run: each model against its own best, for reading a curve's shape
-    only (a model that learns nothing reaches its own best at once); conclusions use `verdict.time_to_target`.
+    only (a model that learns nothing reaches its own best at once); conclusions use `verdict.compute_to_target`.
 
     `elapsed` holds the cumulative seconds at the end of each epoch, indexed by epoch.
     """
@@ -139,10 +182,10 @@ def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)
     return out
 
 
-def progress(history: pd.DataFrame) -> list[verdict.Point]:
-    """A model's val macro-F1 over training as `verdict` reads it, from its history with elapsed seconds."""
-    return [(int(e), float(s), float(f)) for e, s, f in
-            zip(history["epoch"], history["elapsed_seconds"], history["val_macro_f1"])]
+def progress(history: pd.DataFrame, setup_gflops: float, gflops_per_epoch: float) -> list[verdict.Point]:
+    """A model's val macro-F1 over training as `verdict` reads it: per epoch, the training compute so far."""
+    return [(int(e), setup_gflops + int(e) * gflops_per_epoch, float(f))
+            for e, f in zip(history["epoch"], history["val_macro_f1"])]
 
 
 # ---------------------------------------------------------------- errors by class
@@ -178,6 +221,24 @@ def species_errors(labels: np.ndarray, preds: np.ndarray, class_species: list[st
     across = wrong & (species[labels] != species[preds])
     return {"errors": int(wrong.sum()), "across_species": int(across.sum()),
             "within_species": int((wrong & ~across).sum()), "species_accuracy": float(np.mean(~across))}
+
+
+def class_gains(cnn: pd.DataFrame, probe: pd.DataFrame) -> pd.DataFrame:
+    """Per-class test F1 of both models (per_class_<model>.csv) and probe - CNN in points, largest gain first."""
+    frame = pd.DataFrame({"class": cnn["class"], "test images": cnn["support"], "CNN F1 (%)": cnn["f1"] * 100,
+                          "probe F1 (%)": probe["f1"] * 100})
+    frame["probe - CNN (points)"] = frame["probe F1 (%)"] - frame["CNN F1 (%)"]
+    return frame.sort_values(["probe - CNN (points)", "class"], ascending=[False, True], kind="stable").reset_index(
+        drop=True)
+
+
+def species_gains(gains: pd.DataFrame, species: dict[str, str]) -> pd.DataFrame:
+    """The mean over each species' classes of the per-class F1 of both models and of the gain."""
+    frame = gains.assign(species=gains["class"].map(species))
+    out = frame.groupby("species", sort=True).agg(**{
+        "classes": ("class", "count"), "test images": ("test images", "sum"), "CNN F1 (%)": ("CNN F1 (%)", "mean"),
+        "probe F1 (%)": ("probe F1 (%)", "mean"), "probe - CNN (points)": ("probe - CNN (points)", "mean")})
+    return out.reset_index()
 
 
 def split_gaps(scores: dict[str, dict]) -> dict[str, float]:
@@ -253,18 +314,20 @@ def comparison_sentence(metric: str, difference: tuple[float, float, float], mcn
 
 def conclusions(results: dict, mcnemar: dict, target: dict, fit: dict[str, tuple[float, float]], num_classes: int,
                 bound: dict[str, tuple[str, float]], last_epoch_best: list[str], caveats: list[str],
-                c_edge: str | None = None) -> list[str]:
+                c_edge: str | None = None, generalisation: list[str] = ()) -> list[str]:
     """The report's conclusions, each from one rule stated in the function it comes from.
 
-    `target`: `verdict.time_to_target` of both models' val macro-F1 over training (the L-BFGS probe one point at
-    its whole fit). `fit`: model -> (train accuracy, val accuracy), both on un-augmented images in eval mode.
-    `c_edge` ("largest"/"smallest"): the L-BFGS probe kept that end of its C grid, so it may be under-tuned."""
+    `target`: `verdict.compute_to_target` of both models' val macro-F1 over training compute (the L-BFGS probe one
+    point at its whole fit). `fit`: model -> (train accuracy, test accuracy), both on un-augmented images in eval
+    mode. `generalisation`: the sentences of the three senses of generalising (verdict.generalisation_sentence,
+    calibration_sentence, robustness_sentence) and their summary. `c_edge` ("largest"/"smallest"): the L-BFGS probe
+    kept that end of its C grid, so it may be under-tuned."""
     caveat = f" Caveats: {'; '.join(caveats)}." if caveats else ""
     out = [comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
            comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
            verdict.speed_sentence(target, num_classes) + caveat]
     out += [verdict.regime_sentence(IN_SENTENCES[m], *fit[m], num_classes) for m in MODELS]
-    out.append(verdict.generalisation_sentence(fit, num_classes))
+    out += list(generalisation)
     for model, (kind, share) in bound.items():
         out.append(f"The {PROFILED_STEP[model]} is {kind}: it waits on the loader for {share:.0%} of each profiled "
                    f"step.")

@@ -18,7 +18,7 @@ from petlab.profiling import TOP_OPS_TIME, peak_memory_metric
 from petlab.runtime import PipelineError
 
 # backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
-STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate")
+STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "robustness")
 DATA = Path("data/oxford_pets")
 
 
@@ -54,9 +54,14 @@ class Run:
     profile: dict
     top_ops: dict[str, list[dict]]  # model -> ops by self time
     stage_seconds: dict[str, float]
+    batch_size: dict[str, int]  # model -> its training batch size (train_cnn / train_vit)
+    robustness: dict  # metrics/robustness.json
+    robustness_scores: pd.DataFrame  # plots/robustness/scores.csv: a row per corruption, severity and model
+    robustness_predictions: pd.DataFrame  # plots/robustness/predictions.csv: a row per image and condition
+    reliability: dict[str, pd.DataFrame]  # model -> plots/evaluate/reliability_<model>.csv
 
     @classmethod
-    def load(cls, root: Path) -> "Run":
+    def load(cls, root: Path, params: Params) -> "Run":
         data = root / DATA
         species_file = data / "species.json"
         trained, histories, setup = {}, {}, {}
@@ -79,6 +84,11 @@ class Run:
             predictions=read_csv(root / "plots/evaluate/predictions_test.csv"),
             profile=read_json(root / "metrics/profile.json"), top_ops=read_json(root / "plots/profile/top_ops.json"),
             stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
+            batch_size={"cnn": params.train_cnn.batch_size, "vit": params.train_vit.batch_size},
+            robustness=read_json(root / "metrics/robustness.json"),
+            robustness_scores=read_csv(root / "plots/robustness/scores.csv"),
+            robustness_predictions=read_csv(root / "plots/robustness/predictions.csv"),
+            reliability={m: read_csv(root / f"plots/evaluate/reliability_{m}.csv") for m in report.MODELS},
         )
 
     @property
@@ -86,15 +96,51 @@ class Run:
         return len(self.class_names)
 
     def progress(self, model: str) -> list[verdict.Point]:
-        """The model's val macro-F1 over training; the L-BFGS probe one point, at its whole fit."""
+        """The model's val macro-F1 over its training compute (GFLOPs, counted: petlab.verdict.training_gflops);
+        the L-BFGS probe one point, at its whole fit."""
         if self.epochs(model) is None:
-            return [(None, self.lbfgs_fit_seconds(), self.sweep_level(model)["val_macro_f1"])]
-        return report.progress(self.histories[model])
+            return [(None, self.lbfgs_fit_gflops(), self.sweep_level(model)["val_macro_f1"])]
+        setup, per_epoch = self.compute_per_epoch(model)
+        return report.progress(self.histories[model], setup, per_epoch)
+
+    def train_images_per_epoch(self, model: str) -> int:
+        """Whole batches (the loader drops a ragged last one), or all where they fit in one."""
+        images = self.sanity["counts"]["train"]["total"]
+        batch = self.trained[model].get("steps_per_epoch", 1) * self.batch_size[model]
+        return min(images, batch)
+
+    def compute_per_epoch(self, model: str) -> tuple[float, float]:
+        """(GFLOPs before the first epoch, GFLOPs an epoch) of a model trained by the loop: the CNN and a fine-tuned
+        probe pass forward and backward through the whole model (about 3 forward passes an image); the head on
+        augmented images passes forward through the frozen backbone (its head's arithmetic is negligible beside
+        it); the head on cached features pays the extraction of its train and val images once."""
+        gflops = self.profile[model]["gflops_per_image"]
+        images = self.train_images_per_epoch(model)
+        route = self.trained[model].get("route")
+        if model == "cnn" or route == "fine_tuned":
+            return 0.0, verdict.training_gflops(gflops, images)
+        if route == "augmented_images":
+            return 0.0, gflops * images
+        return self.extraction_gflops(), 0.0
+
+    def extraction_gflops(self) -> float:
+        """The probe's train and val images through its backbone, once (test's are not part of fitting it)."""
+        counts = self.sanity["counts"]
+        return self.profile["vit"]["gflops_per_image"] * (counts["train"]["total"] + counts["val"]["total"])
+
+    def lbfgs_fit_gflops(self) -> float:
+        """The L-BFGS probe's whole fit: its extraction, and the sweep's iterations, each a loss and gradient on the
+        train features: about 4 x images x features x classes FLOPs."""
+        trainable, k = self.trained["vit"]["parameters"]["trainable"], self.num_classes
+        features = trainable // k - 1  # a linear head: classes x features weights and classes biases
+        images = self.sanity["counts"]["train"]["total"]
+        return self.extraction_gflops() + 4 * images * features * k * float(self.sweep["iterations"].sum()) / 1e9
 
     def fit(self, model: str) -> tuple[float, float]:
-        """(train accuracy, val accuracy) at the kept weights, both scored alike by the evaluate stage."""
+        """(train accuracy, test accuracy) at the kept weights, both scored alike by the evaluate stage: test, whose
+        images played no part in any choice (val chose the epoch or C, which biases its score up)."""
         scores = self.evaluation[model]
-        return scores["train"]["accuracy"], scores["val"]["accuracy"]
+        return scores["train"]["accuracy"], scores["test"]["accuracy"]
 
     def epochs(self, model: str) -> int | None:
         """How many epochs the model trained; None for the probe fitted by L-BFGS, which has none."""
@@ -109,8 +155,8 @@ class Run:
         """The train and val images' share of the probe's feature extraction (which covers test too)."""
         counts = self.sanity["counts"]
         images = {s: counts[s]["total"] for s in ("train", "val", "test")}
-        return verdict.share_of_extraction(self.probe_fit["features_seconds"], sum(images.values()),
-                                           images["train"] + images["val"])
+        # A probe fitted alone would extract only its train and val images (as the CNN's time leaves out its test pass).
+        return self.probe_fit["features_seconds"] * (images["train"] + images["val"]) / max(1, sum(images.values()))
 
     def lbfgs_fit_seconds(self) -> float:
         """The L-BFGS probe's whole fit: extracting its train and val features and the C sweep."""
@@ -232,11 +278,11 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
     stepped = [m for m in names if run.epochs(m) is not None]  # the L-BFGS probe has no epochs
     speed = {m: report.convergence(run.histories[m], run.histories[m].set_index("epoch")["elapsed_seconds"])
              for m in stepped}
-    target = verdict.time_to_target({m: run.progress(m) for m in names}, run.num_classes)
-    gaps = {m: report.split_gaps(run.evaluation[m]) for m in names}
+    target = verdict.compute_to_target({m: run.progress(m) for m in names}, run.num_classes)
     bound = {m: (report.bottleneck(run.profile[m]["data_wait_share"]), run.profile[m]["data_wait_share"])
              for m in names}
     last_best = [m for m in stepped if run.trained[m]["best_epoch"] == run.epochs(m) > 1]
+    general = generalisation_verdicts(run, results, predictions, params)
     notes, care = caveats(run), cautions(run, params.seed)
     sections = [f"# Run report: CNN from scratch vs. {in_text(labels['vit'])}\n",
                 "Written by the `report` stage from this run's files; every number below comes from them.\n"]
@@ -247,14 +293,37 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
         what_ran(run, params, labels, git_state),
         results_section(run, results, mcnemar, predictions, out_dir),
         convergence_section(run, speed, target, labels, out_dir, figures),
-        generalisation_section(run, gaps, predictions, params, labels, out_dir, figures),
+        generalisation_section(run, general, predictions, params, labels, out_dir, figures),
         cost_section(run, bound, out_dir),
         sanity_section(run),
         "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in report.conclusions(
             results, mcnemar, target, {m: run.fit(m) for m in names}, run.num_classes, bound, last_best,
-            [*notes, *(k for k in care if k == FEW_IMAGES)], run.c_edge())) + rules(run.num_classes),
+            [*notes, *(k for k in care if k == FEW_IMAGES)], run.c_edge(), general["sentences"]))
+        + rules(run.num_classes),
     ]
     return "\n".join(sections)
+
+
+def generalisation_verdicts(run: Run, results: dict, predictions: report.TestPredictions, params: Params) -> dict:
+    """Who generalises better, in three senses, each by its rule in petlab.verdict with its uncertainty: from the
+    training images to new ones (train - test), confidence that means something (calibration), and images worse
+    than the test split's (corruptions); and one sentence that sums them up."""
+    fit = {m: run.fit(m) for m in report.MODELS}
+    learned = {m: verdict.learned(run.evaluation[m]["val"]["macro_f1"], run.num_classes) for m in report.MODELS}
+    ece = {m: run.evaluation[m]["calibration"]["test"]["ece"] for m in report.MODELS}
+    scaled = {m: run.evaluation[m]["calibration"]["test_scaled"]["ece"] for m in report.MODELS}
+    ece_difference = report.ece_difference(predictions, params.report.bootstrap, params.seed)
+    robust = report.robustness_difference(run.robustness_predictions, params.report.bootstrap, params.seed)
+    outcomes = {
+        "train - test": verdict.generalisation_sentence(fit, run.num_classes, results["accuracy"]["difference"][1:]),
+        "calibration": verdict.calibration_sentence(ece, ece_difference, learned, scaled),
+        "robustness to corrupted images": verdict.robustness_sentence(robust["drop"], robust["difference"],
+                                                                      robust["clean"], run.num_classes,
+                                                                      robust["images"]),
+    }
+    sentences = [sentence for _, sentence in outcomes.values()]
+    sentences.append(verdict.generalisation_summary({sense: w for sense, (w, _) in outcomes.items()}))
+    return {"sentences": sentences, "ece_difference": ece_difference, "robustness": robust}
 
 
 def what_ran(run: Run, params: Params, labels: dict[str, str], git_state: str) -> str:
@@ -324,11 +393,9 @@ def convergence_section(run: Run, speed: dict, target: dict, labels: dict[str, s
     for m, name in report.MODELS.items():
         reached = target["reached"][m]
         common.append({"model": name, "best val macro-F1 (%)": pct(target["best"][m]),
-                       "reaches the common target at": ("its whole fit" if reached["epoch"] is None
-                                                        else f"epoch {reached['epoch']}")
-                       + f" ({reached['seconds']:.1f} s)",
-                       "reaches the other's best": "yes" if target["reaches_other_best"][m] else "no",
-                       "learned at all": "yes" if target["learned"][m] else "no"})
+                       "reaches the target": "no" if reached is None else (
+                           "after its whole fit" if reached["epoch"] is None else f"at epoch {reached['epoch']}"),
+                       "training compute to it": "-" if reached is None else verdict.gflops_text(reached["gflops"])})
     rows = []
     for m, name in stepped.items():
         history = run.histories[m]
@@ -343,18 +410,18 @@ def convergence_section(run: Run, speed: dict, target: dict, labels: dict[str, s
         "\n" + figure(figures / "curves_seconds.png", out_dir, "the same against training wall time"),
         "\nSeconds count from the start of training" + ("; the probe's include extracting its features once "
                                                           "(\"before epoch 1\")" if "vit" in stepped else "")
-        + ". Wall times are this machine's and vary between runs."
+        + ". Wall times are this machine's, taken in separate stages, and vary between runs: no conclusion rests on "
+          "them."
         + (" The probe, fitted by L-BFGS, has no epochs: the dotted lines are its val macro-F1 and val loss at "
            "the C it kept, and against wall time it is one star, at the end of its whole fit." if levels else "")
         + "\n\n",
-        f"Time to a common target (as DAWNBench and MLPerf measure time-to-train): the val macro-F1 both models "
-        f"reach, here {verdict.pct(target['target'])} (the {report.IN_SENTENCES[target['target_of']]}'s best), "
-        f"and the wall time each needs to first reach it"
-        + (". The L-BFGS probe has no curve over time: its time to any level it reaches is its whole fit"
-           if levels else "")
-        + f". The floor for having learned at all is a best val macro-F1 of "
-          f"{verdict.pct(verdict.level_at(verdict.LEARNED_SKILL, run.num_classes))} (a tenth of the way from chance to "
-          f"100%).\n\n",
+        f"Training compute to a common target, fixed in advance: val macro-F1 {verdict.pct(target['target'])}, half "
+        f"the way from chance ({verdict.pct(verdict.chance(run.num_classes))}) to 100%. Compute is counted, not timed "
+        "(the same on any machine, under any load): a training pass of an image costs about 3 forward passes "
+        "(forward and backward) of the model's counted FLOPs per image (section 5), validation is not counted"
+        + ("; the L-BFGS probe has no curve, so it reaches any level it reaches at the end of its whole fit: its "
+           "train and val images through the backbone once, and the C sweep's arithmetic" if levels else "")
+        + ". The study (reports/study.md) uses the same rule at every training-set size.\n\n",
         table(pd.DataFrame(common)),
     ]
     if rows:
@@ -392,32 +459,88 @@ def lbfgs_probe(run: Run) -> str:
     )
 
 
-def generalisation_section(run: Run, gaps: dict, predictions: report.TestPredictions, params: Params,
+def generalisation_section(run: Run, general: dict, predictions: report.TestPredictions, params: Params,
                            labels: dict[str, str], out_dir: Path, figures: Path) -> str:
     names = report.MODELS
     fitted = verdict.pct(verdict.level_at(verdict.FITTED_SKILL, run.num_classes))
     gap_rows = [{"model": name, "kept": run.kept(m),
                  "train accuracy (%)": pct(run.evaluation[m]["train"]["accuracy"]),
-                 "regime": verdict.regime(*run.fit(m), run.num_classes),
-                 **{f"{kind} {metric}": f"{gaps[m][f'{key}_{metric_key}'] * 100:+.2f}"
-                    for key, kind in (("train_val", "train - val"), ("val_test", "val - test"))
-                    for metric_key, metric in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))}}
+                 "test accuracy (%)": pct(run.evaluation[m]["test"]["accuracy"]),
+                 "train - test (points)": f"{(run.evaluation[m]['train']['accuracy'] - run.evaluation[m]['test']['accuracy']) * 100:+.2f}",
+                 "val - test (points)": f"{(run.evaluation[m]['val']['accuracy'] - run.evaluation[m]['test']['accuracy']) * 100:+.2f}",
+                 "regime": verdict.regime(*run.fit(m), run.num_classes)}
                 for m, name in names.items()]
+    calibration = []
+    for m, name in names.items():
+        cal = run.evaluation[m]["calibration"]
+        calibration.append({"model": name,
+                            "ECE (points) [95%]": f"{cal['test']['ece'] * 100:.1f} [{cal['test']['ece_low'] * 100:.1f}, "
+                                                  f"{cal['test']['ece_high'] * 100:.1f}]",
+                            "NLL": f"{cal['test']['nll']:.3f}", "Brier": f"{cal['test']['brier']:.3f}",
+                            "temperature (fitted on val)": f"{cal['temperature']:.2f}",
+                            "ECE scaled [95%]": f"{cal['test_scaled']['ece'] * 100:.1f} "
+                                                f"[{cal['test_scaled']['ece_low'] * 100:.1f}, "
+                                                f"{cal['test_scaled']['ece_high'] * 100:.1f}]",
+                            "NLL scaled": f"{cal['test_scaled']['nll']:.3f}"})
+    bins = {m: run.reliability[m].to_dict("records") for m in names}
+    save_figure(plots.reliability_figure(bins, labels, {m: run.evaluation[m]["calibration"]["test"]["ece"]
+                                                        for m in names}), figures / "reliability.png")
+    robust = general["robustness"]
+    scores = run.robustness_scores
+    robustness_rows = []
+    for corruption in dict.fromkeys(scores["corruption"]):
+        if corruption == "clean":
+            continue
+        part = scores[scores["corruption"] == corruption]
+        robustness_rows.append({"corruption": corruption.replace("_", " "), **{
+            f"{name} accuracy, severity 1 / 2 / 3 (%)": " / ".join(
+                pct(v) for v in part[part["model"] == m].sort_values("severity")["accuracy"]) for m, name in names.items()}})
+    save_figure(plots.robustness_figure(
+        {(r["model"], r["corruption"], int(r["severity"])): {"accuracy": float(r["accuracy"])}
+         for r in scores.to_dict("records")}, labels, [c for c in dict.fromkeys(scores["corruption"]) if c != "clean"],
+        robust["images"]), figures / "robustness.png")
+    gains = report.class_gains(run.per_class["cnn"], run.per_class["vit"])
     spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
     save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
     parts = [
         "## 4. Generalisation\n\n",
-        "Train accuracy (percent) and gaps (points) at the kept weights, from metrics/evaluate.json: the evaluate "
-        "stage scores both models alike on every split (un-augmented images, eval mode), so train - val measures "
-        "how much better each model does on the images it was trained on. (The training loop's own train metrics, "
-        "of augmented batches with dropout on, are in plots/train_*/history.csv and no conclusion uses them.) "
-        f"Regime: *underfits* under {fitted} train accuracy (half the way from chance to 100%), *overfits* with a "
-        f"train - val accuracy gap over {verdict.OVERFIT_GAP * 100:.0f} points, else *fits*.\n\n",
+        "Three readings of *who generalises better*, each by one rule (section 7), none of them on the val split, "
+        "on which both models chose their epoch or C.\n\n",
+        "**From the training images to new ones.** Accuracy at the kept weights, from metrics/evaluate.json: the "
+        "evaluate stage scores both models alike on every split (un-augmented images, eval mode). (The training "
+        "loop's own train metrics, of augmented batches with dropout on, are in plots/train_*/history.csv and no "
+        f"conclusion uses them.) Regime: *underfits* under {fitted} train accuracy (half the way from chance to "
+        f"100%), *overfits* with a train - test accuracy gap over {verdict.OVERFIT_GAP * 100:.0f} points, else "
+        "*fits*; val - test shows how much choosing on val flattered the val score.\n\n",
         table(pd.DataFrame(gap_rows)),
-        "\nSpread of the per-class test F1 (percent):\n\n",
-        table(spread, index=True),
-        "\n" + figure(figures / "per_class_f1.png", out_dir, "per-class test F1 of both models"),
+        "\n**Confidence that means something.** On the test split: expected calibration error (ECE, equal-mass bins, "
+        f"{run.evaluation['cnn']['calibration']['test']['ece_bins']} here, 95% bootstrap interval), negative "
+        "log-likelihood and Brier score, as trained and after temperature scaling (one temperature per model, "
+        "fitted on val, which changes no prediction). A model that is 90% sure should be right 90% of the time: "
+        "points on the diagonal below.\n\n",
+        table(pd.DataFrame(calibration)),
+        "\n" + figure(figures / "reliability.png", out_dir, "reliability diagram of both models"),
+        f"\n**Images worse than the test split's.** {robust['images']} test images "
+        f"({run.robustness['test_per_class']} of each class, robustness.test_per_class) under five corruptions at "
+        "three severities (petlab/robustness.py, after ImageNet-C), each through the model's own evaluation "
+        "transform, so the probe's features are extracted from the corrupted pixels. Clean accuracy on these "
+        "images: " + ", ".join(f"{pct(robust['clean'][m])}% for the {report.IN_SENTENCES[m]}" for m in names)
+        + "; mean over corruptions and severities: "
+        + ", ".join(f"{pct(run.robustness[m]['corrupted_accuracy'])}%" for m in names)
+        + "; relative drop: " + ", ".join(f"{robust['drop'][m] * 100:.1f}%" for m in names) + ".\n\n",
+        table(pd.DataFrame(robustness_rows)),
+        "\n" + figure(figures / "robustness.png", out_dir, "accuracy under corruption against severity"),
+        "\n**Where the probe's gain is.** Per-class test F1, probe - CNN (points), with each class's test images"
+        + (": every class, largest gain first.\n\n" + table(gains) if len(gains) <= 10 else
+           f": the 5 largest gains, then the 5 smallest, of {len(gains)} classes.\n\n" + table(gains.head(5)) + "\n"
+           + table(gains.tail(5).iloc[::-1])),
     ]
+    if run.species is not None:
+        by_species = report.species_gains(gains, run.species)
+        parts += ["\nCat breeds against dog breeds (the mean over each species' classes of per-class test F1):\n\n",
+                  table(by_species)]
+    parts += ["\nSpread of the per-class test F1 (percent):\n\n", table(spread, index=True),
+              "\n" + figure(figures / "per_class_f1.png", out_dir, "per-class test F1 of both models")]
     for m, name in names.items():
         hardest = report.hardest_classes(run.per_class[m])
         hardest[["precision", "recall", "f1"]] *= 100
@@ -530,18 +653,27 @@ How these sentences are made (petlab/report.py, petlab/verdict.py), each by one 
 - **Fit**: every split is scored alike for both models by the evaluate stage (un-augmented images, eval mode).
   A model *underfits* when its train accuracy covers less than half the way from chance (1 / {num_classes}
   classes) to 100%, here under {level(verdict.FITTED_SKILL)}; it *overfits* when its train accuracy is more than
-  {verdict.OVERFIT_GAP * 100:.0f} points above its val accuracy; else it *fits*.
-- **Generalisation**: compared only when neither model underfits: the larger train - val accuracy gap
-  generalises less well, gaps within {verdict.SIMILAR_GAP * 100:.0f} points alike. An underfitting model's gap
-  reflects how little it learned, not how well it generalises.
-- **Speed**: time to a common target, as DAWNBench and MLPerf measure time-to-train: the val macro-F1 both models
-  reach (the weaker one's best) and the wall seconds each needs to first reach it, counted from the start of
-  training (the probe's include extracting its features); the L-BFGS probe has no curve over time, so its time
-  to any level it reaches is its whole fit: its train and val images' share of the feature extraction, and the
-  C sweep. Within a factor {verdict.SAME_SPEED:g} they are about as fast. A
-  model whose best val macro-F1 stays under a tenth of the way from chance to 100% (here
-  {level(verdict.LEARNED_SKILL)}) never learned, and no speed claim is made. Fractions of each model's own best
-  (section 3) describe a curve's shape only.
+  {verdict.OVERFIT_GAP * 100:.0f} points above its test accuracy; else it *fits*. Test, not val: val chose the
+  epoch or C, which biases its score up.
+- **Generalisation**, three readings, each by an interval:
+  - *train - test*: compared only when neither model underfits (an underfitting model's gap reflects how little
+    it learned): the model whose train - test gap is smaller generalises better when the 95% interval of the
+    difference of the gaps excludes zero (its test part from the paired bootstrap; train accuracy is on the whole
+    train split);
+  - *calibration*: the lower test ECE is better when the 95% interval of probe - CNN (a paired bootstrap over the
+    test images) excludes zero, compared only when both models learned (a model that gives every image the same
+    low confidence is calibrated and useless);
+  - *corrupted images*: the smaller relative drop of accuracy under the corruptions is better when its 95%
+    interval (paired bootstrap over the images scored) excludes zero, compared only when both models classify
+    the clean images at least half the way from chance to 100% (a model near chance has little to lose);
+  - the summary names each reading in which one model is better, and those that do not separate them.
+- **Speed**: training compute to a common target fixed in advance, val macro-F1 {level(verdict.TARGET_SKILL)}
+  (half the way from chance to 100%), as MLPerf measures time to train but in counted FLOPs, which do not depend
+  on the machine or its load: a training pass of an image counts 3 forward passes, validation is not counted,
+  and the L-BFGS probe reaches any level it reaches at the end of its whole fit (its train and val images through
+  the backbone once, and the C sweep). Within a factor {verdict.SAME_COMPUTE:g} they need about the same. A model
+  that does not reach the target gets no compute; its best is said. Fractions of each model's own best (section 3)
+  describe a curve's shape only.
 - **Bottlenecks**: a training step is data-bound when it waits on the loader for at least
   {report.DATA_BOUND:.0%} of its time, compute-bound below {report.COMPUTE_BOUND:.0%}.
 - **Warnings**: fewer than {verdict.MIN_TRAIN_PER_CLASS} training images per class, and the one seed, are said

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import platform
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -148,25 +147,6 @@ def progress_line(cell: dict, study: StudyParams) -> str:
 
 
 # ---------------------------------------------------------------- which images a cell trains on
-
-
-def draw_subset(labels: Sequence[int], size: int | str, seed: int) -> list[int]:
-    """Indices (ascending) of the images a cell trains on: `size` per class (all of a class that has fewer).
-
-    Each class's images are permuted by a generator seeded with (seed, class) and the first `size` kept, so a
-    smaller subset is inside every larger one of the same seed (nested), each class gets the same number
-    (stratified), and the draw depends neither on the other sizes of the ladder nor on the other classes.
-    `labels` are those of the train split in its fixed order (PreparedData.items).
-    """
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_class[int(label)].append(index)
-    chosen = []
-    for label, indices in sorted(by_class.items()):
-        order = np.random.default_rng([seed, label]).permutation(len(indices))
-        kept = order if size == ALL_IMAGES else order[:size]
-        chosen += [indices[i] for i in kept]
-    return sorted(chosen)
 
 
 def val_size(size: int | str, study: StudyParams, val_fraction: float) -> int | str:

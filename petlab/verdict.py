@@ -16,13 +16,10 @@ from __future__ import annotations
 # learned the images it was trained on, and its small train - val gap comes from learning little, not from
 # generalising well.
 FITTED_SKILL = 0.5
-# It overfits when its train accuracy is more than 15 points above its val accuracy: it fits the images it saw
-# much better than new ones of the same classes, well beyond the few points that sampling moves accuracy on a
-# val split of a few hundred images (one standard error at 80% on 300 images is 2.3 points).
+# It overfits when its train accuracy is more than 15 points above its test accuracy (images no choice saw): it fits
+# the images it saw much better than new ones of the same classes, well beyond the few points that sampling moves
+# accuracy on a split of a few hundred images (one standard error at 80% on 300 images is 2.3 points).
 OVERFIT_GAP = 0.15
-# Two fitted models' train - val gaps within 5 points count as alike: each gap carries the sampling noise of two
-# accuracies, and their difference that of four.
-SIMILAR_GAP = 0.05
 # A model learned something when its best val macro-F1 has covered at least a tenth of the way from chance to
 # 1 (macro-F1 guessing at random over balanced classes is about 1 / classes, like accuracy): 12% with 37 classes,
 # 55% with 2. A model below it never learned, and no time it takes to reach any level says how fast it learns.
@@ -59,55 +56,118 @@ def signed_points(value: float) -> str:
 # ---------------------------------------------------------------- fit: underfits, overfits, fits
 
 
-def regime(train_accuracy: float, val_accuracy: float, num_classes: int) -> str:
-    """UNDERFITS below FITTED_SKILL on its own training images; else OVERFITS with a train - val accuracy gap
-    above OVERFIT_GAP; else FITS."""
+def regime(train_accuracy: float, held_out_accuracy: float, num_classes: int) -> str:
+    """UNDERFITS below FITTED_SKILL on its own training images; else OVERFITS with a train - held-out (test)
+    accuracy gap above OVERFIT_GAP; else FITS."""
     if train_accuracy < level_at(FITTED_SKILL, num_classes):
         return UNDERFITS
-    if train_accuracy - val_accuracy > OVERFIT_GAP:
+    if train_accuracy - held_out_accuracy > OVERFIT_GAP:
         return OVERFITS
     return FITS
 
 
-def regime_sentence(name: str, train_accuracy: float, val_accuracy: float, num_classes: int) -> str:
-    """One model's regime and the numbers it rests on; `name` as in a sentence ("CNN", "probe")."""
-    kind = regime(train_accuracy, val_accuracy, num_classes)
-    gap = train_accuracy - val_accuracy
+def regime_sentence(name: str, train_accuracy: float, test_accuracy: float, num_classes: int) -> str:
+    """One model's regime and the numbers it rests on; `name` as in a sentence ("CNN", "probe"). The held-out
+    accuracy is the test split's: images no choice saw (val chose the epoch or C, which biases its score up)."""
+    kind = regime(train_accuracy, test_accuracy, num_classes)
+    gap = train_accuracy - test_accuracy
     if kind == UNDERFITS:
         return (f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
                 f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
                 f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
-    numbers = (f"train accuracy {pct(train_accuracy)}, val {pct(val_accuracy)}: a gap of {signed_points(gap)}, "
+    numbers = (f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: a gap of {signed_points(gap)}, "
                f"{'over' if kind == OVERFITS else 'within'} the {OVERFIT_GAP * 100:.0f} points this rule allows")
     if kind == OVERFITS:
         return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
     return f"The {name} fits its training data without overfitting ({numbers})."
 
 
-def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: int,
-                            names: dict[str, str] = NAMES) -> str:
-    """Which model generalises better, only when both fit their training data (not UNDERFITS): the larger
-    train - val accuracy gap generalises less well, gaps within SIMILAR_GAP alike. A model that underfits is
-    named instead, and its gap is said to mean nothing. `fit`: model -> (train accuracy, val accuracy)."""
-    gaps = {m: train - val for m, (train, val) in fit.items()}
-    under = [m for m, (train, val) in fit.items() if regime(train, val, num_classes) == UNDERFITS]
+def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: int, test_difference: tuple[float, float],
+                            names: dict[str, str] = NAMES) -> tuple[str, str]:
+    """Train - test: which model generalises better from its training images to images no choice saw (test), only
+    when both fit their training data (not UNDERFITS). `fit`: model -> (train accuracy, test accuracy);
+    `test_difference`: the 95% interval of probe - CNN test accuracy (paired over the test images).
+
+    The gap of the CNN minus the probe's is (train_cnn - train_probe) + (test_probe - test_cnn): its interval is the
+    train part (the whole train split, no test sampling in it) plus that of the test difference. A model generalises
+    better when that interval excludes 0 in its favour; otherwise the gaps do not separate them. A model that
+    underfits is named instead: its gap reflects how little it learned. Returns (winner or 'undecided' or
+    'no claim', sentence)."""
+    gaps = {m: train - test for m, (train, test) in fit.items()}
+    under = [m for m, (train, test) in fit.items() if regime(train, test, num_classes) == UNDERFITS]
     quoted = ", ".join(f"{signed_points(gaps[m])} for the {names[m]}" for m in fit)
-    if len(under) == len(fit):
-        return (f"No comparison of generalisation: neither model fits its training data, so their train - val "
-                f"gaps ({quoted}) say nothing about how they generalise.")
     if under:
-        (m,) = under
-        (o,) = [k for k in fit if k != m]
-        return (f"No comparison of generalisation: the {names[m]} underfits, so its train - val gap "
-                f"({signed_points(gaps[m])}, against {signed_points(gaps[o])} for the {names[o]}) reflects how "
-                f"little it learned, not how well it generalises.")
-    (a, b) = fit
-    if abs(gaps[a] - gaps[b]) < SIMILAR_GAP:
-        return (f"Both models fit their training data and generalise about alike: their train - val accuracy gaps "
-                f"({quoted}) are within {SIMILAR_GAP * 100:.0f} points of each other.")
-    worse, better = (a, b) if gaps[a] > gaps[b] else (b, a)
-    return (f"The {names[better]} generalises better than the {names[worse]}: both fit their training data, and "
-            f"the {names[worse]}'s train - val accuracy gap is the larger ({quoted}).")
+        who = " and the ".join(names[m] for m in under)
+        return "no claim", (f"Train - test: no comparison, as the {who} underfit{'s' if len(under) == 1 else ''}: "
+                            f"{'its' if len(under) == 1 else 'their'} gap reflects how little it learned, not how well "
+                            f"it generalises ({quoted}).")
+    train_part = fit["cnn"][0] - fit["vit"][0]
+    low, high = train_part + test_difference[0], train_part + test_difference[1]
+    interval = f"the CNN's gap minus the probe's {signed_points(gaps['cnn'] - gaps['vit'])}, 95% interval " \
+               f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+    if low > 0 or high < 0:
+        better, worse = ("vit", "cnn") if low > 0 else ("cnn", "vit")
+        return better, (f"Train - test: the {names[better]} generalises better from its training images to new ones: "
+                        f"the {names[worse]}'s train - test accuracy gap is the larger ({quoted}; {interval}).")
+    return "undecided", (f"Train - test: the gaps do not separate the models ({quoted}; {interval} holds zero).")
+
+
+def calibration_sentence(ece: dict[str, float], difference: tuple[float, float, float], learned_: dict[str, bool],
+                         scaled: dict[str, float], names: dict[str, str] = NAMES) -> tuple[str, str]:
+    """Rule: a model is better calibrated when the 95% interval of ECE (probe - CNN; paired bootstrap over the test
+    images) excludes 0, and only between models that both learned (`learned`): a model that learned nothing, giving
+    every image the same low confidence, is calibrated and useless. `scaled`: ECE after temperature scaling on val,
+    quoted beside. Returns (winner or 'undecided' or 'no claim', sentence)."""
+    quoted = ", ".join(f"{ece[m] * 100:.1f} points for the {names[m]} ({scaled[m] * 100:.1f} after temperature "
+                       f"scaling)" for m in ece)
+    idle = [m for m, ok in learned_.items() if not ok]
+    if idle:
+        who = " and the ".join(names[m] for m in idle)
+        return "no claim", (f"Calibration: no comparison, as the {who} never learned: a model that gives every image "
+                            f"the same low confidence is calibrated and useless (test ECE {quoted}).")
+    estimate, low, high = difference
+    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
+    if low > 0 or high < 0:
+        better = "vit" if high < 0 else "cnn"
+        return better, (f"Calibration: the {names[better]}'s confidence means more: its test expected calibration "
+                        f"error is the lower ({quoted}; {interval}).")
+    return "undecided", f"Calibration: the test ECEs do not separate the models ({quoted}; {interval} holds zero)."
+
+
+def robustness_sentence(drop: dict[str, float], difference: tuple[float, float, float], clean: dict[str, float],
+                        num_classes: int, images: int, names: dict[str, str] = NAMES) -> tuple[str, str]:
+    """Rule: a model is more robust to corrupted images when the 95% interval of the relative drop of accuracy
+    (probe - CNN; paired bootstrap over the images scored) excludes 0, and only between models whose clean accuracy
+    on those images covers FITTED_SKILL of the way from chance: a model at chance loses nothing under corruption.
+    Returns (winner or 'undecided' or 'no claim', sentence)."""
+    quoted = ", ".join(f"{drop[m] * 100:.1f}% for the {names[m]} (clean {pct(clean[m])})" for m in drop)
+    floor = level_at(FITTED_SKILL, num_classes)
+    weak = [m for m, v in clean.items() if v < floor]
+    if weak:
+        who = " and the ".join(names[m] for m in weak)
+        return "no claim", (f"Corrupted images: no comparison, as the {who} classif{'ies' if len(weak) == 1 else 'y'} "
+                            f"clean images under {pct(floor)} right (half the way from chance to 100%), and a model "
+                            f"near chance has little to lose (relative drop {quoted}; {images} test images).")
+    estimate, low, high = difference
+    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
+    if low > 0 or high < 0:
+        better = "vit" if high < 0 else "cnn"
+        return better, (f"Corrupted images: the {names[better]} holds up better: it loses the smaller share of its "
+                        f"clean accuracy under noise, blur, JPEG, darkness and low contrast (relative drop {quoted}; "
+                        f"{interval}; {images} test images).")
+    return "undecided", (f"Corrupted images: the relative drops do not separate the models ({quoted}; {interval} "
+                         f"holds zero; {images} test images).")
+
+
+def generalisation_summary(winners: dict[str, str], names: dict[str, str] = NAMES) -> str:
+    """One sentence from the three senses' rules (sense -> 'cnn', 'vit', 'undecided' or 'no claim')."""
+    by = {m: [sense for sense, w in winners.items() if w == m] for m in ("vit", "cnn")}
+    open_ = [sense for sense, w in winners.items() if w in ("undecided", "no claim")]
+    parts = [f"the {names[m]} generalises better in {' and '.join(senses)}" for m, senses in by.items() if senses]
+    if not parts:
+        return f"Who generalises better: the data does not separate the models in {', '.join(open_)}."
+    rest = f"; {', '.join(open_)} do{'es' if len(open_) == 1 else ''} not separate them" if open_ else ""
+    return "Who generalises better: " + "; ".join(parts) + rest + "."
 
 
 # ---------------------------------------------------------------- speed: time to a common target

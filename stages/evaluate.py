@@ -1,5 +1,5 @@
-"""Stage evaluate: both best checkpoints on train, val and test; metrics, per-class tables, confusion matrices,
-predictions.
+"""Stage evaluate: both best checkpoints on train, val and test; metrics, calibration (as trained and after
+temperature scaling fitted on val, with a reliability diagram), per-class tables, confusion matrices, predictions.
 
 Every split is scored the same way for both models: un-augmented images, model in eval mode. So the train
 numbers measure how well each model fits its training data on equal terms (training's own train metrics are
@@ -17,7 +17,8 @@ from petlab.evaluation import score, write_predictions, write_reports
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
 from petlab.features import feature_split
 from petlab.models import weights_label
-from petlab.outputs import load_torch, write_json
+from petlab.calibration import calibration_summary, reliability, softmax
+from petlab.outputs import load_torch, save_figure, write_csv, write_json
 from petlab.runtime import PipelineError, Precision
 from petlab.stage import run_stage
 from petlab.train import StepContext, predict
@@ -69,15 +70,16 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    results, test_logits, test_labels = {}, {}, None
+    results, test_logits, test_labels, bins, labels_of = {}, {}, None, {}, {}
     for name, path in CHECKPOINTS.items():
         checkpoint = load_torch(path)
         if checkpoint["class_names"] != data.class_names:
             raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
         logits_of = cnn_logits if name == "cnn" else probe_logits
-        results[name] = {}
+        results[name], logits_by_split = {}, {}
         for split in SPLITS:
             logits, labels = logits_of(checkpoint, params, data, split)
+            logits_by_split[split] = (logits.numpy(), labels.numpy())
             results[name][split] = score(logits, labels, data.num_classes)
             if split == "test":
                 if test_logits and not torch.equal(labels, test_labels):  # pairing by image needs one order
@@ -86,9 +88,17 @@ def main() -> None:
                 test_logits[name], test_labels = logits, labels
                 write_reports(name, logits, labels, data.class_names, PLOTS,
                               f"{plots.model_label(checkpoint['model_config'])} (test)")
+        # Calibration on test: as trained, and after one temperature fitted on val (the selection split).
+        results[name]["calibration"] = calibration_summary(*logits_by_split["val"], *logits_by_split["test"],
+                                                           resamples=params.report.bootstrap, seed=params.seed)
+        bins[name] = reliability(softmax(logits_by_split["test"][0]), logits_by_split["test"][1])
+        write_csv(PLOTS / f"reliability_{name}.csv", bins[name], ["images", "confidence", "accuracy"])
+        labels_of[name] = plots.model_label(checkpoint["model_config"])
         results[name]["checkpoint_epoch"] = checkpoint["epoch"]
         results[name].update(checkpoint["model_config"].get("info", {}))
     write_json(METRICS, results)
+    save_figure(plots.reliability_figure(bins, labels_of, {m: results[m]["calibration"]["test"]["ece"] for m in bins}),
+                PLOTS / "reliability.png")
     images = [path.relative_to(DATA).as_posix() for path, _ in data.items("test")]
     write_predictions(PLOTS / "predictions_test.csv", images, test_labels, test_logits, data.class_names)
     for name in CHECKPOINTS:

@@ -28,7 +28,7 @@ def git_state() -> str:
 
 def main() -> None:
     params = load_params()
-    run = report_document.Run.load(Path("."))
+    run = report_document.Run.load(Path("."), params)
     write_text(REPORT, report_document.build(run, params, OUT_DIR, FIGURES, git_state()))
     print(f"report: {REPORT}")
 

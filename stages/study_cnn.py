@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petlab.calibration import calibration_summary
-from petlab.data import PreparedData
+from petlab.data import PreparedData, draw_subset
 from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
 from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, write_json
@@ -26,7 +26,7 @@ from petlab.params import Params
 from petlab.profiling import forward_gflops
 from petlab.resume import Resume
 from petlab.runtime import PipelineError, seed_everything, select_device
-from petlab.study import (PIPELINE, cell_path, chosen_recipe, cnn_budget, doubled, draw_subset, encode_predictions,
+from petlab.study import (PIPELINE, cell_path, chosen_recipe, cnn_budget, doubled, encode_predictions,
                           long_path, parse_size, recipe, run_cell, scores, subset_digest, tune_path, val_size)
 from petlab.train import predict
 

@@ -2,7 +2,7 @@
 cached features.
 
 python -m stages.study_probe SEED IMAGES_PER_CLASS|all. The train and selection subsets are the CNN cell's of the
-same seed and size (petlab.study.draw_subset on the same splits); the seed changes nothing else, since L-BFGS on
+same seed and size (petlab.data.draw_subset on the same splits); the seed changes nothing else, since L-BFGS on
 fixed features starts from zero and draws nothing. The C is chosen on the selection subset from study.probe_c_grid,
 as many values as the CNN's recipes tried (the same tuning budget).
 """
@@ -12,13 +12,14 @@ import sys
 import torch
 
 from petlab.calibration import calibration_summary
+from petlab.data import draw_subset
 from petlab.features import feature_split
 from petlab.metrics import classification_metrics
 from petlab.outputs import check_writable, load_torch, write_json
 from petlab.params import load_params
 from petlab.probe import fit_logistic_probe
 from petlab.runtime import PipelineError, share_cpu
-from petlab.study import (FEATURES, cell_path, draw_subset, encode_predictions, parse_cell, run_cell, scores,
+from petlab.study import (FEATURES, cell_path, encode_predictions, parse_cell, run_cell, scores,
                           subset_digest, val_size)
 
 

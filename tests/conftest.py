@@ -25,7 +25,8 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
     os.environ.setdefault("PETLAB_JOBS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
     torch.set_num_threads(cores_per_process())
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages"]
+# The study's pipeline as it ships: not added (study/dvc.yaml), as in a fresh clone.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages", "study/pipeline.yaml"]
 
 # Small enough for CI on two cores, big enough that every code path runs (3+ batches an epoch).
 TINY_PARAMS = {
@@ -118,6 +119,7 @@ def make_project(root: Path, params_overrides: dict) -> Path:
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / name)
     # What a clone of the repository holds of DVC's own files, as `dvc init` wrote them (no dvc process needed),
     # with a config of its own: no remote of the repository's.

@@ -59,7 +59,7 @@ def test_temperature_scaling_lowers_an_overconfident_models_nll_on_val_without_c
     assert summary["test_scaled"]["nll"] < summary["test"]["nll"]
     assert summary["test_scaled"]["ece"] < summary["test"]["ece"]
     assert (softmax(test_logits, t).argmax(1) == test_logits.argmax(1)).all()
-    low, high = summary["test"]["ece_interval"]
+    low, high = summary["test"]["ece_low"], summary["test"]["ece_high"]
     assert low <= summary["test"]["ece"] <= high and high - low < 0.1
     # A calibrated model (logits of the true probabilities, labels drawn from them) is left about as it is.
     rng = np.random.default_rng(3)

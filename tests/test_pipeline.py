@@ -301,6 +301,19 @@ def check_benchmark_row(project: Path, seconds: float) -> None:
     assert pipeline_line(summary).startswith(f"dvc repro: {summary['dvc_repro_seconds']:.1f} s wall (backbone_weights ")
 
 
+def check_main_views_are_the_pipelines_own(project: Path) -> None:
+    """After a plain `dvc repro`, in a project that ships the study's pipeline (not added): `dvc status` names the
+    always-run backbone_weights alone, and `dvc metrics show` lists only files that exist, without a warning."""
+    assert (project / "study/pipeline.yaml").is_file() and not (project / "study/dvc.yaml").exists()
+    status = dvc(project, "status", "--json")
+    assert list(json.loads(status.stdout)) == ["backbone_weights"], status.stdout
+    shown = dvc(project, "metrics", "show", "--json")
+    assert "WARNING" not in shown.stderr and "failed to load" not in shown.stdout + shown.stderr, shown.stderr
+    files = json.loads(shown.stdout)["workspace"]["data"]
+    assert files and all("error" not in entry and (project / path).is_file() for path, entry in files.items()), files
+    assert not any(path.startswith(("metrics/study", "study/")) for path in files)
+
+
 def test_dvc_repro_end_to_end(tiny_project):
     project = tiny_project
     start = time.perf_counter()
@@ -324,6 +337,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     # Only the always-run backbone_weights stage would run again (--dry); it keeps the same weights (the test below),
     # so nothing else re-runs.
     assert ran_stages(dvc(project, "repro", "--dry")) == {"backbone_weights"}
+    check_main_views_are_the_pipelines_own(project)
 
     plots_dir = project.parent / "plots_html"
     dvc(project, "plots", "show", "-o", str(plots_dir))

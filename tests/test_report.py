@@ -93,9 +93,19 @@ def test_gaps_come_from_the_splits_scored_alike():
                                                        "val_test_accuracy": 0.1, "val_test_macro_f1": -0.05})
 
 
-def test_progress_reads_a_history_with_elapsed_seconds():
+def test_progress_counts_the_training_compute_of_each_epoch():
     history = pd.DataFrame({"epoch": [1, 2], "elapsed_seconds": [3.0, 5.5], "val_macro_f1": [0.25, 0.5]})
-    assert report.progress(history) == [(1, 3.0, 0.25), (2, 5.5, 0.5)]
+    assert report.progress(history, 10.0, 4.0) == [(1, 14.0, 0.25), (2, 18.0, 0.5)]
+
+
+def test_the_robustness_drop_and_its_interval_come_from_the_images():
+    rows = [{"image": f"{i}.jpg", "label": 0, "corruption": c, "severity": s, "cnn": 0 if c == "clean" or i < 2 else 1,
+             "vit": 0} for c, s in [("clean", 0), ("blur", 1), ("blur", 2)] for i in range(8)]
+    out = report.robustness_difference(pd.DataFrame(rows), 200, 0)
+    assert out["clean"] == {"cnn": 1.0, "vit": 1.0} and out["images"] == 8
+    assert out["drop"] == {"cnn": pytest.approx(0.75), "vit": 0.0}  # 2 of 8 right under corruption
+    estimate, low, high = out["difference"]
+    assert estimate == pytest.approx(-0.75) and low <= estimate <= high < 0
 
 
 def test_stage_shares_and_bottleneck_thresholds():
@@ -108,14 +118,14 @@ def test_stage_shares_and_bottleneck_thresholds():
 FITTED = {"cnn": (0.95, 0.85), "vit": (1.0, 0.82)}  # both fit: the CNN's gap +10, the probe's +18
 
 
-def conclusions_for(difference, mcnemar_p=0.01, cnn_seconds=100.0, vit_seconds=10.0, caveats=(), fit=FITTED,
-                    cnn_best=0.6, num_classes=37, c_edge=None):
+def conclusions_for(difference, mcnemar_p=0.01, cnn_gflops=100.0, vit_gflops=10.0, caveats=(), fit=FITTED,
+                    cnn_best=0.6, num_classes=37, c_edge=None, generalisation=("Train - test: ...",)):
     results = {m: {"difference": difference} for m in ("macro_f1", "accuracy")}
-    target = verdict.time_to_target({"cnn": [(4, cnn_seconds / 2, cnn_best / 2), (8, cnn_seconds, cnn_best)],
-                                     "vit": [(None, vit_seconds, 0.8)]}, num_classes)
+    target = verdict.compute_to_target({"cnn": [(4, cnn_gflops / 2, cnn_best / 2), (8, cnn_gflops, cnn_best)],
+                                        "vit": [(None, vit_gflops, 0.8)]}, num_classes)
     return report.conclusions(results, {"only_a": 3, "only_b": 20, "p_value": mcnemar_p}, target, fit, num_classes,
                               {"cnn": ("data-bound", 0.6), "vit": ("compute-bound", 0.02)}, ["vit"], list(caveats),
-                              c_edge)
+                              c_edge, list(generalisation))
 
 
 def test_a_probe_kept_at_the_edge_of_its_c_grid_is_called_possibly_under_tuned():
@@ -128,35 +138,32 @@ def test_conclusions_follow_the_numbers():
     probe_better = conclusions_for((0.12, 0.05, 0.2))
     assert probe_better[0].startswith("The probe is better than the CNN on test macro-F1 by 12.0 points")
     assert "95% CI [+5.0, +20.0]" in probe_better[0] and "McNemar p = 0.01" in probe_better[1]
-    assert "the probe gets there 10.0 times faster in wall time" in probe_better[2]
+    assert "the probe gets there with 10.0 times less compute" in probe_better[2]
     assert probe_better[3].startswith("The CNN fits its training data") and probe_better[4].startswith(
         "The probe overfits")
-    assert probe_better[5].startswith("The CNN generalises better than the probe")
+    assert probe_better[5] == "Train - test: ..."  # the generalisation sentences, as given, in their place
     assert "CNN's training step is data-bound" in probe_better[6]
     assert "probe's step from images (backbone forward + update of what it trains) is compute-bound" in probe_better[7]
     assert "probe's best val macro-F1 came in its last epoch" in probe_better[8]
 
-    cnn_better = conclusions_for((-0.12, -0.2, -0.05), cnn_seconds=10.0, vit_seconds=11.0,
+    cnn_better = conclusions_for((-0.12, -0.2, -0.05), cnn_gflops=10.0, vit_gflops=11.0,
                                  fit={"cnn": (1.0, 0.8), "vit": (0.9, 0.85)})
     assert cnn_better[0].startswith("The CNN is better than the probe on test macro-F1 by 12.0 points")
     assert "CNN - probe: 95% CI [+5.0, +20.0]" in cnn_better[0]
-    assert "about as fast in wall time" in cnn_better[2]
-    assert cnn_better[5].startswith("The probe generalises better than the CNN")
+    assert "about the same compute" in cnn_better[2]
 
-    tie = conclusions_for((0.02, -0.03, 0.07), mcnemar_p=0.4, cnn_seconds=10.0, vit_seconds=30.0)
+    tie = conclusions_for((0.02, -0.03, 0.07), mcnemar_p=0.4, cnn_gflops=10.0, vit_gflops=30.0)
     assert tie[0].startswith("No significant difference on test macro-F1") and "holds zero" in tie[0]
     assert "better" not in tie[0] and "borderline" not in tie[1]
-    assert "the CNN gets there 3.0 times faster" in tie[2]
+    assert "the CNN gets there with 3.0 times less compute" in tie[2]
 
 
-def test_an_underfitting_cnn_that_never_learned_gets_neither_a_generalisation_nor_a_speed_claim():
+def test_an_underfitting_cnn_that_never_learned_gets_no_speed_claim():
     # The real run's shape: the CNN at 19% of its training images, best val macro-F1 3%, after 2 quick epochs.
-    out = conclusions_for((0.7, 0.65, 0.75), cnn_seconds=5.0, vit_seconds=45.0, cnn_best=0.03,
+    out = conclusions_for((0.7, 0.65, 0.75), cnn_gflops=5.0, vit_gflops=45.0, cnn_best=0.03,
                           fit={"cnn": (0.19, 0.089), "vit": (1.0, 0.82)})
-    assert out[2].startswith("No speed claim: the CNN never learned") and "faster" not in " ".join(out)
+    assert out[2].startswith("Only the probe reaches the common target") and "less compute" not in " ".join(out)
     assert out[3].startswith("The CNN underfits")
-    assert out[5].startswith("No comparison of generalisation: the CNN underfits")
-    assert not any("generalises better" in s or "generalises less well" in s for s in out)
 
 
 def test_conclusions_say_when_the_two_tests_disagree_and_repeat_the_caveats():
@@ -172,7 +179,8 @@ def test_conclusions_say_when_the_two_tests_disagree_and_repeat_the_caveats():
 
 
 def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1=(0.2, 0.3), cnn_fit=(0.4, 0.3),
-                probe_fit=(1.0, 0.9), probe_f1=0.9, cnn_seconds_per_epoch=10.0, probe_seconds=(20.0, 5.0)):
+                probe_fit=(1.0, 0.9), probe_f1=0.9, cnn_seconds_per_epoch=10.0, probe_seconds=(20.0, 5.0),
+                cnn_wrong_every=2, vit_wrong_every=5, vit_gflops=0.1):
     """A Run as the report stage would load it, from crafted numbers (no pipeline run): the CNN trained by
     epochs with val macro-F1 `cnn_f1`, the probe fitted by L-BFGS to `probe_f1`; `*_fit`: (train, val) accuracy."""
     from petlab import report_document
@@ -180,8 +188,9 @@ def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1
     classes = [f"class {i}" for i in range(num_classes)]
     labels = np.repeat(np.arange(num_classes), test_per_class)
     cnn_preds, vit_preds = labels.copy(), labels.copy()
-    cnn_preds[::2] = (labels[::2] + 1) % num_classes  # the CNN wrong on every other image, the probe on few
-    vit_preds[::5] = (labels[::5] + 1) % num_classes
+    # By default the CNN wrong on every other test image, the probe on every fifth.
+    cnn_preds[::cnn_wrong_every] = (labels[::cnn_wrong_every] + 1) % num_classes
+    vit_preds[::vit_wrong_every] = (labels[::vit_wrong_every] + 1) % num_classes
     per_class = {m: pd.DataFrame(report_metrics_rows(labels, preds, classes))
                  for m, preds in (("cnn", cnn_preds), ("vit", vit_preds))}
     epochs = len(cnn_f1)
@@ -197,8 +206,11 @@ def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1
 
     def scores(fit, test):
         top5 = {"top5_accuracy": 1.0} if num_classes > 5 else {}
-        return {split: {"accuracy": value, "macro_f1": value, **top5}
-                for split, value in (("train", fit[0]), ("val", fit[1]), ("test", test))}
+        calibration = {part: {"ece": 0.05, "ece_low": 0.02, "ece_high": 0.09, "nll": 0.5, "brier": 0.3, "ece_bins": 1}
+                       for part in ("test", "test_scaled")}
+        return {**{split: {"accuracy": value, "macro_f1": value, **top5}
+                   for split, value in (("train", fit[0]), ("val", fit[1]), ("test", test))},
+                "calibration": {"temperature": 1.2, **calibration}}
 
     counts = {"train": train_per_class, "val": 2, "test": test_per_class}
     profile = {"step_ms_mean": 10.0, "step_ms_p95": 12.0, "throughput_images_per_s": 100.0, "peak_rss_rise_mb": 50.0,
@@ -214,10 +226,10 @@ def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1
                             "resized_to_fit_jpeg": 0},
                 "overfit_cnn": overfit, "overfit_probe": overfit, "passed": True},
         trained={"cnn": {"best_epoch": int(np.argmax(cnn_f1)) + 1, "last_epoch": epochs, "device": "cpu",
-                         "precision": "fp32"},
+                         "precision": "fp32", "steps_per_epoch": max(1, train_per_class * num_classes // 8)},
                  "vit": {"selected_c": 1.0, "iterations": 40, "converged": True, "c_at_grid_edge": False,
                          "route": "cached_features", "device": "cpu", "precision": "fp32", "pretrained": True,
-                         "weights_source": "crafted"}},
+                         "weights_source": "crafted", "parameters": {"trainable": 11 * num_classes}}},
         histories={"cnn": cnn_history, "vit": empty}, setup_seconds={"cnn": 0.0}, sweep=sweep,
         probe_fit={"features_seconds": probe_seconds[0], "head_seconds": probe_seconds[1]},
         evaluation={"cnn": scores(cnn_fit, float(np.mean(cnn_preds == labels))),
@@ -227,10 +239,24 @@ def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1
                                   "actual": [classes[i] for i in labels],
                                   "cnn_predicted": [classes[i] for i in cnn_preds],
                                   "vit_predicted": [classes[i] for i in vit_preds],
+                                  "cnn_confidence": 0.9, "vit_confidence": 0.8,
                                   # wrong by one class: always among the 5 best where top-5 counts
                                   **({"cnn_top5": 1, "vit_top5": 1} if num_classes > 5 else {})}),
-        profile={"cnn": profile, "vit": {**profile, "trainable_parameters": 2000}}, top_ops={},
-        stage_seconds={s: 1.0 for s in report_document.STAGES})
+        profile={"cnn": profile, "vit": {**profile, "trainable_parameters": 2000, "gflops_per_image": vit_gflops}},
+        top_ops={},
+        stage_seconds={s: 1.0 for s in report_document.STAGES}, batch_size={"cnn": 8, "vit": 8},
+        robustness={"test_images": len(labels), "test_per_class": test_per_class,
+                    **{m: {"corrupted_accuracy": 0.5} for m in ("cnn", "vit")}},
+        robustness_scores=pd.DataFrame([{"corruption": c, "severity": sev, "model": m, "accuracy": 0.5, "macro_f1": 0.5}
+                                        for c, sev in [("clean", 0), ("jpeg", 1), ("jpeg", 2), ("jpeg", 3)]
+                                        for m in ("cnn", "vit")]),
+        robustness_predictions=pd.DataFrame([{"image": f"test/{i}.jpg", "label": int(label), "corruption": c,
+                                              "severity": sev, "cnn": int(cnn_preds[i] if sev < 2 else label),
+                                              "vit": int(vit_preds[i])}
+                                             for c, sev in [("clean", 0), ("jpeg", 1), ("jpeg", 2), ("jpeg", 3)]
+                                             for i, label in enumerate(labels)]),
+        reliability={m: pd.DataFrame([{"images": len(labels), "confidence": 0.85, "accuracy": 0.8}])
+                     for m in ("cnn", "vit")})
 
 
 def report_metrics_rows(labels, preds, classes):
@@ -263,36 +289,39 @@ def test_a_tiny_three_class_run_is_warned_about_and_reports_no_top5(tmp_path):
     assert text.startswith("# Run report: CNN from scratch vs. linear probe on tf_efficientnet_lite0")
     assert "*Probe* the linear probe on tf_efficientnet_lite0" in text
     conclusions = conclusions_of(text)
-    # The CNN at 40% of its own training images (3 classes: under 66.7%): no generalisation claim.
-    assert "The CNN underfits" in conclusions and "generalises better" not in conclusions
-    assert "generalises less well" not in conclusions
+    # The CNN at 40% of its own training images (3 classes: under 66.7%): no claim from its train - test gap.
+    assert "The CNN underfits" in conclusions and "Train - test: no comparison, as the CNN underfits" in conclusions
+    assert "generalises better in" not in conclusions
     first = conclusions.strip().splitlines()[0]
     assert "Caveats: " in first and "few training images per class" in first.split("Caveats: ")[1]
     assert "under 66.7%" in text  # the rules text with this run's level
 
 
 def test_the_report_sentences_turn_with_the_crafted_numbers(tmp_path):
+    # 120 test images a class: intervals narrow enough to decide. The CNN right on half the test images, the probe
+    # on four in five; the CNN's train - test gap (95 - 50) the larger.
     fitted = build_document(tmp_path / "a", cnn_f1=(0.5, 0.7, 0.8), cnn_fit=(0.95, 0.85), probe_fit=(1.0, 0.8),
-                            probe_f1=0.9, cnn_seconds_per_epoch=30.0, probe_seconds=(6.0, 4.0),
-                            train_per_class=120)
+                            probe_f1=0.9, train_per_class=120, test_per_class=120)
     conclusions = conclusions_of(fitted)
-    assert "The CNN generalises better than the probe" in conclusions
-    # 90 s against its whole fit: the train and val images' share of its 6 s of features (122 of 126 images a
-    # class) and its 4 s sweep, 9.81 s.
-    assert "the probe gets there 9.2 times faster" in conclusions
+    assert "Train - test: the probe generalises better from its training images to new ones" in conclusions
+    # The CNN reaches 66.7% at epoch 2: 2 x 3 x 0.1 GFLOPs x 360 images; the probe at its whole fit: its 366 train and
+    # val images through the backbone once (0.1 GFLOPs each), and the sweep's arithmetic.
+    assert "the CNN reaches it at epoch 2 (216.0 GFLOPs)" in conclusions
+    assert "the probe gets there with 5.9 times less compute" in conclusions
     assert "**few training images per class**" not in fitted and "**one seed**" in fitted
-    swapped = conclusions_of(build_document(tmp_path / "b", cnn_f1=(0.5, 0.7, 0.8), cnn_fit=(1.0, 0.8),
-                                            probe_fit=(0.95, 0.85), probe_f1=0.9, cnn_seconds_per_epoch=3.0,
-                                            probe_seconds=(60.0, 30.0), train_per_class=120))
-    assert "The probe generalises better than the CNN" in swapped
-    assert "the CNN gets there 9.8 times faster" in swapped  # 9 s against 58.1 s of features (122/126) + 30 s
+    swapped = conclusions_of(build_document(tmp_path / "b", cnn_f1=(0.5, 0.7, 0.8), cnn_fit=(0.95, 0.85),
+                                            probe_fit=(1.0, 0.8), probe_f1=0.9, train_per_class=120,
+                                            test_per_class=120, cnn_wrong_every=5, vit_wrong_every=2,
+                                            vit_gflops=10.0))
+    assert "Train - test: the CNN generalises better" in swapped
+    assert "the CNN gets there with 16.9 times less compute" in swapped  # 3,660 GFLOPs of extraction for the probe
 
 
 def test_a_two_class_run_with_a_cnn_at_chance_gets_no_speed_claim(tmp_path):
     text = build_document(tmp_path, num_classes=2, cnn_f1=(0.45, 0.5), cnn_fit=(0.55, 0.5), probe_fit=(1.0, 0.95),
                           probe_f1=0.95, cnn_seconds_per_epoch=1.0, probe_seconds=(30.0, 8.0))
     conclusions = conclusions_of(text)
-    assert "No speed claim: the CNN never learned" in conclusions and "times faster" not in conclusions
-    assert "The CNN never reaches the probe's best val macro-F1 (95.0%" in conclusions
-    assert "No comparison of generalisation: the CNN underfits" in conclusions
+    assert "Only the probe reaches the common target (val macro-F1 75.0%" in conclusions
+    assert "times less compute" not in conclusions
+    assert "Train - test: no comparison, as the CNN underfits" in conclusions
     assert "Top-5" not in text and "chance: 50.0%" in text

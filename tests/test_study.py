@@ -1,22 +1,26 @@
-"""The study: its subsets, the CNN's budget, its statistics and rules, and the study end to end under DVC."""
+"""The study: its subsets, the CNN's budget and recipe, where a cell stands, its report's rules, and the study end to
+end under DVC (added by a copy, cells that resume, queue workers, a DVC remote)."""
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from sklearn.metrics import f1_score
 
-from conftest import REPO, dvc, run
-from petlab.params import TrainCNNParams
+from conftest import dvc, run
+from petlab.params import StudyParams, TrainCNNParams
 from petlab.runtime import PipelineError
-from petlab.study import cnn_budget, decode_predictions, draw_subset, encode_predictions, late_gain, parse_cell, \
-    steps_per_epoch
-from petlab.study_stats import Comparison, beats, compare, crossing, time_to_target, verdict
+from petlab.data import draw_subset
+from petlab.study import (cell_count, cnn_budget, decode_predictions, doubled, encode_predictions, parse_cell,
+                          progress_line, steps_per_epoch, val_size)
 
 # ---------------------------------------------------------------- subsets
 
@@ -58,6 +62,11 @@ def test_cell_arguments():
     ({"seeds": []}, r"study\.seeds = \[\] is out of range"),
     ({"seeds": [1, 1]}, r"study\.seeds = \[1, 1\] is out of range"),
     ({"min_steps": -1}, r"study\.min_steps = -1 is out of range"),
+    ({"val_per_class": 0}, r"study\.val_per_class = 0 is out of range"),
+    ({"val_per_class": "half"}, r"study\.val_per_class must be an integer or 'scaled' or 'all', got 'half'"),
+    ({"cnn_grid": {"lr": []}}, r"study\.cnn_grid\.lr = \[\] is out of range"),
+    ({"cnn_grid": {"weight_decay": [0.1, 0.1]}}, r"study\.cnn_grid\.weight_decay = \[0\.1, 0\.1\] is out of range"),
+    ({"probe_c_grid": [0.0, 1.0]}, r"study\.probe_c_grid = \[0\.0, 1\.0\] is out of range"),
 ])
 def test_study_params_are_checked_by_the_schema(study, message):
     from petlab.params import ParamsError, parse_params
@@ -73,10 +82,11 @@ def test_cell_stages_refuse_in_one_line(tmp_path):
 
     project = light_project(tmp_path / "project", {"train_vit": {"solver": "sgd"}})
     for module, args, message in [
-            ("study_cnn", ["0", "five"],
-             "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS|all; got 0 five"),
+            ("study_cnn", ["0", "five"], "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | "
+                                         "tune IMAGES_PER_CLASS LR WEIGHT_DECAY | long IMAGES_PER_CLASS; got 0 five"),
+            ("study_cnn", ["tune", "5", "fast", "0"], "study_cnn: error: usage: "),
             ("study_probe", ["1", "5"],
-             "study/probe-1-5: error: the study's probe is the L-BFGS linear probe on cached features")]:
+             "study/probe@1-5: error: the study's probe is the L-BFGS linear probe on cached features")]:
         proc = run([sys.executable, "-m", f"stages.{module}", *args], project, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -103,117 +113,54 @@ def test_budget_floors_the_steps_and_scales_the_warmup():
     assert cnn_budget(optim, 640, 301).epochs == 31  # ceil(301 / 10)
 
 
-def test_late_gain():
-    assert late_gain([0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]) == 0  # flat over the last quarter
-    assert late_gain([0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.35, 0.4]) == pytest.approx(0.1)
-    assert late_gain([0.5, 0.4]) == 0
+def test_the_budget_check_doubles_the_steps_and_the_warmup():
+    optim = TrainCNNParams(epochs=30, batch_size=64, warmup_epochs=1.0)
+    long = doubled(cnn_budget(optim, 177, 1000))
+    assert (long.epochs, long.warmup_epochs) == (1000, pytest.approx(1000 / 30))
+    assert (long.lr, long.batch_size) == (optim.lr, optim.batch_size)
 
 
-# ---------------------------------------------------------------- statistics
+def test_selection_images_are_drawn_in_the_splits_own_ratio_unless_fixed():
+    scaled = StudyParams()
+    assert [val_size(n, scaled, 0.2) for n in (5, 10, 25, 50, "all")] == [2, 3, 7, 13, "all"]  # ceil(n / 4)
+    assert val_size(5, StudyParams(val_per_class="all"), 0.2) == "all"
+    assert val_size(5, StudyParams(val_per_class=20), 0.2) == 20
 
 
-def sklearn_macro_f1(labels, preds, k):
-    return f1_score(labels, preds, labels=np.arange(k), average="macro", zero_division=0)
+def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
+    """Which cells are done, and the time left from the cells finished on this machine (of the same kind and size
+    where there are some, else of the same kind)."""
+    from petlab import study
 
-
-def test_point_estimate_is_the_mean_over_seeds_and_p_counts_paired_seeds():
-    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    cnn = np.array([[0, 1, 2, 0, 1, 2, 0, 1],  # seed 0: all right
-                    [1, 1, 1, 1, 1, 1, 1, 1],  # seed 1: always class 1
-                    [0, 1, 2, 0, 0, 0, 0, 0]])
-    probe = np.array([[0, 1, 2, 0, 1, 2, 0, 0],  # one wrong: the CNN wins seed 0
-                      [0, 1, 2, 0, 1, 2, 0, 1],  # the probe wins seed 1
-                      [0, 1, 2, 0, 0, 0, 0, 0]])  # a tie on seed 2
-    for metric in ("accuracy", "macro_f1"):
-        c = compare(labels, cnn, probe, metric, 3, resamples=400, seed=0)
-        score = (lambda y, p: (y == p).mean()) if metric == "accuracy" else (lambda y, p: sklearn_macro_f1(y, p, 3))
-        expected = np.mean([score(labels, probe[s]) - score(labels, cnn[s]) for s in range(3)])
-        assert c.difference == pytest.approx(expected)
-        assert c.p_probe_better == pytest.approx((0 + 1 + 0.5) / 3)
-        low, high = c.difference_interval
-        assert low <= c.difference <= high and low < 0 < high  # seed 0 against seed 1: no clear winner
-        assert 0 <= c.p_interval[0] <= c.p_probe_better <= c.p_interval[1] <= 1
-
-
-def test_the_interval_holds_training_randomness_not_only_test_sampling():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, 400)
-
-    def model(accuracy: float) -> np.ndarray:
-        return np.where(rng.random(400) < accuracy, labels, (labels + 1) % 4)
-
-    # The same mean gap, once with seeds that agree and once with seeds that disagree strongly.
-    steady = compare(labels, np.stack([model(0.5)] * 3), np.stack([model(0.6)] * 3), "accuracy", 4, 1000, 1)
-    cnn = np.stack([model(0.3), model(0.5), model(0.7)])
-    scattered = compare(labels, cnn, np.stack([model(0.6)] * 3), "accuracy", 4, 1000, 1)
-    width = lambda c: c.difference_interval[1] - c.difference_interval[0]
-    assert width(scattered) > 1.5 * width(steady)
-    assert steady.difference_interval[0] > 0 and steady.p_interval == (1.0, 1.0)  # a clear, steady win
-    assert scattered.p_interval[0] < 0.5  # one seed of three loses: P's interval reaches below a half
-
-
-def test_one_seed_gives_a_test_sampling_interval_like_the_single_run_report():
-    labels = np.arange(200) % 5
-    cnn = np.where(np.arange(200) % 3 == 0, labels, (labels + 1) % 5)[None, :]
-    probe = np.where(np.arange(200) % 4 != 0, labels, (labels + 2) % 5)[None, :]
-    c = compare(labels, cnn, probe, "macro_f1", 5, 1000, 0)
-    assert c.difference == pytest.approx(sklearn_macro_f1(labels, probe[0], 5) - sklearn_macro_f1(labels, cnn[0], 5))
-    assert 0 < c.difference_interval[0] < c.difference < c.difference_interval[1]
-    assert c.p_probe_better == 1.0
-
-
-def test_beats_counts_ties_half():
-    assert beats(np.array([0.1, 0.0, -0.2])).tolist() == [1.0, 0.5, 0.0]
-
-
-# ---------------------------------------------------------------- rules
-
-
-def comparison(low: float, high: float, p_low: float, p_high: float) -> Comparison:
-    return Comparison((low + high) / 2, (low, high), (p_low + p_high) / 2, (p_low, p_high))
-
-
-def test_verdict_needs_both_the_difference_and_the_probability():
-    assert verdict(comparison(0.02, 0.10, 0.67, 1.0)) == "probe"
-    assert verdict(comparison(-0.10, -0.02, 0.0, 0.33)) == "cnn"
-    assert verdict(comparison(-0.01, 0.10, 0.67, 1.0)) == "undecided"  # the interval holds a tie
-    assert verdict(comparison(0.02, 0.10, 0.33, 1.0)) == "undecided"  # the mean from one lucky seed
-    assert verdict(comparison(-0.10, -0.02, 0.0, 0.67)) == "undecided"
-
-
-def test_crossing_rule():
-    sizes = ["5", "10", "25", "50", "all"]
-    assert crossing(sizes, ["probe"] * 5) == ("The curves do not cross within the sizes tried: the probe is ahead "
-                                              "at every size.")
-    assert crossing(sizes, ["probe", "probe", "undecided", "cnn", "cnn"]) == (
-        "The curves cross between 10 and 50 images per class: the probe is ahead at 10, the CNN at 50.")
-    assert crossing(sizes, ["cnn", "undecided", "undecided", "undecided", "probe"]).startswith(
-        "The curves cross between 5 and all images per class: the CNN is ahead at 5")
-    partial = crossing(sizes, ["probe", "probe", "probe", "undecided", "undecided"])
-    assert partial.startswith("No crossing is shown: the probe is ahead at 5, 10, 25") and "50, all" in partial
-    assert "cannot say" in crossing(sizes, ["undecided"] * 5)
-
-
-def test_time_to_a_common_target():
-    curve, elapsed = [0.1, 0.3, 0.5, 0.55], [10.0, 20.0, 30.0, 40.0]
-    t = time_to_target(curve, elapsed, probe_best=0.5, probe_seconds=4.0, num_classes=10)
-    assert t == {"target": 0.5, "cnn_seconds": 30.0, "probe_seconds": 4.0, "cnn_reaches_probe_best": True,
-                 "probe_reaches_cnn_best": False}
-    t = time_to_target(curve, elapsed, probe_best=0.9, probe_seconds=4.0, num_classes=10)  # the CNN is weaker
-    assert (t["target"], t["cnn_seconds"], t["cnn_reaches_probe_best"], t["probe_reaches_cnn_best"]) == \
-        (0.55, 40.0, False, True)
-    # A CNN that never learns (verdict.learned: under 19% val macro-F1 with 10 classes) gets no time compared.
-    t = time_to_target([0.05, 0.1, 0.15], [1.0, 2.0, 3.0], probe_best=0.9, probe_seconds=60.0, num_classes=10)
-    assert t["cnn_seconds"] is None and t["probe_seconds"] is None and t["target"] == 0.15
-    t = time_to_target([0.05, 0.1, 0.2], [1.0, 2.0, 3.0], probe_best=0.9, probe_seconds=60.0, num_classes=10)
-    assert (t["cnn_seconds"], t["probe_seconds"]) == (3.0, 60.0)  # 20% is learned: the same rule as the report
+    monkeypatch.chdir(tmp_path)
+    params = StudyParams(seeds=[0, 1], images_per_class=[5, "all"])
+    assert cell_count(params) == 2 * (6 + 2 * 2 + 1)
+    assert "0 of 22 cells done; time left: no estimate yet" in progress_line({"kind": "cnn", "size": "5", "seed": 0},
+                                                                              params)
+    (tmp_path / "study/timing").mkdir(parents=True)
+    here, elsewhere = study.machine(), "another machine"
+    for name, cell, seconds, where in [("cnn-0-5", {"kind": "cnn", "size": "5", "seed": 0}, 60.0, here),
+                                       ("cnn-1-5", {"kind": "cnn", "size": "5", "seed": 1}, 600.0, elsewhere),
+                                       ("probe-0-5", {"kind": "probe", "size": "5", "seed": 0}, 6.0, here),
+                                       ("cnn-7-5", {"kind": "cnn", "size": "5", "seed": 7}, 6.0, here)]:  # not this study
+        (tmp_path / f"study/timing/{name}.json").write_text(json.dumps({"seconds": seconds, "machine": where,
+                                                                         "cell": cell}))
+    line = progress_line({"kind": "cnn", "size": "all", "seed": 0}, params)
+    # Left: 12 tuning (untimed), cnn at all x 2 (60 s each: its kind at another size), 2 budget checks (untimed),
+    # probe 1 at 5 (6 s) and 2 at all (6 s each): 120 + 18 = 138 s.
+    assert line.startswith("study: kind cnn, size all, seed 0: 3 of 22 cells done; about 2 min left")
+    assert "by 2 cells finished here, besides 14 cells of a kind not yet timed here" in line
 
 
 # ---------------------------------------------------------------- end to end under DVC
 
-STUDY = {"seeds": [0, 1], "images_per_class": [2, "all"], "min_steps": 8, "bootstrap": 200}
-CELLS = {f"study/dvc.yaml:{model}@{seed}-{size}" for model in ("cnn", "probe") for seed in (0, 1)
-         for size in (2, "all")}
+STUDY = {"seeds": [0, 1], "images_per_class": [2, "all"], "min_steps": 8,
+         "cnn_grid": {"lr": [0.003], "weight_decay": [0.005, 0.05]}, "probe_c_grid": [0.1, 1.0]}
+SIZES = ("2", "all")
+CELLS = {f"study/dvc.yaml:{cell}" for cell in
+         [f"cnn_tune@{n}-0.003-{wd}" for n in SIZES for wd in ("0.005", "0.05")]
+         + [f"{model}@{seed}-{n}" for model in ("cnn", "probe") for seed in (0, 1) for n in SIZES]
+         + [f"cnn_long@{n}" for n in SIZES]}
 
 
 def ran_stages(proc) -> list[str]:
@@ -221,52 +168,144 @@ def ran_stages(proc) -> list[str]:
 
 
 def add_study(project: Path) -> None:
-    """The study's pipeline and a 2 seeds x 2 sizes ladder, committed, with a local folder as the shared remote."""
-    (project / "study").mkdir()
-    shutil.copy2(REPO / "study/dvc.yaml", project / "study/dvc.yaml")
+    """The study added as a user adds it (its pipeline copied to study/dvc.yaml), a 2 seeds x 2 sizes ladder, and
+    a local folder as the shared remote; committed."""
+    shutil.copy2(project / "study/pipeline.yaml", project / "study/dvc.yaml")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["study"] = STUDY
+    params["study"].update(STUDY)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(project, "remote", "add", "-d", "shared", str(project.parent / "remote"))
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "study"], project)
 
 
+def wait_for_queue(project: Path, deadline: float) -> str:
+    while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status
+
+
+def start_queue(project: Path, workers: int) -> None:
+    # The workers outlive `dvc queue start`; holding its output open would wait for them.
+    subprocess.run(["env", f"PETLAB_JOBS={workers}", sys.executable, "-m", "dvc", "queue", "start", "-j", str(workers)],
+                   cwd=project, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def cell_process(args: str) -> int | None:
+    found = subprocess.run(["pgrep", "-f", f"stages.study_cnn {args}$"], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def interrupt_cell(project: Path, sig: signal.Signals, stage: str) -> str:
+    """Run one cell again (dvc repro --force), and signal its process group (as Ctrl-C does) during its epoch 2."""
+    from test_runtime import start_as_in_a_terminal
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = start_as_in_a_terminal([sys.executable, "-m", "dvc", "repro", "--force", "--single-item",
+                                   f"study/dvc.yaml:{stage}"], project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+    lines, signalled = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(f"{stage}: epoch 1/"):
+            signalled = proc.poll() is None
+            os.killpg(proc.pid, sig)
+            break
+    lines.append(proc.stdout.read())
+    assert proc.wait(timeout=60) != 0 and signalled, "".join(lines)
+    return "".join(lines)
+
+
+def forget_cell(project: Path, stage: str) -> None:
+    """Drop a cell's record from study/dvc.lock and DVC's run cache: DVC then runs it, as it does a cell that never
+    finished (a forced re-run that stops leaves both, and DVC restores the cell from them instead)."""
+    lock = yaml.safe_load((project / "study/dvc.lock").read_text())
+    del lock["stages"][stage]
+    (project / "study/dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.rmtree(project / ".dvc/cache/runs")
+
+
 def test_study_end_to_end(tiny_project, tmp_path):
     project = tiny_project
     add_study(project)
+    deadline = time.monotonic() + 1500
+    started = time.monotonic()
+    lap = lambda what: print(f"{what}: {time.monotonic() - started:.0f} s")  # noqa: E731
 
-    # Another machine runs one cell and shares it through the remote (run cache and outputs) ...
-    other = tmp_path / "other"
-    run(["git", "clone", "-q", str(project), str(other)], tmp_path)
-    assert "study/dvc.yaml:cnn@1-all" in ran_stages(dvc(other, "repro", "study/dvc.yaml:cnn@1-all"))
-    dvc(other, "push", "--run-cache")
-    # ... and the study here takes that cell from the remote and runs every other one.
-    # The whole study in one command: on a busy machine it may take longer than one dvc call is usually given.
-    first = run([sys.executable, "-m", "dvc", "repro", "--pull", "study/dvc.yaml"], project, timeout=1800)
-    ran = ran_stages(first)
-    assert "Stage 'study/dvc.yaml:cnn@1-all' is cached - skipping run" in first.stdout + first.stderr
-    assert set(ran) >= CELLS - {"study/dvc.yaml:cnn@1-all"} | {"study/dvc.yaml:study_features",
-                                                                "study/dvc.yaml:study_report"}
-    assert "study/dvc.yaml:cnn@1-all" not in ran
+    # The tuning cells here (with what they need of the main pipeline), then two CNN cells trained by two queue
+    # workers, each in a workspace of its own, and a third worker's cell killed while it runs.
+    tuned = ran_stages(dvc(project, "repro", "study/dvc.yaml:cnn_tune"))
+    assert {s for s in tuned if s.startswith("study/")} == {s for s in CELLS if ":cnn_tune@" in s}
+    lap("tuned")
+    for cell in ("cnn@0-2", "cnn@1-2"):
+        dvc(project, "exp", "run", "--queue", f"study/dvc.yaml:{cell}")
+    start_queue(project, 2)
+    assert wait_for_queue(project, deadline).count("Success") == 2
+    lap("queue")
+    dvc(project, "exp", "run", "--queue", "study/dvc.yaml:cnn@0-all")
+    start_queue(project, 1)
+    while (pid := cell_process("0 all")) is None:  # the cell has started, in the worker's workspace
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    assert "Failed" in wait_for_queue(project, deadline)
+
+    # The whole study here: the workers' cells restored from the run cache, not trained again; the killed one run
+    # from its first epoch; every other cell run once.
+    lap("killed")
+    full = dvc(project, "repro", "study/dvc.yaml")
+    text, ran = full.stdout + full.stderr, ran_stages(full)
+    for cell in ("cnn@0-2", "cnn@1-2"):
+        assert f"Stage 'study/dvc.yaml:{cell}' is cached - skipping run" in text and f"study/dvc.yaml:{cell}" not in ran
+    assert "study/dvc.yaml:cnn@0-all" in ran and "resumed after epoch" not in text
+    assert set(ran) >= CELLS - {"study/dvc.yaml:cnn@0-2", "study/dvc.yaml:cnn@1-2"} - {
+        s for s in CELLS if ":cnn_tune@" in s} | {"study/dvc.yaml:study_report"}
     assert ran.count("study/dvc.yaml:study_features") == 1  # one feature extraction serves every probe cell
+    assert re.search(r"study: kind probe, size all, seed 1: \d+ of 14 cells done; about \d+ min left", text)
     check_cells(project)
     check_report(project)
-    # The default `dvc repro` is the main pipeline only: it would run no stage of study/dvc.yaml. (The dry run
-    # stops with an error at profile, whose input models/cnn.pt does not exist yet; the stages before it are named.)
-    dry = ran_stages(dvc(project, "repro", "--dry", check=False))
-    assert "train_cnn" in dry and not [s for s in dry if s.startswith("study/")]
 
-    # Nothing changed: nothing of the study would run again (backbone_weights always checks its params, in seconds).
+    lap("full")
+    # Nothing changed: nothing of the study would run again (backbone_weights always checks its params).
     assert set(ran_stages(dvc(project, "repro", "--dry", "study/dvc.yaml"))) <= {"backbone_weights"}
+    # Another machine, sharing the remote: the cells it asks for restored from it, none trained again.
+    dvc(project, "push", "--run-cache")
+    other = tmp_path / "other"
+    run(["git", "clone", "-q", str(project), str(other)], tmp_path)
+    pulled = dvc(other, "repro", "--pull", "study/dvc.yaml:cnn@1-all")
+    # (sanity_data writes uncached plots, which the run cache cannot restore: it runs, to the same bytes.)
+    assert set(ran_stages(pulled)) <= {"backbone_weights", "sanity_data"}, pulled.stdout
+    assert "Stage 'study/dvc.yaml:cnn@1-all' is cached - skipping run" in pulled.stdout + pulled.stderr
+    assert (other / "study/cells/cnn/1-all.json").read_bytes() == (project / "study/cells/cnn/1-all.json").read_bytes()
 
-    # A CNN param changed: the CNN cells would run, nothing of the probe. (--dry names the stages whose own inputs
-    # changed; the report, which reads the cells, runs after them.)
+    lap("remote")
+    # A CNN cell stopped during epoch 2, by Ctrl-C and by SIGKILL: the next repro continues after epoch 1, and the
+    # cell's file is the uninterrupted one's, byte for byte.
+    uninterrupted = (project / "study/cells/cnn/0-all.json").read_bytes()
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        output = interrupt_cell(project, sig, "cnn@0-all")
+        assert "Traceback" not in output
+        forget_cell(project, "cnn@0-all")  # as if this had been the cell's first run, which nothing can restore
+        resumed = dvc(project, "repro", "study/dvc.yaml")
+        assert "cnn@0-all: resumed after epoch 1 (resume/study/cnn@0-all.pt)" in resumed.stdout, resumed.stdout
+        assert "cnn@0-all: epoch 1/" not in resumed.stdout
+        assert (project / "study/cells/cnn/0-all.json").read_bytes() == uninterrupted
+        assert not (project / "resume").exists()
+
+    lap("resume")
+    # A CNN param changed: the CNN's cells would run (its tuning, seeds and budget checks), nothing of the probe.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train_cnn"]["dropout"] = 0.2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(ran_stages(dvc(project, "repro", "--dry", "study/dvc.yaml")))
-    assert changed - {"backbone_weights"} == {s for s in CELLS if ":cnn@" in s}
+    assert changed - {"backbone_weights", "study/dvc.yaml:study_report"} == {s for s in CELLS if ":cnn" in s}
+    # An older copy of the study's pipeline is refused, in one line, before any work.
+    (project / "study/dvc.yaml").write_text((project / "study/dvc.yaml").read_text() + "\n# edited\n")
+    refused = run([sys.executable, "-m", "stages.study_report"], project, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "study_report: error: study/dvc.yaml differs from study/pipeline.yaml (a copy from an older version?); copy "
+        "it again: cp study/pipeline.yaml study/dvc.yaml")
 
 
 def check_cells(project: Path) -> None:
@@ -275,38 +314,56 @@ def check_cells(project: Path) -> None:
     for (m, s, n), cell in cells.items():
         assert (cell["model"], cell["seed"], cell["images_per_class"]) == (m, s, n)
         assert cell["train_images"] == (8 if n == 2 else 36)  # 2 of each of 4 classes; all 9 of each
-        assert cell["subset"] == cells["cnn", s, n]["subset"]  # both models of a seed and size: the same images
+        assert cell["val_images"] == (4 if n == 2 else 12)  # ceil(2 x 0.25 / 0.75) = 1 of each; all 3 of each
+        assert (cell["subset"], cell["val_subset"]) == (cells["cnn", s, n]["subset"], cells["cnn", s, n]["val_subset"])
         assert len(decode_predictions(cell["test_predicted"])) == 20
         assert "top5_accuracy" not in cell["test"]  # 4 classes: top-5 says nothing
         predicted = decode_predictions(cell["test_predicted"])
         labels = np.repeat(np.arange(4), 5)  # the test split's order: class, then file name
         assert cell["test"]["accuracy"] == pytest.approx((predicted == labels).mean())
+        assert 0 <= cell["calibration"]["test"]["ece"] <= 1 and cell["calibration"]["temperature"] > 0
     assert cells["cnn", 0, 2]["subset"] != cells["cnn", 1, 2]["subset"]  # another seed, another subset
     assert cells["cnn", 0, "all"]["subset"] == cells["cnn", 1, "all"]["subset"]
     small, full = cells["cnn", 0, 2], cells["cnn", 0, "all"]
     # The floor of 8 steps: 8 images at batch 8 take 1 step an epoch, so 8 epochs; all 36 take 4, so 3 epochs do.
     assert (small["epochs"], small["steps"], small["last_epoch"]) == (8, 8, 8)
     assert (full["epochs"], full["steps"]) == (3, 12)
-    assert len(small["val_curve"]["elapsed_seconds"]) == 8 and 1 <= small["best_epoch"] <= 8
+    assert small["compute"]["train_images_per_epoch"] == 8 and full["compute"]["train_images_per_epoch"] == 32
+    # The recipe kept at each size: the better of the two tuning cells on the selection images, at every seed.
+    recipe = small["recipe"]
+    assert [t["weight_decay"] for t in recipe["tried"]] == [0.005, 0.05]
+    best = max(recipe["tried"], key=lambda t: (t["val_macro_f1"], -t["val_loss"]))
+    assert (small["lr"], small["weight_decay"]) == (best["lr"], best["weight_decay"]) == (
+        cells["cnn", 1, 2]["lr"], cells["cnn", 1, 2]["weight_decay"])
+    long = json.loads((project / "study/cells/cnn_long/2.json").read_text())
+    assert (long["seed"], long["epochs"], long["steps"]) == (0, 16, 16)  # twice the steps
+    tune = json.loads((project / "study/cells/cnn_tune/2/0.003-0.05.json").read_text())
+    assert "test" not in tune and "test_predicted" not in tune  # a tuning cell is chosen on selection images alone
+    timing = json.loads((project / "study/timing/cnn-0-2.json").read_text())
+    assert timing["cell"] == {"kind": "cnn", "size": "2", "seed": 0} and timing["seconds"] > 0
 
 
 def check_report(project: Path) -> None:
     text = (project / "reports/study.md").read_text()
     for needed in ("random backbone weights", "generated images", "stand-in backbone", "## Learning curves",
-                   "P(probe > CNN)", "## Time to a common target", "## What a seed changes"):
-        assert needed in text
-    for png in ("learning_curves.png", "difference.png"):
+                   "## What the study could detect", "## Tuning: both models alike", "The budget check",
+                   "## Generalisation: on images no choice saw", "## Training compute to a fixed target",
+                   "## What a seed changes", "2 (2 + 1)", "all (9 + 3)"):
+        assert needed in text, needed
+    for png in ("learning_curves.png", "difference.png", "calibration.png", "class_gains.png"):
         assert (project / "reports/study_figures" / png).stat().st_size > 1000
     summary = json.loads((project / "metrics/study.json").read_text())
     assert set(summary["sizes"]) == {"2", "all"} and summary["seeds"] == [0, 1]
     for entry in summary["sizes"].values():
-        low, estimate, high = sorted(entry["probe_minus_cnn_macro_f1"])
-        assert estimate == entry["probe_minus_cnn_macro_f1"][0] and low <= estimate <= high
+        estimate, low, high = entry["probe_minus_cnn_macro_f1"]
+        assert low <= estimate <= high
         assert entry["verdict_macro_f1"] in ("probe", "cnn", "undecided")
+        assert entry["probe_wins_macro_f1"]["of"] == 2 and entry["budget_check"]["long_steps"] == \
+            2 * entry["budget_check"]["steps"]
 
 
-def crafted_study(probe_accuracy: dict, cnn_accuracy: dict):
-    """A Study of 3 seeds x sizes 5 and all on 4 classes x 25 test images, each cell right on the given share."""
+def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
+    """A Study of seeds x sizes 5 and all on 4 classes x 25 test images, each cell right on about the given share."""
     from petlab.study_report import Study
 
     labels = np.repeat(np.arange(4), 25)
@@ -314,13 +371,14 @@ def crafted_study(probe_accuracy: dict, cnn_accuracy: dict):
     cells = {}
     for model, accuracy in (("probe", probe_accuracy), ("cnn", cnn_accuracy)):
         for size, share in accuracy.items():
-            for seed in (0, 1, 2):
+            for seed in seeds:
                 right = rng.random(100) < share
                 preds = np.where(right, labels, (labels + 1) % 4)
                 cells[model, seed, size] = {
-                    "subset": f"{seed}-{size}", "train_images": 20 if size == 5 else 40, "test_predicted":
-                    encode_predictions(preds), "test": {"accuracy": float(right.mean()), "macro_f1": 0.0}}
-    return Study([0, 1, 2], [5, "all"], cells, labels, ["a", "b", "c", "d"], 40, {"source": "oxford_pets"},
+                    "subset": f"{seed}-{size}", "val_subset": f"{seed}-{size}", "train_images": 20 if size == 5 else 40,
+                    "val_images": 8 if size == 5 else 12, "test_predicted": encode_predictions(preds),
+                    "test": {"accuracy": float(right.mean()), "macro_f1": 0.0}}
+    return Study(list(seeds), [5, "all"], cells, {}, labels, ["a", "b", "c", "d"], {"source": "oxford_pets"},
                  {"timm_model": "vit_tiny_patch16_224", "pretrained": True, "seconds": {}, "images": {}})
 
 
@@ -328,9 +386,44 @@ def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
     from petlab.study_report import comparisons, conclusions
 
     study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
-    sentences = conclusions(study, comparisons(study, 300, 0))
-    assert sentences[0].startswith("At 5 training images per class, the probe is better: probe - CNN +")
-    assert sentences[1].startswith("With all training images (") and ", no conclusion: " in sentences[1]
+    sentences = conclusions(study, comparisons(study))
+    assert sentences[0].startswith("At 5 training images per class (5 training and 2 selection images per class), "
+                                   "the probe is better: probe - CNN +")
+    assert sentences[1].startswith("With all training images (10 training and 3 selection images per class)")
+    assert ", no conclusion: " in sentences[1] and "does not exclude a tie" in sentences[1]
     flipped = crafted_study({5: 0.4, "all": 0.6}, {5: 0.9, "all": 0.6})
-    assert conclusions(flipped, comparisons(flipped, 300, 0))[0].startswith(
-        "At 5 training images per class, the CNN is better: probe - CNN -")
+    assert conclusions(flipped, comparisons(flipped))[0].startswith(
+        "At 5 training images per class (5 training and 2 selection images per class), the CNN is better: probe - CNN -")
+
+
+def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_path, monkeypatch):
+    """Every class with fewer than 10 training images: "10 per class" is the subset "all" again, and becomes no
+    point of the curves and no conclusion of its own."""
+    from petlab.params import parse_params
+    from petlab.study_report import Study
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for name in ("a", "b"):
+            (data / split / name).mkdir(parents=True)
+            (data / split / name / "0.jpg").write_bytes(b"")
+    (data / "classes.json").write_text('["a", "b"]')
+    (data / "report.json").write_text('{"source": "oxford_pets"}')
+    params = parse_params({"study": {"seeds": [0], "images_per_class": [3, 10, 25, "all"]}})
+    cells = Path("study/cells")
+    for model in ("cnn", "probe"):
+        (cells / model).mkdir(parents=True, exist_ok=True)
+        for size in (3, 10, 25, "all"):
+            subset = "three" if size == 3 else "everything"  # 10, 25 and all: the same images
+            (cells / model / f"0-{size}.json").write_text(json.dumps({
+                "subset": subset, "val_subset": subset, "test_predicted": "0 1", "train_images": 12, "val_images": 4}))
+    (cells / "cnn_long").mkdir()
+    for size in (3, 10, 25, "all"):
+        (cells / "cnn_long" / f"{size}.json").write_text("{}")
+    (cells / "features.json").write_text("{}")
+    study = Study.load(params, data)
+    assert study.sizes == [3, "all"] and study.same_as == {10: "all", 25: "all"}
+    (cells / "cnn" / "0-25.json").unlink()
+    with pytest.raises(PipelineError, match=r"^1 cells missing \(study/cells/cnn/0-25\.json\); run them first"):
+        Study.load(params, data)

@@ -1,0 +1,93 @@
+"""Stage robustness: both trained models on the test images under corruptions (noise, blur, JPEG, brightness,
+contrast) at three severities each (petlab/robustness.py), each through its own evaluation transform.
+
+Its cost is bounded by robustness.test_per_class: that many test images of each class (a seeded, stratified
+draw), scored 16 times (clean, then 5 corruptions x 3 severities) by both models, the probe through its whole
+backbone; the default keeps the stage within the evaluate stage's time on a default run.
+"""
+
+from pathlib import Path
+
+import torch
+
+from petlab import plots
+from petlab.data import PreparedData, draw_subset, eval_transform, make_loader
+from petlab.experiments import load_trained, make_context, setup_stage, transform_spec
+from petlab.metrics import classification_metrics
+from petlab.outputs import load_torch, save_figure, write_csv, write_json
+from petlab.robustness import CORRUPTIONS, CorruptedImages, conditions, relative_drop
+from petlab.runtime import PipelineError
+from petlab.stage import run_stage
+from petlab.train import predict
+
+DATA = Path("data/oxford_pets")
+CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
+METRICS = Path("metrics/robustness.json")
+PLOTS = Path("plots/robustness")
+
+
+def main() -> None:
+    params, data = setup_stage(DATA)
+    items = data.items("test")
+    chosen = [items[i] for i in draw_subset([label for _, label in items], params.robustness.test_per_class,
+                                            params.seed)]
+    scores, predictions, labels = {}, {}, None
+    for name, path in CHECKPOINTS.items():
+        checkpoint = load_torch(path)
+        if checkpoint["class_names"] != data.class_names:
+            raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
+        optim = params.train_cnn if name == "cnn" else params.train_vit
+        spec = transform_spec(checkpoint["model_config"])
+        ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
+        model = load_trained(checkpoint).to(ctx.device)
+        if ctx.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for corruption, severity in conditions():
+            dataset = CorruptedImages(chosen, corruption, severity, eval_transform(spec), params.seed)
+            loader = make_loader(dataset, params.evaluate.batch_size, False, params.seed, ctx.device, params.loader)
+            logits, labels = predict(model, loader, ctx, desc=f"robustness: {name} {corruption} {severity}")
+            scores[name, corruption, severity] = classification_metrics(logits, labels, data.num_classes)
+            predictions[name, corruption, severity] = logits.argmax(1).tolist()
+    write_outputs(scores, predictions, labels.tolist(), [p.relative_to(DATA).as_posix() for p, _ in chosen],
+                  data, params)
+
+
+def summary(scores: dict, model: str) -> dict:
+    """A model's clean score, its mean over every corruption and severity, and the relative drop between."""
+    out = {}
+    for metric in ("accuracy", "macro_f1"):
+        clean = scores[model, "clean", 0][metric]
+        corrupted = sum(scores[model, c, s][metric] for c, s in conditions()[1:]) / (len(conditions()) - 1)
+        out.update({f"clean_{metric}": round(clean, 6), f"corrupted_{metric}": round(corrupted, 6),
+                    f"relative_drop_{metric}": round(relative_drop(clean, corrupted), 6)})
+    return out
+
+
+def write_outputs(scores: dict, predictions: dict, labels: list[int], images: list[str], data: PreparedData,
+                  params) -> None:
+    models = list(CHECKPOINTS)
+    write_json(METRICS, {"test_images": len(labels), "test_per_class": params.robustness.test_per_class,
+                         **{m: summary(scores, m) for m in models}})
+    write_csv(PLOTS / "scores.csv", ({"corruption": c, "severity": s, "model": m,
+                                      **{k: round(v, 6) for k, v in scores[m, c, s].items() if k != "top5_accuracy"}}
+                                     for c, s in conditions() for m in models),
+              ["corruption", "severity", "model", "accuracy", "macro_f1"])
+    # The mean over corruptions at each severity, for `dvc plots show` (severity 0: clean).
+    write_csv(PLOTS / "mean_accuracy.csv", ({"severity": s, **{f"{m}_accuracy": round(
+        scores[m, "clean", 0]["accuracy"] if s == 0 else sum(scores[m, c, s]["accuracy"] for c in CORRUPTIONS)
+        / len(CORRUPTIONS), 6) for m in models}} for s in range(4)), ["severity", *(f"{m}_accuracy" for m in models)])
+    write_csv(PLOTS / "predictions.csv", ({"image": image, "label": label, "corruption": c, "severity": s,
+                                          **{m: predictions[m, c, s][i] for m in models}}
+                                         for c, s in conditions() for i, (image, label) in enumerate(zip(images, labels))),
+              ["image", "label", "corruption", "severity", *models])
+    checkpoint_labels = {m: plots.model_label(load_torch(p)["model_config"]) for m, p in CHECKPOINTS.items()}
+    save_figure(plots.robustness_figure(scores, checkpoint_labels, list(CORRUPTIONS), len(labels)),
+                PLOTS / "accuracy.png")
+    for m in models:
+        s = summary(scores, m)
+        print(f"robustness: {m}: clean accuracy {s['clean_accuracy']:.4f}, under corruption {s['corrupted_accuracy']:.4f} "
+              f"(a relative drop of {s['relative_drop_accuracy']:.1%}) on {len(labels)} test images")
+
+
+if __name__ == "__main__":
+    run_stage("robustness", main)
