@@ -351,7 +351,9 @@ def weights_source(model_name: str, pretrained: bool, weights: str | None) -> st
     if weights is not None:
         path = Path(weights).expanduser().resolve()
         description = weights_description(path)
-        return f"{description}{DESCRIBED_FILE}{path})" if description else f"file {path}"
+        # A file inside the project by its path there: records and reports then name no folder of this machine.
+        shown = path.relative_to(Path.cwd().resolve()) if path.is_relative_to(Path.cwd().resolve()) else path
+        return f"{description}{DESCRIBED_FILE}{shown})" if description else f"file {shown}"
     cfg = timm.models.get_pretrained_cfg(model_name)
     return f"timm hub {cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else model_name}"
 

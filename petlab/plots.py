@@ -203,19 +203,19 @@ def profile_comparison_figure(models: dict[str, dict], labels: dict[str, str] | 
 def reliability_figure(bins: dict[str, list[dict]], labels: dict[str, str], ece: dict[str, float]):
     """Reliability diagram of both models on the test split: each equal-mass bin's accuracy against its mean
     confidence (points sized by the bin's images), the diagonal being perfect calibration."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    fig, ax = plt.subplots(figsize=(5.6, 6.2))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
     for i, (model, rows) in enumerate(bins.items()):
         conf = [r["confidence"] for r in rows]
         acc = [r["accuracy"] for r in rows]
         ax.plot(conf, acc, "o-", color=color(model, i), markersize=4,
-                label=f"{labels[model]}: ECE {ece[model] * 100:.1f} points")
+                label="\n".join(textwrap.wrap(f"{labels[model]}: ECE {ece[model] * 100:.1f} points", 70)))
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top-class probability), mean of the bin")
     ax.set_ylabel("accuracy of the bin")
     ax.set_title("Reliability on the test split (equal-mass bins)", loc="left", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", prop={"size": 7})
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False, prop={"size": 7})
     ax.grid(alpha=0.3)
     return fig
 

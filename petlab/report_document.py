@@ -344,6 +344,10 @@ def what_ran(run: Run, params: Params, labels: dict[str, str], git_state: str) -
                      else "L-BFGS logistic regression, C chosen on val from "
                           + " ".join(f"{c:g}" for c in run.sweep["c"]))
                   + f"; {vit['device']}, {vit['precision']}"),
+        ("Tuning", f"CNN: one recipe (lr {params.train_cnn.lr:g}, weight decay {params.train_cnn.weight_decay:g}), "
+                   "its epoch chosen on val; not tuned further (the study tunes it per size, docs/study.md). Probe: "
+                   + (f"C chosen on val from {len(run.sweep)} values" if run.epochs("vit") is None
+                      else "one recipe, its epoch chosen on val")),
         ("Backbone weights", f"{'pretrained' if vit.get('pretrained') else 'RANDOM'}: {vit.get('weights_source')}"),
         ("Seed", f"{params.seed} (bootstrap: {params.report.bootstrap} resamples, seeded with it)"),
         ("Code", git_state),

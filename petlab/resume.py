@@ -86,10 +86,11 @@ class Resume:
     def remove(self) -> None:
         """Once the stage's outputs are written: nothing is left to resume."""
         self.path.unlink(missing_ok=True)
-        try:
-            self.path.parent.rmdir()  # resume/ itself, when no other stage's checkpoint is in it
-        except OSError:
-            pass
+        for folder in dict.fromkeys((self.path.parent, RESUME_DIR)):  # resume/study/, then resume/: when empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def say(self, message: str) -> None:
         if distributed.is_main():

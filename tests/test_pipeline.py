@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -72,6 +73,24 @@ def check_metrics(project: Path) -> None:
             assert 0 <= m["macro_f1"] <= 1 and 0 <= m["accuracy"] <= 1
             assert "top5_accuracy" not in m  # 4 classes: every label is among any model's 5 best
     assert evaluation["vit"]["pretrained"] is False
+    for model in ("cnn", "vit"):  # calibration on test, as trained and after temperature scaling fitted on val
+        calibration = evaluation[model]["calibration"]
+        assert calibration["temperature"] > 0 and calibration["test"]["ece_bins"] == 2  # 20 test images
+        for part in ("test", "test_scaled"):
+            c = calibration[part]
+            assert c["ece_low"] <= c["ece"] <= c["ece_high"] and c["nll"] > 0 and 0 <= c["brier"] <= 2
+        assert calibration["test_scaled"]["nll"] <= calibration["test"]["nll"] + 0.05
+        with open(project / f"plots/evaluate/reliability_{model}.csv") as f:
+            bins = list(csv.DictReader(f))
+        assert sum(int(b["images"]) for b in bins) == 20
+    robustness = load_json(project / "metrics/robustness.json")
+    assert robustness["test_images"] == 20 and robustness["test_per_class"] == 5
+    for model in ("cnn", "vit"):
+        r = robustness[model]
+        assert 0 <= r["corrupted_accuracy"] <= 1 and r["relative_drop_accuracy"] == pytest.approx(
+            1 - r["corrupted_accuracy"] / r["clean_accuracy"], abs=1e-5)
+    with open(project / "plots/robustness/scores.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * 16  # both models: clean, then 5 corruptions x 3 severities
 
     profile = load_json(project / "metrics/profile.json")
     for model in ("cnn", "vit"):
@@ -80,7 +99,8 @@ def check_metrics(project: Path) -> None:
         assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and "top_ops" not in p
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
-    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "report"):
+    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "robustness",
+                  "report"):
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
     for model in ("cnn", "vit"):
         assert 0 <= profile[model]["data_wait_share"] < 1
@@ -162,7 +182,8 @@ def check_exp_show_fits_160_columns(project: Path) -> None:
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and max(map(len, lines)) <= 160 and "…" not in proc.stdout, proc.stdout + proc.stderr
     header = next(line for line in lines if "Experiment" in line).split()
-    assert header == ["Experiment", "selected_c", "cnn.test.accuracy", "cnn.test.macro_f1", "vit.test.accuracy",
+    # The selection (val) scores to choose by, test beside them for the record.
+    assert header == ["Experiment", "selected_c", "cnn.val.macro_f1", "cnn.test.macro_f1", "vit.val.macro_f1",
                       "vit.test.macro_f1", "train_cnn.lr", "train_vit.solver"]
     assert any("sgd" in line for line in lines) and any("lbfgs" in line for line in lines)  # experiment, baseline
 
@@ -180,7 +201,15 @@ def check_report(project: Path) -> None:
         row = next(line for line in generalisation.splitlines() if line.startswith(f"| {name} "))
         scores = evaluation[model]
         assert f"| {scores['train']['accuracy'] * 100:.2f} " in row
-        assert f"| {(scores['train']['accuracy'] - scores['val']['accuracy']) * 100:+.2f} " in row
+        assert f"| {(scores['train']['accuracy'] - scores['test']['accuracy']) * 100:+.2f} " in row
+        calibration = scores["calibration"]["test"]
+        assert f"| {calibration['ece'] * 100:.1f} [{calibration['ece_low'] * 100:.1f}, " in next(
+            line for line in generalisation.splitlines()[generalisation.splitlines().index(row) + 1:]
+            if line.startswith(f"| {name} "))
+    robustness = load_json(project / "metrics/robustness.json")
+    assert f"relative drop: {robustness['cnn']['relative_drop_accuracy'] * 100:.1f}%, " \
+           f"{robustness['vit']['relative_drop_accuracy'] * 100:.1f}%" in generalisation
+    assert "- Who generalises better: " in text and "Calibration: " in text and "Corrupted images: " in text
     for label, metric in (("Accuracy", "accuracy"), ("Macro-F1", "macro_f1")):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} "))
         _, cnn_test, vit_test, difference, cnn_val, vit_val = [c.strip() for c in row.strip("|").split("|")]
@@ -320,7 +349,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     first = dvc(project, "repro")
     check_benchmark_row(project, time.perf_counter() - start)
     assert ran_stages(first) == {"backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
-                                 "profile", "evaluate", "report"}
+                                 "profile", "evaluate", "robustness", "report"}
     assert "random backbone weights" in first.stdout
     # TINY_PARAMS shortens the probe's loop, which its default L-BFGS route never runs: the stage says so.
     assert ("train_vit: WARNING: train_vit.epochs, train_vit.batch_size, train_vit.warmup_epochs changed but not used "
@@ -343,7 +372,8 @@ def test_dvc_repro_end_to_end(tiny_project):
     dvc(project, "plots", "show", "-o", str(plots_dir))
     html = (plots_dir / "index.html").read_text()
     for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
-                  "Loss per epoch", "Linear probe, val score over C"):
+                  "Loss per epoch", "Linear probe, val score over C", "Reliability on the test split",
+                  "Test accuracy under corruption"):
         assert title in html
     assert "American Bulldog" in html  # the confusion data itself, with class names
     assert "log10_c" in html  # the probe's sweep, drawn over log10(C)
@@ -356,7 +386,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
     # route for the head, which writes per-epoch history instead of the sweep.
     experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
-    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "report"}
+    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "robustness", "report"}
     after = load_json(project / "metrics/train_vit.json")
     assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
     with open(project / "plots/train_vit/history.csv") as f:
@@ -365,12 +395,21 @@ def test_dvc_repro_end_to_end(tiny_project):
     check_report(project)
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
+    # The probe's calibration and robustness changed with it; `dvc metrics diff` shows them.
+    assert any(k.startswith("vit.calibration.") for k in metrics_diff["metrics/evaluate.json"])
+    assert any(k.startswith("vit.") for k in metrics_diff["metrics/robustness.json"])
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
     lr_change = params_diff["params.yaml"]["train_vit.lr"]
     assert (lr_change["old"], lr_change["new"]) == (0.001, 0.02)
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
+    # A train_cnn param changed: the CNN's calibration and its robustness move, and `dvc metrics diff` shows them.
+    assert ran_stages(dvc(project, "exp", "run", "-S", "train_cnn.dropout=0.2", "evaluate", "robustness")) == {
+        "backbone_weights", "train_cnn", "evaluate", "robustness"}
+    metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
+    assert any(k.startswith("cnn.calibration.test.") for k in metrics_diff["metrics/evaluate.json"])
+    assert any(k.startswith("cnn.") for k in metrics_diff["metrics/robustness.json"])
 
     # The scaling flows, on the CNN's branch: a queued grid in two workers, then train_cnn as two ranks.
     check_queued_experiments(project)

@@ -148,7 +148,9 @@ def targets_of(command: str) -> list[str]:
 
 def names_a_stage(target: str) -> bool:
     """Whether a printed target exists: a dvc.yaml file, a stage of the root dvc.yaml, or `FILE:STAGE` (a matrix
-    stage's instance as `STAGE@ITEM`)."""
+    stage's instance as `STAGE@ITEM`). study/dvc.yaml is the study's pipeline as a user adds it: a copy of
+    study/pipeline.yaml."""
+    target = target.replace("study/dvc.yaml", "study/pipeline.yaml")
     file, _, stage = target.rpartition(":") if ":" in target else ("dvc.yaml", "", target)
     if not stage:
         return False
@@ -240,3 +242,36 @@ def test_every_link_between_the_readme_and_the_docs_resolves():
         if not destination.exists() or (anchor and anchor not in anchors(destination.read_text())):
             broken.append(f"{page.relative_to(REPO)}: {target}")
     assert broken == []
+
+
+def test_the_readmes_example_results_are_the_example_files_own_words():
+    """The README's sentences about results are generated from the examples' files, not written by hand: the study's
+    verdict is petlab.study_report.verdict_paragraph of its study.json (the example study's page quotes it too), and
+    every quoted sentence of the example report is one of its conclusions."""
+    import json
+
+    from petlab.study_report import verdict_paragraph
+
+    results = section("Results")
+    paragraph = verdict_paragraph(json.loads((REPO / "docs/example-study/study.json").read_text()))
+    quotes = [line[2:] for line in results.splitlines() if line.startswith("> ") and line[2:].strip()]
+    assert quotes[0] == paragraph
+    assert paragraph in (REPO / "docs/example-study/README.md").read_text().replace("\n", " ")
+    report = (REPO / "docs/example-report/reports/report.md").read_text()
+    conclusions = report.split("## 7. Conclusions")[1]
+    assert len(quotes) >= 3 and all(f"- {quote}" in conclusions for quote in quotes[1:]), quotes
+
+
+def numbers_in(text: str) -> set[str]:
+    """The decimal numbers a text states (2.2, -14.3, 13.1), as written."""
+    return set(re.findall(r"[-+]?\d+\.\d+", text))
+
+
+@pytest.mark.parametrize("page, source", [("docs/example-report/README.md", "docs/example-report/reports/report.md"),
+                                          ("docs/example-study/README.md", "docs/example-study/reports/study.md")])
+def test_the_example_pages_state_only_numbers_their_reports_hold(page, source):
+    """What an example's page says it found (the part before "How it was made") quotes numbers from the report it
+    describes, which the pipeline wrote: none is typed by hand."""
+    found = (REPO / page).read_text().split("## How it was made")[0]
+    report = (REPO / source).read_text()
+    assert numbers_in(found) and numbers_in(found) <= numbers_in(report), numbers_in(found) - numbers_in(report)

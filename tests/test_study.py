@@ -274,8 +274,9 @@ def test_study_end_to_end(tiny_project, tmp_path):
     other = tmp_path / "other"
     run(["git", "clone", "-q", str(project), str(other)], tmp_path)
     pulled = dvc(other, "repro", "--pull", "study/dvc.yaml:cnn@1-all")
-    # (sanity_data writes uncached plots, which the run cache cannot restore: it runs, to the same bytes.)
-    assert set(ran_stages(pulled)) <= {"backbone_weights", "sanity_data"}, pulled.stdout
+    # (The main pipeline's stages write uncached timings, which the run cache cannot restore: they run there, to the
+    # same bytes; the study's cells are cached whole.)
+    assert not [s for s in ran_stages(pulled) if s.startswith("study/")], pulled.stdout
     assert "Stage 'study/dvc.yaml:cnn@1-all' is cached - skipping run" in pulled.stdout + pulled.stderr
     assert (other / "study/cells/cnn/1-all.json").read_bytes() == (project / "study/cells/cnn/1-all.json").read_bytes()
 
