@@ -304,3 +304,15 @@ def load_trained(checkpoint: dict) -> nn.Module:
     model = create_model(checkpoint["model_config"])
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
+
+
+def trained_on_device(checkpoint: dict, params: Params, name: str) -> tuple[nn.Module, StepContext, TransformSpec]:
+    """A saved model ready to score images as it was trained to: on the device, at its precision (train_cnn's or
+    train_vit's amp), the CNN in channels_last where it trained so; with its input transform. `name`: cnn or vit."""
+    optim = params.train_cnn if name == "cnn" else params.train_vit
+    spec = transform_spec(checkpoint["model_config"])
+    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
+    model = load_trained(checkpoint).to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, ctx, spec

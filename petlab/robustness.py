@@ -1,5 +1,5 @@
 """Images worse than the test split's: a fixed, seeded set of corruptions at graded severities, after ImageNet-C
-(Hendrycks and Dietterich, ICLR 2019), made with torchvision.transforms.v2's functional kernels.
+(Hendrycks and Dietterich, ICLR 2019), made with torchvision.transforms.v2's functional kernels (JPEG with PIL).
 
 Each corruption is applied to the prepared test image (the pixels the models would be given), before the model's
 own evaluation transform (resize and centre crop), so the probe's features are re-extracted from corrupted pixels.
@@ -9,10 +9,12 @@ seed gives the same corrupted bytes, whatever the loader's workers.
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
@@ -44,8 +46,10 @@ def corrupt(image: torch.Tensor, corruption: str, severity: int, seed: int) -> t
         sigma = max(level * min(image.shape[-2:]), 0.3)
         kernel = 2 * math.ceil(3 * sigma) + 1
         return F.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
-    if corruption == "jpeg":
-        return F.jpeg(image, quality=int(level))
+    if corruption == "jpeg":  # with PIL, as ImageNet-C does (torchvision's JPEG codec is deprecated in 0.29)
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=int(level))
+        return read_image("jpeg", buffer.getvalue())
     if corruption == "brightness":
         return F.adjust_brightness(image, level)
     if corruption == "contrast":

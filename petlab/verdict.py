@@ -125,13 +125,19 @@ def calibration_sentence(ece: dict[str, float], difference: tuple[float, float, 
         who = " and the ".join(names[m] for m in idle)
         return "no claim", (f"Calibration: no comparison, as the {who} never learned: a model that gives every image "
                             f"the same low confidence is calibrated and useless (test ECE {quoted}).")
-    estimate, low, high = difference
-    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
-    if low > 0 or high < 0:
-        better = "vit" if high < 0 else "cnn"
+    better, interval = lower_is_better(difference)
+    if better:
         return better, (f"Calibration: the {names[better]}'s confidence means more: its test expected calibration "
                         f"error is the lower ({quoted}; {interval}).")
     return "undecided", f"Calibration: the test ECEs do not separate the models ({quoted}; {interval} holds zero)."
+
+
+def lower_is_better(difference: tuple[float, float, float]) -> tuple[str | None, str]:
+    """Of a measure where lower is better, given probe - CNN with its 95% interval: the model whose interval says it
+    is lower ('vit' or 'cnn'), or None where the interval holds zero; and the interval as the sentences quote it."""
+    estimate, low, high = difference
+    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
+    return ("vit" if high < 0 else "cnn" if low > 0 else None), interval
 
 
 def robustness_sentence(drop: dict[str, float], difference: tuple[float, float, float], clean: dict[str, float],
@@ -148,10 +154,8 @@ def robustness_sentence(drop: dict[str, float], difference: tuple[float, float, 
         return "no claim", (f"Corrupted images: no comparison, as the {who} classif{'ies' if len(weak) == 1 else 'y'} "
                             f"clean images under {pct(floor)} right (half the way from chance to 100%), and a model "
                             f"near chance has little to lose (relative drop {quoted}; {images} test images).")
-    estimate, low, high = difference
-    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
-    if low > 0 or high < 0:
-        better = "vit" if high < 0 else "cnn"
+    better, interval = lower_is_better(difference)
+    if better:
         return better, (f"Corrupted images: the {names[better]} holds up better: it loses the smaller share of its "
                         f"clean accuracy under noise, blur, JPEG, darkness and low contrast (relative drop {quoted}; "
                         f"{interval}; {images} test images).")

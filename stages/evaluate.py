@@ -14,7 +14,7 @@ import torch
 from petlab import plots
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_predictions, write_reports
-from petlab.experiments import image_loader, load_trained, make_context, setup_stage, tensor_loader, transform_spec
+from petlab.experiments import image_loader, load_trained, setup_stage, tensor_loader, trained_on_device
 from petlab.features import feature_split
 from petlab.models import weights_label
 from petlab.calibration import calibration_summary, reliability, softmax
@@ -32,12 +32,7 @@ SPLITS = ("train", "val", "test")
 
 
 def cnn_logits(checkpoint: dict, params, data: PreparedData, split: str, name: str = "cnn"):
-    optim = params.train_cnn if name == "cnn" else params.train_vit
-    spec = transform_spec(checkpoint["model_config"])
-    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
-    model = load_trained(checkpoint).to(ctx.device)
-    if ctx.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, ctx, spec = trained_on_device(checkpoint, params, name)
     loader = image_loader(data, split, spec, params.evaluate.batch_size, False, params, ctx.device)
     return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
 

@@ -8,11 +8,9 @@ backbone; the default keeps the stage within the evaluate stage's time on a defa
 
 from pathlib import Path
 
-import torch
-
 from petlab import plots
 from petlab.data import PreparedData, draw_subset, eval_transform, make_loader
-from petlab.experiments import load_trained, make_context, setup_stage, transform_spec
+from petlab.experiments import setup_stage, trained_on_device
 from petlab.metrics import classification_metrics
 from petlab.outputs import load_torch, save_figure, write_csv, write_json
 from petlab.robustness import CORRUPTIONS, CorruptedImages, conditions, relative_drop
@@ -36,12 +34,7 @@ def main() -> None:
         checkpoint = load_torch(path)
         if checkpoint["class_names"] != data.class_names:
             raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
-        optim = params.train_cnn if name == "cnn" else params.train_vit
-        spec = transform_spec(checkpoint["model_config"])
-        ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
-        model = load_trained(checkpoint).to(ctx.device)
-        if ctx.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model, ctx, spec = trained_on_device(checkpoint, params, name)
         for corruption, severity in conditions():
             dataset = CorruptedImages(chosen, corruption, severity, eval_transform(spec), params.seed)
             loader = make_loader(dataset, params.evaluate.batch_size, False, params.seed, ctx.device, params.loader)

@@ -78,7 +78,7 @@ def check_metrics(project: Path) -> None:
         assert calibration["temperature"] > 0 and calibration["test"]["ece_bins"] == 2  # 20 test images
         for part in ("test", "test_scaled"):
             c = calibration[part]
-            assert c["ece_low"] <= c["ece"] <= c["ece_high"] and c["nll"] > 0 and 0 <= c["brier"] <= 2
+            assert c["ece_low"] <= c["ece"] <= c["ece_high"] and c["nll"] >= 0 and 0 <= c["brier"] <= 2
         assert calibration["test_scaled"]["nll"] <= calibration["test"]["nll"] + 0.05
         with open(project / f"plots/evaluate/reliability_{model}.csv") as f:
             bins = list(csv.DictReader(f))
