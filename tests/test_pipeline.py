@@ -84,7 +84,7 @@ def check_metrics(project: Path) -> None:
             bins = list(csv.DictReader(f))
         assert sum(int(b["images"]) for b in bins) == 20
     robustness = load_json(project / "metrics/robustness.json")
-    assert robustness["test_images"] == 20 and robustness["test_per_class"] == 5
+    assert robustness["test_images"] == 12 and robustness["test_per_class"] == 3
     for model in ("cnn", "vit"):
         r = robustness[model]
         assert 0 <= r["corrupted_accuracy"] <= 1 and r["relative_drop_accuracy"] == pytest.approx(
