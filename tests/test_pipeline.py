@@ -294,7 +294,8 @@ def check_queued_experiments(project: Path) -> None:
 
 
 def check_train_cnn_on_two_ranks(project: Path) -> None:
-    """train_cnn as 2 gloo ranks through dvc; its checkpoint, evaluated by one process, gives what it recorded."""
+    """train_cnn as 2 gloo ranks through dvc (with another dropout, a train_cnn param, whose calibration and robustness
+    `dvc metrics diff` shows); its checkpoint, evaluated by one process, gives what it recorded."""
     from torch import nn
 
     from petlab.data import PreparedData
@@ -302,9 +303,14 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
     from petlab.params import load_params
     from petlab.train import validate
 
-    proc = dvc(project, "exp", "run", "train_cnn", "-S", "dist.nproc_per_node=2")
+    proc = dvc(project, "exp", "run", "evaluate", "robustness", "-S", "dist.nproc_per_node=2",
+               "-S", "train_cnn.dropout=0.2")
     # backbone_weights always runs (and keeps its weights); train_cnn's upstream is cached.
-    assert ran_stages(proc) == {"backbone_weights", "train_cnn"} and "2 ranks" in proc.stdout
+    assert ran_stages(proc) == {"backbone_weights", "train_cnn", "evaluate", "robustness"} and "2 ranks" in proc.stdout
+    # A train_cnn param changed: the CNN's calibration and its robustness move, and `dvc metrics diff` shows them.
+    metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
+    assert any(k.startswith("cnn.calibration.test.") for k in metrics_diff["metrics/evaluate.json"])
+    assert any(k.startswith("cnn.") for k in metrics_diff["metrics/robustness.json"])
     recorded = load_json(project / "metrics/train_cnn.json")
     assert recorded["ranks"] == 2
     checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
@@ -411,12 +417,6 @@ def test_dvc_repro_end_to_end(tiny_project):
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
-    # A train_cnn param changed: the CNN's calibration and its robustness move, and `dvc metrics diff` shows them.
-    assert ran_stages(dvc(project, "exp", "run", "-S", "train_cnn.dropout=0.2", "evaluate", "robustness")) == {
-        "backbone_weights", "train_cnn", "evaluate", "robustness"}
-    metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
-    assert any(k.startswith("cnn.calibration.test.") for k in metrics_diff["metrics/evaluate.json"])
-    assert any(k.startswith("cnn.") for k in metrics_diff["metrics/robustness.json"])
 
     # The scaling flows, on the CNN's branch: a queued grid in two workers, then train_cnn as two ranks.
     check_queued_experiments(project)
