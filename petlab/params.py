@@ -270,9 +270,9 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class RobustnessParams:
-    # Test images of each class scored under every corruption (a seeded, stratified draw). 3: the stage then takes
+    # Test images of each class scored under every corruption (a seeded, stratified draw). 2: the stage then takes
     # no longer than evaluate on a default run (docs/timing.md).
-    test_per_class: int = 3
+    test_per_class: int = 2
 
     def check(self, key: str) -> None:
         _require(self.test_per_class >= 1, f"{key}.test_per_class", self.test_per_class, "an integer >= 1")

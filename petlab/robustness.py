@@ -58,18 +58,21 @@ def corrupt(image: torch.Tensor, corruption: str, severity: int, seed: int) -> t
 
 
 class CorruptedImages(Dataset):
-    """(path, label) items read, corrupted and put through a model's evaluation transform."""
+    """Every (condition, image) of `items` under `conditions` ((corruption, severity) pairs), read, corrupted and put
+    through a model's evaluation transform: sample k is image k % len(items) under condition k // len(items). One
+    dataset, so one loader scores every condition (its workers start once, not once per condition)."""
 
-    def __init__(self, items: Sequence, corruption: str, severity: int, transform: Callable, seed: int):
-        self.items, self.corruption, self.severity = list(items), corruption, severity
+    def __init__(self, items: Sequence, conditions: Sequence[tuple[str, int]], transform: Callable, seed: int):
+        self.items, self.conditions = list(items), list(conditions)
         self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * len(self.conditions)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-        path, label = self.items[k]
-        image = corrupt(read_image(path), self.corruption, self.severity, self.seed * 1_000_003 + k)
+        (corruption, severity), index = self.conditions[k // len(self.items)], k % len(self.items)
+        path, label = self.items[index]
+        image = corrupt(read_image(path), corruption, severity, self.seed * 1_000_003 + index)
         return self.transform(image), label
 
 

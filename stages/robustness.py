@@ -35,10 +35,12 @@ def main() -> None:
         if checkpoint["class_names"] != data.class_names:
             raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
         model, ctx, spec = trained_on_device(checkpoint, params, name)
-        for corruption, severity in conditions():
-            dataset = CorruptedImages(chosen, corruption, severity, eval_transform(spec), params.seed)
-            loader = make_loader(dataset, params.evaluate.batch_size, False, params.seed, ctx.device, params.loader)
-            logits, labels = predict(model, loader, ctx, desc=f"robustness: {name} {corruption} {severity}")
+        dataset = CorruptedImages(chosen, conditions(), eval_transform(spec), params.seed)
+        loader = make_loader(dataset, params.evaluate.batch_size, False, params.seed, ctx.device, params.loader)
+        all_logits, all_labels = predict(model, loader, ctx, desc=f"robustness: {name}")
+        for i, (corruption, severity) in enumerate(conditions()):  # condition i: samples i*n .. (i+1)*n - 1
+            part = slice(i * len(chosen), (i + 1) * len(chosen))
+            logits, labels = all_logits[part], all_labels[part]
             scores[name, corruption, severity] = classification_metrics(logits, labels, data.num_classes)
             predictions[name, corruption, severity] = logits.argmax(1).tolist()
     write_outputs(scores, predictions, labels.tolist(), [p.relative_to(DATA).as_posix() for p, _ in chosen],
