@@ -235,10 +235,10 @@ def test_study_end_to_end(tiny_project):
     # workers, each in a workspace of its own, and a third worker's cell killed while it runs.
     tuned = ran_stages(dvc(project, "repro", "study/dvc.yaml:cnn_tune"))
     assert {s for s in tuned if s.startswith("study/")} == {s for s in CELLS if ":cnn_tune@" in s}
-    for cell in ("cnn@0-2", "cnn@1-2", "cnn@0-all"):  # in this order: the third starts when a worker is free
+    for cell in ("cnn@0-all", "cnn@0-2", "cnn@1-2"):  # in this order: the third starts when the first is killed
         dvc(project, "exp", "run", "--queue", f"study/dvc.yaml:{cell}")
     start_queue(project, 2)
-    while (pid := cell_process("0 all")) is None:  # the third cell has started, in its worker's workspace
+    while (pid := cell_process("0 all")) is None:  # the first cell has started, in its worker's workspace
         assert time.monotonic() < deadline, dvc(project, "queue", "status").stdout
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
