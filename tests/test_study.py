@@ -262,18 +262,18 @@ def test_study_end_to_end(tiny_project):
     # Nothing changed: nothing of the study would run again (backbone_weights always checks its params).
     assert set(ran_stages(dvc(project, "repro", "--dry", "study/dvc.yaml"))) <= {"backbone_weights"}
 
-    # A CNN cell stopped by Ctrl-C during epoch 2: the next `dvc repro study/dvc.yaml` continues after epoch 1, and
-    # the cell's file is the uninterrupted one's, byte for byte. (SIGKILL leaves the same epoch-end checkpoint: the
-    # main pipeline's robustness tests stop its training stages both ways; the cell trains through the same loop.)
+    # A CNN cell stopped during epoch 2, by Ctrl-C and by SIGKILL: the next `dvc repro study/dvc.yaml` continues
+    # after epoch 1, and the cell's file is the uninterrupted one's, byte for byte.
     uninterrupted = (project / "study/cells/cnn/0-all.json").read_bytes()
-    output = interrupt_cell(project, signal.SIGINT, "cnn@0-all")
-    assert "Traceback" not in output
-    forget_cell(project, "cnn@0-all")  # as if this had been the cell's first run, which nothing can restore
-    resumed = dvc(project, "repro", "study/dvc.yaml:cnn@0-all")
-    assert "cnn@0-all: resumed after epoch 1 (resume/study/cnn@0-all.pt)" in resumed.stdout, resumed.stdout
-    assert "cnn@0-all: epoch 1/" not in resumed.stdout
-    assert (project / "study/cells/cnn/0-all.json").read_bytes() == uninterrupted
-    assert not (project / "resume").exists()
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        output = interrupt_cell(project, sig, "cnn@0-all")
+        assert "Traceback" not in output
+        forget_cell(project, "cnn@0-all")  # as if this had been the cell's first run, which nothing can restore
+        resumed = dvc(project, "repro", "study/dvc.yaml:cnn@0-all")
+        assert "cnn@0-all: resumed after epoch 1 (resume/study/cnn@0-all.pt)" in resumed.stdout, resumed.stdout
+        assert "cnn@0-all: epoch 1/" not in resumed.stdout
+        assert (project / "study/cells/cnn/0-all.json").read_bytes() == uninterrupted
+        assert not (project / "resume").exists()
 
     # A CNN param changed: the CNN's cells would run (its tuning, seeds and budget checks), nothing of the probe.
     params = yaml.safe_load((project / "params.yaml").read_text())
