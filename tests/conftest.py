@@ -41,13 +41,27 @@ TINY_PARAMS = {
 }
 
 
-# The end-to-end `dvc repro` tests take minutes each: started first, they run beside the many short tests (pytest -n)
-# instead of after them.
-SLOW_MODULES = ("test_pipeline.py", "test_real_data.py", "test_pipeline_robustness.py", "test_study.py")
+# The end-to-end `dvc repro` tests take minutes each: started first, longest first, they run beside the many short
+# tests (pytest -n) instead of after them, so no worker is left running a long one alone at the end. The tests of
+# tests/test_pipeline_robustness.py, one xdist group (they share a reference run), count as one.
+SLOWEST_FIRST = ("test_study_end_to_end", "test_dvc_repro_end_to_end",
+                 "test_unusable_images_are_listed_by_name_in_the_sanity_metrics",
+                 "test_an_interrupted_training_stage_resumes_on_the_next_repro",
+                 "test_the_printed_fm_mini_recipe_learns_fashion_mnist",
+                 "test_probe_on_stand_in_weights_learns_fashion_mnist",
+                 "test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage",
+                 "test_cell_stages_refuse_in_one_line", "test_quick_benchmark_runs_every_row")
+
+
+def pytest_configure(config):
+    # pytest-xdist's --dist loadgroup would otherwise hand out the group with the most tests first, whatever the order.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in SLOW_MODULES)  # stable: the order within each part stays
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))  # stable: the others keep their order
 
 
 def deep_update(base: dict, overrides: dict) -> dict:

@@ -280,7 +280,7 @@ def check_queued_experiments(project: Path) -> None:
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
         assert time.monotonic() < deadline, status
-        time.sleep(2)
+        time.sleep(3)
     assert status.count("Success") == 2, status
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     experiments = {}
