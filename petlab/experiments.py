@@ -18,11 +18,11 @@ from petlab.features import extract_features, save_feature_cache
 from petlab.downloads import file_digest
 from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_backbone,
                            load_pretrained_backbone, timm_data_config)
-from petlab.outputs import save_torch, write_csv, write_json
+from petlab.outputs import load_torch, save_torch, write_csv, write_json
 from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import (Precision, Stopwatch, keep_freed_memory, seed_everything, select_device, select_precision,
-                            share_cpu)
+from petlab.runtime import (PipelineError, Precision, Stopwatch, keep_freed_memory, seed_everything, select_device,
+                            select_precision, share_cpu)
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
@@ -304,6 +304,14 @@ def load_trained(checkpoint: dict) -> nn.Module:
     model = create_model(checkpoint["model_config"])
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
+
+
+def load_checkpoint_for(path: Path, data: PreparedData) -> dict:
+    """A training stage's checkpoint, refused in one line when it was trained on other classes than `data`."""
+    checkpoint = load_torch(path)
+    if checkpoint["class_names"] != data.class_names:
+        raise PipelineError(f"{path} was trained on other classes than {data.root}; re-run its training stage")
+    return checkpoint
 
 
 def trained_on_device(checkpoint: dict, params: Params, name: str) -> tuple[nn.Module, StepContext, TransformSpec]:

@@ -14,7 +14,8 @@ import torch
 from petlab import plots
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_predictions, write_reports
-from petlab.experiments import image_loader, load_trained, setup_stage, tensor_loader, trained_on_device
+from petlab.experiments import (image_loader, load_checkpoint_for, load_trained, setup_stage, tensor_loader,
+                                trained_on_device)
 from petlab.features import feature_split
 from petlab.models import weights_label
 from petlab.calibration import calibration_summary, reliability, softmax
@@ -67,9 +68,7 @@ def main() -> None:
     params, data = setup_stage(DATA)
     results, test_logits, test_labels, bins, labels_of = {}, {}, None, {}, {}
     for name, path in CHECKPOINTS.items():
-        checkpoint = load_torch(path)
-        if checkpoint["class_names"] != data.class_names:
-            raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
+        checkpoint = load_checkpoint_for(path, data)
         logits_of = cnn_logits if name == "cnn" else probe_logits
         results[name], logits_by_split = {}, {}
         for split in SPLITS:

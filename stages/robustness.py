@@ -9,12 +9,11 @@ backbone; the default keeps the stage within the evaluate stage's time on a defa
 from pathlib import Path
 
 from petlab import plots
-from petlab.data import PreparedData, draw_subset, eval_transform, make_loader
-from petlab.experiments import setup_stage, trained_on_device
+from petlab.data import draw_subset, eval_transform, make_loader
+from petlab.experiments import load_checkpoint_for, setup_stage, trained_on_device
 from petlab.metrics import classification_metrics
-from petlab.outputs import load_torch, save_figure, write_csv, write_json
-from petlab.robustness import CORRUPTIONS, CorruptedImages, conditions, relative_drop
-from petlab.runtime import PipelineError
+from petlab.outputs import save_figure, write_csv, write_json
+from petlab.robustness import CORRUPTIONS, SEVERITIES, CorruptedImages, conditions, relative_drop
 from petlab.stage import run_stage
 from petlab.train import predict
 
@@ -29,22 +28,28 @@ def main() -> None:
     items = data.items("test")
     chosen = [items[i] for i in draw_subset([label for _, label in items], params.robustness.test_per_class,
                                             params.seed)]
-    scores, predictions, labels = {}, {}, None
+    scores, predictions, model_labels = {}, {}, {}
     for name, path in CHECKPOINTS.items():
-        checkpoint = load_torch(path)
-        if checkpoint["class_names"] != data.class_names:
-            raise PipelineError(f"{path} was trained on other classes than {DATA}; re-run its training stage")
+        checkpoint = load_checkpoint_for(path, data)
+        model_labels[name] = plots.model_label(checkpoint["model_config"])
         model, ctx, spec = trained_on_device(checkpoint, params, name)
         dataset = CorruptedImages(chosen, conditions(), eval_transform(spec), params.seed)
         loader = make_loader(dataset, params.evaluate.batch_size, False, params.seed, ctx.device, params.loader)
         all_logits, all_labels = predict(model, loader, ctx, desc=f"robustness: {name}")
         for i, (corruption, severity) in enumerate(conditions()):  # condition i: samples i*n .. (i+1)*n - 1
             part = slice(i * len(chosen), (i + 1) * len(chosen))
-            logits, labels = all_logits[part], all_labels[part]
-            scores[name, corruption, severity] = classification_metrics(logits, labels, data.num_classes)
-            predictions[name, corruption, severity] = logits.argmax(1).tolist()
-    write_outputs(scores, predictions, labels.tolist(), [p.relative_to(DATA).as_posix() for p, _ in chosen],
-                  data, params)
+            scores[name, corruption, severity] = classification_metrics(all_logits[part], all_labels[part],
+                                                                        data.num_classes)
+            predictions[name, corruption, severity] = all_logits[part].argmax(1).tolist()
+    write_outputs(scores, predictions, [label for _, label in chosen],
+                  [p.relative_to(DATA).as_posix() for p, _ in chosen], model_labels, params)
+
+
+def mean_accuracy(scores: dict, model: str, severity: int) -> float:
+    """A model's accuracy averaged over the corruptions at one severity (0: its clean accuracy)."""
+    if severity == 0:
+        return scores[model, "clean", 0]["accuracy"]
+    return sum(scores[model, c, severity]["accuracy"] for c in CORRUPTIONS) / len(CORRUPTIONS)
 
 
 def summary(scores: dict, model: str) -> dict:
@@ -58,28 +63,25 @@ def summary(scores: dict, model: str) -> dict:
     return out
 
 
-def write_outputs(scores: dict, predictions: dict, labels: list[int], images: list[str], data: PreparedData,
+def write_outputs(scores: dict, predictions: dict, labels: list[int], images: list[str], model_labels: dict[str, str],
                   params) -> None:
     models = list(CHECKPOINTS)
-    write_json(METRICS, {"test_images": len(labels), "test_per_class": params.robustness.test_per_class,
-                         **{m: summary(scores, m) for m in models}})
+    summaries = {m: summary(scores, m) for m in models}
+    write_json(METRICS, {"test_images": len(labels), "test_per_class": params.robustness.test_per_class, **summaries})
     write_csv(PLOTS / "scores.csv", ({"corruption": c, "severity": s, "model": m,
                                       **{k: round(v, 6) for k, v in scores[m, c, s].items() if k != "top5_accuracy"}}
                                      for c, s in conditions() for m in models),
               ["corruption", "severity", "model", "accuracy", "macro_f1"])
     # The mean over corruptions at each severity, for `dvc plots show` (severity 0: clean).
-    write_csv(PLOTS / "mean_accuracy.csv", ({"severity": s, **{f"{m}_accuracy": round(
-        scores[m, "clean", 0]["accuracy"] if s == 0 else sum(scores[m, c, s]["accuracy"] for c in CORRUPTIONS)
-        / len(CORRUPTIONS), 6) for m in models}} for s in range(4)), ["severity", *(f"{m}_accuracy" for m in models)])
+    write_csv(PLOTS / "mean_accuracy.csv",
+              ({"severity": s, **{f"{m}_accuracy": round(mean_accuracy(scores, m, s), 6) for m in models}}
+               for s in (0, *SEVERITIES)), ["severity", *(f"{m}_accuracy" for m in models)])
     write_csv(PLOTS / "predictions.csv", ({"image": image, "label": label, "corruption": c, "severity": s,
                                           **{m: predictions[m, c, s][i] for m in models}}
                                          for c, s in conditions() for i, (image, label) in enumerate(zip(images, labels))),
               ["image", "label", "corruption", "severity", *models])
-    checkpoint_labels = {m: plots.model_label(load_torch(p)["model_config"]) for m, p in CHECKPOINTS.items()}
-    save_figure(plots.robustness_figure(scores, checkpoint_labels, list(CORRUPTIONS), len(labels)),
-                PLOTS / "accuracy.png")
-    for m in models:
-        s = summary(scores, m)
+    save_figure(plots.robustness_figure(scores, model_labels, list(CORRUPTIONS), len(labels)), PLOTS / "accuracy.png")
+    for m, s in summaries.items():
         print(f"robustness: {m}: clean accuracy {s['clean_accuracy']:.4f}, under corruption {s['corrupted_accuracy']:.4f} "
               f"(a relative drop of {s['relative_drop_accuracy']:.1%}) on {len(labels)} test images")
 
