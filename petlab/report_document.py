@@ -58,7 +58,6 @@ class Run:
     robustness: dict  # metrics/robustness.json
     robustness_scores: pd.DataFrame  # plots/robustness/scores.csv: a row per corruption, severity and model
     robustness_predictions: pd.DataFrame  # plots/robustness/predictions.csv: a row per image and condition
-    reliability: dict[str, pd.DataFrame]  # model -> plots/evaluate/reliability_<model>.csv
 
     @classmethod
     def load(cls, root: Path, params: Params) -> "Run":
@@ -88,7 +87,6 @@ class Run:
             robustness=read_json(root / "metrics/robustness.json"),
             robustness_scores=read_csv(root / "plots/robustness/scores.csv"),
             robustness_predictions=read_csv(root / "plots/robustness/predictions.csv"),
-            reliability={m: read_csv(root / f"plots/evaluate/reliability_{m}.csv") for m in report.MODELS},
         )
 
     @property
@@ -486,9 +484,6 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
                                                 f"[{cal['test_scaled']['ece_low'] * 100:.1f}, "
                                                 f"{cal['test_scaled']['ece_high'] * 100:.1f}]",
                             "NLL scaled": f"{cal['test_scaled']['nll']:.3f}"})
-    bins = {m: run.reliability[m].to_dict("records") for m in names}
-    save_figure(plots.reliability_figure(bins, labels, {m: run.evaluation[m]["calibration"]["test"]["ece"]
-                                                        for m in names}), figures / "reliability.png")
     robust = general["robustness"]
     scores = run.robustness_scores
     robustness_rows = []
@@ -499,10 +494,6 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
         robustness_rows.append({"corruption": corruption.replace("_", " "), **{
             f"{name} accuracy, severity 1 / 2 / 3 (%)": " / ".join(
                 pct(v) for v in part[part["model"] == m].sort_values("severity")["accuracy"]) for m, name in names.items()}})
-    save_figure(plots.robustness_figure(
-        {(r["model"], r["corruption"], int(r["severity"])): {"accuracy": float(r["accuracy"])}
-         for r in scores.to_dict("records")}, labels, [c for c in dict.fromkeys(scores["corruption"]) if c != "clean"],
-        robust["images"]), figures / "robustness.png")
     gains = report.class_gains(run.per_class["cnn"], run.per_class["vit"])
     spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
     save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
@@ -523,7 +514,7 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
         "fitted on val, which changes no prediction). A model that is 90% sure should be right 90% of the time: "
         "points on the diagonal below.\n\n",
         table(pd.DataFrame(calibration)),
-        "\n" + figure(figures / "reliability.png", out_dir, "reliability diagram of both models"),
+        "\n" + figure(run.root / "plots/evaluate/reliability.png", out_dir, "reliability diagram of both models"),
         f"\n**Images worse than the test split's.** {robust['images']} test images "
         f"({run.robustness['test_per_class']} of each class, robustness.test_per_class) under five corruptions at "
         "three severities (petlab/robustness.py, after ImageNet-C), each through the model's own evaluation "
@@ -533,7 +524,7 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
         + ", ".join(f"{pct(run.robustness[m]['corrupted_accuracy'])}%" for m in names)
         + "; relative drop: " + ", ".join(f"{robust['drop'][m] * 100:.1f}%" for m in names) + ".\n\n",
         table(pd.DataFrame(robustness_rows)),
-        "\n" + figure(figures / "robustness.png", out_dir, "accuracy under corruption against severity"),
+        "\n" + figure(run.root / "plots/robustness/accuracy.png", out_dir, "accuracy under corruption against severity"),
         "\n**Where the probe's gain is.** Per-class test F1, probe - CNN (points), with each class's test images"
         + (": every class, largest gain first.\n\n" + table(gains) if len(gains) <= 10 else
            f": the 5 largest gains, then the 5 smallest, of {len(gains)} classes.\n\n" + table(gains.head(5)) + "\n"
