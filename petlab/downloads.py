@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from petlab.outputs import naming_failed_writes
 from petlab.runtime import PipelineError
 
 
@@ -43,7 +44,8 @@ def download_verified(url: str, folder: str | Path, md5: str) -> Path:
     folder = Path(folder)
     path = folder / os.path.basename(url)
     try:
-        download_url(url, str(folder), md5=md5)  # re-downloads a file whose MD5 is wrong
+        with naming_failed_writes(path):
+            download_url(url, str(folder), md5=md5)  # re-downloads a file whose MD5 is wrong
     except RuntimeError as err:  # torchvision: "File not found or corrupted."
         path.unlink(missing_ok=True)
         raise PipelineError(f"{url}: the download to {path} failed its MD5 check ({err})") from None
@@ -60,7 +62,7 @@ def extract_tar(archive: str | Path, into: str | Path) -> list[Path]:
     into.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".tmp", dir=into))
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive) as tar, naming_failed_writes(into):
             tar.extractall(staging, filter="data")
         entries = sorted(staging.iterdir())
         for entry in entries:

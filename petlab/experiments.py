@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from petlab.features import extract_features, save_feature_cache
 from petlab.downloads import file_digest
 from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_backbone,
                            load_pretrained_backbone, timm_data_config)
-from petlab.outputs import load_torch, save_torch, write_csv, write_json
+from petlab.outputs import WRITE_ERRNOS, load_torch, naming_failed_writes, save_torch, write_csv, write_json
 from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.runtime import (PipelineError, Precision, Stopwatch, keep_freed_memory, seed_everything, select_device,
@@ -255,9 +256,28 @@ def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: Pr
     return loop_fit(result)
 
 
-def tensorboard(log_dir: Path):
-    """A TensorBoard writer on rank 0; None on the other ranks, which write nothing."""
-    return SummaryWriter(str(log_dir)) if distributed.is_main() else contextlib.nullcontext()
+@contextlib.contextmanager
+def tensorboard(log_dir: Path) -> Iterator[SummaryWriter | None]:
+    """A TensorBoard writer on rank 0; None on the other ranks, which write nothing.
+
+    Its event files are written by a thread of its own. A write that fails there (disk full) is raised again in the
+    stage by the writer's next call, where the error names the log folder: the thread's own traceback is not
+    printed, so the stage's one line is all the user sees."""
+    if not distributed.is_main():
+        yield None
+        return
+    previous_hook = threading.excepthook
+
+    def quiet_failed_writes(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRNOS):
+            previous_hook(args)
+
+    threading.excepthook = quiet_failed_writes
+    try:
+        with naming_failed_writes(log_dir), SummaryWriter(str(log_dir)) as writer:
+            yield writer
+    finally:
+        threading.excepthook = previous_hook
 
 
 def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, selection: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import io
 import json
@@ -27,20 +28,39 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
+def naming_failed_writes(path: str | Path) -> Iterator[None]:
+    """Name `path` in a file-system error the block raises without a file name.
+
+    A write() that fails (disk full, a quota, a file system gone read-only) raises an OSError that says why but
+    not where; the stage's one line of error (petlab.stage) must name the file or folder it could not write."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS or err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from None
+
+
+# The errors of a write the file system refused (not of a read, which names its own file where it can).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.EFBIG}
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with naming_failed_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
+        try:
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -107,7 +127,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
     try:
-        yield tmp
+        with naming_failed_writes(path):  # what the block writes into the folder, where no write names its file
+            yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

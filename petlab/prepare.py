@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from petlab import images
 from petlab.layout import SPLITS
-from petlab.outputs import atomic_dir, write_json
+from petlab.outputs import atomic_dir, naming_failed_writes, write_json
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
 from petlab.sources import READERS
@@ -121,7 +121,8 @@ def _convert_one(task: tuple[str, str, int | None, int]) -> dict:
         return {"ok": False, "reason": str(err)}
     except (OSError, ValueError) as err:  # what Pillow's JPEG encoder raises on an image it cannot hold
         return {"ok": False, "reason": f"cannot be encoded as JPEG ({str(err) or type(err).__name__})"}
-    with open(target, "wb") as f:  # a write failure (disk full, read-only) stops the run: not the image's fault
+    # A write failure (disk full, read-only) stops the run: not the image's fault.
+    with naming_failed_writes(target), open(target, "wb") as f:
         f.write(encoded)
     original_size = decoded.image.size
     return {"ok": True, "mode": decoded.source_mode, "format": decoded.source_format,

@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from petlab.outputs import naming_failed_writes  # noqa: E402
 from petlab.params import ProfileParams  # noqa: E402
 from petlab.runtime import synchronize  # noqa: E402
 
@@ -129,7 +130,7 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
     batch_iter = itertools.cycle(batches) if isinstance(batches, list) else _repeat(batches)
     seconds, data_seconds = [], []
     trace_dir.mkdir(parents=True, exist_ok=True)
-    with PeakMemory(device) as memory, profile(
+    with naming_failed_writes(trace_dir), PeakMemory(device) as memory, profile(
         activities=activities,
         schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
         on_trace_ready=tensorboard_trace_handler(str(trace_dir)),

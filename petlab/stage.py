@@ -18,12 +18,13 @@ from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, lau
 
 
 def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = (),
-              timing_file: str | Path | None = None, timing_extra: dict | None = None) -> None:
+              timing_file: str | Path | None = None, timing_extra: dict | None = None, record_time: bool = True) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
     shows a slowdown (kept apart from the result metrics, which must not change between reruns).
     `timing_file` puts it elsewhere, with `timing_extra` beside it (a study cell's: with the machine it ran on).
+    `record_time=False` writes no timing file (a command that is no DVC stage).
     `live_dirs` are written while the stage runs (TensorBoard logs, so they can be watched): when the
     stage fails they are removed, so no partial event file outlives the run.
     """
@@ -40,7 +41,7 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
                 shutil.rmtree(folder, ignore_errors=True)       # trace files (rank 0's: the others write none)
             raise
         leave_process_group()
-        if main_rank:
+        if main_rank and record_time:
             write_json(timing_file or f"metrics/timing/{name}.json", {"seconds": clock.seconds(), **(timing_extra or {})})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)

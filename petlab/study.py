@@ -69,12 +69,50 @@ def parse_cell(model: str, argv: Sequence[str]) -> tuple[int, int | str]:
         raise PipelineError(f"{usage}; got {' '.join(argv) or 'nothing'}") from None
 
 
-def check_pipeline_copy() -> None:
-    """The study runs from study/dvc.yaml, a copy of study/pipeline.yaml: an older copy would run cells with the
-    deps of an older version of the code, and DVC would keep results the current code would not produce."""
-    if PIPELINE.is_file() and TEMPLATE.is_file() and PIPELINE.read_bytes() != TEMPLATE.read_bytes():
-        raise PipelineError(f"{PIPELINE} differs from {TEMPLATE} (a copy from an older version?); copy it again: "
-                            f"cp {TEMPLATE} {PIPELINE}")
+# The line of study/pipeline.yaml that study/dvc.yaml holds the checked grid in instead (pipeline_text).
+GRID_VARS = "  - ../params.yaml:study\n"
+
+
+def pipeline_text(study: StudyParams) -> str:
+    """study/dvc.yaml as `python -m petlab.study` writes it: study/pipeline.yaml with the grid its matrix stages
+    expand (seeds, sizes, the CNN's recipes) written in, as params.yaml gives it once the schema accepted it.
+
+    DVC expands a matrix while it reads a project's dvc.yaml files, before any stage runs, and a value it cannot
+    expand (`seeds: "0,1"`, a scalar, null) stopped every DVC command of the project, the main pipeline's
+    `dvc status` and `dvc repro` too, with an error naming no key. A grid written only after the schema checked it
+    always expands; the schema names a wrong value in one line instead."""
+    template = TEMPLATE.read_text()
+    if GRID_VARS not in template:
+        raise PipelineError(f"{TEMPLATE}: no line {GRID_VARS.strip()!r} for the study's grid to replace")
+    grid = (f"  - study:  # params.yaml's study grid, as the schema accepted it\n"
+            f"      seeds: {json.dumps(list(study.seeds))}\n"
+            f"      images_per_class: {json.dumps(list(study.images_per_class))}\n"
+            f"      cnn_grid: {{lr: {json.dumps(list(study.cnn_grid.lr))}, "
+            f"weight_decay: {json.dumps(list(study.cnn_grid.weight_decay))}}}\n")
+    header = (f"# Written by `python -m petlab.study` from {TEMPLATE} and params.yaml's study section: write it again\n"
+              "# after changing study.seeds, study.images_per_class or study.cnn_grid (the study's stages check it).\n")
+    return header + template.replace(GRID_VARS, grid)
+
+
+def check_pipeline_copy(study: StudyParams) -> None:
+    """The study runs from study/dvc.yaml as pipeline_text writes it for the current code and params: an older copy
+    would run the cells with the deps of an older version of the code (and DVC would keep results the current code
+    would not produce), one written for another grid would run other cells than params.yaml asks for."""
+    if PIPELINE.is_file() and TEMPLATE.is_file() and PIPELINE.read_text() != pipeline_text(study):
+        raise PipelineError(f"{PIPELINE} is not the study's pipeline for this code and params.yaml's study grid (a "
+                            f"copy from an older version, or the grid changed since); write it again: "
+                            f"python -m petlab.study")
+
+
+def write_pipeline() -> None:
+    """`python -m petlab.study`: params.yaml checked in full, then study/dvc.yaml written (pipeline_text)."""
+    from petlab.outputs import write_text
+    from petlab.params import load_params
+
+    study = load_params().study
+    write_text(PIPELINE, pipeline_text(study))
+    print(f"wrote {PIPELINE}: {len(study.seeds)} seeds x {len(study.images_per_class)} sizes, {cell_count(study)} cells; "
+          f"run it with: dvc repro {PIPELINE}")
 
 
 def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
@@ -83,10 +121,11 @@ def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
 
     `stage` as DVC names it (cnn@0-5, cnn_tune@5-0.001-0.05), `cell` what it is: {"kind", "size"[, "seed"]}."""
     def checked_main() -> None:
-        check_pipeline_copy()
         from petlab.params import load_params
 
-        print(progress_line(cell, load_params().study), flush=True)
+        study = load_params().study
+        check_pipeline_copy(study)
+        print(progress_line(cell, study), flush=True)
         main()
 
     run_stage(f"study/{stage}", checked_main, timing_file=timing_path(stage),
@@ -227,3 +266,7 @@ def scores(metrics: dict[str, float]) -> dict[str, float]:
     """What a cell keeps of a split's metrics: accuracy, macro-F1 (and loss where given), rounded. Not top-5,
     which the study does not compare (and which is 1 by construction with 5 classes or fewer)."""
     return {k: round(v, 6) for k, v in metrics.items() if k in ("accuracy", "macro_f1", "loss")}
+
+
+if __name__ == "__main__":
+    run_stage("study", write_pipeline, record_time=False)

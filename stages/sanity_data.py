@@ -4,10 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from petlab import plots, sanity
-from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, transform_spec
+from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, tensorboard, transform_spec
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
 from petlab.layout import SPLITS
@@ -34,7 +33,7 @@ def main() -> None:
         failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
                         f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
 
-    with SummaryWriter(str(LOG_DIR)) as writer:
+    with tensorboard(LOG_DIR) as writer:
         # fp32 for both: this checks learning, not speed
         config = cnn_config(params, data.num_classes)
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))

@@ -15,6 +15,7 @@ from petlab.experiments import build_probe, image_loader, make_context, setup_st
 from petlab.features import extract_features, save_feature_cache
 from petlab.outputs import check_writable, write_json
 from petlab.layout import SPLITS
+from petlab.params import load_params
 from petlab.runtime import PipelineError, Stopwatch
 from petlab.stage import run_stage
 from petlab.study import FEATURES, FEATURES_RECORD, check_pipeline_copy, machine, timing_path
@@ -24,7 +25,7 @@ BACKBONE = Path("models/backbone.safetensors")  # written by the main pipeline's
 
 
 def main() -> None:
-    check_pipeline_copy()
+    check_pipeline_copy(load_params().study)
     check_writable([FEATURES, FEATURES_RECORD])
     params, data = setup_stage(DATA)
     p = params.train_vit

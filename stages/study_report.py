@@ -18,8 +18,8 @@ METRICS = Path("metrics/study.json")
 
 
 def main() -> None:
-    check_pipeline_copy()
     params = load_params()
+    check_pipeline_copy(params.study)
     study = Study.load(params, DATA)
     text, results = build(study, params, FIGURES, OUT_DIR, git_state())
     write_text(REPORT, text)

@@ -18,6 +18,7 @@ import yaml
 from conftest import REPO, dvc, run
 from petlab.params import StudyParams, TrainCNNParams
 from petlab.runtime import PipelineError
+from petlab.stage import run_stage
 from petlab.data import draw_subset
 from petlab.study import (cell_count, cnn_budget, decode_predictions, doubled, encode_predictions, parse_cell,
                           progress_line, steps_per_epoch, val_size)
@@ -91,6 +92,87 @@ def test_cell_stages_refuse_in_one_line(tmp_path):
         assert proc.returncode == 1 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (project / "study").exists() and not (project / "metrics").exists()
+
+
+STALE_PIPELINE = ("{stage}: error: study/dvc.yaml is not the study's pipeline for this code and params.yaml's study "
+                  "grid (a copy from an older version, or the grid changed since); write it again: python -m petlab.study")
+# Every key the study's matrices expand (DVC, before any stage runs), and values DVC could not expand or the schema
+# refuses: a string, a scalar where a list is expected, a nested list, null, an empty list.
+GRID_KEYS = ("seeds", "images_per_class", "cnn_grid.lr", "cnn_grid.weight_decay")
+BAD_GRID_VALUES = {"string": "0,1", "scalar": 3, "nested": [[0, 1]], "null": None, "empty": []}
+
+
+def study_project(root: Path, study: dict) -> Path:
+    """What `python -m petlab.study` reads: the template and a params.yaml with `study` updated (dotted keys)."""
+    (root / "study").mkdir(parents=True)
+    shutil.copy2(REPO / "study/pipeline.yaml", root / "study/pipeline.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in study.items():
+        *parents, last = key.split(".")
+        section = params["study"]
+        for name in parents:
+            section = section[name]
+        section[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.mark.parametrize("key", GRID_KEYS)
+@pytest.mark.parametrize("kind", BAD_GRID_VALUES)
+def test_a_grid_value_dvc_cannot_expand_is_refused_naming_the_key(tmp_path, monkeypatch, capsys, key, kind):
+    from petlab.study import write_pipeline
+
+    monkeypatch.chdir(study_project(tmp_path, {key: BAD_GRID_VALUES[kind]}))
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("study", write_pipeline, record_time=False)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1, err
+    assert re.match(rf"study: error: (params\.yaml: )?study\.{re.escape(key)}(\[0\])? ", err), err
+    assert not (tmp_path / "study/dvc.yaml").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_the_written_pipeline_expands_the_checked_grid_and_goes_stale_with_it(tmp_path, monkeypatch, capsys):
+    from petlab.params import load_params
+    from petlab.study import check_pipeline_copy, pipeline_text, write_pipeline
+
+    monkeypatch.chdir(study_project(tmp_path, {"seeds": [3, 7], "images_per_class": [5, "all"],
+                                               "cnn_grid.lr": [1e-3, 0.01], "cnn_grid.weight_decay": [0.0]}))
+    run_stage("study", write_pipeline, record_time=False)
+    assert capsys.readouterr().out == ("wrote study/dvc.yaml: 2 seeds x 2 sizes, 14 cells; run it with: "
+                                       "dvc repro study/dvc.yaml\n")
+    written = yaml.safe_load((tmp_path / "study/dvc.yaml").read_text())
+    assert written["vars"] == [{"study": {"seeds": [3, 7], "images_per_class": [5, "all"],
+                                          "cnn_grid": {"lr": [0.001, 0.01], "weight_decay": [0.0]}}}]
+    template = yaml.safe_load((REPO / "study/pipeline.yaml").read_text())
+    assert {k: v for k, v in written.items() if k != "vars"} == {k: v for k, v in template.items() if k != "vars"}
+    study = load_params().study
+    check_pipeline_copy(study)  # as written: accepted
+    assert not list(tmp_path.glob("metrics"))
+    with pytest.raises(PipelineError, match=re.escape(STALE_PIPELINE.split("error: ")[1])):
+        check_pipeline_copy(StudyParams(**{**study.__dict__, "seeds": [3, 7, 8]}))  # the grid changed since
+    assert pipeline_text(study) == (tmp_path / "study/dvc.yaml").read_text()
+
+
+def test_a_bad_study_param_breaks_no_dvc_command(tmp_path):
+    """With the study added, a grid value DVC could not expand stops neither the main pipeline's `dvc status` nor
+    DVC's reading of the study; `dvc repro` of either pipeline, and `dvc exp run -S` of one, stop at their first
+    stage in one line naming the key."""
+    from conftest import make_project
+
+    project = make_project(tmp_path / "project", {})
+    run([sys.executable, "-m", "petlab.study"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["study"]["seeds"] = "0,1"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert dvc(project, "status").returncode == 0
+    assert dvc(project, "stage", "list", "study/dvc.yaml").stdout.count("study/dvc.yaml:cnn@") == 25
+    for command, value in ((["repro"], "'0,1'"), (["repro", "study/dvc.yaml"], "'0,1'"),
+                           (["exp", "run", "-S", "study.seeds=3", "study/dvc.yaml"], "3")):
+        proc = dvc(project, *command, check=False)
+        assert proc.returncode != 0 and "unexpected error" not in proc.stderr, proc.stderr
+        assert re.search(rf"^\w+: error: params\.yaml: study\.seeds must be a list, got {value}$", proc.stderr, re.M), \
+            proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_predictions_round_trip():
@@ -168,12 +250,12 @@ def ran_stages(proc) -> list[str]:
 
 
 def add_study(project: Path) -> None:
-    """The study added as a user adds it (its pipeline copied to study/dvc.yaml), a 2 seeds x 2 sizes ladder, and
-    a local folder as the shared remote; committed."""
-    shutil.copy2(project / "study/pipeline.yaml", project / "study/dvc.yaml")
+    """The study added as a user adds it (a 2 seeds x 2 sizes ladder in params.yaml, then `python -m petlab.study`),
+    and a local folder as the shared remote; committed."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["study"].update(STUDY)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "petlab.study"], project)
     dvc(project, "remote", "add", "-d", "shared", str(project.parent / "remote"))
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "study"], project)
@@ -284,9 +366,7 @@ def test_study_end_to_end(tiny_project):
     # An older copy of the study's pipeline is refused, in one line, before any work.
     (project / "study/dvc.yaml").write_text((project / "study/dvc.yaml").read_text() + "\n# edited\n")
     refused = run([sys.executable, "-m", "stages.study_report"], project, check=False)
-    assert refused.returncode == 1 and refused.stderr.strip() == (
-        "study_report: error: study/dvc.yaml differs from study/pipeline.yaml (a copy from an older version?); copy "
-        "it again: cp study/pipeline.yaml study/dvc.yaml")
+    assert refused.returncode == 1 and refused.stderr.strip() == STALE_PIPELINE.format(stage="study_report")
 
 
 def test_every_cell_output_is_cached_so_a_remote_carries_it():
