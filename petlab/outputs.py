@@ -58,7 +58,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         try:
             yield tmp_path
-            os.replace(tmp_path, path)
+            try:
+                os.replace(tmp_path, path)
+            except OSError as err:  # a folder where the file should be: named, not the temporary file
+                raise OSError(err.errno, err.strerror, str(path)) from None
         finally:
             tmp_path.unlink(missing_ok=True)
 

@@ -148,3 +148,47 @@ def test_stage_outputs_are_read_from_dvc_yaml():
     assert Path("data/oxford_pets") in outputs and Path("metrics/timing/prepare_oxford_pets.json") in outputs
     assert Path("metrics/sanity.json") in stage_outputs("sanity_data", REPO / "dvc.yaml")
     assert stage_outputs("no_such_stage", REPO / "dvc.yaml") == []
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EACCES", "EDQUOT"])
+def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch, errno_name):
+    """write() says why it failed, not where: the atomic writers name the file they were writing."""
+    import errno
+    import os
+
+    from petlab import outputs
+
+    code = getattr(errno, errno_name)
+
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(outputs.os, "fsync", refuse)
+    target = tmp_path / "metrics" / "evaluate.json"
+    with pytest.raises(OSError) as err:
+        outputs.write_json(target, {"accuracy": 0.5})
+    assert (err.value.errno, err.value.filename) == (code, str(target))
+    assert list(tmp_path.rglob("*.json*")) == []  # no temporary file left behind
+
+
+def test_a_folder_where_an_output_file_goes_is_named(tmp_path, capsys):
+    from petlab.outputs import write_json
+    from petlab.stage import run_stage
+
+    target = tmp_path / "metrics.json"
+    target.mkdir()
+    with pytest.raises(SystemExit):
+        run_stage("demo", lambda: write_json(target, {}), record_time=False)
+    assert capsys.readouterr().err == f"demo: error: {target}: Is a directory (errno EISDIR)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_failed_write_inside_a_folder_being_built_names_the_folder(tmp_path):
+    import errno
+
+    from petlab.outputs import atomic_dir
+
+    with pytest.raises(OSError) as err:
+        with atomic_dir(tmp_path / "prepared"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.filename == str(tmp_path / "prepared") and list(tmp_path.iterdir()) == []

@@ -125,6 +125,31 @@ def test_read_imagefolder_splits_by_fraction_and_seed(tmp_path):
     assert {r.path for r in other.test} != {r.path for r in source.test}
 
 
+@pytest.mark.parametrize("pair", [("caf\u00e9", "cafe\u0301"), ("Dog", "dog"), ("Stra\u00dfe", "STRASSE")],
+                         ids=["nfc_and_nfd", "case", "case_folding"])
+def test_class_folders_one_file_system_would_store_as_one_are_refused_naming_both(tmp_path, pair):
+    """'caf\u00e9' as one code point and as 'e' plus a combining accent print alike and are one name on macOS."""
+    from petlab.prepare import prepare_dataset
+
+    root = fake_imagefolder(tmp_path / "folder", classes=("cat", *pair), per_class=5)
+    first, second = sorted(pair)
+    shown = [repr(n) if n.isascii() else f"{n!r} ({ascii(n)})" for n in (first, second)]
+    message = (rf"imagefolder \({root}\): class names {re.escape(shown[0])} and {re.escape(shown[1])} are one name: "
+               r"equal once Unicode-normalised \(NFC\) and case-folded")
+    with pytest.raises(PipelineError, match=message):
+        prepare_dataset(DataParams(dataset="imagefolder", root=str(root)), seed=0, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_names_one_file_system_would_store_as_one_get_distinct_output_names():
+    from petlab.sources.base import unique_ids
+
+    records = [Record(Path(f"/a/{name}.jpg"), name, 0) for name in ("caf\u00e9", "cafe\u0301", "Cafe\u0301", "other")]
+    ids = [r.image_id for r in unique_ids(records)]
+    assert len({i.casefold() for i in ids}) == 4 and ids[3] == "other"
+    assert all(i.startswith(r.image_id + "-") for i, r in zip(ids[:3], records))
+
+
 def test_read_imagefolder_rejects_too_few_images(tmp_path):
     root = fake_imagefolder(tmp_path / "folder", per_class=2)
     with pytest.raises(PipelineError, match="at least 3"):
@@ -358,7 +383,7 @@ CIFAR_DAMAGE = {
                      r"data_batch_1: 20 images and 19 labels"),
     "two_ids_one_name": (lambda base: rewrite_pickle(base / "batches.meta",
                                                      lambda m: m["label_names"].__setitem__(3, "dog")),
-                         r"class name\(s\) \['dog'\] given to more than one class id"),
+                         r"class name 'dog' given to more than one class id"),
     "name_with_a_slash": (lambda base: rewrite_pickle(base / "batches.meta",
                                                       lambda m: m["label_names"].__setitem__(0, "air/plane")),
                           r"class name 'air/plane' of cifar10 .* cannot be a folder name"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +73,31 @@ def check_class_names(class_names: list[str], origin: str) -> None:
     for name in class_names:
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
             raise PipelineError(f"class name {name!r} of {origin} cannot be a folder name")
-    repeated = sorted(name for name, n in Counter(n.casefold() for n in class_names).items() if n > 1)
-    if repeated:
-        raise PipelineError(f"{origin}: class name(s) {repeated} given to more than one class id")
+    first_with: dict[str, str] = {}
+    for name in class_names:
+        key = same_name_key(name)
+        if key not in first_with:
+            first_with[key] = name
+            continue
+        other = first_with[key]
+        if other == name:
+            raise PipelineError(f"{origin}: class name {name!r} given to more than one class id")
+        raise PipelineError(f"{origin}: class names {shown(other)} and {shown(name)} are one name: equal once "
+                            "Unicode-normalised (NFC) and case-folded, as macOS and Windows file systems compare "
+                            "names and as every figure shows them; rename one")
+
+
+def shown(name: str) -> str:
+    """A name quoted, with its code points spelled out where they are not plain ASCII: two forms of 'café' print
+    alike, and the user must see which folder is which."""
+    return repr(name) if ascii(name) == repr(name) else f"{name!r} ({ascii(name)})"
+
+
+def same_name_key(name: str) -> str:
+    """What two names that must not both exist share: a file system that folds case (macOS, Windows) or Unicode
+    forms (macOS: 'café' as one code point, or as 'e' and a combining accent) stores them as one, and a figure
+    draws them alike."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
 def unique_ids(records: list[Record]) -> list[Record]:
@@ -82,10 +105,10 @@ def unique_ids(records: list[Record]) -> list[Record]:
 
     Ids that collide get a short hash of their source path, so no image overwrites another.
     """
-    seen = Counter((r.label, r.image_id.casefold()) for r in records)
+    seen = Counter((r.label, same_name_key(r.image_id)) for r in records)
     out = []
     for r in records:
-        if seen[(r.label, r.image_id.casefold())] > 1:
+        if seen[(r.label, same_name_key(r.image_id))] > 1:
             digest = hashlib.sha1(str(r.path).encode()).hexdigest()[:8]
             r = Record(r.path, f"{r.image_id}-{digest}", r.label, r.pixels)
         out.append(r)
