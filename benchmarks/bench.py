@@ -44,7 +44,7 @@ from petlab.experiments import image_loader, tensor_loader, train_vit
 from petlab.features import load_feature_split
 from petlab.metrics import classification_metrics
 from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
-from petlab.outputs import write_json
+from petlab.outputs import stage_names, timing_file, write_json
 from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams, parse_params, to_dict
 from petlab.prepare import prepare_oxford_pets
 from petlab.probe import fit_logistic_probe
@@ -599,9 +599,8 @@ def pipeline_summary(project: Path, seconds: float) -> dict:
     """What a finished `dvc repro` of the whole pipeline in `project` took: `seconds` of wall time, each stage's own."""
     # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.stage.run_stage); other files
     # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
-    timing = project / "metrics/timing"
-    stages = {name: json.loads((timing / f"{name}.json").read_text())["seconds"]
-              for name in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]}
+    stages = {name: json.loads((project / timing_file(name)).read_text())["seconds"]
+              for name in stage_names(project / "dvc.yaml")}
     # ru_maxrss of children: the largest of the stage processes dvc ran (KiB on Linux).
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"dvc_repro_seconds": round(seconds, 2), "stage_seconds": stages,
@@ -609,7 +608,7 @@ def pipeline_summary(project: Path, seconds: float) -> dict:
             # dvc's own work plus every stage process's start-up and imports (torch, torchvision, timm)
             "outside_stages_seconds": round(seconds - sum(stages.values()), 2),
             "peak_rss_largest_process_mb": round(peak_kib / 1024, 1),
-            "probe_fit_seconds": json.loads((timing / "train_vit_fit.json").read_text())}
+            "probe_fit_seconds": json.loads((project / "metrics/timing/train_vit_fit.json").read_text())}
 
 
 # ---------------------------------------------------------------- running it all

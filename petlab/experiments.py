@@ -24,7 +24,7 @@ from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.runtime import (PipelineError, Precision, Stopwatch, keep_freed_memory, seed_everything, select_device,
                             select_precision, share_cpu)
-from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, FitResult, StepContext, fit
+from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, EpochCallback, FitResult, StepContext, fit
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
     from petlab.resume import Resume
@@ -90,9 +90,9 @@ def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: 
 
 
 def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume | None = None,
-              name: str = "train_cnn") -> TrainedModel:
+              name: str = "train_cnn", on_epoch: EpochCallback | None = None) -> TrainedModel:
     """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/resume.py); `name` leads its
-    progress lines."""
+    progress lines; `on_epoch` is called after every epoch (petlab.train.fit, progress_writer)."""
     p = params.train_cnn
     config = cnn_config(params, data.num_classes)
     spec = transform_spec(config)
@@ -104,7 +104,7 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume 
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     with tensorboard(log_dir) as writer:
         result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                     name=name, resume=resume)
+                     name=name, resume=resume, on_epoch=on_epoch)
         log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
@@ -161,12 +161,14 @@ def loop_fit(result: FitResult) -> ProbeFit:
 
 
 def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path,
-              backbone_file: Path | None = None, resume: Resume | None = None) -> TrainedModel:
+              backbone_file: Path | None = None, resume: Resume | None = None,
+              on_epoch: EpochCallback | None = None) -> TrainedModel:
     """The probe: features of the splits its route reads from the cache extracted and saved, then the one route
     its params choose (TrainViTParams.route and fits_lbfgs) trains it.
 
     `resume`: where the image routes (augment, unfreeze) keep their end-of-epoch checkpoint, and continue from it
-    (petlab/resume.py); the L-BFGS probe and the loop on cached features take seconds, and restart."""
+    (petlab/resume.py); the L-BFGS probe and the loop on cached features take seconds, and restart. `on_epoch`: as
+    train_cnn's, for the routes with epochs."""
     p = params.train_vit
     model, config = build_probe(params, data.num_classes, backbone_file)
     spec = transform_spec(config)
@@ -189,11 +191,11 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
         if p.fits_lbfgs:  # the standard linear probe: a linear head on cached features
             fitted = fit_lbfgs_probe(model, cached, p, data.num_classes)
         elif p.route == "cached_features":
-            fitted = fit_head_on_cached_features(model, cached, params, data.num_classes, ctx.device, writer)
+            fitted = fit_head_on_cached_features(model, cached, params, data.num_classes, ctx.device, writer, on_epoch)
         elif p.route == "augmented_images":
-            fitted = fit_head_on_augmented_images(model, cached, params, data, spec, ctx, writer, resume)
+            fitted = fit_head_on_augmented_images(model, cached, params, data, spec, ctx, writer, resume, on_epoch)
         else:
-            fitted = fine_tune_backbone(model, params, data, spec, ctx, writer, resume)
+            fitted = fine_tune_backbone(model, params, data, spec, ctx, writer, resume, on_epoch)
         head_seconds = head_fit.seconds()
         log_hparams(writer, to_dict(p), fitted.best_val, fitted.selection)
     summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": p.route,
@@ -214,34 +216,36 @@ def fit_lbfgs_probe(model: FrozenBackboneClassifier, cached: dict, p: TrainViTPa
 
 
 def fit_head_on_cached_features(model: FrozenBackboneClassifier, cached: dict, params: Params, num_classes: int,
-                                device: torch.device, writer: SummaryWriter | None) -> ProbeFit:
+                                device: torch.device, writer: SummaryWriter | None,
+                                on_epoch: EpochCallback | None = None) -> ProbeFit:
     """The head alone (linear or mlp) by the training loop on the cached train features, kept on the cached val."""
     p = params.train_vit
     head_ctx = StepContext(device, Precision(None, False))  # a linear layer gains nothing from autocast
     val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
     result = fit(model.head, train_loader, val_loader, p, head_ctx, num_classes, writer, params.log.hist_every,
-                 name="train_vit")
+                 name="train_vit", on_epoch=on_epoch)
     model.head.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
 def fit_head_on_augmented_images(model: FrozenBackboneClassifier, cached: dict, params: Params, data: PreparedData,
                                  spec: TransformSpec, ctx: StepContext, writer: SummaryWriter | None,
-                                 resume: Resume | None = None) -> ProbeFit:
+                                 resume: Resume | None = None, on_epoch: EpochCallback | None = None) -> ProbeFit:
     """The head by the training loop on augmented train images through the frozen backbone at every step, kept on
     the cached val features (val images are not augmented, so their features are fixed)."""
     p = params.train_vit
     val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
     result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 eval_model=model.head, name="train_vit", resume=resume)
+                 eval_model=model.head, name="train_vit", resume=resume, on_epoch=on_epoch)
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
 def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: PreparedData, spec: TransformSpec,
-                       ctx: StepContext, writer: SummaryWriter | None, resume: Resume | None = None) -> ProbeFit:
+                       ctx: StepContext, writer: SummaryWriter | None, resume: Resume | None = None,
+                       on_epoch: EpochCallback | None = None) -> ProbeFit:
     """The head and the unfrozen backbone parts (train_vit.unfreeze, at backbone_lr) by the training loop on train
     images (augmented where train_vit.augment), kept on val images."""
     p = params.train_vit
@@ -251,7 +255,7 @@ def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: Pr
     groups = [{"params": list(model.head.parameters())},
               {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
     result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 name="train_vit", param_groups=groups, resume=resume)
+                 name="train_vit", param_groups=groups, resume=resume, on_epoch=on_epoch)
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 
@@ -287,6 +291,18 @@ def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, sel
     kept = {f"best/{k}": selection[k] for k in ("best_epoch", "selected_c") if k in selection}
     writer.add_hparams(flat, {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"],
                               **kept}, run_name="hparams")
+
+
+def progress_writer(metrics: Path, history_file: Path) -> EpochCallback:
+    """What a training stage writes after every epoch, atomically: its history so far and a metrics file of the
+    best so far (the kept epoch, the last one, the kept val scores), so `dvc exp show`, `dvc plots show` and an
+    editor's DVC view move while a model trains, not only TensorBoard. save_trained writes the final files over them,
+    the same bytes as a run without them."""
+    def write(history: list[dict], best: FitResult) -> None:
+        write_csv(history_file, history, HISTORY_COLUMNS)
+        write_json(metrics, {"best_epoch": best.best_epoch, "last_epoch": history[-1]["epoch"], "in_progress": True,
+                             **{f"val_{k}": v for k, v in best.best_val.items()}})
+    return write
 
 
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,

@@ -145,15 +145,37 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def stage_outputs(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[Path]:
-    """Every path dvc.yaml says `stage` writes (outs, metrics, plots); none if the file or stage is not there."""
+    """Every path dvc.yaml says `stage` writes (outs, metrics, plots); none if the file or stage is not there.
+
+    `stage` as DVC names it: `evaluate@cnn` is the `cnn` instance of the `foreach` stage `evaluate`, its paths with
+    `${key}` (and `${item}` of a list) made `cnn`."""
     import yaml
 
+    group, _, key = stage.partition("@")
     try:
-        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][group]
+        if key:
+            spec = spec["do"] if key in spec["foreach"] else None
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
-    entries = [e for kind in ("outs", "metrics", "plots") for e in spec.get(kind) or []]
-    return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries]
+    entries = [e for kind in ("outs", "metrics", "plots") for e in (spec or {}).get(kind) or []]
+    paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return [Path(p.replace("${key}", key).replace("${item}", key)) for p in paths]
+
+
+def stage_names(dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """Every stage of a dvc.yaml as DVC names it: a `foreach` stage once per item (`evaluate@cnn`, `evaluate@vit`)."""
+    import yaml
+
+    stages = yaml.safe_load(Path(dvc_file).read_text())["stages"]
+    return [f"{name}@{key}" if "foreach" in spec else name
+            for name, spec in stages.items() for key in (spec.get("foreach") or [None])]
+
+
+def timing_file(stage: str) -> Path:
+    """Where a stage's wall time goes (petlab.stage.run_stage): metrics/timing/<stage>.json, `evaluate@cnn`'s in
+    evaluate_cnn.json."""
+    return Path("metrics/timing") / f"{stage.replace('@', '_')}.json"
 
 
 def check_writable(paths: Iterable[str | Path]) -> None:

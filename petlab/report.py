@@ -243,7 +243,7 @@ def species_gains(gains: pd.DataFrame, species: dict[str, str]) -> pd.DataFrame:
 
 def split_gaps(scores: dict[str, dict]) -> dict[str, float]:
     """Train - val and val - test gaps of accuracy and macro-F1 from one model's scores per split in
-    metrics/evaluate.json (every split scored alike: un-augmented images, eval mode)."""
+    metrics/evaluate/<model>.json (every split scored alike: un-augmented images, eval mode)."""
     return {f"{kind}_{metric}": scores[a][metric] - scores[b][metric]
             for metric in ("accuracy", "macro_f1") for kind, a, b in (("train_val", "train", "val"),
                                                                      ("val_test", "val", "test"))}

@@ -12,13 +12,15 @@ import pandas as pd
 
 from petlab import plots, report, verdict
 from petlab.models import weights_label
-from petlab.outputs import save_figure
+from petlab.outputs import save_figure, timing_file
 from petlab.params import Params
 from petlab.profiling import TOP_OPS_TIME, peak_memory_metric
 from petlab.runtime import PipelineError
 
 # backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
-STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "robustness")
+# The stages whose wall time the cost section shares out, as DVC names them (the per-model ones as STAGE@MODEL).
+STAGES = ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
+          *(f"{stage}@{m}" for stage in ("profile", "evaluate", "robustness") for m in report.MODELS))
 DATA = Path("data/oxford_pets")
 
 
@@ -48,16 +50,18 @@ class Run:
     setup_seconds: dict[str, float]  # model -> wall time before its first epoch (models with epochs)
     sweep: pd.DataFrame  # plots/train_vit/c_sweep.csv: the L-BFGS probe's row per C (no rows for the loop)
     probe_fit: dict  # metrics/timing/train_vit_fit.json: wall seconds extracting features and fitting the head
-    evaluation: dict
+    evaluation: dict  # model -> metrics/evaluate/<model>.json
     per_class: dict[str, pd.DataFrame]
-    predictions: pd.DataFrame
-    profile: dict
+    predictions: pd.DataFrame  # plots/evaluate/predictions_test_<model>.csv of both, side by side by image
+    reliability: dict[str, list[dict]]  # model -> plots/evaluate/reliability_<model>.csv: its equal-mass bins
+    profile: dict  # model -> metrics/profile/<model>.json
     top_ops: dict[str, list[dict]]  # model -> ops by self time
     stage_seconds: dict[str, float]
     batch_size: dict[str, int]  # model -> its training batch size (train_cnn / train_vit)
-    robustness: dict  # metrics/robustness.json
-    robustness_scores: pd.DataFrame  # plots/robustness/scores.csv: a row per corruption, severity and model
-    robustness_predictions: pd.DataFrame  # plots/robustness/predictions.csv: a row per image and condition
+    robustness: dict  # model -> metrics/robustness/<model>.json
+    robustness_scores: pd.DataFrame  # plots/robustness/scores_<model>.csv: a row per corruption, severity and model
+    robustness_predictions: pd.DataFrame  # plots/robustness/predictions_<model>.csv side by side: a row per image
+    # and condition
 
     @classmethod
     def load(cls, root: Path, params: Params) -> "Run":
@@ -78,16 +82,26 @@ class Run:
             trained=trained, histories=histories, setup_seconds=setup,
             sweep=read_csv(root / "plots/train_vit/c_sweep.csv"),
             probe_fit=read_json(root / "metrics/timing/train_vit_fit.json"),
-            evaluation=read_json(root / "metrics/evaluate.json"),
-            per_class={m: read_csv(root / f"plots/evaluate/per_class_{m}.csv") for m in report.MODELS},
-            predictions=read_csv(root / "plots/evaluate/predictions_test.csv"),
-            profile=read_json(root / "metrics/profile.json"), top_ops=read_json(root / "plots/profile/top_ops.json"),
-            stage_seconds={s: read_json(root / f"metrics/timing/{s}.json")["seconds"] for s in STAGES},
+            evaluation=per_model(lambda m: read_json(root / f"metrics/evaluate/{m}.json")[m]),
+            per_class=per_model(lambda m: read_csv(root / f"plots/evaluate/per_class_{m}.csv")),
+            predictions=side_by_side(root / "plots/evaluate/predictions_test_{model}.csv", ["image", "actual"]),
+            reliability=per_model(lambda m: read_csv(root / f"plots/evaluate/reliability_{m}.csv").to_dict("records")),
+            profile=per_model(lambda m: read_json(root / f"metrics/profile/{m}.json")[m]),
+            top_ops=per_model(lambda m: read_json(root / f"plots/profile/top_ops_{m}.json")[m]),
+            stage_seconds={s: read_json(root / timing_file(s))["seconds"] for s in STAGES},
             batch_size={"cnn": params.train_cnn.batch_size, "vit": params.train_vit.batch_size},
-            robustness=read_json(root / "metrics/robustness.json"),
-            robustness_scores=read_csv(root / "plots/robustness/scores.csv"),
-            robustness_predictions=read_csv(root / "plots/robustness/predictions.csv"),
+            robustness=per_model(lambda m: read_json(root / f"metrics/robustness/{m}.json")[m]),
+            robustness_scores=pd.concat([read_csv(root / f"plots/robustness/scores_{m}.csv") for m in report.MODELS],
+                                        ignore_index=True),
+            robustness_predictions=side_by_side(root / "plots/robustness/predictions_{model}.csv",
+                                                ["image", "label", "corruption", "severity"]),
         )
+
+    @property
+    def robustness_images(self) -> tuple[int, int]:
+        """(test images, test images a class) the robustness stage scored, the same for both models."""
+        first = self.robustness[next(iter(report.MODELS))]
+        return first["test_images"], first["test_per_class"]
 
     @property
     def num_classes(self) -> int:
@@ -255,6 +269,24 @@ def banner(title: str, notes: dict[str, str]) -> str:
     return f"> **{title}**\n>\n" + "".join(f"> - **{name}**: {why}\n" for name, why in notes.items())
 
 
+def per_model(read) -> dict:
+    """What read(model) gives for each model, keyed by model."""
+    return {m: read(m) for m in report.MODELS}
+
+
+def side_by_side(pattern: Path, keys: list[str]) -> pd.DataFrame:
+    """The models' per-row files (`pattern` with {model}) joined on `keys`, in the first model's row order: both
+    scored the same images, and a row missing from either is an error, not a silent gap."""
+    frames = [read_csv(Path(str(pattern).format(model=m))) for m in report.MODELS]
+    joined = frames[0]
+    for frame in frames[1:]:
+        joined = joined.merge(frame, on=keys, how="left", validate="one_to_one", indicator=True)
+        if (joined.pop("_merge") != "both").any() or len(frame) != len(joined):
+            raise PipelineError(f"{str(pattern).format(model='*')}: the models scored other images; re-run them (dvc "
+                                f"repro)")
+    return joined
+
+
 def model_labels(run: Run, params: Params) -> dict[str, str]:
     """Each model named for what it is, for the figures and section 1 (tables say CNN and Probe)."""
     vit = run.trained["vit"]
@@ -266,8 +298,9 @@ def model_labels(run: Run, params: Params) -> dict[str, str]:
 # ---------------------------------------------------------------- the document
 
 
-def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str) -> str:
-    """The report's markdown; its figures are written under `figures` (inside `out_dir`) on the way."""
+def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str) -> tuple[str, dict]:
+    """The report's markdown, and the comparison it rests on for metrics/comparison.json (comparison_metrics); its
+    figures are written under `figures` (inside `out_dir`) on the way."""
     names = report.MODELS
     labels = model_labels(run, params)
     predictions = report.TestPredictions.from_frame(run.predictions, run.class_names)
@@ -292,14 +325,29 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
         results_section(run, results, mcnemar, predictions, out_dir),
         convergence_section(run, speed, target, labels, out_dir, figures),
         generalisation_section(run, general, predictions, params, labels, out_dir, figures),
-        cost_section(run, bound, out_dir),
+        cost_section(run, bound, labels, out_dir, figures),
         sanity_section(run),
         "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in report.conclusions(
             results, mcnemar, target, {m: run.fit(m) for m in names}, run.num_classes, bound, last_best,
             [*notes, *(k for k in care if k == FEW_IMAGES)], run.c_edge(), general["sentences"]))
         + rules(run.num_classes),
     ]
-    return "\n".join(sections)
+    return "\n".join(sections), comparison_metrics(results, mcnemar, general, target)
+
+
+def comparison_metrics(results: dict, mcnemar: dict, general: dict, target: dict) -> dict:
+    """Probe - CNN on the test images, each with its 95% interval from the paired bootstrap: the numbers the
+    report's comparison sentences read, as `dvc metrics diff` shows them (fractions, not points); and each model's
+    training compute to the common val target (verdict.compute_to_target; absent for a model that never reached it)."""
+    def interval(estimate: float, low: float, high: float) -> dict:
+        return {"difference": round(estimate, 6), "low": round(low, 6), "high": round(high, 6)}
+
+    out = {f"test_{metric}": interval(*parts["difference"]) for metric, parts in results.items()}
+    out["test_accuracy"]["mcnemar_p"] = round(mcnemar["p_value"], 6)
+    out["test_ece"] = interval(*general["ece_difference"])
+    out["relative_drop_under_corruption"] = interval(*general["robustness"]["difference"])
+    reached = {f"{m}_gflops": round(r["gflops"], 3) for m, r in target["reached"].items() if r is not None}
+    return {"probe_minus_cnn": out, "compute_to_target": {"val_macro_f1": round(target["target"], 6), **reached}}
 
 
 def generalisation_verdicts(run: Run, results: dict, predictions: report.TestPredictions, params: Params) -> dict:
@@ -497,11 +545,18 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
     gains = report.class_gains(run.per_class["cnn"], run.per_class["vit"])
     spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
     save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
+    save_figure(plots.reliability_figure(run.reliability, labels,
+                                         {m: run.evaluation[m]["calibration"]["test"]["ece"] for m in names}),
+                figures / "reliability.png")
+    by_condition = {(r["model"], r["corruption"], r["severity"]): r for r in scores.to_dict("records")}
+    corruptions = [c for c in dict.fromkeys(scores["corruption"]) if c != "clean"]
+    save_figure(plots.robustness_figure(by_condition, labels, corruptions, run.robustness_images[0]),
+                figures / "robustness.png")
     parts = [
         "## 4. Generalisation\n\n",
         "Three readings of *who generalises better*, each by one rule (section 7), none of them on the val split, "
         "on which both models chose their epoch or C.\n\n",
-        "**From the training images to new ones.** Accuracy at the kept weights, from metrics/evaluate.json: the "
+        "**From the training images to new ones.** Accuracy at the kept weights, from metrics/evaluate/: the "
         "evaluate stage scores both models alike on every split (un-augmented images, eval mode). (The training "
         "loop's own train metrics, of augmented batches with dropout on, are in plots/train_*/history.csv and no "
         f"conclusion uses them.) Regime: *underfits* under {fitted} train accuracy (half the way from chance to "
@@ -514,9 +569,9 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
         "fitted on val, which changes no prediction). A model that is 90% sure should be right 90% of the time: "
         "points on the diagonal below.\n\n",
         table(pd.DataFrame(calibration)),
-        "\n" + figure(run.root / "plots/evaluate/reliability.png", out_dir, "reliability diagram of both models"),
+        "\n" + figure(figures / "reliability.png", out_dir, "reliability diagram of both models"),
         f"\n**Images worse than the test split's.** {robust['images']} test images "
-        f"({run.robustness['test_per_class']} of each class, robustness.test_per_class) under five corruptions at "
+        f"({run.robustness_images[1]} of each class, robustness.test_per_class) under five corruptions at "
         "three severities (petlab/robustness.py, after ImageNet-C), each through the model's own evaluation "
         "transform, so the probe's features are extracted from the corrupted pixels. Clean accuracy on these "
         "images: " + ", ".join(f"{pct(robust['clean'][m])}% for the {report.IN_SENTENCES[m]}" for m in names)
@@ -524,7 +579,7 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
         + ", ".join(f"{pct(run.robustness[m]['corrupted_accuracy'])}%" for m in names)
         + "; relative drop: " + ", ".join(f"{robust['drop'][m] * 100:.1f}%" for m in names) + ".\n\n",
         table(pd.DataFrame(robustness_rows)),
-        "\n" + figure(run.root / "plots/robustness/accuracy.png", out_dir, "accuracy under corruption against severity"),
+        "\n" + figure(figures / "robustness.png", out_dir, "accuracy under corruption against severity"),
         "\n**Where the probe's gain is.** Per-class test F1, probe - CNN (points), with each class's test images"
         + (": every class, largest gain first.\n\n" + table(gains) if len(gains) <= 10 else
            f": the 5 largest gains, then the 5 smallest, of {len(gains)} classes.\n\n" + table(gains.head(5)) + "\n"
@@ -572,8 +627,9 @@ def generalisation_section(run: Run, general: dict, predictions: report.TestPred
     return "".join(parts)
 
 
-def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
+def cost_section(run: Run, bound: dict, labels: dict[str, str], out_dir: Path, figures: Path) -> str:
     memory = peak_memory_metric(run.profile["cnn"])
+    save_figure(plots.profile_comparison_figure(run.profile, labels, (memory.key, memory.label)), figures / "profile.png")
     rows = []
     for m, name in report.MODELS.items():
         p = run.profile[m]
@@ -605,7 +661,7 @@ def cost_section(run: Run, bound: dict, out_dir: Path) -> str:
             parts += [f"\n{name}: top ops by {meaning}, over the profiled steps\n\n", table(top)]
     shares = report.stage_shares(run.stage_seconds)
     shares["share"] = shares["share"].map(lambda v: f"{v:.0%}")
-    comparison = link(run.root / "plots/profile/comparison.png", out_dir, "profile comparison")
+    comparison = link(figures / "profile.png", out_dir, "profile comparison")
     parts += ["\nEach stage's share of the pipeline's wall time (this run; the report stage itself not counted):\n\n",
               table(shares), f"\nCost side by side: {comparison}.\n"]
     return "".join(parts)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from petlab.outputs import check_writable, stage_outputs, write_json
+from petlab.outputs import check_writable, stage_outputs, timing_file as stage_timing_file, write_json
 from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, launched_by_torchrun
 
 
@@ -42,7 +42,7 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             raise
         leave_process_group()
         if main_rank and record_time:
-            write_json(timing_file or f"metrics/timing/{name}.json", {"seconds": clock.seconds(), **(timing_extra or {})})
+            write_json(timing_file or stage_timing_file(name), {"seconds": clock.seconds(), **(timing_extra or {})})
     except PipelineError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -69,6 +69,24 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             sys.exit(130)  # one rank of several: the launcher (the stage or torchrun) reports the interruption
         print(f"{name}: interrupted; no output was half-written, re-run `dvc repro` to finish", file=sys.stderr)
         sys.exit(130)
+
+
+# The two sides of the comparison. The stages after training run once per model (`foreach` in dvc.yaml), so a change
+# to one model re-runs that model's stages alone; the report pairs the two.
+MODELS = ("cnn", "vit")
+
+
+def run_model_stage(stage: str, main: Callable[[str], None], live_dir: str | None = None) -> None:
+    """`python -m stages.<stage> MODEL`, which dvc.yaml runs as `<stage>@MODEL`: main(MODEL) run as that stage,
+    its wall time in metrics/timing/<stage>_<MODEL>.json; `live_dir` (a format of `model`) as run_stage's."""
+    args = sys.argv[1:]
+    if len(args) != 1 or args[0] not in MODELS:
+        print(f"{stage}: error: usage: python -m stages.{stage} {' | '.join(MODELS)}; got {' '.join(args) or 'nothing'}",
+              file=sys.stderr)
+        sys.exit(1)
+    model = args[0]
+    run_stage(f"{stage}@{model}", lambda: main(model), live_dirs=[live_dir.format(model=model)] if live_dir else (),
+              timing_file=stage_timing_file(f"{stage}@{model}"))
 
 
 def leave_process_group() -> None:

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -230,9 +230,14 @@ class FitResult:
     epoch_seconds: list[float] = field(default_factory=list)
 
 
+# Called after every epoch with the history so far and the best so far (fit's `on_epoch`).
+EpochCallback = Callable[[list[dict], "FitResult"], None]
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
         num_classes: int, writer=None, hist_every: int = 0, eval_model: nn.Module | None = None,
-        name: str = "model", param_groups: list[dict] | None = None, resume: Resume | None = None) -> FitResult:
+        name: str = "model", param_groups: list[dict] | None = None, resume: Resume | None = None,
+        on_epoch: EpochCallback | None = None) -> FitResult:
     """Train for optim.epochs, keeping the state that is best by SELECTION_RULE on validation.
 
     `eval_model` validates instead of `model` when validation runs on other inputs (the probe's head
@@ -240,6 +245,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     `param_groups` gives parts of the model their own lr (a fine-tuned backbone); default: all at optim.lr.
     `resume`: where the state after every epoch is kept, and continued from by the next call after an
     interruption (petlab/resume.py); the result is the same, byte for byte, as that of an uninterrupted call.
+    `on_epoch(history, best)`: called on rank 0 after every epoch with the rows so far and the best so far
+    (the stages write them, so DVC's views move while a model trains).
     """
     eval_model = eval_model or model
     n_train = len(train_loader.dataset)
@@ -303,6 +310,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
                 "sampler_epochs": {split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()},
                 "best": {"epoch": best.best_epoch, "val": best.best_val, "key": list(best_key),
                          "state": best.best_state}})
+        if on_epoch is not None and distributed.is_main():
+            on_epoch(history, best)
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
         # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
         if epochs.disable and distributed.is_main():

@@ -1,10 +1,11 @@
 """Stage backbone_weights: the probe's backbone weights, resolved once into a file that DVC versions.
 
-dvc.yaml marks it always_changed, so it runs first on every `dvc repro`: it checks the whole params.yaml,
-then either keeps models/backbone.safetensors, when the file already holds the weights from the same
-source (the same local file by SHA-256, the same hub id, or the same seeded random init), without any
-network access, or resolves them again: a local file, the Hugging Face cache or the hub. Unchanged
-weights give a byte-identical file, so nothing downstream re-runs; new weights at the same path do.
+It runs when what identifies the weights changes (dvc.yaml: the params that name them, and the folder weights/,
+where a local file lives, whose bytes DVC hashes), so a `dvc repro` with nothing changed runs nothing. Then it
+either keeps models/backbone.safetensors, when the file already holds the weights from the same source (the same
+local file by SHA-256, the same hub id, or the same seeded random init), without any network access, or resolves
+them again: a local file, the Hugging Face cache or the hub. Unchanged weights give a byte-identical file, so
+nothing downstream re-runs; new weights at the same path do.
 """
 
 import json
@@ -17,11 +18,22 @@ from petlab.downloads import file_digest, verify_checksum
 from petlab.models import BACKBONE_INFO_KEY, backbone_info, load_pretrained_backbone, weights_source
 from petlab.outputs import write_bytes, write_json
 from petlab.params import load_params
-from petlab.runtime import seed_everything
+from petlab.runtime import PipelineError, seed_everything
 from petlab.stage import run_stage
 
 BACKBONE = Path("models/backbone.safetensors")
 METRICS = Path("metrics/backbone.json")
+LOCAL_WEIGHTS = Path("weights")  # a dep of this stage in dvc.yaml: DVC sees a file there change
+
+
+def check_dvc_sees(weights_file: Path, pinned: bool) -> None:
+    """A local weights file outside weights/ could change with DVC none the wiser: this stage would not run, and
+    the probe would keep the old weights. Refused, unless train_vit.weights_sha256 pins the bytes it must have."""
+    inside = weights_file.resolve().is_relative_to(LOCAL_WEIGHTS.resolve())
+    if not inside and not pinned:
+        raise PipelineError(f"train_vit.weights = '{weights_file}' is outside {LOCAL_WEIGHTS}/, where DVC cannot see "
+                            f"it change; put it in {LOCAL_WEIGHTS}/ (and `dvc add` it: {LOCAL_WEIGHTS}/README.md), or "
+                            f"pin its bytes with train_vit.weights_sha256")
 
 
 def save_backbone(path: Path, backbone: nn.Module, info: dict) -> None:
@@ -31,13 +43,14 @@ def save_backbone(path: Path, backbone: nn.Module, info: dict) -> None:
 
 
 def main() -> None:
-    params = load_params()  # every key of params.yaml, checked on every `dvc repro` since this stage always runs
+    params = load_params()  # every key of params.yaml, checked before any work
     p = params.train_vit
     wanted = {"model": p.model, "pretrained": p.pretrained, "source": weights_source(p.model, p.pretrained, p.weights)}
     if not p.pretrained:
         wanted["seed"] = params.seed
     elif p.weights is not None and Path(p.weights).expanduser().is_file():
         weights_file = Path(p.weights).expanduser()
+        check_dvc_sees(weights_file, p.weights_sha256 is not None)
         if p.weights_sha256 is not None:
             verify_checksum(weights_file, p.weights_sha256, "train_vit.weights_sha256")
         wanted["source_sha256"] = file_digest(weights_file)  # a new file at the same path is new weights

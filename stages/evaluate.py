@@ -1,5 +1,7 @@
-"""Stage evaluate: both best checkpoints on train, val and test; metrics, calibration (as trained and after
-temperature scaling fitted on val, with a reliability diagram), per-class tables, confusion matrices, predictions.
+"""Stage evaluate@MODEL (cnn, vit): one model's best checkpoint on train, val and test; metrics, calibration (as
+trained and after temperature scaling fitted on val, with its reliability bins), per-class table, confusion
+matrices, test predictions. Each model is its own stage, so a change to one model scores that model alone; the
+report pairs the two image by image.
 
 Every split is scored the same way for both models: un-augmented images, model in eval mode. So the train
 numbers measure how well each model fits its training data on equal terms (training's own train metrics are
@@ -19,15 +21,15 @@ from petlab.experiments import (image_loader, load_checkpoint_for, load_trained,
 from petlab.features import feature_split
 from petlab.models import weights_label
 from petlab.calibration import calibration_summary, reliability, softmax
-from petlab.outputs import load_torch, save_figure, write_csv, write_json
+from petlab.outputs import load_torch, write_csv, write_json
 from petlab.runtime import PipelineError, Precision
-from petlab.stage import run_stage
+from petlab.stage import run_model_stage
 from petlab.train import StepContext, predict
 
 DATA = Path("data/oxford_pets")
 FEATURES = Path("data/features/vit.pt")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
-METRICS = Path("metrics/evaluate.json")
+METRICS = Path("metrics/evaluate")  # <model>.json
 PLOTS = Path("plots/evaluate")
 SPLITS = ("train", "val", "test")
 
@@ -64,47 +66,41 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
     return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
 
 
-def main() -> None:
+def main(model: str) -> None:
     params, data = setup_stage(DATA)
-    results, test_logits, test_labels, bins, labels_of = {}, {}, None, {}, {}
-    for name, path in CHECKPOINTS.items():
-        checkpoint = load_checkpoint_for(path, data)
-        logits_of = cnn_logits if name == "cnn" else probe_logits
-        results[name], logits_by_split = {}, {}
-        for split in SPLITS:
-            logits, labels = logits_of(checkpoint, params, data, split)
-            logits_by_split[split] = (logits.numpy(), labels.numpy())
-            results[name][split] = score(logits, labels, data.num_classes)
-            if split == "test":
-                if test_logits and not torch.equal(labels, test_labels):  # pairing by image needs one order
-                    raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; "
-                                        f"re-run train_vit (dvc repro)")
-                test_logits[name], test_labels = logits, labels
-                write_reports(name, logits, labels, data.class_names, PLOTS,
-                              f"{plots.model_label(checkpoint['model_config'])} (test)")
-        # Calibration on test: as trained, and after one temperature fitted on val (the selection split).
-        results[name]["calibration"] = calibration_summary(*logits_by_split["val"], *logits_by_split["test"],
-                                                           resamples=params.report.bootstrap, seed=params.seed)
-        bins[name] = reliability(softmax(logits_by_split["test"][0]), logits_by_split["test"][1])
-        write_csv(PLOTS / f"reliability_{name}.csv", bins[name], ["images", "confidence", "accuracy"])
-        labels_of[name] = plots.model_label(checkpoint["model_config"])
-        results[name]["checkpoint_epoch"] = checkpoint["epoch"]
-        results[name].update(checkpoint["model_config"].get("info", {}))
-    write_json(METRICS, results)
-    save_figure(plots.reliability_figure(bins, labels_of, {m: results[m]["calibration"]["test"]["ece"] for m in bins}),
-                PLOTS / "reliability.png")
+    checkpoint = load_checkpoint_for(CHECKPOINTS[model], data)
+    logits_of = cnn_logits if model == "cnn" else probe_logits
+    results, logits_by_split = {}, {}
+    for split in SPLITS:
+        logits, labels = logits_of(checkpoint, params, data, split)
+        logits_by_split[split] = (logits.numpy(), labels.numpy())
+        results[split] = score(logits, labels, data.num_classes)
+    logits, labels = (torch.from_numpy(a) for a in logits_by_split["test"])
+    # The report pairs the two models' predictions image by image; only cached features can come in another order.
+    if labels.tolist() != [label for _, label in data.items("test")]:
+        raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; re-run train_vit "
+                            f"(dvc repro)")
+    write_reports(model, logits, labels, data.class_names, PLOTS,
+                  f"{plots.model_label(checkpoint['model_config'])} (test)")
     images = [path.relative_to(DATA).as_posix() for path, _ in data.items("test")]
-    write_predictions(PLOTS / "predictions_test.csv", images, test_labels, test_logits, data.class_names)
-    for name in CHECKPOINTS:
-        t = results[name]["test"]
-        top5 = f", top-5 {t['top5_accuracy']:.4f}" if "top5_accuracy" in t else ""
-        print(f"evaluate: {name}: train accuracy {results[name]['train']['accuracy']:.4f}; test accuracy "
-              f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}")
-    if not results["vit"].get("pretrained", True):
+    write_predictions(PLOTS / f"predictions_test_{model}.csv", images, labels, {model: logits}, data.class_names)
+    # Calibration on test: as trained, and after one temperature fitted on val (the selection split).
+    results["calibration"] = calibration_summary(*logits_by_split["val"], *logits_by_split["test"],
+                                                 resamples=params.report.bootstrap, seed=params.seed)
+    bins = reliability(softmax(logits_by_split["test"][0]), logits_by_split["test"][1])
+    write_csv(PLOTS / f"reliability_{model}.csv", bins, ["images", "confidence", "accuracy"])
+    results["checkpoint_epoch"] = checkpoint["epoch"]
+    results.update(checkpoint["model_config"].get("info", {}))
+    write_json(METRICS / f"{model}.json", {model: results})  # keyed by the model, as `dvc exp show` names the columns
+    t = results["test"]
+    top5 = f", top-5 {t['top5_accuracy']:.4f}" if "top5_accuracy" in t else ""
+    print(f"evaluate: {model}: train accuracy {results['train']['accuracy']:.4f}; test accuracy "
+          f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}")
+    if model == "vit" and not results.get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
-    elif weights_label(results["vit"]):
-        print(f"evaluate: vit: {weights_label(results['vit'])}")
+    elif model == "vit" and weights_label(results):
+        print(f"evaluate: vit: {weights_label(results)}")
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main)
+    run_model_stage("evaluate", main)

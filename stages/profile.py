@@ -1,7 +1,8 @@
-"""Stage profile: torch.profiler over real training steps of both models, and their cost side by side."""
+"""Stage profile@MODEL (cnn, vit): torch.profiler over one model's real training steps, and its cost (the report sets
+the two side by side)."""
 
 # First: it sets torch's C++ log level, which only takes effect before torch loads.
-from petlab.profiling import forward_gflops, peak_memory_metric, profile_steps, step_stats, time_calls  # isort: skip
+from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
 
 from pathlib import Path
 
@@ -12,15 +13,14 @@ from petlab import plots
 from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
-from petlab.outputs import load_torch, save_figure, write_json
-from petlab.stage import run_stage
+from petlab.outputs import load_torch, write_json
+from petlab.stage import run_model_stage
 from petlab.train import StepContext, make_optimizer, train_step
 
 DATA = Path("data/oxford_pets")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}
-METRICS = Path("metrics/profile.json")
-PLOT = Path("plots/profile/comparison.png")
-TOP_OPS = Path("plots/profile/top_ops.json")  # lists, so not a metrics file: `dvc metrics show` stays readable
+METRICS = Path("metrics/profile")  # <model>.json
+TOP_OPS = Path("plots/profile")  # top_ops_<model>.json: lists, so not beside the metrics
 TRACES = Path("runs/profile")
 
 
@@ -64,31 +64,27 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
     return {"feature_extraction": extraction, "cached_head_step": head}
 
 
-def main() -> None:
+def main(model: str) -> None:
     params, data = setup_stage(DATA)
-    results, labels = {}, {}
-    for name, path in CHECKPOINTS.items():
-        checkpoint = load_torch(path)
-        labels[name] = plots.model_label(checkpoint["model_config"])
-        model = load_trained(checkpoint)
-        optim = params.train_cnn if name == "cnn" else params.train_vit
-        ctx = make_context(params, optim.amp, channels_last=name == "cnn" and params.train_cnn.channels_last,
-                           input_spec=transform_spec(checkpoint["model_config"]))
-        model.to(ctx.device)
-        if ctx.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        results[name] = profile_model(name, model, checkpoint["model_config"], ctx, params, data, optim)
-        if name == "vit":
-            results[name].update(probe_costs(model, ctx, params, data, checkpoint["model_config"]))
-    write_json(TOP_OPS, {name: r.pop("top_ops") for name, r in results.items()})
-    write_json(METRICS, {**results, "schedule": {"wait": params.profile.wait, "warmup": params.profile.warmup,
-                                                 "active": params.profile.active}})
-    memory = peak_memory_metric(results["cnn"])
-    save_figure(plots.profile_comparison_figure(results, labels, (memory.key, memory.label)), PLOT)
-    for name, r in results.items():
-        print(f"profile: {name}: {r['step_ms_mean']:.1f} ms/step (p95 {r['step_ms_p95']:.1f}), "
-              f"{r['throughput_images_per_s']:.0f} images/s, {r['gflops_per_image']:.3f} GFLOPs/image")
+    checkpoint = load_torch(CHECKPOINTS[model])
+    trained = load_trained(checkpoint)
+    optim = params.train_cnn if model == "cnn" else params.train_vit
+    ctx = make_context(params, optim.amp, channels_last=model == "cnn" and params.train_cnn.channels_last,
+                       input_spec=transform_spec(checkpoint["model_config"]))
+    trained.to(ctx.device)
+    if ctx.channels_last:
+        trained = trained.to(memory_format=torch.channels_last)
+    result = profile_model(model, trained, checkpoint["model_config"], ctx, params, data, optim)
+    if model == "vit":
+        result.update(probe_costs(trained, ctx, params, data, checkpoint["model_config"]))
+    write_json(TOP_OPS / f"top_ops_{model}.json", {model: result.pop("top_ops")})
+    p = params.profile
+    result["schedule"] = {"wait": p.wait, "warmup": p.warmup, "active": p.active}
+    result["label"] = plots.model_label(checkpoint["model_config"])  # the report's comparison figure names it so
+    write_json(METRICS / f"{model}.json", {model: result})
+    print(f"profile: {model}: {result['step_ms_mean']:.1f} ms/step (p95 {result['step_ms_p95']:.1f}), "
+          f"{result['throughput_images_per_s']:.0f} images/s, {result['gflops_per_image']:.3f} GFLOPs/image")
 
 
 if __name__ == "__main__":
-    run_stage("profile", main, live_dirs=[TRACES])
+    run_model_stage("profile", main, live_dir=str(TRACES / "{model}"))

@@ -4,13 +4,14 @@ import subprocess
 from pathlib import Path
 
 from petlab import report_document
-from petlab.outputs import write_text
+from petlab.outputs import write_json, write_text
 from petlab.params import load_params
 from petlab.stage import run_stage
 
 OUT_DIR = Path("reports")
 REPORT = OUT_DIR / "report.md"
 FIGURES = OUT_DIR / "figures"
+COMPARISON = Path("metrics/comparison.json")  # probe - CNN with 95% intervals: the comparison as metrics
 
 
 def git_state() -> str:
@@ -29,7 +30,9 @@ def git_state() -> str:
 def main() -> None:
     params = load_params()
     run = report_document.Run.load(Path("."), params)
-    write_text(REPORT, report_document.build(run, params, OUT_DIR, FIGURES, git_state()))
+    text, comparison = report_document.build(run, params, OUT_DIR, FIGURES, git_state())
+    write_json(COMPARISON, comparison)
+    write_text(REPORT, text)
     print(f"report: {REPORT}")
 
 

@@ -6,7 +6,7 @@ With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/d
 from pathlib import Path
 
 from petlab import distributed
-from petlab.experiments import save_trained, setup_stage, train_cnn
+from petlab.experiments import progress_writer, save_trained, setup_stage, train_cnn
 from petlab.resume import Resume
 from petlab.runtime import select_device
 from petlab.stage import run_stage
@@ -27,7 +27,7 @@ def main() -> None:
     if params.train_cnn.batch_norm:
         distributed.check_batch_per_rank(params.train_cnn.batch_size, 2, "train_cnn.batch_size", "BatchNorm")
     resume = Resume.for_stage("train_cnn", params)  # resume/train_cnn.pt: the state after the last epoch
-    trained = train_cnn(params, data, LOG_DIR, resume)
+    trained = train_cnn(params, data, LOG_DIR, resume, on_epoch=progress_writer(METRICS, PLOTS / "history.csv"))
     if distributed.is_main():
         save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
         resume.remove()  # the outputs are written: nothing is left to resume

@@ -7,7 +7,7 @@ features trains in seconds in one process.
 from pathlib import Path
 
 from petlab import distributed
-from petlab.experiments import save_trained, setup_stage, train_vit
+from petlab.experiments import progress_writer, save_trained, setup_stage, train_vit
 from petlab.outputs import write_json
 from petlab.resume import Resume
 from petlab.runtime import PipelineError, select_device
@@ -43,7 +43,8 @@ def main() -> None:
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
     resume = Resume.for_stage("train_vit", params)  # resume/train_vit.pt: the image routes' state after an epoch
-    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE, resume)
+    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE, resume,
+                        on_epoch=progress_writer(METRICS, PLOTS / "history.csv"))
     if distributed.is_main():
         if not trained.summary["pretrained"]:
             print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")

@@ -26,7 +26,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
     torch.set_num_threads(cores_per_process())
 
 # The study's pipeline as it ships: not added (study/dvc.yaml), as in a fresh clone.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages", "study/pipeline.yaml"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "petlab", "stages", "study/pipeline.yaml", "weights"]
 
 # Small enough for CI on two cores, big enough that every code path runs (3+ batches an epoch).
 TINY_PARAMS = {
@@ -140,6 +140,7 @@ def make_project(root: Path, params_overrides: dict) -> Path:
     for name in (".gitignore", ".dvcignore", ".dvc/.gitignore"):
         (root / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the project's own plot templates
     (root / ".dvc/config").write_text("[core]\n    analytics = false\n")
     write_params(root, params_overrides)
     run(["git", "init", "-q"], root)

@@ -22,7 +22,11 @@ from test_probe import check_probe
 
 
 def ran_stages(proc) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", proc.stdout + proc.stderr))
+    return set(re.findall(r"Running stage '([\w@]+)'", proc.stdout + proc.stderr))
+
+
+CNN_SIDE = {"profile@cnn", "evaluate@cnn", "robustness@cnn"}  # the per-model stages of each side
+VIT_SIDE = {"profile@vit", "evaluate@vit", "robustness@vit"}
 
 
 def load_json(path: Path) -> dict:
@@ -66,7 +70,7 @@ def check_metrics(project: Path) -> None:
     checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
     assert "ties broken by lower val loss" in checkpoint["selection"]["selection"]
 
-    evaluation = load_json(project / "metrics/evaluate.json")
+    evaluation = per_model(project, "metrics/evaluate")
     for model in ("cnn", "vit"):
         for split in ("train", "val", "test"):  # every split scored alike, the train split too
             m = evaluation[model][split]
@@ -83,29 +87,35 @@ def check_metrics(project: Path) -> None:
         with open(project / f"plots/evaluate/reliability_{model}.csv") as f:
             bins = list(csv.DictReader(f))
         assert sum(int(b["images"]) for b in bins) == 20
-    robustness = load_json(project / "metrics/robustness.json")
-    assert robustness["test_images"] == 8 and robustness["test_per_class"] == 2
+    robustness = per_model(project, "metrics/robustness")
     for model in ("cnn", "vit"):
         r = robustness[model]
+        assert r["test_images"] == 8 and r["test_per_class"] == 2
         assert 0 <= r["corrupted_accuracy"] <= 1 and r["relative_drop_accuracy"] == pytest.approx(
             1 - r["corrupted_accuracy"] / r["clean_accuracy"], abs=1e-5)
-    with open(project / "plots/robustness/scores.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2 * 16  # both models: clean, then 5 corruptions x 3 severities
+    for model in ("cnn", "vit"):
+        with open(project / f"plots/robustness/scores_{model}.csv") as f:
+            assert len(list(csv.DictReader(f))) == 16  # clean, then 5 corruptions x 3 severities
 
-    profile = load_json(project / "metrics/profile.json")
+    profile = per_model(project, "metrics/profile")
     for model in ("cnn", "vit"):
         p = profile[model]
         assert p["steps_timed"] == 3 and 0 < p["step_ms_p50"] <= p["step_ms_p95"]
         assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and "top_ops" not in p
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
-    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "robustness",
-                  "report"):
+    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile_cnn", "profile_vit",
+                  "evaluate_cnn", "evaluate_vit", "robustness_cnn", "robustness_vit", "report"):
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
     for model in ("cnn", "vit"):
         assert 0 <= profile[model]["data_wait_share"] < 1
     check_epoch_times(project, "cnn", 3)
     check_epoch_times(project, "vit", 0)  # the L-BFGS probe has no epochs: the header only
+
+
+def per_model(project: Path, folder: str) -> dict:
+    """The per-model stages' files of a folder (metrics/evaluate/cnn.json, ...), each keyed by its model, as one."""
+    return {m: load_json(project / folder / f"{m}.json")[m] for m in ("cnn", "vit")}
 
 
 def check_epoch_times(project: Path, model: str, epochs: int) -> None:
@@ -127,8 +137,8 @@ def check_models_and_plots(project: Path) -> None:
             rows = list(csv.DictReader(f))
         assert len(rows) == 20 and set(rows[0]) == {"actual", "predicted"}
         accuracy = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
-        assert abs(accuracy - load_json(project / "metrics/evaluate.json")[name]["test"]["accuracy"]) < 1e-6
-        with open(project / "plots/evaluate/predictions_test.csv") as f:
+        assert abs(accuracy - load_json(project / f"metrics/evaluate/{name}.json")[name]["test"]["accuracy"]) < 1e-6
+        with open(project / f"plots/evaluate/predictions_test_{name}.csv") as f:
             paired = list(csv.DictReader(f))
         classes = load_json(project / "data/oxford_pets/classes.json")
         numbered = dict(zip(classes, confusion_labels(classes)))  # the confusion rows' "07 Beagle" names
@@ -143,8 +153,8 @@ def check_models_and_plots(project: Path) -> None:
         assert list((project / f"runs/profile/{name}").glob("*.pt.trace.json"))
     for png in ("class_counts.png", "samples_train.png", "samples_val.png", "samples_test.png"):
         assert (project / "plots/sanity" / png).is_file()
-    assert (project / "plots/profile/comparison.png").is_file()
-    top_ops = load_json(project / "plots/profile/top_ops.json")
+    assert (project / "reports/figures/profile.png").is_file()
+    top_ops = {m: load_json(project / f"plots/profile/top_ops_{m}.json")[m] for m in ("cnn", "vit")}
     assert [len(top_ops[m]) for m in ("cnn", "vit")] == [10, 10] and top_ops["cnn"][0]["self_cpu_ms_total"] > 0
 
 
@@ -188,12 +198,50 @@ def check_exp_show_fits_160_columns(project: Path) -> None:
     assert any("sgd" in line for line in lines) and any("lbfgs" in line for line in lines)  # experiment, baseline
 
 
+def check_readme_rerun_lists(project: Path) -> None:
+    """The README's lists of what a `train_vit.*` and a `train_cnn.*` change re-run are what `dvc repro --dry` says
+    would run after one such change."""
+    text = " ".join(section("Compare runs").split())
+    lists = {"train_vit": re.search(r"Changing a `train_vit\.\*` parameter re-runs (.*?) and nothing else", text),
+             "train_cnn": re.search(r"a `train_cnn\.\*` one (.*?) \(besides", text)}
+    original = (project / "params.yaml").read_text()
+    for section_name, change in (("train_vit", {"max_iter": 500}), ("train_cnn", {"dropout": 0.2})):
+        printed = set(re.findall(r"`([\w@]+)`", lists[section_name].group(1)))
+        params = yaml.safe_load(original)
+        params[section_name].update(change)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert ran_stages(dvc(project, "repro", "--dry")) == printed, section_name
+    (project / "params.yaml").write_text(original)
+
+
+def check_printed_exp_show_recipes_keep_what_they_sort_by(project: Path) -> None:
+    """Every `dvc exp show` the README and docs/ print runs here, and keeps the column it sorts by, and the columns
+    its --keep names."""
+    from test_readme import TEXTS
+
+    printed = [" ".join(line.split("#")[0].split()) for text in TEXTS.values()
+               for block in re.findall(r"```\w*\n(.*?)```", text, re.S) for line in commands(block)
+               if line.startswith("dvc exp show")]
+    assert len(printed) >= 4, printed
+    for command in printed:
+        args = shlex.split(command.split(">")[0])
+        proc = subprocess.run([sys.executable, "-m", *args, *([] if "--csv" in args else ["--csv"])], cwd=project,
+                              text=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        assert proc.returncode == 0, (command, proc.stderr)
+        header = proc.stdout.splitlines()[0].split(",")
+        if "--sort-by" in args:
+            file, _, key = args[args.index("--sort-by") + 1].rpartition(":")
+            assert any(column in (key, f"{file}:{key}") for column in header), (command, header)
+        if "--keep" in args:
+            assert "Experiment" in header and len(header) > 1, (command, header)
+
+
 def check_report(project: Path) -> None:
     """reports/report.md: the warning a random-weights run needs, numbers equal to the metrics, every figure there."""
     text = (project / "reports/report.md").read_text()
     assert "this run cannot answer the question" in text and "**random backbone weights**" in text
     assert "**generated images**" in text and "**few epochs**" in text
-    evaluation = load_json(project / "metrics/evaluate.json")
+    evaluation = per_model(project, "metrics/evaluate")
     assert "Top-5" not in text and "No top-5 accuracy: with 4 classes" in text
     assert "**one seed**" in text and "**few training images per class**: the train split holds 9 images" in text
     generalisation = text.split("## 4. Generalisation")[1].split("## 5.")[0]
@@ -206,7 +254,7 @@ def check_report(project: Path) -> None:
         assert f"| {calibration['ece'] * 100:.1f} [{calibration['ece_low'] * 100:.1f}, " in next(
             line for line in generalisation.splitlines()[generalisation.splitlines().index(row) + 1:]
             if line.startswith(f"| {name} "))
-    robustness = load_json(project / "metrics/robustness.json")
+    robustness = per_model(project, "metrics/robustness")
     assert f"relative drop: {robustness['cnn']['relative_drop_accuracy'] * 100:.1f}%, " \
            f"{robustness['vit']['relative_drop_accuracy'] * 100:.1f}%" in generalisation
     assert "- Who generalises better: " in text and "Calibration: " in text and "Corrupted images: " in text
@@ -237,7 +285,7 @@ def check_report(project: Path) -> None:
         assert f"Its whole fit took {whole_fit:.1f} s" in text
         # Its compute to the common target, where it reaches it, is its whole fit's: its train and val images through
         # the backbone once (the profile's GFLOPs an image), and the sweep.
-        gflops = load_json(project / "metrics/profile.json")["vit"]["gflops_per_image"]
+        gflops = per_model(project, "metrics/profile")["vit"]["gflops_per_image"]
         row = next(line for line in text.split("## 3. Convergence")[1].splitlines() if line.startswith("| Probe "))
         assert "| after its whole fit " in row or "| no " in row
         if "| after its whole fit " in row:
@@ -256,7 +304,8 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
     clone = tmp / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp)
     dvc(clone, "pull", "--run-cache")
-    assert ran_stages(dvc(clone, "repro")) == {"backbone_weights"}  # always run; it keeps the same weights
+    assert ran_stages(dvc(clone, "repro")) == set()  # everything pulled: nothing to run
+    check_fetching_a_model_as_printed(project, tmp)
     assert "in sync" in dvc(clone, "status", "-c").stdout
     assert torch.load(clone / "models/cnn.pt", weights_only=True)["epoch"] >= 1
     params = yaml.safe_load((clone / "params.yaml").read_text())
@@ -264,11 +313,27 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # What would run (--dry: the stages whose inputs changed; DVC runs what depends on their outputs after them),
     # and evaluate run for real on the pulled checkpoints and data.
-    assert ran_stages(dvc(clone, "repro", "--dry")) == {"backbone_weights", "evaluate", "robustness"}  # both read it
-    assert ran_stages(dvc(clone, "repro", "--single-item", "evaluate")) == {"evaluate"}
+    assert ran_stages(dvc(clone, "repro", "--dry")) == {"backbone_weights", "evaluate@cnn", "evaluate@vit",
+                                                         "robustness@cnn", "robustness@vit"}  # both read it
+    assert ran_stages(dvc(clone, "repro", "--single-item", "evaluate")) == {"evaluate@cnn", "evaluate@vit"}
     for model in ("cnn", "vit"):
-        ours, theirs = (load_json(p / "metrics/evaluate.json")[model]["test"] for p in (project, clone))
+        ours, theirs = (load_json(p / f"metrics/evaluate/{model}.json")[model]["test"] for p in (project, clone))
         assert ours["accuracy"] == theirs["accuracy"], model
+
+
+def check_fetching_a_model_as_printed(project: Path, tmp: Path) -> None:
+    """docs/outputs.md's recipe: a registered version, then `dvc artifacts get`; `dvc get` without one."""
+    from test_readme import TEXTS, REPO
+
+    block = TEXTS[REPO / "docs/outputs.md"].split("## Fetching a trained model")[1].split("```bash\n")[1].split("```")[0]
+    tag, artifacts_get, get = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    run(shlex.split(tag.split(" && ")[0]), project)  # the push goes to origin, which this repository has none of
+    fetched = tmp / "fetched"
+    fetched.mkdir()
+    for command in (artifacts_get, get):
+        dvc(fetched, *shlex.split(command.replace("<repo>", str(project)))[1:])
+    assert (fetched / "vit.pt").read_bytes() == (project / "models/vit.pt").read_bytes()
+    assert (fetched / "cnn.pt").read_bytes() == (project / "models/cnn.pt").read_bytes()
 
 
 def check_queued_experiments(project: Path) -> None:
@@ -305,14 +370,15 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
 
     proc = dvc(project, "exp", "run", "evaluate", "robustness", "-S", "dist.nproc_per_node=2",
                "-S", "train_cnn.dropout=0.2")
-    # backbone_weights always runs (and keeps its weights); train_cnn's upstream is cached; train_vit reads `dist` too
-    # (its image routes use the ranks) and runs again, alone, to the same probe.
-    assert ran_stages(proc) == {"backbone_weights", "train_cnn", "train_vit", "evaluate", "robustness"}
+    # train_cnn's upstream is cached; train_vit reads `dist` too (its image routes use the ranks) and runs again,
+    # alone, to the same probe.
+    # The probe's side stays: train_vit's outputs are unchanged, so its evaluation and robustness are kept.
+    assert ran_stages(proc) == {"train_cnn", "train_vit", "evaluate@cnn", "robustness@cnn"}
     assert "2 ranks" in proc.stdout
     # A train_cnn param changed: the CNN's calibration and its robustness move, and `dvc metrics diff` shows them.
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
-    assert any(k.startswith("cnn.calibration.test.") for k in metrics_diff["metrics/evaluate.json"])
-    assert any(k.startswith("cnn.") for k in metrics_diff["metrics/robustness.json"])
+    assert any(k.startswith("cnn.calibration.test.") for k in metrics_diff["metrics/evaluate/cnn.json"])
+    assert any(k.startswith("cnn.") for k in metrics_diff["metrics/robustness/cnn.json"])
     recorded = load_json(project / "metrics/train_cnn.json")
     assert recorded["ranks"] == 2
     checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
@@ -334,10 +400,11 @@ def check_benchmark_row(project: Path, seconds: float) -> None:
     """The benchmark's whole-pipeline row, from this run: every stage of dvc.yaml ran and timed itself, and dvc's
     own work comes on top."""
     from benchmarks.bench import pipeline_line, pipeline_summary
+    from petlab.outputs import stage_names
 
     summary = pipeline_summary(project, seconds)
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    assert set(summary["stage_seconds"]) == set(stages) and all(s > 0 for s in summary["stage_seconds"].values())
+    stages = stage_names(project / "dvc.yaml")
+    assert len(stages) == 12 and set(summary["stage_seconds"]) == set(stages) and all(s > 0 for s in summary["stage_seconds"].values())
     assert summary["dvc_repro_seconds"] > summary["stages_total_seconds"] > 0
     assert set(summary["probe_fit_seconds"]) == {"features_seconds", "head_seconds"}
     # The line prints the summary's wall time (rounded to 0.01 s, then to 0.1 s), which is this run's.
@@ -346,11 +413,11 @@ def check_benchmark_row(project: Path, seconds: float) -> None:
 
 
 def check_main_views_are_the_pipelines_own(project: Path) -> None:
-    """After a plain `dvc repro`, in a project that ships the study's pipeline (not added): `dvc status` names the
-    always-run backbone_weights alone, and `dvc metrics show` lists only files that exist, without a warning."""
+    """After a plain `dvc repro`, in a project that ships the study's pipeline (not added): `dvc status` says the
+    pipeline is up to date, and `dvc metrics show` lists only files that exist, without a warning."""
     assert (project / "study/pipeline.yaml").is_file() and not (project / "study/dvc.yaml").exists()
-    status = dvc(project, "status", "--json")
-    assert list(json.loads(status.stdout)) == ["backbone_weights"], status.stdout
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert "Data and pipelines are up to date." in dvc(project, "status").stdout
     shown = dvc(project, "metrics", "show", "--json")
     assert "WARNING" not in shown.stderr and "failed to load" not in shown.stdout + shown.stderr, shown.stderr
     files = json.loads(shown.stdout)[""]["data"]  # the workspace's files
@@ -364,7 +431,7 @@ def test_dvc_repro_end_to_end(tiny_project):
     first = dvc(project, "repro")
     check_benchmark_row(project, time.perf_counter() - start)
     assert ran_stages(first) == {"backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
-                                 "profile", "evaluate", "robustness", "report"}
+                                 *CNN_SIDE, *VIT_SIDE, "report"}
     assert "random backbone weights" in first.stdout
     # TINY_PARAMS shortens the probe's loop, which its default L-BFGS route never runs: the stage says so.
     assert ("train_vit: WARNING: train_vit.epochs, train_vit.batch_size, train_vit.warmup_epochs changed but not used "
@@ -378,9 +445,11 @@ def test_dvc_repro_end_to_end(tiny_project):
     check_probe(project)
     check_backbone(project)
 
-    # Only the always-run backbone_weights stage would run again (--dry); it keeps the same weights (the test below),
-    # so nothing else re-runs.
-    assert ran_stages(dvc(project, "repro", "--dry")) == {"backbone_weights"}
+    # A second `dvc repro` with nothing changed runs nothing and changes no file.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    assert ran_stages(dvc(project, "repro")) == set()
+    assert run(["git", "status", "--porcelain"], project).stdout == ""
     check_main_views_are_the_pipelines_own(project)
 
     plots_dir = project.parent / "plots_html"
@@ -393,15 +462,14 @@ def test_dvc_repro_end_to_end(tiny_project):
     assert "American Bulldog" in html  # the confusion data itself, with class names
     assert "log10_c" in html  # the probe's sweep, drawn over log10(C)
 
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
+    check_readme_rerun_lists(project)
     check_remote_round_trip(project, project.parent)
     before = load_json(project / "metrics/train_vit.json")
 
     # A train_vit change re-runs train_vit and what depends on it, nothing else; here the training loop's
     # route for the head, which writes per-epoch history instead of the sweep.
     experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
-    assert ran_stages(experiment) == {"backbone_weights", "train_vit", "profile", "evaluate", "robustness", "report"}
+    assert ran_stages(experiment) == {"train_vit", *VIT_SIDE, "report"}  # the CNN's side stays
     after = load_json(project / "metrics/train_vit.json")
     assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
     with open(project / "plots/train_vit/history.csv") as f:
@@ -411,46 +479,102 @@ def test_dvc_repro_end_to_end(tiny_project):
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
     assert "metrics/train_vit.json" in metrics_diff and "metrics/train_cnn.json" not in metrics_diff
     # The probe's calibration and robustness changed with it; `dvc metrics diff` shows them.
-    assert any(k.startswith("vit.calibration.") for k in metrics_diff["metrics/evaluate.json"])
-    assert any(k.startswith("vit.") for k in metrics_diff["metrics/robustness.json"])
+    assert any(k.startswith("vit.calibration.") for k in metrics_diff["metrics/evaluate/vit.json"])
+    assert any(k.startswith("vit.") for k in metrics_diff["metrics/robustness/vit.json"])
+    assert "metrics/evaluate/cnn.json" not in metrics_diff and "metrics/comparison.json" in metrics_diff
+    assert not any(path.startswith("metrics/timing/") or path == "metrics/profile" for path in metrics_diff)
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
     lr_change = params_diff["params.yaml"]["train_vit.lr"]
     assert (lr_change["old"], lr_change["new"]) == (0.001, 0.02)
     shown = dvc(project, "exp", "show", "--json").stdout
     assert "0.02" in shown
     check_exp_show_fits_160_columns(project)
+    check_printed_exp_show_recipes_keep_what_they_sort_by(project)
 
     # The scaling flows, on the CNN's branch: a queued grid in two workers, then train_cnn as two ranks.
     check_queued_experiments(project)
     check_train_cnn_on_two_ranks(project)
+    # Last, as it leaves the training stages without their TensorBoard logs: a disk that fills up in each stage.
+    check_a_full_disk_in_any_stage_is_one_line_naming_the_file(project)
 
 
 def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage(tmp_path, test_vit_weights):
-    """New weights at the same path are new data; without weights the first stage stops, before any data work."""
+    """A local file in weights/ is data DVC hashes: unchanged, nothing runs; new weights at the same path re-run the
+    stage. A file elsewhere is refused unless its SHA-256 is pinned; without weights the first stage stops, before
+    any data work."""
+    import hashlib
+
     import timm
     from safetensors.torch import save_file
 
     from conftest import make_project, write_params
 
-    weights = tmp_path / "weights.safetensors"
+    project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit",
+                                                                "weights": "weights/test_vit.safetensors"}})
+    weights = project / "weights/test_vit.safetensors"
     weights.write_bytes(test_vit_weights.read_bytes())
-    project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit", "weights": str(weights)}})
-    stage = [sys.executable, "-m", "stages.backbone_weights"]
-    run(stage, project)
+    assert ran_stages(dvc(project, "repro", "backbone_weights")) == {"backbone_weights"}
     first = load_json(project / "metrics/backbone.json")
-    assert first["source"] == f"file {weights.resolve()}" and first["pretrained"] is True
-    assert "already holds test_vit" in run(stage, project).stdout  # same source: kept, not loaded again
+    assert first["source"] == "file weights/test_vit.safetensors" and first["pretrained"] is True  # as a clone has it
+    assert ran_stages(dvc(project, "repro", "backbone_weights")) == set()  # unchanged: nothing runs, no network
     assert load_json(project / "metrics/backbone.json") == first
 
     save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(weights))  # replaced in place
-    run(stage, project)
+    assert ran_stages(dvc(project, "repro", "backbone_weights")) == {"backbone_weights"}
     second = load_json(project / "metrics/backbone.json")
     assert second["source_sha256"] != first["source_sha256"] and second["sha256"] != first["sha256"]
 
+    # A file outside weights/: DVC cannot see it change, so only a pinned one is taken.
+    stage = [sys.executable, "-m", "stages.backbone_weights"]
+    write_params(project, {"train_vit": {"model": "test_vit", "weights": str(test_vit_weights)}})
+    refused = run(stage, project, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"backbone_weights: error: train_vit.weights = '{test_vit_weights}' is outside weights/, where DVC cannot "
+        "see it change; put it in weights/ (and `dvc add` it: weights/README.md), or pin its bytes with "
+        "train_vit.weights_sha256")
+    digest = hashlib.sha256(test_vit_weights.read_bytes()).hexdigest()
+    write_params(project, {"train_vit": {"model": "test_vit", "weights": str(test_vit_weights),
+                                         "weights_sha256": digest}})
+    run(stage, project)
+    assert load_json(project / "metrics/backbone.json")["source_sha256"] == digest
+
     (project / "models/backbone.safetensors").unlink()
-    write_params(project, {"train_vit": {"model": "test_vit", "weights": None}})
+    write_params(project, {"train_vit": {"model": "test_vit", "weights": None, "weights_sha256": None}})
     failed = dvc(project, "repro", check=False)
     assert failed.returncode != 0 and ran_stages(failed) == {"backbone_weights"}
     (message,) = [line for line in failed.stderr.splitlines() if line.startswith("backbone_weights: error:")]
     assert "train_vit.weights" in message and "HF_HUB_OFFLINE=1" in message
     assert not (project / "data").exists() and not (project / "runs").exists()
+
+
+FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: a full disk under $PETLAB_TEST_FULL_DISK
+# Each stage that writes, in the order a run takes them (a per-model stage with one of its models: the other runs
+# the same code).
+WRITING_STAGES = (("backbone_weights",), ("prepare_oxford_pets",), ("sanity_data",), ("train_cnn",), ("train_vit",),
+                  ("evaluate", "vit"), ("profile", "cnn"), ("robustness", "cnn"), ("report",))
+
+
+def check_a_full_disk_in_any_stage_is_one_line_naming_the_file(project: Path) -> None:
+    """Every stage run on a disk that fills up (each write the kernel is asked for under the project fails with
+    ENOSPC, with no file name in Python's error) stops in one line naming what it could not write, with no
+    traceback, and leaves its previous outputs as they were (the atomic writes), besides its own live logs."""
+    from petlab.outputs import stage_outputs
+
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "PETLAB_TEST_FULL_DISK": str(project), "HF_HUB_OFFLINE": "1"}
+    for stage, *model in WRITING_STAGES:
+        name = "@".join([stage, *model])
+        outputs = [project / p for p in stage_outputs(name, project / "dvc.yaml") if not p.parts[0] == "runs"]
+        before = {p: p.read_bytes() for out in outputs for p in ([out] if out.is_file() else sorted(out.rglob("*")))
+                  if p.is_file()}
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", *model], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = [line for line in proc.stderr.splitlines() if not line.startswith(f"{stage}: WARNING:")]
+        assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stdout, (name, proc.stderr)
+        named = re.fullmatch(rf"{name}: error: (\S+?):? (No space left on device \(errno ENOSPC\)|disk full .*)",
+                             lines[0])
+        assert named, lines[0]
+        path = (project / named.group(1)).resolve()
+        assert any(path == out.resolve() or out.resolve() in path.parents or path in out.resolve().parents
+                   for out in [*outputs, project / "runs", project / "resume"]), (name, lines[0])
+        assert {p: p.read_bytes() for p in before if p.is_file()} == before, name
+        assert not list(project.rglob(".*.tmp")), name

@@ -121,7 +121,7 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     kept = max(sweep, key=lambda row: selection_key({"macro_f1": row["val_macro_f1"], "loss": row["val_loss"]}))
     assert kept["c"] == metrics["selected_c"] and kept["val_macro_f1"] == metrics["val_macro_f1"]
     assert checkpoint["selection"]["selected_c"] == metrics["selected_c"] and checkpoint["epoch"] is None
-    evaluation = json.loads((project / "metrics/evaluate.json").read_text())["vit"]
+    evaluation = json.loads((project / "metrics/evaluate/vit.json").read_text())["vit"]
     for key in ("accuracy", "macro_f1"):  # the checkpoint scores on val what the sweep recorded for its C
         assert evaluation["val"][key] == pytest.approx(metrics[f"val_{key}"], abs=1e-6)
     # and on its cached train features the train accuracy the sweep recorded

@@ -132,14 +132,15 @@ def test_peak_memory_on_mps_is_the_metal_drivers_absolute_peak(monkeypatch):
     assert (memory.metric.key, memory.peak_mb) == ("peak_mps_driver_mb", 300.0)
 
 
-def test_each_peak_memory_metric_has_its_own_name_and_the_report_says_which():
+def test_each_peak_memory_metric_has_its_own_name_and_the_report_says_which(tmp_path):
     assert len({m.key for m in PEAK_MEMORY_METRICS.values()}) == 3
     profile = {"step_ms_mean": 10.0, "step_ms_p95": 12.0, "throughput_images_per_s": 100.0, "gflops_per_image": 1.0,
                "trainable_parameters": 10, "total_parameters": 10, "data_wait_share": 0.0, "batch_size": 4,
                "device": "cuda", "peak_cuda_allocated_mb": 1234.0}
     run = SimpleNamespace(profile={"cnn": profile, "vit": profile}, top_ops={}, stage_seconds={"train_cnn": 1.0},
-                          root=Path("run"))
-    text = report_document.cost_section(run, {"cnn": ("compute-bound",), "vit": ("compute-bound",)}, Path("run"))
+                          root=tmp_path)
+    text = report_document.cost_section(run, {"cnn": ("compute-bound",), "vit": ("compute-bound",)},
+                                        {"cnn": "CNN", "vit": "probe"}, tmp_path, tmp_path / "figures")
     assert "peak CUDA memory allocated (MB)" in text and "1234" in text
     assert PEAK_MEMORY_METRICS["cuda"].meaning in text and "resident memory" not in text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_the_printed_fm_mini_recipe_learns_fashion_mnist(tmp_path):
         assert (image.mode, image.size) == ("RGB", (28, 28))
 
     # The CNN from scratch learned: well above the 1/6 of chance.
-    metrics = json.loads((project / "metrics/evaluate.json").read_text())["cnn"]["test"]
+    metrics = json.loads((project / "metrics/evaluate/cnn.json").read_text())["cnn"]["test"]
     assert metrics["accuracy"] >= 0.75, metrics
 
     # The confusion rows are the checkpoint's own predictions on the test images, and the metrics follow from them.
@@ -116,13 +117,14 @@ def test_probe_on_stand_in_weights_learns_fashion_mnist(tmp_path, stand_in_weigh
     import yaml
 
     params = deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), STAND_IN_PARAMS)
-    params["train_vit"]["weights"] = str(stand_in_weights)
+    params["train_vit"]["weights"] = "weights/efficientnet_lite0.safetensors"  # where DVC sees it (weights/README.md)
     project = make_project(tmp_path / "project", params)
+    shutil.copy2(stand_in_weights, project / "weights/efficientnet_lite0.safetensors")
     out = dvc(project, "repro", "evaluate").stdout
 
     # Wherever the probe's numbers are, they are named for the weights they come from.
     trained = json.loads((project / "metrics/train_vit.json").read_text())
-    evaluation = json.loads((project / "metrics/evaluate.json").read_text())["vit"]
+    evaluation = json.loads((project / "metrics/evaluate/vit.json").read_text())["vit"]
     sanity = json.loads((project / "plots/sanity/report.json").read_text())["overfit_probe"]
     assert trained["pretrained"] is True and f"evaluate: vit: {DESCRIPTION}" in out
     for source in (trained["weights_source"], evaluation["weights_source"], sanity["weights_source"]):

@@ -245,8 +245,9 @@ def crafted_run(root, num_classes=3, train_per_class=4, test_per_class=4, cnn_f1
         profile={"cnn": profile, "vit": {**profile, "trainable_parameters": 2000, "gflops_per_image": vit_gflops}},
         top_ops={},
         stage_seconds={s: 1.0 for s in report_document.STAGES}, batch_size={"cnn": 8, "vit": 8},
-        robustness={"test_images": len(labels), "test_per_class": test_per_class,
-                    **{m: {"corrupted_accuracy": 0.5} for m in ("cnn", "vit")}},
+        robustness={m: {"corrupted_accuracy": 0.5, "test_images": len(labels), "test_per_class": test_per_class}
+                    for m in ("cnn", "vit")},
+        reliability={m: [{"images": len(labels), "confidence": 0.9, "accuracy": 0.8}] for m in ("cnn", "vit")},
         robustness_scores=pd.DataFrame([{"corruption": c, "severity": sev, "model": m, "accuracy": 0.5, "macro_f1": 0.5}
                                         for c, sev in [("clean", 0), ("jpeg", 1), ("jpeg", 2), ("jpeg", 3)]
                                         for m in ("cnn", "vit")]),
@@ -270,7 +271,7 @@ def build_document(tmp_path, **crafted) -> str:
     params = parse_params({"train_vit": {"model": "tf_efficientnet_lite0"},
                            "report": {"bootstrap": 200, "misclassified": 0}})
     run = crafted_run(tmp_path, **crafted)
-    return report_document.build(run, params, tmp_path / "reports", tmp_path / "reports/figures", "crafted")
+    return report_document.build(run, params, tmp_path / "reports", tmp_path / "reports/figures", "crafted")[0]
 
 
 def conclusions_of(text: str) -> str:

@@ -18,7 +18,9 @@ from petlab.runtime import PipelineError, Precision, select_device, select_preci
 
 # A device this machine does not have (CUDA machines have no MPS, and the other way round).
 MISSING_DEVICE = "mps" if torch.cuda.is_available() else "cuda"
-DEVICE_STAGES = ["sanity_data", "train_cnn", "train_vit", "profile", "evaluate"]
+# The stages that choose a device: the per-model ones with a model (their main's argument).
+DEVICE_STAGES = ["sanity_data", "train_cnn", "train_vit", "profile", "evaluate", "robustness"]
+MODEL_STAGES = {"profile", "evaluate", "robustness"}
 
 
 def test_a_missing_device_is_an_error():
@@ -35,7 +37,8 @@ def test_every_device_stage_checks_the_device_before_reading_data(tmp_path, monk
     write_params(tmp_path, {"device": MISSING_DEVICE})
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match=f"^device = '{MISSING_DEVICE}' but .* available here"):
-        importlib.import_module(f"stages.{stage}").main()
+        main = importlib.import_module(f"stages.{stage}").main
+        main("cnn") if stage in MODEL_STAGES else main()
 
 
 def start_as_in_a_terminal(cmd: list[str], cwd, **kwargs) -> subprocess.Popen:

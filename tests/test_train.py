@@ -335,3 +335,31 @@ def test_labels_and_batches_are_copied_asynchronously_on_cuda_only(device, non_b
     assert labels.copies == [non_blocking]
     step = inspect.getsource(train.train_step)
     assert "ctx.to_device(y)" in step and "non_blocking=True" not in step
+
+
+def test_the_history_and_the_best_so_far_are_written_after_every_epoch(tmp_path):
+    """What `dvc exp show` and `dvc plots show` read while a model trains: after epoch k, k history rows and the best
+    of those k epochs; the final files (save_trained) are a run's without these writes, byte for byte."""
+    import json
+
+    from petlab.experiments import progress_writer
+
+    metrics, history_file = tmp_path / "metrics.json", tmp_path / "history.csv"
+    write = progress_writer(metrics, history_file)
+    seen = []
+
+    def on_epoch(history, best):
+        write(history, best)
+        seen.append((history_file.read_text().count("\n") - 1, json.loads(metrics.read_text())))
+
+    runs = []
+    for callback in (on_epoch, None):
+        seed_everything(1)
+        runs.append(fit(small_cnn(), *digits_loaders(), OptimParams(epochs=3), CPU, num_classes=10, on_epoch=callback))
+    live, plain = runs
+    assert [rows for rows, _ in seen] == [1, 2, 3]
+    assert [m["last_epoch"] for _, m in seen] == [1, 2, 3] and all(m["in_progress"] for _, m in seen)
+    assert seen[-1][1]["best_epoch"] == live.best_epoch and seen[-1][1]["val_macro_f1"] == live.best_val["macro_f1"]
+    assert all(m["best_epoch"] <= m["last_epoch"] for _, m in seen)
+    assert live.history == plain.history and live.best_epoch == plain.best_epoch
+    assert not list(tmp_path.glob(".*.tmp"))
