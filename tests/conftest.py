@@ -141,7 +141,7 @@ def make_project(root: Path, params_overrides: dict) -> Path:
         (root / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the project's own plot templates
-    (root / ".dvc/config").write_text("[core]\n    analytics = false\n")
+    (root / ".dvc/config").write_text("[core]\n    analytics = false\n" + (REPO / ".dvc/config").read_text())
     write_params(root, params_overrides)
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
