@@ -249,7 +249,7 @@ def check_readme_rerun_lists(project: Path) -> None:
         changed = set(json.loads(dvc(project, "status", "--json").stdout))
         with Repo(str(project)) as repo:
             graph = repo.index.graph  # an edge from each stage to a stage it depends on
-            names = {stage: stage.addressing for stage in graph}
+            names = {stage: stage.name for stage in graph}  # as `dvc status` names them (addressing is cwd-relative)
             downstream = {names[s] for s in graph for c in graph if names[c] in changed and nx.has_path(graph, s, c)}
         assert downstream == printed, section_name
     (project / "params.yaml").write_text(original)
@@ -565,6 +565,13 @@ def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stag
     assert ran_stages(dvc(project, "repro", "backbone_weights")) == {"backbone_weights"}
     second = load_json(project / "metrics/backbone.json")
     assert second["source_sha256"] != first["source_sha256"] and second["sha256"] != first["sha256"]
+
+    # Tracked by DVC (weights/README.md), the file reaches a temporary workspace, as it does a queue worker's.
+    dvc(project, "add", "weights/test_vit.safetensors")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "the weights, tracked"], project)
+    temp = dvc(project, "exp", "run", "--temp", "backbone_weights", "-S", "seed=7")
+    assert ran_stages(temp) == {"backbone_weights"} and "Ran experiment" in temp.stdout + temp.stderr
 
     # A file outside weights/: DVC cannot see it change, so only a pinned one is taken.
     stage = [sys.executable, "-m", "stages.backbone_weights"]
