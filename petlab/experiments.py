@@ -305,10 +305,13 @@ def progress_writer(metrics: Path, history_file: Path) -> EpochCallback:
     return write
 
 
+RUN_RECORD = "run.json"  # in a training stage's plots folder: how the run went, in words (save_trained)
+
+
 def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
                  plots_dir: Path, epoch_times: Path) -> None:
-    """The kept checkpoint (loadable with weights_only=True), the metrics file, the curves (per epoch, per C)
-    and the epochs' wall times.
+    """The kept checkpoint (loadable with weights_only=True), the metrics file and the run's record (RUN_RECORD),
+    the curves (per epoch, per C) and the epochs' wall times.
 
     Wall times go to their own file (`epoch_times`; header only for the L-BFGS probe, which has no epochs): the
     curves repeat byte for byte, they do not. `elapsed_seconds` counts from the start of training, including
@@ -328,7 +331,12 @@ def save_trained(stage: str, trained: TrainedModel, class_names: list[str], chec
     write_csv(epoch_times, times, ["epoch", "seconds", "elapsed_seconds"])
     # The rule's wording and the C grid stay in the checkpoint: the same text in every run, nothing to compare.
     compared = {k: v for k, v in selection.items() if k not in ("selection", "c_grid")}
-    write_json(metrics, {**compared, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary})
+    recorded = {**compared, **{f"val_{k}": v for k, v in trained.best_val.items()}, **trained.summary}
+    # The metrics file holds what runs are compared by (numbers, and flags such as `converged`); how the run went
+    # (device, precision, route, solver, the weights' source and digest: text) goes beside the curves, so that
+    # `dvc metrics show` and `dvc metrics diff` stay about the models.
+    write_json(metrics, {k: v for k, v in recorded.items() if not isinstance(v, str)})
+    write_json(plots_dir / RUN_RECORD, {k: v for k, v in recorded.items() if isinstance(v, str)})
     kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
             else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")
     best = trained.best_val

@@ -69,7 +69,9 @@ class Run:
         species_file = data / "species.json"
         trained, histories, setup = {}, {}, {}
         for model in report.MODELS:
-            trained[model] = read_json(root / f"metrics/train_{model}.json")
+            # metrics/train_<model>.json with the run's record in words (petlab.experiments.save_trained)
+            trained[model] = {**read_json(root / f"metrics/train_{model}.json"),
+                              **read_json(root / f"plots/train_{model}/run.json")}
             history = read_csv(root / f"plots/train_{model}/history.csv")
             times = read_csv(root / f"metrics/timing/train_{model}_epochs.csv")
             histories[model] = history.merge(times, on="epoch", validate="one_to_one")

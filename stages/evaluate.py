@@ -90,16 +90,17 @@ def main(model: str) -> None:
     bins = reliability(softmax(logits_by_split["test"][0]), logits_by_split["test"][1])
     write_csv(PLOTS / f"reliability_{model}.csv", bins, ["images", "confidence", "accuracy"])
     results["checkpoint_epoch"] = checkpoint["epoch"]
-    results.update(checkpoint["model_config"].get("info", {}))
+    info = checkpoint["model_config"].get("info", {})  # the probe's: its weights' source and flags
+    results.update({k: v for k, v in info.items() if not isinstance(v, str)})  # text is train_vit's record
     write_json(METRICS / f"{model}.json", {model: results})  # keyed by the model, as `dvc exp show` names the columns
     t = results["test"]
     top5 = f", top-5 {t['top5_accuracy']:.4f}" if "top5_accuracy" in t else ""
     print(f"evaluate: {model}: train accuracy {results['train']['accuracy']:.4f}; test accuracy "
           f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}")
-    if model == "vit" and not results.get("pretrained", True):
+    if model == "vit" and not info.get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
-    elif model == "vit" and weights_label(results):
-        print(f"evaluate: vit: {weights_label(results)}")
+    elif model == "vit" and weights_label(info):
+        print(f"evaluate: vit: {weights_label(info)}")
 
 
 if __name__ == "__main__":

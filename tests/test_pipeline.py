@@ -61,8 +61,13 @@ def check_metrics(project: Path) -> None:
     assert 1 <= sanity["overfit_probe"]["steps_to_100pct"] <= 200
 
     vit = load_json(project / "metrics/train_vit.json")
-    assert vit["pretrained"] is False and "random" in vit["weights_source"]  # never mistaken for the real result
-    assert vit["route"] == "cached_features" and vit["solver"] == "lbfgs"
+    run_record = load_json(project / "plots/train_vit/run.json")  # the run in words, beside the metrics
+    assert vit["pretrained"] is False and "random" in run_record["weights_source"]  # never mistaken for the real one
+    assert run_record["route"] == "cached_features" and run_record["solver"] == "lbfgs"
+    for model in ("cnn", "vit"):  # `dvc metrics show` and `diff` are about the models: no text in the metrics
+        assert not [k for k, v in load_json(project / f"metrics/train_{model}.json").items() if isinstance(v, str)]
+        assert not [k for k, v in load_json(project / f"metrics/evaluate/{model}.json")[model].items()
+                    if isinstance(v, str)]
     assert vit["parameters"]["trainable"] < vit["parameters"]["total"]
     cnn = load_json(project / "metrics/train_cnn.json")
     assert cnn["last_epoch"] == 3 and 1 <= cnn["best_epoch"] <= 3 and cnn["steps_per_epoch"] == 36 // 8
@@ -180,7 +185,7 @@ def check_backbone(project: Path) -> None:
     assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert record["model"] == "test_vit" and record["pretrained"] is False and "random" in record["source"]
     assert backbone_info(weights) == {k: v for k, v in record.items() if k not in ("file", "sha256")}
-    vit = load_json(project / "metrics/train_vit.json")
+    vit = load_json(project / "plots/train_vit/run.json")
     assert vit["backbone_sha256"] == record["sha256"] and vit["weights_source"] == record["source"]
 
 
@@ -513,7 +518,8 @@ def test_dvc_repro_end_to_end(tiny_project):
     experiment = dvc(project, "exp", "run", "-S", "train_vit.solver=sgd", "-S", "train_vit.lr=0.02")
     assert ran_stages(experiment) == {"train_vit", *VIT_SIDE, "report"}  # the CNN's side stays
     after = load_json(project / "metrics/train_vit.json")
-    assert after != before and after["solver"] == "sgd" and after["last_epoch"] == 4 and "selected_c" not in after
+    assert after != before and after["last_epoch"] == 4 and "selected_c" not in after
+    assert load_json(project / "plots/train_vit/run.json")["solver"] == "sgd"
     with open(project / "plots/train_vit/history.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     check_epoch_times(project, "vit", 4)

@@ -111,7 +111,8 @@ def check_probe(project: Path, max_gap: float | None = None) -> None:
     metrics = json.loads((project / "metrics/train_vit.json").read_text())
     checkpoint = torch.load(project / "models/vit.pt", weights_only=True)
     c_grid = [float(c) for c in checkpoint["selection"]["c_grid"].split()]
-    assert metrics["solver"] == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID) and "c_grid" not in metrics
+    solver = json.loads((project / "plots/train_vit/run.json").read_text())["solver"]
+    assert solver == "lbfgs" and c_grid == sorted(DEFAULT_C_GRID) and "c_grid" not in metrics
     with open(project / "plots/train_vit/c_sweep.csv", newline="") as f:
         # (val_top5_accuracy is empty with 5 classes or fewer: no top-5 there)
         sweep = [{k: float(v) for k, v in row.items() if k != "converged" and v != ""} for row in csv.DictReader(f)]

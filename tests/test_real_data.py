@@ -124,10 +124,11 @@ def test_probe_on_stand_in_weights_learns_fashion_mnist(tmp_path, stand_in_weigh
 
     # Wherever the probe's numbers are, they are named for the weights they come from.
     trained = json.loads((project / "metrics/train_vit.json").read_text())
+    run_record = json.loads((project / "plots/train_vit/run.json").read_text())
     evaluation = json.loads((project / "metrics/evaluate/vit.json").read_text())["vit"]
     sanity = json.loads((project / "plots/sanity/report.json").read_text())["overfit_probe"]
     assert trained["pretrained"] is True and f"evaluate: vit: {DESCRIPTION}" in out
-    for source in (trained["weights_source"], evaluation["weights_source"], sanity["weights_source"]):
+    for source in (run_record["weights_source"], sanity["weights_source"]):
         assert source.startswith(f"{DESCRIPTION} (file ")
 
     # Real features separate the classes: far above the 1/6 of chance from 30 images a class.
