@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab import plots
 from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
@@ -80,7 +79,6 @@ def main(model: str) -> None:
     write_json(TOP_OPS / f"top_ops_{model}.json", {model: result.pop("top_ops")})
     p = params.profile
     result["schedule"] = {"wait": p.wait, "warmup": p.warmup, "active": p.active}
-    result["label"] = plots.model_label(checkpoint["model_config"])  # the report's comparison figure names it so
     write_json(METRICS / f"{model}.json", {model: result})
     print(f"profile: {model}: {result['step_ms_mean']:.1f} ms/step (p95 {result['step_ms_p95']:.1f}), "
           f"{result['throughput_images_per_s']:.0f} images/s, {result['gflops_per_image']:.3f} GFLOPs/image")
