@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from petlab import plots
+from petlab.calibration import per_image_scores
 from petlab.metrics import classification_metrics, confusion, in_top_k, per_class_rows, reports_top_k, rounded
 from petlab.outputs import save_figure, write_csv
 
@@ -41,8 +42,8 @@ def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_n
 
 def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor],
                       class_names: list[str]) -> None:
-    """One row per image: its label, each model's prediction and confidence (its top-class probability) and (with
-    more than 5 classes) whether its top 5 held the label.
+    """One row per image: its label, each model's prediction, confidence (its top-class probability), NLL and Brier
+    score and (with more than 5 classes) whether its top 5 held the label.
 
     Both models scored the same images in the same order, so the report can pair them image by image.
     """
@@ -51,6 +52,10 @@ def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logit
         columns[f"{name}_predicted"] = [class_names[i] for i in model_logits.argmax(1).tolist()]
         # The top-class probability, as trained: the report's paired bootstrap of calibration reads it.
         columns[f"{name}_confidence"] = [round(v, 6) for v in model_logits.float().softmax(1).max(1).values.tolist()]
+        # Each image's NLL and Brier score: the report's paired intervals of the proper scores read them.
+        nll, brier = per_image_scores(model_logits.double().numpy(), labels.numpy())
+        columns[f"{name}_nll"] = [float(f"{v:.6g}") for v in nll]
+        columns[f"{name}_brier"] = [float(f"{v:.6g}") for v in brier]
         if reports_top_k(len(class_names)):
             columns[f"{name}_top5"] = in_top_k(model_logits, labels).int().tolist()
     rows = ({"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}

@@ -2,8 +2,9 @@
 
 A cell is one DVC stage instance that trains one model on one seeded subset of the train split, chooses on a
 seeded subset of the val split (the selection split), and writes one JSON: `cnn_tune@SIZE-LR-WD` tries one CNN
-recipe at the first seed, `cnn@SEED-SIZE` trains the recipe chosen at its size, `cnn_long@SIZE` the same with twice
-the steps (the budget check), `probe@SEED-SIZE` fits the linear probe. This module holds what the cells share:
+recipe at the first seed, `cnn@SEED-SIZE` trains the recipe chosen at its size, `cnn_long@SEED-SIZE` the same with
+twice the steps (the budget check), `probe@SEED-SIZE` fits the linear probe with the C chosen at its size at the
+first seed. This module holds what the cells share:
 where they write, which images a cell trains and selects on, the CNN's budget at each size, and each cell's place
 in the whole (the statistics and rules of the report: petlab/study_stats.py).
 """
@@ -46,8 +47,25 @@ def tune_path(size: str, lr: str, weight_decay: str) -> Path:
     return CELLS / "cnn_tune" / size / f"{lr}-{weight_decay}.json"
 
 
-def long_path(size: int | str) -> Path:
-    return CELLS / "cnn_long" / f"{size}.json"
+def long_path(seed: int, size: int | str) -> Path:
+    """The budget check's cell: the CNN of one seed at one size with twice its optimiser steps."""
+    return CELLS / "cnn_long" / f"{seed}-{size}.json"
+
+
+def probe_tune_path(size: int | str) -> Path:
+    """The probe's tuning at a size: every C of study.probe_c_grid at the first seed."""
+    return CELLS / "probe_tune" / f"{size_name(size)}.json"
+
+
+def read_probe_tuning(size: int | str, study: StudyParams) -> dict:
+    """The probe's tuning cell at a size, refused where it tried another grid than study.probe_c_grid."""
+    path = probe_tune_path(size)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run the study's tuning cells first (dvc repro {PIPELINE})")
+    tuned = json.loads(path.read_text())
+    if sorted(tuned["c_grid"]) != sorted(float(c) for c in study.probe_c_grid):
+        raise PipelineError(f"{path} tried C {tuned['c_grid']}, not study.probe_c_grid; re-run it (dvc repro {PIPELINE})")
+    return tuned
 
 
 def parse_size(text: str) -> int | str:
@@ -148,7 +166,7 @@ def machine() -> str:
 def cell_count(study: StudyParams) -> int:
     """Every cell of the study: the CNN's tuning, its seeds and budget checks, the probe's seeds."""
     sizes, seeds = len(study.images_per_class), len(study.seeds)
-    return sizes * (len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay) + 2 * seeds + 1)
+    return sizes * (len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay) + 1 + 3 * seeds)
 
 
 def in_study(cell: dict, study: StudyParams) -> bool:
@@ -170,7 +188,7 @@ def progress_line(cell: dict, study: StudyParams) -> str:
     if not here:
         return line + "; time left: no estimate yet (no cell has finished on this machine)"
     kinds = {"cnn_tune": len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay), "cnn": len(study.seeds),
-             "cnn_long": 1, "probe": len(study.seeds)}  # cells of each kind at each size
+             "cnn_long": len(study.seeds), "probe_tune": 1, "probe": len(study.seeds)}  # cells of each kind, a size
     seconds, untimed = 0.0, 0
     for kind, per_size in kinds.items():
         for size in (size_name(n) for n in study.images_per_class):
@@ -260,6 +278,25 @@ def encode_predictions(preds: Sequence[int]) -> str:
 
 def decode_predictions(text: str) -> np.ndarray:
     return np.array([int(p) for p in text.split()], dtype=np.int64)
+
+
+def encode_values(values: Sequence[float]) -> str:
+    """A value per test image (NLL, Brier) as one line of text, to 6 significant digits."""
+    return " ".join(f"{float(v):.6g}" for v in values)
+
+
+def decode_values(text: str) -> np.ndarray:
+    return np.array([float(v) for v in text.split()], dtype=np.float64)
+
+
+def calibration_record(test_logits: np.ndarray, test_labels: np.ndarray, seed: int) -> dict:
+    """What a cell keeps of its test calibration: the summary (petlab.calibration.calibration_summary) and each
+    image's NLL and Brier score, which the report pairs image by image between the models."""
+    from petlab.calibration import calibration_summary, per_image_scores
+
+    nll, brier = per_image_scores(test_logits, test_labels)
+    return {"calibration": calibration_summary(test_logits, test_labels, seed),
+            "test_nll": encode_values(nll), "test_brier": encode_values(brier)}
 
 
 def scores(metrics: dict[str, float]) -> dict[str, float]:

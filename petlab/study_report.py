@@ -22,7 +22,8 @@ from petlab.outputs import save_figure
 from petlab.params import ALL_IMAGES, Params
 from petlab.report_document import figure, table
 from petlab.runtime import PipelineError
-from petlab.study import FEATURES_RECORD, MODELS, PIPELINE, TIMING, cell_path, decode_predictions, long_path, size_name
+from petlab.study import (FEATURES_RECORD, MODELS, PIPELINE, TIMING, cell_path, decode_predictions, decode_values,
+                          long_path, probe_tune_path, size_name)
 from petlab.study_stats import (LEVEL, POWER, REFERENCE_DIFFERENCE, Comparison, compare, compute_to_target, crossing,
                                 detectable, seeds_needed, undertrained, verdict)
 
@@ -46,7 +47,8 @@ class Study:
     seeds: list[int]
     sizes: list  # the sizes that are points of their own, smallest first: integers and "all"
     cells: dict  # (model, seed, size) -> the cell's JSON; model "cnn", "probe"
-    long: dict  # size -> the budget check's cell (cnn_long)
+    long: dict  # (seed, size) -> the budget check's cell (cnn_long)
+    probe_tuning: dict  # size -> the probe's tuning cell (probe_tune)
     labels: np.ndarray  # test labels, in the order of the cells' predictions
     class_names: list[str]
     prepared: dict  # data/oxford_pets/report.json
@@ -62,8 +64,10 @@ class Study:
         seeds = list(params.study.seeds)
         sizes = sorted(params.study.images_per_class, key=lambda n: float("inf") if n == ALL_IMAGES else n)
         paths = {(m, s, n): cell_path(m, s, n) for m in MODELS for s in seeds for n in sizes}
-        long_paths = {n: long_path(n) for n in sizes}
-        missing = [str(p) for p in [*paths.values(), *long_paths.values(), FEATURES_RECORD] if not p.is_file()]
+        long_paths = {(s, n): long_path(s, n) for s in seeds for n in sizes}
+        tune_paths = {n: probe_tune_path(n) for n in sizes}
+        missing = [str(p) for p in [*paths.values(), *long_paths.values(), *tune_paths.values(), FEATURES_RECORD]
+                   if not p.is_file()]
         if missing:
             raise PipelineError(f"{len(missing)} cells missing ({', '.join(missing[:6])}"
                                 f"{', ...' if len(missing) > 6 else ''}); run them first (dvc repro {PIPELINE})")
@@ -93,7 +97,8 @@ class Study:
             same_as[n] = larger
         species_file = data_dir / "species.json"
         timing = {p.stem: json.loads(p.read_text()) for p in sorted(TIMING.glob("*.json"))} if TIMING.is_dir() else {}
-        return cls(seeds, kept, cells, {n: json.loads(p.read_text()) for n, p in long_paths.items()}, labels,
+        return cls(seeds, kept, cells, {k: json.loads(p.read_text()) for k, p in long_paths.items()},
+                   {n: json.loads(p.read_text()) for n, p in tune_paths.items()}, labels,
                    data.class_names, read_json(data_dir / "report.json"), read_json(FEATURES_RECORD),
                    json.loads(species_file.read_text()) if species_file.is_file() else None, same_as, timing)
 

@@ -199,25 +199,34 @@ def training_gflops(forward_gflops_per_image: float, images: float) -> float:
 
 
 def first_reaching(points: list[Point], level: float) -> dict | None:
-    """The first point whose val macro-F1 reaches `level` ({"epoch", "gflops"}), None if none does.
+    """The first point from which val macro-F1 stays at or above `level` to the end of training ({"epoch",
+    "gflops"}), None if the last point is below it.
 
-    A model fitted without epochs (the L-BFGS probe) is one point, epoch None, at its whole fit's compute: it has
-    no curve, so its compute to any level it reaches is its whole fit."""
-    for epoch, gflops, f1 in points:
-        if f1 >= level:
+    Not the first point at or above it: on a selection split of 74 images, a CNN whose true curve plateaus 6
+    points under the target touched it by chance in 71% of simulated runs. A model fitted without epochs (the
+    L-BFGS probe) is one point, epoch None, at its whole fit's compute: it has no curve, so its compute to any
+    level it reaches is its whole fit."""
+    for i, (epoch, gflops, _) in enumerate(points):
+        if all(f1 >= level for _, _, f1 in points[i:]):
             return {"epoch": epoch, "gflops": gflops}
     return None
 
 
-def compute_to_target(progress: dict[str, list[Point]], num_classes: int) -> dict:
+def compute_to_target(progress: dict[str, list[Point]], num_classes: int,
+                      test: dict[str, float] | None = None) -> dict:
     """Training compute to a common target (MLPerf's time-to-train, in FLOPs that do not depend on the machine or its
-    load): the target is fixed (TARGET_SKILL of the way from chance to 1), and each model's compute is that of its
-    first point at or above it. Validation is not counted (each model validates as often as its protocol needs).
+    load): the target is fixed (TARGET_SKILL of the way from chance to 1), and each model's compute is that of the
+    point from which its val curve stays at or above it (first_reaching). With `test` (model -> test macro-F1 of
+    the kept model), a model whose test score is under the target does not count as reaching it: its val curve
+    reached it by the luck of a small selection split. Validation is not counted (each model validates as often as
+    its protocol needs).
 
     Returns target, best (model -> best val macro-F1), reached (model -> {"epoch", "gflops"} or None)."""
     target = level_at(TARGET_SKILL, num_classes)
+    confirmed = {m: test is None or test[m] >= target for m in progress}
     return {"target": target, "best": {m: max(f1 for _, _, f1 in points) for m, points in progress.items()},
-            "reached": {m: first_reaching(points, target) for m, points in progress.items()}}
+            "reached": {m: first_reaching(points, target) if confirmed[m] else None for m, points in progress.items()},
+            "test": test}
 
 
 def gflops_text(gflops: float) -> str:

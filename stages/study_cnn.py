@@ -1,9 +1,9 @@
-"""Stages cnn_tune@SIZE-LR-WD, cnn@SEED-SIZE and cnn_long@SIZE of the study (study/pipeline.yaml): the CNN from
+"""Stages cnn_tune@SIZE-LR-WD, cnn@SEED-SIZE and cnn_long@SEED-SIZE of the study (study/pipeline.yaml): the CNN from
 scratch on one seeded subset; one JSON each with what the report needs.
 
     python -m stages.study_cnn tune IMAGES_PER_CLASS LR WEIGHT_DECAY   # one recipe of study.cnn_grid, first seed
     python -m stages.study_cnn SEED IMAGES_PER_CLASS                   # the recipe its size's tuning kept
-    python -m stages.study_cnn long IMAGES_PER_CLASS                   # the same, first seed, twice the steps
+    python -m stages.study_cnn long SEED IMAGES_PER_CLASS              # the same, twice the steps
 
 The seed sets the initialisation, the data order and augmentation (as `seed` does in the main pipeline) and the
 train and selection subsets drawn; test and the rest of the recipe (train_cnn's params) are the main pipeline's,
@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from petlab.calibration import calibration_summary
 from petlab.data import PreparedData, draw_subset
 from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
 from petlab.metrics import classification_metrics
@@ -26,13 +25,13 @@ from petlab.params import Params
 from petlab.profiling import forward_gflops
 from petlab.resume import Resume
 from petlab.runtime import PipelineError, seed_everything, select_device
-from petlab.study import (PIPELINE, cell_path, chosen_recipe, cnn_budget, doubled, encode_predictions,
-                          long_path, parse_size, recipe, run_cell, scores, subset_digest, tune_path, val_size)
+from petlab.study import (PIPELINE, calibration_record, cell_path, chosen_recipe, cnn_budget, doubled,
+                          encode_predictions, long_path, parse_size, recipe, run_cell, scores, subset_digest, tune_path, val_size)
 from petlab.train import predict
 
 DATA = Path("data/oxford_pets")
 USAGE = ("usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | tune IMAGES_PER_CLASS LR WEIGHT_DECAY | "
-         "long IMAGES_PER_CLASS")
+         "long SEED IMAGES_PER_CLASS")
 
 
 @dataclass(frozen=True)
@@ -50,28 +49,29 @@ class Subsets(PreparedData):
 class Cell:
     kind: str  # cnn_tune | cnn | cnn_long
     size: int | str
-    seed: int | None = None  # the tuning and budget cells: the study's first seed
+    seed: int | None = None  # the tuning cells: the study's first seed
     lr: str | None = None  # a tuning cell's recipe, as its command line gives it
     weight_decay: str | None = None
 
     @property
     def stage(self) -> str:
         item = {"cnn_tune": f"{self.size}-{self.lr}-{self.weight_decay}", "cnn": f"{self.seed}-{self.size}",
-                "cnn_long": f"{self.size}"}[self.kind]
+                "cnn_long": f"{self.seed}-{self.size}"}[self.kind]
         return f"{self.kind}@{item}"
 
     @property
     def item(self) -> dict:
         """The values of its matrix stage, as study/pipeline.yaml names them."""
         values = {"size": self.size, "seed": self.seed, "lr": self.lr, "weight_decay": self.weight_decay}
-        keys = {"cnn_tune": ("size", "lr", "weight_decay"), "cnn": ("seed", "size"), "cnn_long": ("size",)}[self.kind]
+        keys = {"cnn_tune": ("size", "lr", "weight_decay"), "cnn": ("seed", "size"),
+                "cnn_long": ("seed", "size")}[self.kind]
         return {k: values[k] for k in keys}
 
     @property
     def path(self) -> Path:
         if self.kind == "cnn_tune":
             return tune_path(str(self.size), self.lr, self.weight_decay)
-        return cell_path("cnn", self.seed, self.size) if self.kind == "cnn" else long_path(self.size)
+        return cell_path("cnn", self.seed, self.size) if self.kind == "cnn" else long_path(self.seed, self.size)
 
 
 def parse(argv: list[str]) -> Cell:
@@ -79,8 +79,8 @@ def parse(argv: list[str]) -> Cell:
         if argv[:1] == ["tune"] and len(argv) == 4:
             float(argv[2]), float(argv[3])
             return Cell("cnn_tune", parse_size(argv[1]), lr=argv[2], weight_decay=argv[3])
-        if argv[:1] == ["long"] and len(argv) == 2:
-            return Cell("cnn_long", parse_size(argv[1]))
+        if argv[:1] == ["long"] and len(argv) == 3 and argv[1].isdigit():
+            return Cell("cnn_long", parse_size(argv[2]), seed=int(argv[1]))
         if len(argv) == 2 and argv[0].isdigit():
             return Cell("cnn", parse_size(argv[1]), seed=int(argv[0]))
     except ValueError:
@@ -96,7 +96,7 @@ def draw(data: PreparedData, split: str, size, seed: int) -> list[tuple[Path, in
 def main(cell: Cell) -> None:
     check_writable([cell.path])
     params, data = setup_stage(DATA)
-    seed = cell.seed if cell.kind == "cnn" else params.study.seeds[0]
+    seed = params.study.seeds[0] if cell.kind == "cnn_tune" else cell.seed
     cell = dataclasses.replace(cell, seed=seed)
     train, val = draw(data, "train", cell.size, seed), draw(data, "val", val_size(cell.size, params.study,
                                                                                    params.data.val_fraction), seed)
@@ -139,8 +139,8 @@ def main(cell: Cell) -> None:
 
 def scored(trained, params: Params, data: PreparedData, subsets: Subsets, budget) -> dict:
     """The kept model, in eval mode, on its un-augmented training subset (as the probe is scored), its selection
-    subset and the test split: scores, test predictions, calibration (temperature fitted on the selection subset)
-    and what its training cost in forward passes."""
+    subset and the test split: scores, test predictions, calibration (petlab.study.calibration_record) and what
+    its training cost in forward passes."""
     spec = transform_spec(trained.config)
     ctx = make_context(params, budget.amp, budget.channels_last, spec)
 
@@ -149,14 +149,12 @@ def scored(trained, params: Params, data: PreparedData, subsets: Subsets, budget
         return predict(trained.model, loader, ctx, desc=f"study cnn: {split}")
 
     train_logits, train_labels = logits_of(subsets, "train")
-    val_logits, val_labels = logits_of(subsets, "val")
     test_logits, test_labels = logits_of(data, "test")
     gflops = forward_gflops(trained.model.float(), spec.size, ctx.device)
     return {"train": scores(classification_metrics(train_logits, train_labels, data.num_classes)),
             "test": scores(classification_metrics(test_logits, test_labels, data.num_classes)),
             "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
-            "calibration": calibration_summary(val_logits.numpy(), val_labels.numpy(), test_logits.numpy(),
-                                               test_labels.numpy()),
+            **calibration_record(test_logits.numpy(), test_labels.numpy(), params.seed),
             # An epoch trains on whole batches (the ragged last one is dropped), or on all when they fit in one.
             "compute": {"forward_gflops_per_image": gflops,
                         "train_images_per_epoch": min(len(subsets.train),
