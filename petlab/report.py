@@ -14,9 +14,9 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from petlab import verdict
-from petlab.calibration import ece_bins, ece_rows
 from petlab.metrics import confusion, macro_f1_rows, reports_top_k
 
+PROPER_SCORES = ("nll", "brier")  # per-image columns of plots/evaluate/predictions_test_<model>.csv
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name each for what it is
 IN_SENTENCES = verdict.NAMES
 # What the profile stage times for each model: the probe's step is a forward through its backbone (the pass its
@@ -47,6 +47,7 @@ class TestPredictions:
     top5: dict[str, np.ndarray]  # model -> 1 where the label was among the model's 5 best; empty: 5 classes or fewer
     num_classes: int
     confidence: dict[str, np.ndarray] | None = None  # model -> its top-class probability per image
+    scores: dict[str, dict[str, np.ndarray]] | None = None  # model -> {"nll", "brier"} per image
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> "TestPredictions":
@@ -56,7 +57,9 @@ class TestPredictions:
         return cls(frame["actual"].map(index).to_numpy(),
                    {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS}, top5, len(class_names),
                    {m: frame[f"{m}_confidence"].to_numpy(dtype=float) for m in MODELS}
-                   if all(f"{m}_confidence" in frame for m in MODELS) else None)
+                   if all(f"{m}_confidence" in frame for m in MODELS) else None,
+                   {m: {k: frame[f"{m}_{k}"].to_numpy(dtype=float) for k in PROPER_SCORES} for m in MODELS}
+                   if all(f"{m}_{k}" in frame for m in MODELS for k in PROPER_SCORES) else None)
 
     def correct(self, model: str) -> np.ndarray:
         return self.preds[model] == self.labels
@@ -81,43 +84,47 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def ece_difference(predictions: TestPredictions, resamples: int, seed: int) -> tuple[float, float, float]:
-    """ECE of the probe minus the CNN's on the test images, with its 95% interval from a paired bootstrap (both
-    models' ECE on the same resampled images, equal-mass bins as petlab.calibration)."""
-    n = len(predictions.labels)
-    bins = ece_bins(n)
-    rows = resample_rows(n, resamples, seed)
-
-    def ece_of(model: str, idx: np.ndarray) -> np.ndarray:
-        return ece_rows(predictions.confidence[model][idx], predictions.correct(model)[idx], bins)
-
-    point = float(ece_of("vit", np.arange(n)[None, :])[0] - ece_of("cnn", np.arange(n)[None, :])[0])
-    return (point, *percentile_interval(np.concatenate([ece_of("vit", r) - ece_of("cnn", r)
-                                                        for r in np.array_split(rows, max(1, resamples // 200))])))
+def score_difference(predictions: TestPredictions, key: str, resamples: int, seed: int) -> tuple[float, float, float]:
+    """A proper score's mean (NLL or Brier; lower is better) of the probe minus the CNN's on the test images, with its
+    95% interval from a paired bootstrap (both models' scores on the same resampled images)."""
+    rows = resample_rows(len(predictions.labels), resamples, seed)
+    per_image = predictions.scores["vit"][key] - predictions.scores["cnn"][key]
+    return (float(per_image.mean()), *percentile_interval(per_image[rows].mean(1)))
 
 
-def robustness_difference(frame: pd.DataFrame, resamples: int, seed: int) -> dict:
-    """From the robustness stage's predictions (a row per image and condition): each model's relative drop of
-    accuracy (1 - mean accuracy over the corruptions and severities / clean accuracy), and probe - CNN with a 95%
-    interval from a paired bootstrap over the images (each resample scores both models, clean and corrupted, on the
-    same images)."""
-    from petlab.robustness import relative_drop
-
+def robustness_by_corruption(frame: pd.DataFrame, num_classes: int, resamples: int, seed: int) -> dict:
+    """From the robustness stage's predictions (a row per image and condition): per corruption (its severities
+    together) and over all of them ("all"), each model's accuracy and the share of its clean skill above chance it
+    lost ((clean - corrupted) / (clean - chance): the same measure for 6 classes and 37), and probe - CNN of both,
+    with 95% intervals from a paired bootstrap over the images (each resample scores both models, clean and
+    corrupted, on the same images). Also each model's clean accuracy and the images scored."""
     clean = frame[frame["corruption"] == "clean"].sort_values("image")
     corrupted = frame[frame["corruption"] != "clean"]
-    right = {m: ((clean[m] == clean["label"]).to_numpy(dtype=float),
-                 corrupted.assign(ok=corrupted[m] == corrupted["label"]).groupby("image", sort=True)["ok"].mean()
-                 .to_numpy(dtype=float)) for m in MODELS}
     n = len(clean)
     rows = resample_rows(n, resamples, seed)
+    chance = 1 / num_classes
+    right_clean = {m: (clean[m] == clean["label"]).to_numpy(dtype=float) for m in MODELS}
+    groups = {**{c: part for c, part in corrupted.groupby("corruption", sort=False)}, "all": corrupted}
+    out = {"clean": {m: float(v.mean()) for m, v in right_clean.items()}, "images": n, "corruptions": {}}
+    for name, part in groups.items():
+        right = {m: part.assign(ok=part[m] == part["label"]).groupby("image", sort=True)["ok"].mean()
+                 .to_numpy(dtype=float) for m in MODELS}
 
-    def drops(model: str, idx: np.ndarray) -> np.ndarray:
-        c, k = right[model][0][idx].mean(1), right[model][1][idx].mean(1)
-        return np.where(c > 0, 1 - k / np.where(c > 0, c, 1), 0.0)
+        def lost(m: str, idx) -> np.ndarray:
+            c, k = right_clean[m][idx].mean(-1), right[m][idx].mean(-1)
+            return np.where(c > chance, (c - k) / np.where(c > chance, c - chance, 1), np.nan)
 
-    drop = {m: relative_drop(right[m][0].mean(), right[m][1].mean()) for m in MODELS}
-    return {"drop": drop, "clean": {m: float(right[m][0].mean()) for m in MODELS}, "images": n,
-            "difference": (drop["vit"] - drop["cnn"], *percentile_interval(drops("vit", rows) - drops("cnn", rows)))}
+        everything = np.arange(n)
+        entry = {"accuracy": {m: float(right[m].mean()) for m in MODELS},
+                 "skill_lost": {m: float(lost(m, everything)) for m in MODELS}}
+        ahead = right["vit"][rows].mean(1) - right["cnn"][rows].mean(1)
+        entry["ahead"] = (entry["accuracy"]["vit"] - entry["accuracy"]["cnn"], *percentile_interval(ahead))
+        drops = lost("vit", rows) - lost("cnn", rows)
+        entry["lost_difference"] = ((entry["skill_lost"]["vit"] - entry["skill_lost"]["cnn"],
+                                     *percentile_interval(drops[~np.isnan(drops)]))
+                                    if np.isfinite(drops).any() else None)
+        out["corruptions"][name] = entry
+    return out
 
 
 def bootstrap_results(predictions: TestPredictions, resamples: int, seed: int) -> dict[str, dict[str, tuple]]:

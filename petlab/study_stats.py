@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from petlab import verdict as verdict_rules
 from petlab.metrics import macro_f1_rows
 
 LEVEL = 0.95  # of every interval
@@ -270,12 +269,3 @@ def equivalence_power(gain: Comparison, tolerance: float) -> float:
     errors: P(estimate + 90% half-width < tolerance), the estimate normal around 0 with the total standard error."""
     half = half_width(gain.seed_sd, gain.seeds, gain.test_se, EQUIVALENCE_LEVEL)
     return float(stats.norm.cdf((tolerance - half) / gain.se)) if gain.se > 0 else float(half < tolerance)
-
-
-def compute_to_target(cnn_curve: list[float], cnn_gflops_per_epoch: float, probe_best: float, probe_gflops: float,
-                      num_classes: int) -> dict:
-    """Training compute to the fixed target for one (seed, size) pair, by the single-run report's rule
-    (petlab.verdict.compute_to_target)."""
-    return verdict_rules.compute_to_target(
-        {"cnn": [(e + 1, (e + 1) * cnn_gflops_per_epoch, float(f)) for e, f in enumerate(cnn_curve)],
-         "vit": [(None, probe_gflops, float(probe_best))]}, num_classes)

@@ -16,10 +16,11 @@ from __future__ import annotations
 # learned the images it was trained on, and its small train - val gap comes from learning little, not from
 # generalising well.
 FITTED_SKILL = 0.5
-# It overfits when its train accuracy is more than 15 points above its test accuracy (images no choice saw): it fits
-# the images it saw much better than new ones of the same classes, well beyond the few points that sampling moves
-# accuracy on a split of a few hundred images (one standard error at 80% on 300 images is 2.3 points).
-OVERFIT_GAP = 0.15
+# It overfits when its test accuracy (images no choice saw) keeps under 85% of its training skill: (test - chance)
+# < 0.85 x (train - chance). A rule in skill, not in points, means the same with 6 classes and 37: a fixed 15-point
+# train - test gap called almost every CNN from scratch on 37 classes overfitted while letting a 6-class model lose a
+# fifth of what it learned. At train 100% it allows a gap of about 13 points with 6 classes and 15 with 37.
+RETAINED_SKILL = 0.85
 # A model learned something when its best val macro-F1 has covered at least a tenth of the way from chance to
 # 1 (macro-F1 guessing at random over balanced classes is about 1 / classes, like accuracy): 12% with 37 classes,
 # 55% with 2. A model below it never learned, and no time it takes to reach any level says how fast it learns.
@@ -56,12 +57,17 @@ def signed_points(value: float) -> str:
 # ---------------------------------------------------------------- fit: underfits, overfits, fits
 
 
+def skill(score: float, num_classes: int) -> float:
+    """How far a score has moved from chance towards 1: 0 at chance, 1 at 100%."""
+    return (score - chance(num_classes)) / (1 - chance(num_classes))
+
+
 def regime(train_accuracy: float, held_out_accuracy: float, num_classes: int) -> str:
-    """UNDERFITS below FITTED_SKILL on its own training images; else OVERFITS with a train - held-out (test)
-    accuracy gap above OVERFIT_GAP; else FITS."""
+    """UNDERFITS below FITTED_SKILL on its own training images; else OVERFITS where its held-out (test) skill is
+    under RETAINED_SKILL of its training skill; else FITS."""
     if train_accuracy < level_at(FITTED_SKILL, num_classes):
         return UNDERFITS
-    if train_accuracy - held_out_accuracy > OVERFIT_GAP:
+    if skill(held_out_accuracy, num_classes) < RETAINED_SKILL * skill(train_accuracy, num_classes):
         return OVERFITS
     return FITS
 
@@ -70,13 +76,14 @@ def regime_sentence(name: str, train_accuracy: float, test_accuracy: float, num_
     """One model's regime and the numbers it rests on; `name` as in a sentence ("CNN", "probe"). The held-out
     accuracy is the test split's: images no choice saw (val chose the epoch or C, which biases its score up)."""
     kind = regime(train_accuracy, test_accuracy, num_classes)
-    gap = train_accuracy - test_accuracy
     if kind == UNDERFITS:
         return (f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
                 f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
                 f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
-    numbers = (f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: a gap of {signed_points(gap)}, "
-               f"{'over' if kind == OVERFITS else 'within'} the {OVERFIT_GAP * 100:.0f} points this rule allows")
+    kept = skill(test_accuracy, num_classes) / skill(train_accuracy, num_classes)
+    numbers = (f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: on new images it keeps "
+               f"{kept:.0%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
+               f"{RETAINED_SKILL:.0%} this rule asks")
     if kind == OVERFITS:
         return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
     return f"The {name} fits its training data without overfitting ({numbers})."
@@ -107,60 +114,106 @@ def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: in
                f"[{low * 100:+.1f}, {high * 100:+.1f}]"
     if low > 0 or high < 0:
         better, worse = ("vit", "cnn") if low > 0 else ("cnn", "vit")
+        if fit[better][1] < fit[worse][1]:
+            # A smaller gap with a lower test accuracy is a model that learned less of its training images, not one
+            # that carries more of them to new ones.
+            return "no claim", (f"Train - test: no claim, as the {names[better]}'s smaller gap comes with the lower "
+                                f"test accuracy ({pct(fit[better][1])} against {pct(fit[worse][1])}): it fits its "
+                                f"training images less, it does not carry more to new ones ({quoted}; {interval}).")
         return better, (f"Train - test: the {names[better]} generalises better from its training images to new ones: "
                         f"the {names[worse]}'s train - test accuracy gap is the larger ({quoted}; {interval}).")
     return "undecided", (f"Train - test: the gaps do not separate the models ({quoted}; {interval} holds zero).")
 
 
-def calibration_sentence(ece: dict[str, float], difference: tuple[float, float, float], learned_: dict[str, bool],
-                         scaled: dict[str, float], names: dict[str, str] = NAMES) -> tuple[str, str]:
-    """Rule: a model is better calibrated when the 95% interval of ECE (probe - CNN; paired bootstrap over the test
-    images) excludes 0, and only between models that both learned (`learned`): a model that learned nothing, giving
-    every image the same low confidence, is calibrated and useless. `scaled`: ECE after temperature scaling on val,
-    quoted beside. Returns (winner or 'undecided' or 'no claim', sentence)."""
-    quoted = ", ".join(f"{ece[m] * 100:.1f} points for the {names[m]} ({scaled[m] * 100:.1f} after temperature "
-                       f"scaling)" for m in ece)
+def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[float, float, float]],
+                         learned_: dict[str, bool], ece: dict[str, tuple[float, float]],
+                         names: dict[str, str] = NAMES) -> tuple[str, str]:
+    """Rule: by the proper scores, not ECE. A model's probabilities are the better when the 95% interval of its test
+    NLL minus the other's (paired bootstrap over the test images) excludes 0 in its favour and the Brier score's
+    does not say the opposite; only between models that both learned (`learned_`): a model that learned nothing,
+    giving every image the same low confidence, can be calibrated and useless. `differences`: "nll" and "brier",
+    probe - CNN (estimate, low, high); `ece`: model -> (plug-in, debiased), quoted beside (ECE is biased upward on a
+    finite split, and a percentile interval of it does not cover). Returns (winner or 'undecided' or 'no claim',
+    sentence)."""
+    quoted = ", ".join(f"NLL {nll[m]:.3f} for the {names[m]} (ECE {ece[m][0] * 100:.1f} points, debiased "
+                       f"{ece[m][1] * 100:.1f})" for m in nll)
     idle = [m for m, ok in learned_.items() if not ok]
     if idle:
         who = " and the ".join(names[m] for m in idle)
         return "no claim", (f"Calibration: no comparison, as the {who} never learned: a model that gives every image "
-                            f"the same low confidence is calibrated and useless (test ECE {quoted}).")
-    better, interval = lower_is_better(difference)
-    if better:
-        return better, (f"Calibration: the {names[better]}'s confidence means more: its test expected calibration "
-                        f"error is the lower ({quoted}; {interval}).")
-    return "undecided", f"Calibration: the test ECEs do not separate the models ({quoted}; {interval} holds zero)."
+                            f"the same low confidence is calibrated and useless (test {quoted}).")
+    by_nll, nll_interval = lower_is_better(differences["nll"], "NLL", "{:+.3f}", 1)
+    by_brier, brier_interval = lower_is_better(differences["brier"], "Brier", "{:+.3f}", 1)
+    intervals = f"{nll_interval}; {brier_interval}"
+    if by_nll and by_brier in (None, by_nll):
+        return by_nll, (f"Calibration: the {names[by_nll]}'s probabilities are the better by the proper scores: its "
+                        f"test NLL is the lower ({quoted}; {intervals}).")
+    if by_nll:
+        return "undecided", (f"Calibration: the proper scores disagree, NLL for the {names[by_nll]}, Brier for the "
+                             f"{names[by_brier]}: no claim ({quoted}; {intervals}).")
+    return "undecided", f"Calibration: test NLL does not separate the models ({quoted}; {intervals} holds zero)."
 
 
-def lower_is_better(difference: tuple[float, float, float]) -> tuple[str | None, str]:
+def lower_is_better(difference: tuple[float, float, float], measure: str = "", form: str = "{:+.1f}",
+                    scale: float = 100) -> tuple[str | None, str]:
     """Of a measure where lower is better, given probe - CNN with its 95% interval: the model whose interval says it
     is lower ('vit' or 'cnn'), or None where the interval holds zero; and the interval as the sentences quote it."""
     estimate, low, high = difference
-    interval = f"probe - CNN {estimate * 100:+.1f} points, 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]"
+    unit = " points" if scale == 100 else ""
+    interval = (f"probe - CNN{' ' + measure if measure else ''} {form.format(estimate * scale)}{unit}, 95% interval "
+                f"[{form.format(low * scale)}, {form.format(high * scale)}]")
     return ("vit" if high < 0 else "cnn" if low > 0 else None), interval
 
 
-def robustness_sentence(drop: dict[str, float], difference: tuple[float, float, float], clean: dict[str, float],
-                        num_classes: int, images: int, names: dict[str, str] = NAMES) -> tuple[str, str]:
-    """Rule: a model is more robust to corrupted images when the 95% interval of the relative drop of accuracy
-    (probe - CNN; paired bootstrap over the images scored) excludes 0, and only between models whose clean accuracy
-    on those images covers FITTED_SKILL of the way from chance: a model at chance loses nothing under corruption.
-    Returns (winner or 'undecided' or 'no claim', sentence)."""
-    quoted = ", ".join(f"{drop[m] * 100:.1f}% for the {names[m]} (clean {pct(clean[m])})" for m in drop)
-    floor = level_at(FITTED_SKILL, num_classes)
+# Robustness is read per corruption, on at least MIN_ROBUSTNESS_IMAGES images (fewer: the numbers, no interval
+# and no winner; at 12 images a "95% interval" of an accuracy spans about 50 points), and only between models whose
+# clean accuracy on those images covers LEARNED_SKILL of the way from chance: the share of clean skill lost is
+# measured above chance, so a weak model is not blocked by a floor meant for fitted ones (on 37 classes a floor at
+# half the way, 51%, left almost every CNN from scratch without a reading), but one at chance has no skill to lose.
+MIN_ROBUSTNESS_IMAGES = 200
+
+
+def corruption_words(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = NAMES) -> tuple[str, str]:
+    """Rule, per corruption (its severities together): a model is *ahead* under it where the 95% interval of probe
+    - CNN corrupted accuracy excludes 0, and *holds up better* where that of the share of clean skill lost excludes
+    0 in its favour (report.robustness_by_corruption). The winner over all corruptions: who holds up better on
+    all of them together, with the per-corruption readings beside it. Returns (winner or 'undecided' or 'no
+    claim', sentence)."""
+    images, clean = robust["images"], robust["clean"]
+    per = {c: e for c, e in robust["corruptions"].items() if c != "all"}
+    quoted = "; ".join(f"{corruption_words(c)}: " + ", ".join(
+        f"{pct(e['accuracy'][m])} for the {names[m]}" for m in clean) for c, e in per.items())
+    floor = level_at(LEARNED_SKILL, num_classes)
     weak = [m for m, v in clean.items() if v < floor]
-    if weak:
-        who = " and the ".join(names[m] for m in weak)
-        return "no claim", (f"Corrupted images: no comparison, as the {who} classif{'ies' if len(weak) == 1 else 'y'} "
-                            f"clean images under {pct(floor)} right (half the way from chance to 100%), and a model "
-                            f"near chance has little to lose (relative drop {quoted}; {images} test images).")
-    better, interval = lower_is_better(difference)
+    if weak or images < MIN_ROBUSTNESS_IMAGES:
+        why = (f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
+               f"images under {pct(floor)} right (a tenth of the way from chance to 100%): no skill to lose"
+               if weak else f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
+                            "raise robustness.test_per_class)")
+        return "no claim", f"Corrupted images: no comparison, as {why} (accuracy under {quoted})."
+    ahead = {m: [corruption_words(c) for c, e in per.items() if (e["ahead"][1] > 0 if m == "vit" else
+                                                                  e["ahead"][2] < 0)] for m in clean}
+    steadier = {m: [corruption_words(c) for c, e in per.items() if e["lost_difference"] and
+                    lower_is_better(e["lost_difference"])[0] == m] for m in clean}
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items) if items else "none"
+
+    where = "; ".join(f"the {names[m]} is ahead under {listed(ahead[m])} and loses the smaller share of its skill "
+                      f"under {listed(steadier[m])}" for m in clean)
+    overall = robust["corruptions"]["all"]
+    better, interval = lower_is_better(overall["lost_difference"]) if overall["lost_difference"] else (None, "")
+    lost = ", ".join(f"{overall['skill_lost'][m]:.0%} for the {names[m]}" for m in clean)
+    tail = (f" (share of clean skill above chance lost over all five: {lost}; {interval}; accuracy under {quoted}; "
+            f"{images} test images)")
     if better:
-        return better, (f"Corrupted images: the {names[better]} holds up better: it loses the smaller share of its "
-                        f"clean accuracy under noise, blur, JPEG, darkness and low contrast (relative drop {quoted}; "
-                        f"{interval}; {images} test images).")
-    return "undecided", (f"Corrupted images: the relative drops do not separate the models ({quoted}; {interval} "
-                         f"holds zero; {images} test images).")
+        return better, (f"Corrupted images: the {names[better]} holds up better over all corruptions together; "
+                        f"{where}{tail}.")
+    return "undecided", f"Corrupted images: over all corruptions together the models do not separate; {where}{tail}."
 
 
 def generalisation_summary(winners: dict[str, str], names: dict[str, str] = NAMES) -> str:
