@@ -601,7 +601,7 @@ def robustness_part(run: Run, general: dict, labels: dict[str, str], out_dir: Pa
 
     rows = []
     for corruption, e in robust["corruptions"].items():
-        rows.append({"corruption": "all five" if corruption == "all" else verdict.corruption_words(corruption),
+        rows.append({"corruption": "all together" if corruption == "all" else verdict.corruption_words(corruption),
                      **{f"{name} accuracy (%)": pct(e["accuracy"][m]) for m, name in names.items()},
                      "probe - CNN (points)": bracket(e["ahead"]),
                      **{f"{name} skill lost": f"{e['skill_lost'][m]:.0%}" for m, name in names.items()},

@@ -183,12 +183,16 @@ def detectable(seed_sd: float | None, test_se: float, seeds: int, power: float =
 def seeds_needed(difference: float, seed_sd: float | None, test_se: float, level: float = LEVEL) -> int | None:
     """The fewest seeds (2 or more) that detect `difference` with POWER; None where MAX_SEEDS do not (the test
     split's sampling alone hides it) or the seed sd is unknown (one seed)."""
-    if seed_sd is None:
+    if seed_sd is None or detectable(seed_sd, test_se, MAX_SEEDS, level=level) > difference:
         return None
-    for seeds in range(2, MAX_SEEDS + 1):
-        if detectable(seed_sd, test_se, seeds, level=level) <= difference:
-            return seeds
-    return None
+    low, high = 2, MAX_SEEDS  # detectable falls as seeds grow: the fewest that reach it, by bisection
+    while low < high:
+        middle = (low + high) // 2
+        if detectable(seed_sd, test_se, middle, level=level) <= difference:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def seed_sd_range(seed_sd: float | None, seeds: int, level: float = LEVEL) -> tuple[float, float] | None:

@@ -200,16 +200,15 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
     steadier = {m: [corruption_words(c) for c, e in per.items() if e["lost_difference"] and
                     lower_is_better(e["lost_difference"])[0] == m] for m in clean}
 
-    def listed(items: list[str]) -> str:
-        return ", ".join(items) if items else "none"
-
-    where = "; ".join(f"the {names[m]} is ahead under {listed(ahead[m])} and loses the smaller share of its skill "
-                      f"under {listed(steadier[m])}" for m in clean)
+    readings = [f"the {names[m]} is {what} under {', '.join(items)}" for m in clean
+                for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)",
+                                                            steadier[m])) if items]
+    where = "; ".join(readings) if readings else "no single corruption separates them"
     overall = robust["corruptions"]["all"]
     better, interval = lower_is_better(overall["lost_difference"]) if overall["lost_difference"] else (None, "")
     lost = ", ".join(f"{overall['skill_lost'][m]:.0%} for the {names[m]}" for m in clean)
-    tail = (f" (share of clean skill above chance lost over all five: {lost}; {interval}; accuracy under {quoted}; "
-            f"{images} test images)")
+    tail = (f" (share of clean skill above chance lost over all {len(per)} corruptions: {lost}; {interval}; accuracy under "
+            f"{quoted}; {images} test images)")
     if better:
         return better, (f"Corrupted images: the {names[better]} holds up better over all corruptions together; "
                         f"{where}{tail}.")

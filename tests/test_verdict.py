@@ -17,24 +17,35 @@ def test_levels_are_set_from_chance_for_any_number_of_classes():
 
 @pytest.mark.parametrize("train, val, classes, expected", [
     (0.19, 0.089, PETS, verdict.UNDERFITS),  # a CNN that barely learned: a small gap, but not a fitted model
-    (1.00, 0.82, PETS, verdict.OVERFITS),  # 18 points above val
-    (0.95, 0.88, PETS, verdict.FITS),
+    (1.00, 0.82, PETS, verdict.OVERFITS),  # keeps 81% of its skill on new images
+    (0.95, 0.88, PETS, verdict.FITS),  # keeps 88%
+    (0.90, 0.45, PETS, verdict.OVERFITS),  # a CNN from scratch on 37 classes that fits far better than it predicts
     (0.52, 0.50, PETS, verdict.FITS),  # just past half the way from 2.7% to 100%
     (0.70, 0.69, TWO, verdict.UNDERFITS),  # 70% of two classes is under half the way from chance
-    (0.80, 0.75, TWO, verdict.FITS),
+    (0.80, 0.77, TWO, verdict.FITS),
+    (0.80, 0.74, TWO, verdict.OVERFITS),  # 6 of its 30 points above chance lost on new images
     (0.99, 0.80, TWO, verdict.OVERFITS),
 ])
 def test_regime(train, val, classes, expected):
     assert verdict.regime(train, val, classes) == expected
 
 
+@pytest.mark.parametrize("train_skill, test_skill", [(1.0, 0.9), (1.0, 0.8), (0.8, 0.7), (0.8, 0.6), (0.4, 0.3),
+                                                      (0.6, 0.55)])
+def test_the_fit_rule_reads_alike_on_6_and_37_classes(train_skill, test_skill):
+    """The same skills (how far from chance towards 100%) get the same regime whatever the number of classes."""
+    regimes = {verdict.regime(verdict.level_at(train_skill, k), verdict.level_at(test_skill, k), k)
+               for k in (2, 6, 37)}
+    assert len(regimes) == 1, regimes
+
+
 def test_regime_sentences_give_their_numbers():
     under = verdict.regime_sentence("CNN", 0.19, 0.089, PETS)
     assert under.startswith("The CNN underfits") and "19.0%" in under and "51.4%" in under and "2.7%" in under
     over = verdict.regime_sentence("probe", 1.0, 0.82, PETS)
-    assert over.startswith("The probe overfits") and "+18.0 points" in over and "over the 15" in over
+    assert over.startswith("The probe overfits") and "keeps 81% of its skill" in over and "under the 85%" in over
     fits = verdict.regime_sentence("probe", 0.95, 0.88, PETS)
-    assert fits.startswith("The probe fits its training data") and "within the 15" in fits
+    assert fits.startswith("The probe fits its training data") and "at least the 85%" in fits
 
 
 def test_an_underfitting_cnn_with_a_small_gap_is_not_said_to_generalise_better():
@@ -56,41 +67,70 @@ def test_train_test_gaps_decide_only_beyond_their_uncertainty_and_turn_with_them
     assert winner == "undecided" and "do not separate the models" in sentence and "holds zero" in sentence
     winner, _ = verdict.generalisation_sentence({"cnn": (1.0, 0.82), "vit": (0.90, 0.84)}, PETS, (0.0, 0.04))
     assert winner == "vit"
+    # A smaller gap that comes with the lower test accuracy is fitting less, not generalising better.
+    winner, sentence = verdict.generalisation_sentence({"cnn": (0.60, 0.55), "vit": (1.0, 0.82)}, PETS, (0.2, 0.34))
+    assert winner == "no claim" and "the CNN's smaller gap comes with the lower test accuracy" in sentence
     # Two classes: 70% train accuracy is not fitted there (half the way from 50% is 75%).
     assert verdict.generalisation_sentence({"cnn": (0.70, 0.68), "vit": (1.0, 0.82)}, TWO, (0.1, 0.2))[0] == "no claim"
     assert verdict.generalisation_sentence({"cnn": (0.90, 0.84), "vit": (1.0, 0.82)}, TWO, (-0.04, 0.0))[0] == "cnn"
 
 
-def test_a_model_that_learned_nothing_is_calibrated_and_gets_no_calibration_claim():
-    """A constant predictor's confidence matches its accuracy (ECE about 0): a lower ECE than a trained model's,
-    and useless."""
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.01, "vit": 0.05}, (0.04, 0.02, 0.06),
-                                                    {"cnn": False, "vit": True}, {"cnn": 0.01, "vit": 0.02})
+def test_calibration_is_judged_by_the_proper_scores_between_models_that_learned():
+    """A constant predictor's confidence matches its accuracy (ECE about 0), and it is useless: no claim. Otherwise
+    the lower NLL wins where its interval excludes 0 and Brier does not say the opposite."""
+    ece = {"cnn": (0.01, 0.0), "vit": (0.05, 0.03)}
+    both = {"cnn": True, "vit": True}
+    winner, sentence = verdict.calibration_sentence({"cnn": 3.6, "vit": 0.5}, {"nll": (-3.1, -3.3, -2.9),
+                                                    "brier": (-0.5, -0.6, -0.4)}, {"cnn": False, "vit": True}, ece)
     assert winner == "no claim" and sentence.startswith("Calibration: no comparison, as the CNN never learned")
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.20, "vit": 0.05}, (-0.15, -0.19, -0.11),
-                                                    {"cnn": True, "vit": True}, {"cnn": 0.03, "vit": 0.02})
-    assert winner == "vit" and "the probe's confidence means more" in sentence and "(3.0 after temperature" in sentence
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.06, "vit": 0.05}, (-0.01, -0.05, 0.03),
-                                                    {"cnn": True, "vit": True}, {"cnn": 0.03, "vit": 0.02})
-    assert winner == "undecided" and "do not separate" in sentence
-    assert verdict.calibration_sentence({"cnn": 0.05, "vit": 0.20}, (0.15, 0.11, 0.19), {"cnn": True, "vit": True},
-                                        {"cnn": 0.03, "vit": 0.02})[0] == "cnn"
+    winner, sentence = verdict.calibration_sentence({"cnn": 0.9, "vit": 0.5}, {"nll": (-0.4, -0.5, -0.3),
+                                                    "brier": (-0.1, -0.15, -0.05)}, both, ece)
+    assert winner == "vit" and "the probe's probabilities are the better by the proper scores" in sentence
+    assert "NLL 0.900 for the CNN (ECE 1.0 points, debiased 0.0)" in sentence
+    winner, sentence = verdict.calibration_sentence({"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02),
+                                                    "brier": (-0.01, -0.03, 0.01)}, both, ece)
+    assert winner == "undecided" and "does not separate" in sentence
+    # ECE lower for the CNN does not make it the better: NLL decides.
+    assert verdict.calibration_sentence({"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5), "brier": (0.1, 0.05, 0.15)},
+                                        both, ece)[0] == "cnn"
+    winner, sentence = verdict.calibration_sentence({"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5),
+                                                    "brier": (-0.1, -0.15, -0.05)}, both, ece)
+    assert winner == "undecided" and "the proper scores disagree" in sentence
 
 
-def test_a_model_near_chance_gets_no_robustness_claim():
-    """A model at chance loses nothing under corruption: its relative drop is small because it had nothing."""
-    winner, sentence = verdict.robustness_sentence({"cnn": 0.02, "vit": 0.30}, (0.28, 0.20, 0.36),
-                                                   {"cnn": 0.05, "vit": 0.90}, PETS, 185)
-    assert winner == "no claim" and "the CNN classifies clean images under 51.4% right" in sentence
-    winner, sentence = verdict.robustness_sentence({"cnn": 0.40, "vit": 0.15}, (-0.25, -0.33, -0.17),
-                                                   {"cnn": 0.80, "vit": 0.90}, PETS, 185)
-    assert winner == "vit" and "the probe holds up better" in sentence and "185 test images" in sentence
-    # The same difference on a tiny split, whose interval holds zero.
-    assert verdict.robustness_sentence({"cnn": 0.40, "vit": 0.15}, (-0.25, -0.60, 0.10), {"cnn": 0.8, "vit": 0.9},
-                                       PETS, 8)[0] == "undecided"
-    # Two classes: 70% clean is under half the way from chance.
-    assert verdict.robustness_sentence({"cnn": 0.1, "vit": 0.3}, (0.2, 0.1, 0.3), {"cnn": 0.7, "vit": 0.95}, TWO,
-                                       40)[0] == "no claim"
+def robustness(images: int, clean: dict, per: dict, overall: tuple | None) -> dict:
+    """robustness_by_corruption's shape: per corruption (accuracy, skill lost, ahead, lost_difference)."""
+    corruptions = {c: {"accuracy": a, "skill_lost": {"cnn": 0.3, "vit": 0.2}, "ahead": ahead, "lost_difference": lost}
+                   for c, (a, ahead, lost) in per.items()}
+    corruptions["all"] = {"accuracy": {"cnn": 0.5, "vit": 0.7}, "skill_lost": {"cnn": 0.3, "vit": 0.2},
+                          "ahead": (0.2, 0.15, 0.25), "lost_difference": overall}
+    return {"images": images, "clean": clean, "corruptions": corruptions}
+
+
+def test_robustness_is_read_per_corruption_and_names_where_each_model_is_ahead():
+    per = {"gaussian_noise": ({"cnn": 0.46, "vit": 0.30}, (-0.16, -0.2, -0.12), (0.2, 0.15, 0.25)),
+           "contrast": ({"cnn": 0.17, "vit": 0.80}, (0.63, 0.58, 0.68), (-0.7, -0.75, -0.65))}
+    winner, sentence = verdict.robustness_sentence(robustness(600, {"cnn": 0.9, "vit": 0.95}, per,
+                                                              (-0.1, -0.15, -0.05)), 6)
+    assert winner == "vit" and "the probe holds up better over all corruptions together" in sentence
+    assert "the CNN is ahead under gaussian noise; the CNN is the steadier (the smaller share of its skill lost) " \
+        "under gaussian noise; the probe is ahead under contrast; the probe is the steadier" in sentence
+    assert "600 test images" in sentence and "lost over all 2 corruptions:" in sentence
+    # On 37 classes a CNN at 40% clean (far under half the way from chance) still gets a reading: skill above chance.
+    assert verdict.robustness_sentence(robustness(370, {"cnn": 0.4, "vit": 0.85}, per, (-0.1, -0.15, -0.05)),
+                                       PETS)[0] == "vit"
+    # The overall interval holding zero: no winner, the per-corruption readings still said.
+    winner, sentence = verdict.robustness_sentence(robustness(600, {"cnn": 0.9, "vit": 0.95}, per,
+                                                              (-0.01, -0.05, 0.03)), 6)
+    assert winner == "undecided" and "do not separate" in sentence and "ahead under contrast" in sentence
+
+
+def test_robustness_gets_no_claim_at_chance_or_on_too_few_images():
+    per = {"jpeg": ({"cnn": 0.05, "vit": 0.8}, (0.7, 0.6, 0.8), None)}
+    winner, sentence = verdict.robustness_sentence(robustness(370, {"cnn": 0.05, "vit": 0.9}, per, None), PETS)
+    assert winner == "no claim" and "the CNN classifies clean images under 12.4% right" in sentence
+    winner, sentence = verdict.robustness_sentence(robustness(12, {"cnn": 0.9, "vit": 0.9}, per, (-0.1, -0.2, 0.0)), 6)
+    assert winner == "no claim" and "12 test images are too few for an interval (at least 200" in sentence
 
 
 def test_the_summary_names_each_sense_and_what_does_not_separate():
