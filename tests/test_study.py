@@ -84,7 +84,7 @@ def test_cell_stages_refuse_in_one_line(tmp_path):
     project = light_project(tmp_path / "project", {"train_vit": {"solver": "sgd"}})
     for module, args, message in [
             ("study_cnn", ["0", "five"], "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | "
-                                         "tune IMAGES_PER_CLASS LR WEIGHT_DECAY | long IMAGES_PER_CLASS; got 0 five"),
+                                         "tune IMAGES_PER_CLASS LR WEIGHT_DECAY | long SEED IMAGES_PER_CLASS; got 0 five"),
             ("study_cnn", ["tune", "5", "fast", "0"], "study_cnn: error: usage: "),
             ("study_probe", ["1", "5"],
              "study/probe@1-5: error: the study's probe is the L-BFGS linear probe on cached features")]:
@@ -138,7 +138,7 @@ def test_the_written_pipeline_expands_the_checked_grid_and_goes_stale_with_it(tm
     monkeypatch.chdir(study_project(tmp_path, {"seeds": [3, 7], "images_per_class": [5, "all"],
                                                "cnn_grid.lr": [1e-3, 0.01], "cnn_grid.weight_decay": [0.0]}))
     run_stage("study", write_pipeline, record_time=False)
-    assert capsys.readouterr().out == ("wrote study/dvc.yaml: 2 seeds x 2 sizes, 14 cells; run it with: "
+    assert capsys.readouterr().out == ("wrote study/dvc.yaml: 2 seeds x 2 sizes, 18 cells; run it with: "
                                        "dvc repro study/dvc.yaml\n")
     written = yaml.safe_load((tmp_path / "study/dvc.yaml").read_text())
     assert written["vars"] == [{"study": {"seeds": [3, 7], "images_per_class": [5, "all"],
@@ -216,8 +216,8 @@ def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     params = StudyParams(seeds=[0, 1], images_per_class=[5, "all"])
-    assert cell_count(params) == 2 * (6 + 2 * 2 + 1)
-    assert "0 of 22 cells done; time left: no estimate yet" in progress_line({"kind": "cnn", "size": "5", "seed": 0},
+    assert cell_count(params) == 2 * (6 + 1 + 3 * 2)
+    assert "0 of 26 cells done; time left: no estimate yet" in progress_line({"kind": "cnn", "size": "5", "seed": 0},
                                                                               params)
     (tmp_path / "study/timing").mkdir(parents=True)
     here, elsewhere = study.machine(), "another machine"
@@ -228,10 +228,10 @@ def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
         (tmp_path / f"study/timing/{name}.json").write_text(json.dumps({"seconds": seconds, "machine": where,
                                                                          "cell": cell}))
     line = progress_line({"kind": "cnn", "size": "all", "seed": 0}, params)
-    # Left: 12 tuning (untimed), cnn at all x 2 (60 s each: its kind at another size), 2 budget checks (untimed),
-    # probe 1 at 5 (6 s) and 2 at all (6 s each): 120 + 18 = 138 s.
-    assert line.startswith("study: kind cnn, size all, seed 0: 3 of 22 cells done; about 2 min left")
-    assert "by 2 cells finished here, besides 14 cells of a kind not yet timed here" in line
+    # Left: 12 CNN and 2 probe tuning cells and 4 budget checks (untimed), cnn at all x 2 (60 s each: its kind at
+    # another size), probe 1 at 5 (6 s) and 2 at all (6 s each): 120 + 18 = 138 s.
+    assert line.startswith("study: kind cnn, size all, seed 0: 3 of 26 cells done; about 2 min left")
+    assert "by 2 cells finished here, besides 18 cells of a kind not yet timed here" in line
 
 
 # ---------------------------------------------------------------- end to end under DVC
@@ -242,7 +242,7 @@ SIZES = ("2", "all")
 CELLS = {f"study/dvc.yaml:{cell}" for cell in
          [f"cnn_tune@{n}-0.003-{wd}" for n in SIZES for wd in ("0.005", "0.05")]
          + [f"{model}@{seed}-{n}" for model in ("cnn", "probe") for seed in (0, 1) for n in SIZES]
-         + [f"cnn_long@{n}" for n in SIZES]}
+         + [f"cnn_long@{seed}-{n}" for seed in (0, 1) for n in SIZES] + [f"probe_tune@{n}" for n in SIZES]}
 
 
 def ran_stages(proc) -> list[str]:
@@ -337,7 +337,7 @@ def test_study_end_to_end(tiny_project):
     assert set(ran) >= CELLS - {"study/dvc.yaml:cnn@0-2", "study/dvc.yaml:cnn@1-2"} - {
         s for s in CELLS if ":cnn_tune@" in s} | {"study/dvc.yaml:study_report"}
     assert ran.count("study/dvc.yaml:study_features") == 1  # one feature extraction serves every probe cell
-    assert re.search(r"study: kind probe, size all, seed 1: \d+ of 14 cells done; about \d+ min left", text)
+    assert re.search(r"study: kind probe, size all, seed 1: \d+ of 18 cells done; about \d+ min left", text)
     check_cells(project)
     check_report(project)
 
@@ -409,8 +409,15 @@ def check_cells(project: Path) -> None:
     best = max(recipe["tried"], key=lambda t: (t["val_macro_f1"], -t["val_loss"]))
     assert (small["lr"], small["weight_decay"]) == (best["lr"], best["weight_decay"]) == (
         cells["cnn", 1, 2]["lr"], cells["cnn", 1, 2]["weight_decay"])
-    long = json.loads((project / "study/cells/cnn_long/2.json").read_text())
-    assert (long["seed"], long["epochs"], long["steps"]) == (0, 16, 16)  # twice the steps
+    long = json.loads((project / "study/cells/cnn_long/1-2.json").read_text())
+    assert (long["seed"], long["epochs"], long["steps"]) == (1, 16, 16)  # twice the steps
+    assert long["subset"] == cells["cnn", 1, 2]["subset"]  # paired with the same seed's cell
+    # The probe's C: chosen once per size at the first seed, kept at every seed.
+    tuned = json.loads((project / "study/cells/probe_tune/2.json").read_text())
+    assert tuned["seed"] == 0 and tuned["c_grid"] == [0.1, 1.0] and "test" not in tuned
+    assert cells["probe", 0, 2]["selected_c"] == cells["probe", 1, 2]["selected_c"] == tuned["selected_c"]
+    # Each test image's NLL and Brier, for the paired intervals of the proper scores.
+    assert len(cells["cnn", 0, 2]["test_nll"].split()) == len(cells["probe", 1, 2]["test_brier"].split()) == 20
     tune = json.loads((project / "study/cells/cnn_tune/2/0.003-0.05.json").read_text())
     assert "test" not in tune and "test_predicted" not in tune  # a tuning cell is chosen on selection images alone
     timing = json.loads((project / "study/timing/cnn-0-2.json").read_text())
@@ -421,10 +428,10 @@ def check_report(project: Path) -> None:
     text = (project / "reports/study.md").read_text()
     for needed in ("random backbone weights", "generated images", "stand-in backbone", "## Learning curves",
                    "## What the study could detect", "## Tuning: both models alike", "The budget check",
-                   "## Generalisation: on images no choice saw", "## Training compute to a fixed target",
+                   "## Generalisation: on images no choice saw", "## Training compute, tuning charged to both",
                    "## What a seed changes", "2 (2 + 1)", "all (9 + 3)"):
         assert needed in text, needed
-    for png in ("learning_curves.png", "difference.png", "calibration.png", "class_gains.png"):
+    for png in ("learning_curves.png", "difference.png", "calibration.png", "class_gains.png", "compute.png"):
         assert (project / "reports/study_figures" / png).stat().st_size > 1000
     summary = json.loads((project / "metrics/study.json").read_text())
     assert set(summary["sizes"]) == {"2", "all"} and summary["seeds"] == [0, 1]
@@ -434,6 +441,10 @@ def check_report(project: Path) -> None:
         assert entry["verdict_macro_f1"] in ("probe", "cnn", "undecided")
         assert entry["probe_wins_macro_f1"]["of"] == 2 and entry["budget_check"]["long_steps"] == \
             2 * entry["budget_check"]["steps"]
+        assert entry["budget_check"]["verdict"] in ("trained enough", "under-trained", "inconclusive")
+        assert entry["interval_level_macro_f1"] == 0.975 and entry["interval_level_accuracy"] == 0.95
+        assert entry["calibration"]["verdict_nll"] in ("probe", "cnn", "undecided")
+    assert summary["family"] == {"sizes": 2, "level_each": 0.975, "family_level": 0.95}
 
 
 def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
@@ -452,7 +463,7 @@ def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
                     "subset": f"{seed}-{size}", "val_subset": f"{seed}-{size}", "train_images": 20 if size == 5 else 40,
                     "val_images": 8 if size == 5 else 12, "test_predicted": encode_predictions(preds),
                     "test": {"accuracy": float(right.mean()), "macro_f1": 0.0}}
-    return Study(list(seeds), [5, "all"], cells, {}, labels, ["a", "b", "c", "d"], {"source": "oxford_pets"},
+    return Study(list(seeds), [5, "all"], cells, {}, {}, labels, ["a", "b", "c", "d"], {"source": "oxford_pets"},
                  {"timm_model": "vit_tiny_patch16_224", "pretrained": True, "seconds": {}, "images": {}})
 
 
@@ -468,6 +479,19 @@ def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
     flipped = crafted_study({5: 0.4, "all": 0.6}, {5: 0.9, "all": 0.6})
     assert conclusions(flipped, comparisons(flipped))[0].startswith(
         "At 5 training images per class (5 training and 2 selection images per class), the CNN is better: probe - CNN -")
+
+
+def test_the_budget_sentences_never_read_an_inconclusive_check_as_trained_enough():
+    from petlab.study_report import budget_sentences
+
+    study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
+    budget = {5: {"verdict": "inconclusive", "tolerance": 0.02}, "all": {"verdict": "trained enough", "tolerance": 0.02}}
+    sentences = budget_sentences(study, budget)
+    assert sentences[0].startswith("Trained enough at all training images per class")
+    assert sentences[1].startswith("Inconclusive at 5 training images per class") and "may be under-trained" in \
+        sentences[1]
+    budget[5]["verdict"] = "under-trained"
+    assert any(s.startswith("Under-trained at 5") for s in budget_sentences(study, budget))
 
 
 def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_path, monkeypatch):
@@ -492,9 +516,11 @@ def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_p
             subset = "three" if size == 3 else "everything"  # 10, 25 and all: the same images
             (cells / model / f"0-{size}.json").write_text(json.dumps({
                 "subset": subset, "val_subset": subset, "test_predicted": "0 1", "train_images": 12, "val_images": 4}))
-    (cells / "cnn_long").mkdir()
+    for kind in ("cnn_long", "probe_tune"):
+        (cells / kind).mkdir()
     for size in (3, 10, 25, "all"):
-        (cells / "cnn_long" / f"{size}.json").write_text("{}")
+        (cells / "cnn_long" / f"0-{size}.json").write_text("{}")
+        (cells / "probe_tune" / f"{size}.json").write_text("{}")
     (cells / "features.json").write_text("{}")
     study = Study.load(params, data)
     assert study.sizes == [3, "all"] and study.same_as == {10: "all", 25: "all"}
