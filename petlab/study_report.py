@@ -900,10 +900,13 @@ def build(study: Study, params: Params, figures: Path, out_dir: Path, git_state:
 
 def verdict_paragraph(summary: dict) -> str:
     """A study's verdict in a few sentences, from its metrics/study.json alone: the sizes where each model is better
-    by the rule, with the difference and its interval, those where the interval holds a tie, and the seeds won.
-    The README and the example study's page quote it, and a test checks the quotes against the file."""
+    by the rule, with the difference and its interval, those where the interval holds a tie, the seeds won, and
+    what the budget check says. The README and the example study's page quote it, and a test checks the quotes
+    against the file."""
     sizes = summary["sizes"]
     order = sorted(sizes, key=lambda n: float("inf") if n == "all" else int(n))
+    level = level_text(sizes[order[0]]["interval_level_macro_f1"])
+    family = f", one of a family over the {len(order)} sizes" if len(order) > 1 else ""
 
     def name(n: str) -> str:
         return f"all {sizes[n]['train_images_per_class']:.0f}" if n == "all" else n
@@ -920,8 +923,8 @@ def verdict_paragraph(summary: dict) -> str:
         won = [n for n in order if sizes[n]["verdict_macro_f1"] == model]
         if won:
             parts.append(f"{words} at {listed([name(n) for n in won])} training images per class "
-                         f"({'; '.join(diff(n) for n in won)} points of test macro-F1, probe - CNN with its 95% "
-                         "interval)")
+                         f"({'; '.join(diff(n) for n in won)} points of test macro-F1, probe - CNN with its {level} "
+                         f"interval{family})")
     tied = [n for n in order if sizes[n]["verdict_macro_f1"] == "undecided"]
     if tied:
         parts.append(f"at {listed([name(n) for n in tied])} the interval does not exclude a tie "
@@ -931,5 +934,9 @@ def verdict_paragraph(summary: dict) -> str:
              if len({(w["seeds"], w["of"]) for w in wins}) == 1 else
              "Seeds on which the probe scored higher: " + ", ".join(f"{w['seeds']} of {w['of']} at {name(n)}"
                                                                      for n, w in zip(order, wins)) + ".")
+    checks = {v: [name(n) for n in order if sizes[n]["budget_check"]["verdict"] == v]
+              for v in (TRAINED, UNDERTRAINED, "inconclusive")}
+    budget = "The budget check (twice the CNN's steps) finds it " + "; ".join(
+        f"{v} at {listed(where)}" for v, where in checks.items() if where) + "."
     text = "; ".join(parts)
-    return text[0].upper() + text[1:] + ". " + seeds
+    return text[0].upper() + text[1:] + ". " + seeds + " " + budget
