@@ -82,13 +82,12 @@ def check_metrics(project: Path) -> None:
             assert 0 <= m["macro_f1"] <= 1 and 0 <= m["accuracy"] <= 1
             assert "top5_accuracy" not in m  # 4 classes: every label is among any model's 5 best
     assert evaluation["vit"]["pretrained"] is False
-    for model in ("cnn", "vit"):  # calibration on test, as trained and after temperature scaling fitted on val
+    for model in ("cnn", "vit"):  # calibration on test: 20 images are too few to fit a temperature on
         calibration = evaluation[model]["calibration"]
-        assert calibration["temperature"] > 0 and calibration["test"]["ece_bins"] == 2  # 20 test images
-        for part in ("test", "test_scaled"):
-            c = calibration[part]
-            assert c["ece_low"] <= c["ece"] <= c["ece_high"] and c["nll"] >= 0 and 0 <= c["brier"] <= 2
-        assert calibration["test_scaled"]["nll"] <= calibration["test"]["nll"] + 0.05
+        assert calibration["temperature"] is None and calibration["test_scaled"] is None
+        c = calibration["test"]
+        assert c["ece_bins"] == 2 and c["nll"] >= 0 and 0 <= c["brier"] <= 2 and 0 < c["ece_p"] <= 1
+        assert c["ece_debiased"] == pytest.approx(max(0.0, c["ece"] - c["ece_reference"]), abs=2e-6)
         with open(project / f"plots/evaluate/reliability_{model}.csv") as f:
             bins = list(csv.DictReader(f))
         assert sum(int(b["images"]) for b in bins) == 20

@@ -395,7 +395,9 @@ def check_cells(project: Path) -> None:
         predicted = decode_predictions(cell["test_predicted"])
         labels = np.repeat(np.arange(4), 5)  # the test split's order: class, then file name
         assert cell["test"]["accuracy"] == pytest.approx((predicted == labels).mean())
-        assert 0 <= cell["calibration"]["test"]["ece"] <= 1 and cell["calibration"]["temperature"] > 0
+        # 20 test images: too few to fit a temperature on (150 a half), so none is, and the cell says why.
+        assert 0 <= cell["calibration"]["test"]["ece"] <= 1 and cell["calibration"]["temperature"] is None
+        assert cell["calibration"]["scaling"].startswith("too few images")
     assert cells["cnn", 0, 2]["subset"] != cells["cnn", 1, 2]["subset"]  # another seed, another subset
     assert cells["cnn", 0, "all"]["subset"] == cells["cnn", 1, "all"]["subset"]
     small, full = cells["cnn", 0, 2], cells["cnn", 0, "all"]
