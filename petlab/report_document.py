@@ -621,7 +621,8 @@ def robustness_part(run: Run, general: dict, labels: dict[str, str], out_dir: Pa
         + ". Per corruption (its three severities together): each model's accuracy, and the share of its clean "
         "skill above chance it lost, (clean - corrupted) / (clean - chance), which reads alike for 6 classes and "
         "37"
-        + (", each difference with its 95% interval (paired bootstrap over the images)" if enough else
+        + (f", each difference with its interval (paired bootstrap over the images; each corruption at "
+           f"{robust['family_level']:.1%}, the Bonferroni level of their family, all together at 95%)" if enough else
            f"; no intervals: {robust['images']} images are under the {verdict.MIN_ROBUSTNESS_IMAGES} an interval "
            "needs") + ".\n\n",
         table(pd.DataFrame(rows)),
@@ -780,9 +781,10 @@ How these sentences are made (petlab/report.py, petlab/verdict.py), each by one 
     paired bootstrap over the test images) excludes zero and the Brier score's does not say the opposite,
     compared only when both models learned (a model that gives every image the same low confidence is calibrated
     and useless); ECE is shown, not judged (biased upward, with no interval that covers);
-  - *corrupted images*, per corruption: a model is ahead where the 95% interval of probe - CNN corrupted accuracy
-    excludes zero, and holds up better where that of the share of clean skill above chance it lost does;
-    over all five together the same rule names one; compared only on at least {verdict.MIN_ROBUSTNESS_IMAGES}
+  - *corrupted images*, per corruption: a model is ahead where the interval of probe - CNN corrupted accuracy
+    excludes zero, and is the steadier where that of the share of clean skill above chance it lost does, each at
+    the Bonferroni level of the corruptions' family (so that together they name a false winner at most 5% of the
+    time); over all corruptions together the same rule at 95% names the one that holds up better; compared only on at least {verdict.MIN_ROBUSTNESS_IMAGES}
     images and when both models' clean accuracy covers a tenth of the way from chance,
     {level(verdict.LEARNED_SKILL)} (a model at chance has no skill to lose);
   - the summary names each reading in which one model is better, and those that do not separate them.

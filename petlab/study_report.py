@@ -79,6 +79,10 @@ class Study:
                 if (cnn["subset"], cnn["val_subset"]) != (probe["subset"], probe["val_subset"]):
                     raise PipelineError(f"{paths['cnn', s, n]} and {paths['probe', s, n]} trained or selected on "
                                         f"different images; re-run the study (dvc repro {PIPELINE})")
+                long = json.loads(long_paths[s, n].read_text())
+                if long.get("subset") != cnn["subset"] or len(long["test_predicted"].split()) != len(labels):
+                    raise PipelineError(f"{long_paths[s, n]} trained on other images than {paths['cnn', s, n]} or "
+                                        f"scored another test split; re-run the study (dvc repro {PIPELINE})")
                 for m in MODELS:
                     if len(cells[m, s, n]["test_predicted"].split()) != len(labels):
                         raise PipelineError(f"{paths[m, s, n]} scored another test split than {data_dir}; re-run "
@@ -587,7 +591,8 @@ def tuning_table(study: Study) -> str:
             "CNN recipe kept (lr, weight decay)": f"{recipe['lr']:g}, {recipe['weight_decay']:g}",
             "CNN selection macro-F1 over its recipes (%)": f"{min(cnn_scores) * 100:.1f} to {max(cnn_scores) * 100:.1f}",
             "CNN recipes tied best": f"{tied_best(cnn_scores)} of {len(cnn_scores)}",
-            "probe C kept": f"{probe['selected_c']:g}",
+            "probe C kept": f"{probe['selected_c']:g}" + (" (grid edge)" if len(probe["c_grid"]) > 1 and probe[
+                "selected_c"] in (min(probe["c_grid"]), max(probe["c_grid"])) else ""),
             "probe selection macro-F1 over its Cs (%)": f"{min(probe['sweep_val_macro_f1']) * 100:.1f} to "
                                                        f"{max(probe['sweep_val_macro_f1']) * 100:.1f}",
             "probe Cs tied best": f"{tied_best(probe['sweep_val_macro_f1'])} of {len(probe['c_grid'])}",
@@ -733,14 +738,27 @@ def budget_sentences(study: Study, budget: dict) -> list[str]:
 
 
 def calibration_sentences(study: Study, calibrated: dict) -> list[str]:
-    """Per size, which model's probabilities score better by NLL, the proper score the verdict rests on."""
+    """Per size, by the single-run report's rule: the lower NLL wins where its interval excludes 0 and Brier's does
+    not say the opposite, only between models that learned (the mean over seeds of the best val macro-F1 at least
+    LEARNED_SKILL of the way from chance): a model at chance with uniformly low confidence is calibrated and
+    useless."""
     out = []
     for n in study.sizes:
-        c = calibrated["nll", n]
-        v = lower_verdict(c)
-        diff = f"probe - CNN test NLL {c.difference:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}]"
-        out.append(f"{where(study, n)}, " + (f"the {SHORT_NAMES[v]}'s probabilities are the better: {diff}."
-                                             if v != "undecided" else f"NLL does not separate the models: {diff}."))
+        nll, brier = calibrated["nll", n], calibrated["brier", n]
+        by_nll, by_brier = lower_verdict(nll), lower_verdict(brier)
+        diff = (f"probe - CNN test NLL {nll.difference:+.3f} [{nll.interval[0]:+.3f}, {nll.interval[1]:+.3f}], Brier "
+                f"{brier.difference:+.3f} [{brier.interval[0]:+.3f}, {brier.interval[1]:+.3f}]")
+        idle = [SHORT_NAMES[m] for m in MODELS
+                if not verdict_rules.learned(float(study.values(m, n, "macro_f1", "val").mean()), study.num_classes)]
+        if idle:
+            out.append(f"{where(study, n)}, no calibration claim: the {' and the '.join(idle)} never learned ({diff}).")
+        elif by_nll != "undecided" and by_brier in ("undecided", by_nll):
+            out.append(f"{where(study, n)}, the {SHORT_NAMES[by_nll]}'s probabilities are the better by the proper "
+                       f"scores: {diff}.")
+        elif by_nll != "undecided":
+            out.append(f"{where(study, n)}, the proper scores disagree, so no calibration claim: {diff}.")
+        else:
+            out.append(f"{where(study, n)}, NLL does not separate the models: {diff}.")
     return out
 
 

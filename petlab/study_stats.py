@@ -260,7 +260,10 @@ TRAINED, UNDERTRAINED, INCONCLUSIVE = "trained enough", "under-trained", "inconc
 
 def budget_verdict(gain: Comparison, tolerance: float) -> str:
     """The budget check at one size from the paired comparison of the CNN with twice its steps against the CNN
-    (long - normal, test macro-F1, over seeds)."""
+    (long - normal, test macro-F1, over seeds). With one seed it is INCONCLUSIVE: the long and the normal run of one
+    seed also differ by training randomness, which an interval of test sampling alone leaves out."""
+    if gain.seeds < 2:
+        return INCONCLUSIVE
     if gain.bounds(EQUIVALENCE_LEVEL)[1] < tolerance:
         return TRAINED
     if gain.interval[0] > 0:
@@ -271,5 +274,7 @@ def budget_verdict(gain: Comparison, tolerance: float) -> str:
 def equivalence_power(gain: Comparison, tolerance: float) -> float:
     """The chance that the check says TRAINED if twice the steps truly gained nothing, at this study's standard
     errors: P(estimate + 90% half-width < tolerance), the estimate normal around 0 with the total standard error."""
+    if gain.seeds < 2:
+        return 0.0  # budget_verdict never says TRAINED with one seed
     half = half_width(gain.seed_sd, gain.seeds, gain.test_se, EQUIVALENCE_LEVEL)
     return float(stats.norm.cdf((tolerance - half) / gain.se)) if gain.se > 0 else float(half < tolerance)

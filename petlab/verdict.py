@@ -16,11 +16,13 @@ from __future__ import annotations
 # learned the images it was trained on, and its small train - val gap comes from learning little, not from
 # generalising well.
 FITTED_SKILL = 0.5
-# It overfits when its test accuracy (images no choice saw) keeps under 85% of its training skill: (test - chance)
-# < 0.85 x (train - chance). A rule in skill, not in points, means the same with 6 classes and 37: a fixed 15-point
-# train - test gap called almost every CNN from scratch on 37 classes overfitted while letting a 6-class model lose a
-# fifth of what it learned. At train 100% it allows a gap of about 13 points with 6 classes and 15 with 37.
-RETAINED_SKILL = 0.85
+# It overfits when its test accuracy (images no choice saw) keeps under 82% of its training skill: (test - chance)
+# < 0.82 x (train - chance). At train 100% with 6 classes that allows the 15-point gap of the earlier fixed rule, and
+# the rule, in skill rather than points, reads the same for any number of classes: a fixed 15-point gap is 18% of
+# the range above chance with 6 classes and 15% with 37, and at train 70% on 37 classes it let a model lose over a
+# fifth of its skill. (A CNN from scratch that fits its 37-class training set and scores 45% on test does overfit
+# by either rule: the label says so, and the train - test comparison does not crown it for a smaller gap.)
+RETAINED_SKILL = 0.82
 # A model learned something when its best val macro-F1 has covered at least a tenth of the way from chance to
 # 1 (macro-F1 guessing at random over balanced classes is about 1 / classes, like accuracy): 12% with 37 classes,
 # 55% with 2. A model below it never learned, and no time it takes to reach any level says how fast it learns.
@@ -82,7 +84,7 @@ def regime_sentence(name: str, train_accuracy: float, test_accuracy: float, num_
                 f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
     kept = skill(test_accuracy, num_classes) / skill(train_accuracy, num_classes)
     numbers = (f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: on new images it keeps "
-               f"{kept:.0%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
+               f"{kept:.1%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
                f"{RETAINED_SKILL:.0%} this rule asks")
     if kind == OVERFITS:
         return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
@@ -151,7 +153,9 @@ def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[flo
     if by_nll:
         return "undecided", (f"Calibration: the proper scores disagree, NLL for the {names[by_nll]}, Brier for the "
                              f"{names[by_brier]}: no claim ({quoted}; {intervals}).")
-    return "undecided", f"Calibration: test NLL does not separate the models ({quoted}; {intervals} holds zero)."
+    brier_note = (f"; Brier favours the {names[by_brier]}, but the rule rests on NLL" if by_brier else "")
+    return "undecided", (f"Calibration: test NLL does not separate the models ({quoted}; {nll_interval} holds zero; "
+                         f"{brier_interval}{brier_note}).")
 
 
 def lower_is_better(difference: tuple[float, float, float], measure: str = "", form: str = "{:+.1f}",
@@ -203,17 +207,19 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
     readings = [f"the {names[m]} is {what} under {', '.join(items)}" for m in clean
                 for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)",
                                                             steadier[m])) if items]
-    where = "; ".join(readings) if readings else "no single corruption separates them"
+    where = ("per corruption (each interval one of their Bonferroni family), " + "; ".join(readings) if readings
+             else "no single corruption separates them")
     overall = robust["corruptions"]["all"]
     better, interval = lower_is_better(overall["lost_difference"]) if overall["lost_difference"] else (None, "")
     lost = ", ".join(f"{overall['skill_lost'][m]:.0%} for the {names[m]}" for m in clean)
-    tail = (f" (share of clean skill above chance lost over all {len(per)} corruptions: {lost}; {interval}; accuracy under "
-            f"{quoted}; {images} test images)")
+    tail = (f" (share of clean skill above chance lost over all {len(per)} corruptions: {lost}"
+            + (f"; {interval}" if interval else "; no interval: the clean accuracy too near chance") +
+            f"; accuracy under {quoted}; {images} test images)")
     if better:
-        return better, (f"Corrupted images: the {names[better]} holds up better over all corruptions together; "
-                        f"{where}{tail}.")
-    return "undecided", f"Corrupted images: over all corruptions together the models do not separate; {where}{tail}."
-
+        return better, (f"Corrupted images: by the share of its skill lost over all corruptions together, the "
+                        f"{names[better]} holds up better; {where}{tail}.")
+    return "undecided", (f"Corrupted images: by the share of skill lost over all corruptions together, the models do "
+                         f"not separate; {where}{tail}.")
 
 def generalisation_summary(winners: dict[str, str], names: dict[str, str] = NAMES) -> str:
     """One sentence from the three senses' rules (sense -> 'cnn', 'vit', 'undecided' or 'no claim')."""
@@ -250,16 +256,23 @@ def training_gflops(forward_gflops_per_image: float, images: float) -> float:
     return 3 * forward_gflops_per_image * images
 
 
+def kept_part(points: list[Point]) -> list[Point]:
+    """The curve up to the kept point: the first with the best val macro-F1 (the weights the model keeps)."""
+    best = max(f1 for _, _, f1 in points)
+    return points[: next(i for i, (_, _, f1) in enumerate(points) if f1 == best) + 1]
+
+
 def first_reaching(points: list[Point], level: float) -> dict | None:
-    """The first point from which val macro-F1 stays at or above `level` to the end of training ({"epoch",
-    "gflops"}), None if the last point is below it.
+    """The first point from which val macro-F1 stays at or above `level` up to the kept point (kept_part), as
+    {"epoch", "gflops"}; None where the kept point is below it.
 
     Not the first point at or above it: on a selection split of 74 images, a CNN whose true curve plateaus 6
     points under the target touched it by chance in 71% of simulated runs. A model fitted without epochs (the
     L-BFGS probe) is one point, epoch None, at its whole fit's compute: it has no curve, so its compute to any
     level it reaches is its whole fit."""
-    for i, (epoch, gflops, _) in enumerate(points):
-        if all(f1 >= level for _, _, f1 in points[i:]):
+    kept = kept_part(points)
+    for i, (epoch, gflops, _) in enumerate(kept):
+        if all(f1 >= level for _, _, f1 in kept[i:]):
             return {"epoch": epoch, "gflops": gflops}
     return None
 
@@ -268,17 +281,26 @@ def compute_to_target(progress: dict[str, list[Point]], num_classes: int,
                       test: dict[str, float] | None = None) -> dict:
     """Training compute to a common target (MLPerf's time-to-train, in FLOPs that do not depend on the machine or its
     load): the target is fixed (TARGET_SKILL of the way from chance to 1), and each model's compute is that of the
-    point from which its val curve stays at or above it (first_reaching). With `test` (model -> test macro-F1 of
-    the kept model), a model whose test score is under the target does not count as reaching it: its val curve
-    reached it by the luck of a small selection split. Validation is not counted (each model validates as often as
-    its protocol needs).
+    point from which its val curve stays at or above it up to the kept weights (first_reaching). With `test` (model
+    -> test macro-F1 of the kept weights), a model whose test score is under the target does not count as reaching
+    it: its val curve reached it by the luck of a small selection split. Validation is not counted (each model
+    validates as often as its protocol needs).
 
-    Returns target, best (model -> best val macro-F1), reached (model -> {"epoch", "gflops"} or None)."""
+    Returns target, best (model -> best val macro-F1), reached (model -> {"epoch", "gflops"} or None), test."""
     target = level_at(TARGET_SKILL, num_classes)
     confirmed = {m: test is None or test[m] >= target for m in progress}
     return {"target": target, "best": {m: max(f1 for _, _, f1 in points) for m, points in progress.items()},
             "reached": {m: first_reaching(points, target) if confirmed[m] else None for m, points in progress.items()},
             "test": test}
+
+
+def short_of(t: dict, model: str, names: dict[str, str] = NAMES) -> str:
+    """Why a model does not count as reaching the target: its best val score under it, or its test score under it
+    (val reached it by luck)."""
+    if t["best"][model] < t["target"]:
+        return f"the {names[model]}'s best val macro-F1 is {pct(t['best'][model])}"
+    return (f"the {names[model]}'s val macro-F1 reaches {pct(t['best'][model])}, but its test macro-F1, "
+            f"{pct(t['test'][model])}, is under the target: a small val split touched it by chance")
 
 
 def gflops_text(gflops: float) -> str:
@@ -298,13 +320,13 @@ def speed_sentence(t: dict, num_classes: int, names: dict[str, str] = NAMES) -> 
               f"fixed in advance")
     short = [m for m, r in t["reached"].items() if r is None]
     if len(short) == len(t["reached"]):
-        return (f"No speed comparison: neither model reaches the common target ({target}); best val macro-F1 "
-                + ", ".join(f"{pct(t['best'][m])} for the {names[m]}" for m in t["best"]) + ".")
+        return (f"No speed comparison: neither model reaches the common target ({target}); "
+                + "; ".join(short_of(t, m, names) for m in t["best"]) + ".")
     if short:
         (slow,) = short
         (fast,) = [m for m in t["reached"] if m != slow]
         return (f"Only the {names[fast]} reaches the common target ({target}), {when(t['reached'][fast])} of "
-                f"training compute; the {names[slow]}'s best val macro-F1 is {pct(t['best'][slow])}.")
+                f"training compute; {short_of(t, slow, names)}.")
     (a, b) = t["reached"]
     head = (f"Training compute to a common target ({target}): the {names[a]} reaches it {when(t['reached'][a])}, "
             f"the {names[b]} {when(t['reached'][b])}")

@@ -113,6 +113,13 @@ def test_robustness_per_corruption_and_its_intervals_come_from_the_images():
     assert estimate == pytest.approx(0.75) and 0 < low <= estimate <= high
     estimate, low, high = blur["lost_difference"]
     assert estimate == pytest.approx(-1.5) and low <= estimate <= high < 0
+    # Two corruptions: each at the Bonferroni level of their family, all together at 95%.
+    assert out["family_level"] == blur["level"] == pytest.approx(0.975) and both["level"] == 0.95
+    # A CNN right on 5 of 8 clean images of two classes: most resamples leave it at or under chance, so its share of
+    # skill lost has no interval.
+    near = pd.DataFrame([{**row, "cnn": row["label"] if row["corruption"] != "clean" or int(row["image"][0]) < 5
+                          else 1 - row["label"]} for row in rows])
+    assert report.robustness_by_corruption(near, 2, 200, 0)["corruptions"]["blur"]["lost_difference"] is None
 
 
 def test_a_proper_scores_difference_is_paired_over_the_images():

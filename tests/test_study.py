@@ -521,7 +521,8 @@ def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_p
     for kind in ("cnn_long", "probe_tune"):
         (cells / kind).mkdir()
     for size in (3, 10, 25, "all"):
-        (cells / "cnn_long" / f"0-{size}.json").write_text("{}")
+        subset = "three" if size == 3 else "everything"
+        (cells / "cnn_long" / f"0-{size}.json").write_text(json.dumps({"subset": subset, "test_predicted": "0 1"}))
         (cells / "probe_tune" / f"{size}.json").write_text("{}")
     (cells / "features.json").write_text("{}")
     study = Study.load(params, data)

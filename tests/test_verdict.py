@@ -43,9 +43,9 @@ def test_regime_sentences_give_their_numbers():
     under = verdict.regime_sentence("CNN", 0.19, 0.089, PETS)
     assert under.startswith("The CNN underfits") and "19.0%" in under and "51.4%" in under and "2.7%" in under
     over = verdict.regime_sentence("probe", 1.0, 0.82, PETS)
-    assert over.startswith("The probe overfits") and "keeps 81% of its skill" in over and "under the 85%" in over
+    assert over.startswith("The probe overfits") and "keeps 81.5% of its skill" in over and "under the 82%" in over
     fits = verdict.regime_sentence("probe", 0.95, 0.88, PETS)
-    assert fits.startswith("The probe fits its training data") and "at least the 85%" in fits
+    assert fits.startswith("The probe fits its training data") and "at least the 82%" in fits
 
 
 def test_an_underfitting_cnn_with_a_small_gap_is_not_said_to_generalise_better():
@@ -90,6 +90,12 @@ def test_calibration_is_judged_by_the_proper_scores_between_models_that_learned(
     winner, sentence = verdict.calibration_sentence({"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02),
                                                     "brier": (-0.01, -0.03, 0.01)}, both, ece)
     assert winner == "undecided" and "does not separate" in sentence
+    # NLL holding zero while Brier does not: undecided, and the sentence says which interval holds zero.
+    winner, sentence = verdict.calibration_sentence({"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02),
+                                                    "brier": (-0.05, -0.09, -0.01)}, both, ece)
+    assert winner == "undecided" and "[-6.000, +2.000] holds zero" not in sentence
+    assert "95% interval [-0.060, +0.020] holds zero; probe - CNN Brier" in sentence
+    assert "Brier favours the probe, but the rule rests on NLL" in sentence
     # ECE lower for the CNN does not make it the better: NLL decides.
     assert verdict.calibration_sentence({"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5), "brier": (0.1, 0.05, 0.15)},
                                         both, ece)[0] == "cnn"
@@ -112,7 +118,7 @@ def test_robustness_is_read_per_corruption_and_names_where_each_model_is_ahead()
            "contrast": ({"cnn": 0.17, "vit": 0.80}, (0.63, 0.58, 0.68), (-0.7, -0.75, -0.65))}
     winner, sentence = verdict.robustness_sentence(robustness(600, {"cnn": 0.9, "vit": 0.95}, per,
                                                               (-0.1, -0.15, -0.05)), 6)
-    assert winner == "vit" and "the probe holds up better over all corruptions together" in sentence
+    assert winner == "vit" and "over all corruptions together, the probe holds up better" in sentence
     assert "the CNN is ahead under gaussian noise; the CNN is the steadier (the smaller share of its skill lost) " \
         "under gaussian noise; the probe is ahead under contrast; the probe is the steadier" in sentence
     assert "600 test images" in sentence and "lost over all 2 corruptions:" in sentence
@@ -161,6 +167,19 @@ def test_compute_to_a_fixed_target_not_the_weaker_models_best():
     probe = verdict.compute_to_target({"cnn": curve(0.2, 0.4), "vit": lbfgs(0.8, 55.0)}, PETS)
     assert probe["reached"] == {"cnn": None, "vit": {"epoch": None, "gflops": 55.0}}
     assert verdict.first_reaching(curve(0.2, 0.4), 0.5) is None
+
+
+def test_a_val_curve_that_touches_the_target_by_chance_does_not_reach_it():
+    # Touching it and falling back before the kept epoch: it counts from where it stays, up to the kept weights.
+    assert verdict.first_reaching(curve(0.3, 0.55, 0.45, 0.6, 0.58), 0.514) == {"epoch": 4, "gflops": 40.0}
+    # A dip after the kept epoch (the best) does not matter: the kept weights are those of epoch 3.
+    assert verdict.first_reaching(curve(0.3, 0.55, 0.7, 0.4), 0.514) == {"epoch": 2, "gflops": 20.0}
+    # Val over the target but test under it: no compute, and the sentence says why.
+    t = verdict.compute_to_target({"cnn": curve(0.3, 0.55, 0.6), "vit": lbfgs(0.8, 55.0)}, PETS,
+                                  {"cnn": 0.45, "vit": 0.8})
+    assert t["reached"]["cnn"] is None and t["reached"]["vit"] == {"epoch": None, "gflops": 55.0}
+    sentence = verdict.speed_sentence(t, PETS)
+    assert "the CNN's val macro-F1 reaches 60.0%, but its test macro-F1, 45.0%, is under the target" in sentence
 
 
 def test_a_model_that_never_reaches_the_target_gets_no_compute():
