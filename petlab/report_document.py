@@ -793,8 +793,8 @@ How these sentences are made (petlab/report.py, petlab/verdict.py), each by one 
   on the machine or its load: a training pass of an image counts 3 forward passes, validation is not counted,
   and the L-BFGS probe reaches any level it reaches at the end of its whole fit (its train and val images through
   the backbone once, and the C sweep, its tuning; the CNN's one recipe had no tuning in this run). A model
-  reaches the target at the epoch from which its val curve stays at or above it, and only where its test
-  macro-F1 is at or above it too (a small val split touches a target by chance). Within a factor
+  reaches the target at the epoch from which its val curve stays at or above it up to its kept epoch, and only
+  where its test macro-F1 is at or above it too (a small val split touches a target by chance). Within a factor
   {verdict.SAME_COMPUTE:g} they need about the same. A model that does not reach the target gets no compute; its
   best is said. Fractions of each model's own best (section 3) describe a curve's shape only.
 - **Bottlenecks**: a training step is data-bound when it waits on the loader for at least

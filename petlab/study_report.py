@@ -553,6 +553,8 @@ def power_table(study: Study, compared: dict) -> str:
     def ranged(values: list, unit: str = "") -> str:
         text = [("none up to 100" if v is None else f"{v}") if isinstance(v, (int, type(None))) else
                 f"{v * 100:.1f}" for v in values]
+        if all(v is None for v in values):
+            return "none up to 100: test sampling alone hides it"
         return text[0] if len(text) == 1 or values[1] is None and values[2] is None else \
             f"{text[0]}{unit} ({text[1]} to {text[2]})"
 
@@ -866,8 +868,8 @@ def compute_section(study: Study, targets: dict, figures: Path, out_dir: Path) -
         "reads it against the level each model reached on test.\n\n",
         figure(figures / "compute.png", out_dir, "Test macro-F1 against training compute, tuning included"),
         "\nPer seed, the target is fixed before any curve: val macro-F1 half the way from chance to 1. The CNN "
-        "reaches it at the epoch from which its val curve stays at or above it to the end, and only where its test "
-        "macro-F1 is at or above it too (a small selection split touches a target by chance); the L-BFGS probe, "
+        "reaches it at the epoch from which its val curve stays at or above it up to its kept epoch, and only where "
+        "its test macro-F1 is at or above it too (a small selection split touches a target by chance); the L-BFGS probe, "
         "which has no curve, at the end of its fit, with the same test check. The compute to it includes the "
         "tuning.\n\n",
         compute_table(study, targets)])
