@@ -443,10 +443,11 @@ def calibration_figure(study: Study, names: dict[str, str], note: str):
     means = [calibration_means(study, n) for n in study.sizes]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     panels = (("nll", "test NLL (proper score)"), ("brier", "test Brier score (proper score)"),
-              ("ece_debiased", "test ECE, debiased (points / 100)"))
+              ("ece_debiased", "test ECE, debiased (points)"))
     for ax, (key, label) in zip(axes, panels):
         for m, colour in zip(MODELS, ("tab:blue", "tab:orange")):
-            ax.plot(x, [v[m][key] for v in means], "o-", color=colour, label=f"{names[m]}: as trained")
+            scale = 100 if key.startswith("ece") else 1
+            ax.plot(x, [v[m][key] * scale for v in means], "o-", color=colour, label=f"{names[m]}: as trained")
             if key == "nll":
                 scaled = [v[m].get("nll_scaled", np.nan) for v in means]
                 ax.plot(x, scaled, "o--", color=colour, alpha=0.7, label=f"{names[m]}: temperature cross-fitted")
