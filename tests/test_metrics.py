@@ -67,4 +67,4 @@ def test_top5_only_with_more_than_5_classes(tmp_path):
     assert classification_metrics(six, labels, 6)["top5_accuracy"] == 1.0
     write_predictions(tmp_path / "p.csv", ["a", "b", "c", "d"], labels, {"cnn": logits}, ["x", "y", "z"])
     with open(tmp_path / "p.csv") as f:
-        assert next(csv.reader(f)) == ["image", "actual", "cnn_predicted", "cnn_confidence"]
+        assert next(csv.reader(f)) == ["image", "actual", "cnn_predicted", "cnn_confidence", "cnn_nll", "cnn_brier"]
