@@ -755,7 +755,7 @@ def calibration_sentences(study: Study, calibrated: dict) -> list[str]:
                 if not verdict_rules.learned(float(study.values(m, n, "macro_f1", "val").mean()), study.num_classes)]
         if idle:
             out.append(f"{where(study, n)}, no calibration claim: the {' and the '.join(idle)} never learned ({diff}).")
-        elif by_nll != "undecided" and by_brier in ("undecided", by_nll):
+        elif verdict_rules.proper_scores_winner(*(None if v == "undecided" else v for v in (by_nll, by_brier))):
             out.append(f"{where(study, n)}, the {SHORT_NAMES[by_nll]}'s probabilities are the better by the proper "
                        f"scores: {diff}.")
         elif by_nll != "undecided":

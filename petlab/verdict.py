@@ -147,7 +147,7 @@ def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[flo
     by_nll, nll_interval = lower_is_better(differences["nll"], "NLL", "{:+.3f}", 1)
     by_brier, brier_interval = lower_is_better(differences["brier"], "Brier", "{:+.3f}", 1)
     intervals = f"{nll_interval}; {brier_interval}"
-    if by_nll and by_brier in (None, by_nll):
+    if proper_scores_winner(by_nll, by_brier):
         return by_nll, (f"Calibration: the {names[by_nll]}'s probabilities are the better by the proper scores: its "
                         f"test NLL is the lower ({quoted}; {intervals}).")
     if by_nll:
@@ -156,6 +156,12 @@ def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[flo
     brier_note = (f"; Brier favours the {names[by_brier]}, but the rule rests on NLL" if by_brier else "")
     return "undecided", (f"Calibration: test NLL does not separate the models ({quoted}; {nll_interval} holds zero; "
                          f"{brier_interval}{brier_note}).")
+
+
+def proper_scores_winner(by_nll: str | None, by_brier: str | None) -> str | None:
+    """The calibration rule on the two proper scores' readings (a model, or None where an interval holds zero): the
+    model NLL favours, unless Brier favours the other."""
+    return by_nll if by_nll and by_brier in (None, by_nll) else None
 
 
 def lower_is_better(difference: tuple[float, float, float], measure: str = "", form: str = "{:+.1f}",
