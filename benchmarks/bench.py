@@ -26,9 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
-from petlab.data import (ImageDataset, PreparedData, TransformSpec, eval_transform, interpolation_mode,
-                         train_transform)
+from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, interpolation_mode, train_transform
 from petlab.experiments import image_loader, tensor_loader, train_vit
 from petlab.features import load_feature_split
 from petlab.metrics import classification_metrics
@@ -49,8 +48,14 @@ from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, Train
 from petlab.prepare import prepare_oxford_pets
 from petlab.probe import fit_logistic_probe
 from petlab.profiling import PeakMemory
-from petlab.runtime import (PipelineError, Precision, cpu_supports_bf16, default_num_workers, keep_freed_memory,
-                            select_precision)
+from petlab.runtime import (
+    PipelineError,
+    Precision,
+    cpu_supports_bf16,
+    default_num_workers,
+    keep_freed_memory,
+    select_precision,
+)
 from petlab.synthetic import make_fake_pets
 from petlab.train import StepContext, fit, make_optimizer, predict, selection_key, train_step
 
@@ -618,7 +623,7 @@ def prepare_both(pets: Path, workdir: Path, seed: int) -> tuple[PreparedData, Pr
     """The pipeline's prepare twice: shorter side 256 (what the pipeline trains on) and original sizes."""
     timings = {}
     for name, max_side in (("prepared", 256), ("originals", None)):
-        seconds, peak_mb, _ = measure(lambda: prepare_oxford_pets(DataParams(root=str(pets), max_side=max_side), seed,
+        seconds, peak_mb, _ = measure(lambda max_side=max_side, name=name: prepare_oxford_pets(DataParams(root=str(pets), max_side=max_side), seed,
                                                                   workdir / name))
         timings[name] = {"seconds": round(seconds, 3), "peak_rss_rise_mb": round(peak_mb, 1)}
     return PreparedData.open(workdir / "prepared"), PreparedData.open(workdir / "originals"), timings

@@ -15,21 +15,19 @@ import json
 import math
 import shutil
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
-
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchcodec.decoders import decode_image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from petlab import distributed
-from petlab.params import ALL_IMAGES, LoaderParams
 from petlab.layout import SPLITS
+from petlab.params import ALL_IMAGES, LoaderParams
 from petlab.runtime import PipelineError, default_num_workers, seeded_rng
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +43,7 @@ class PreparedData:
     class_names: list[str]
 
     @classmethod
-    def open(cls, root: str | Path) -> "PreparedData":
+    def open(cls, root: str | Path) -> PreparedData:
         root = Path(root)
         classes_file = root / "classes.json"
         if not classes_file.is_file():
@@ -106,7 +104,7 @@ class TransformSpec:
     crop_pct: float = 0.875
 
     @classmethod
-    def from_timm(cls, data_config: dict) -> "TransformSpec":
+    def from_timm(cls, data_config: dict) -> TransformSpec:
         return cls(size=int(data_config["input_size"][-1]), mean=tuple(data_config["mean"]),
                    std=tuple(data_config["std"]), interpolation=data_config.get("interpolation", "bicubic"),
                    crop_pct=float(data_config.get("crop_pct", 0.875)))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,15 +16,29 @@ from torch.utils.tensorboard import SummaryWriter
 
 from petlab import distributed
 from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, make_loader, train_transform
-from petlab.features import extract_features, save_feature_cache
 from petlab.downloads import file_digest
-from petlab.models import (FrozenBackboneClassifier, count_parameters, create_model, load_backbone,
-                           load_pretrained_backbone, timm_data_config)
+from petlab.features import extract_features, save_feature_cache
+from petlab.models import (
+    FrozenBackboneClassifier,
+    count_parameters,
+    create_model,
+    load_backbone,
+    load_pretrained_backbone,
+    timm_data_config,
+)
 from petlab.outputs import WRITE_ERRNOS, load_torch, naming_failed_writes, save_torch, write_csv, write_json
 from petlab.params import Params, TrainViTParams, load_params, to_dict
 from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import (PipelineError, Precision, Stopwatch, keep_freed_memory, seed_everything, select_device,
-                            select_precision, share_cpu)
+from petlab.runtime import (
+    PipelineError,
+    Precision,
+    Stopwatch,
+    keep_freed_memory,
+    seed_everything,
+    select_device,
+    select_precision,
+    share_cpu,
+)
 from petlab.train import HISTORY_COLUMNS, SELECTION_RULE, EpochCallback, FitResult, StepContext, fit
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it

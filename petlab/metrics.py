@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
 TOP_K = 5  # top-5 accuracy, the usual second number for many classes
 
 

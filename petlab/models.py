@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -239,7 +239,7 @@ class FrozenBackboneClassifier(nn.Module):
     def trains_backbone(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())
 
-    def train(self, mode: bool = True) -> "FrozenBackboneClassifier":
+    def train(self, mode: bool = True) -> FrozenBackboneClassifier:
         # The backbone stays in eval mode while the head trains: its dropout/BN must not change features.
         # Fine-tuned parts keep their BatchNorm statistics too: small batches would only make them noisy.
         self.training = mode

@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
 from petlab.runtime import PipelineError
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

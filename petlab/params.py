@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -35,16 +35,16 @@ class ParamsError(PipelineError):
 @dataclass(frozen=True)
 class DataParams:
     dataset: Literal["oxford_pets", "cifar10", "fashion_mnist", "imagefolder"] = "oxford_pets"
-    root: Optional[str] = None  # local copy of the dataset; None downloads into download_dir
+    root: str | None = None  # local copy of the dataset; None downloads into download_dir
     download_dir: str = "data/raw"
     val_fraction: float = 0.2
-    max_side: Optional[int] = 256  # shorter side of re-encoded images; None keeps originals
+    max_side: int | None = 256  # shorter side of re-encoded images; None keeps originals
     jpeg_quality: int = 90
     on_bad_image: Literal["skip", "fail"] = "skip"
     max_bad_fraction: float = 0.01  # above this fraction of skipped images the run fails
-    classes: Optional[list[str]] = None  # a subset of class names, in this order; None keeps all
-    per_class: Optional[int] = None  # at most this many train+val images per class (seeded draw); None keeps all
-    test_per_class: Optional[int] = None  # at most this many test images per class; None keeps all
+    classes: list[str] | None = None  # a subset of class names, in this order; None keeps all
+    per_class: int | None = None  # at most this many train+val images per class (seeded draw); None keeps all
+    test_per_class: int | None = None  # at most this many test images per class; None keeps all
     test_fraction: float = 0.2  # imagefolder only: the share of each class held out as test
     follow_symlinks: bool = False  # imagefolder only: read links that point outside data.root
 
@@ -69,8 +69,8 @@ class DataParams:
 
 @dataclass(frozen=True)
 class LoaderParams:
-    num_workers: Optional[int] = None  # None: chosen from the device and the core count
-    pin_memory: Optional[bool] = None  # None: on for CUDA
+    num_workers: int | None = None  # None: chosen from the device and the core count
+    pin_memory: bool | None = None  # None: on for CUDA
     prefetch_factor: int = 4
 
     def check(self, key: str) -> None:
@@ -174,8 +174,8 @@ LOOP_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "lab
 class TrainViTParams(OptimParams):
     model: str = "vit_tiny_patch16_224"  # any timm model name
     pretrained: bool = True  # false only for smoke runs: the metrics then say so
-    weights: Optional[str] = None  # local weights file (.safetensors, .pth/.bin or timm's original .npz)
-    weights_sha256: Optional[str] = None  # if set, the weights file must have this SHA-256
+    weights: str | None = None  # local weights file (.safetensors, .pth/.bin or timm's original .npz)
+    weights_sha256: str | None = None  # if set, the weights file must have this SHA-256
     augment: bool = False  # false: train the head on features cached once; true: augmented images every step
     feature_batch_size: int = 64
     unfreeze: list[str] = field(default_factory=list)  # backbone parameter-name prefixes to fine-tune, e.g. blocks.11
@@ -314,11 +314,11 @@ class StudyParams:
     # Each seed: the CNN's init, data order and augmentation, and the subsets drawn. Five: docs/study.md#power.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # Training images per class, each subset nested in the next larger; "all": the whole train split.
-    images_per_class: list[Union[int, Literal["all"]]] = field(default_factory=lambda: [5, 10, 25, 50, ALL_IMAGES])
+    images_per_class: list[int | Literal["all"]] = field(default_factory=lambda: [5, 10, 25, 50, ALL_IMAGES])
     # Selection (val) images per class each cell chooses its epoch or C on: "scaled" draws them with the train
     # subset, in the split's own val : train ratio (nested and stratified alike); an integer, that many at every
     # size; "all", the whole val split.
-    val_per_class: Union[int, Literal["scaled", "all"]] = "scaled"
+    val_per_class: int | Literal["scaled", "all"] = "scaled"
     min_steps: int = 1000  # the CNN trains for at least this many optimiser steps at every size (more epochs)
     cnn_grid: CNNGridParams = field(default_factory=CNNGridParams)  # the CNN's recipes tried at each size
     # The probe's C tried in every cell: as many values as the CNN's grid has recipes (the same tuning budget).

@@ -35,7 +35,6 @@ from petlab.runtime import PipelineError
 from petlab.sources import READERS
 from petlab.sources.base import Record, SourceSplits, check_class_names, check_split_sizes, unique_ids
 
-
 # ---------------------------------------------------------------- class subsets, caps and the split
 
 

@@ -56,7 +56,7 @@ class ProbeFit:
                 "converged": kept["converged"], "c_at_grid_edge": self.edge is not None}
 
 
-def linear_head(solver: "LogisticRegression", num_classes: int) -> nn.Linear:
+def linear_head(solver: LogisticRegression, num_classes: int) -> nn.Linear:
     """The fitted model as an nn.Linear whose logits give the same probabilities (float32, like any head)."""
     coef, intercept = solver.coef_, solver.intercept_
     if num_classes == 2:  # scikit-learn keeps one row, class 1's logit against class 0: softmax([0, z]) = sigmoid(z)

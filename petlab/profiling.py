@@ -13,9 +13,9 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import itertools  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable, Iterable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -80,7 +80,7 @@ class PeakMemory:
         self.metric = PEAK_MEMORY_METRICS[device.type]
         self.peak_mb = 0.0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self

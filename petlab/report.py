@@ -50,7 +50,7 @@ class TestPredictions:
     scores: dict[str, dict[str, np.ndarray]] | None = None  # model -> {"nll", "brier"} per image
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> "TestPredictions":
+    def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> TestPredictions:
         index = {name: i for i, name in enumerate(class_names)}
         top5 = ({m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}
                 if reports_top_k(len(class_names)) else {})
@@ -116,7 +116,7 @@ def robustness_by_corruption(frame: pd.DataFrame, num_classes: int, resamples: i
         right = {m: part.assign(ok=part[m] == part["label"]).groupby("image", sort=True)["ok"].mean()
                  .to_numpy(dtype=float) for m in MODELS}
 
-        def lost(m: str, idx) -> np.ndarray:
+        def lost(m: str, idx, right: dict = right) -> np.ndarray:
             c, k = right_clean[m][idx].mean(-1), right[m][idx].mean(-1)
             return np.where(c > chance, (c - k) / np.where(c > chance, c - chance, 1), np.nan)
 

@@ -64,7 +64,7 @@ class Run:
     # and condition
 
     @classmethod
-    def load(cls, root: Path, params: Params) -> "Run":
+    def load(cls, root: Path, params: Params) -> Run:
         data = root / DATA
         species_file = data / "species.json"
         trained, histories, setup = {}, {}, {}

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class Resume:
 
     @classmethod
     def for_stage(cls, stage: str, params: Params, dvc_file: str | Path = "dvc.yaml",
-                  item: dict | None = None) -> "Resume":
+                  item: dict | None = None) -> Resume:
         """A stage's checkpoint, resume/<stage>.pt. For one instance of a `matrix` stage (a study cell, cnn@0-5:
         `stage` its name, `item` its values, {"seed": "0", "size": "5"}) it is keyed by that instance's own command
         and deps, so cells run side by side never share one: resume/study/cnn@0-5.pt."""

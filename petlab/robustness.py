@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image

@@ -8,12 +8,13 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from petlab.outputs import check_writable, stage_outputs, timing_file as stage_timing_file, write_json
+from petlab.outputs import check_writable, stage_outputs, write_json
+from petlab.outputs import timing_file as stage_timing_file
 from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, launched_by_torchrun
 
 

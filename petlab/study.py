@@ -16,8 +16,8 @@ import hashlib
 import json
 import math
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -15,19 +15,43 @@ import pandas as pd
 
 from petlab import plots
 from petlab import verdict as verdict_rules
-from petlab.data import PreparedData
 from petlab.calibration import MIN_TEMPERATURE_IMAGES
+from petlab.data import PreparedData
 from petlab.metrics import per_class_rows
 from petlab.models import weights_label
 from petlab.outputs import save_figure
 from petlab.params import ALL_IMAGES, Params
 from petlab.report_document import figure, table
 from petlab.runtime import PipelineError
-from petlab.study import (FEATURES_RECORD, MODELS, PIPELINE, TIMING, cell_path, decode_predictions, decode_values,
-                          long_path, probe_tune_path, size_name)
-from petlab.study_stats import (EQUIVALENCE_LEVEL, LEVEL, POWER, REFERENCE_DIFFERENCE, TRAINED, UNDERTRAINED,
-                                Comparison, budget_verdict, compare, compare_scores, crossing, equivalence_power,
-                                family_level, power_summary, verdict)
+from petlab.study import (
+    FEATURES_RECORD,
+    MODELS,
+    PIPELINE,
+    TIMING,
+    cell_path,
+    decode_predictions,
+    decode_values,
+    long_path,
+    probe_tune_path,
+    size_name,
+)
+from petlab.study_stats import (
+    EQUIVALENCE_LEVEL,
+    LEVEL,
+    POWER,
+    REFERENCE_DIFFERENCE,
+    TRAINED,
+    UNDERTRAINED,
+    Comparison,
+    budget_verdict,
+    compare,
+    compare_scores,
+    crossing,
+    equivalence_power,
+    family_level,
+    power_summary,
+    verdict,
+)
 
 REFERENCE_BACKBONE = "vit_tiny_patch16_224"  # the backbone the question is about; any other is a stand-in
 METRICS = {"macro_f1": "macro-F1", "accuracy": "accuracy"}
@@ -59,7 +83,7 @@ class Study:
     timing: dict | None = None  # stage -> its timing record
 
     @classmethod
-    def load(cls, params: Params, data_dir: Path) -> "Study":
+    def load(cls, params: Params, data_dir: Path) -> Study:
         data = PreparedData.open(data_dir)
         labels = np.array([label for _, label in data.items("test")])
         seeds = list(params.study.seeds)
@@ -687,8 +711,7 @@ def cost_table(study: Study) -> str:
     rows = []
     for n in study.sizes:
         for s in study.seeds:
-            stem = lambda kind: f"{kind}-{s}-{size_name(n)}"  # noqa: E731
-            seconds = {k: (study.timing or {}).get(stem(k), {}).get("seconds") for k in MODELS}
+            seconds = {k: (study.timing or {}).get(f"{k}-{s}-{size_name(n)}", {}).get("seconds") for k in MODELS}
             rows.append({"train per class": size_name(n), "seed": s,
                          "train images": study.cells["cnn", s, n]["train_images"],
                          **{f"{SHORT_NAMES[k]} cell (s)": "-" if v is None else f"{v:.1f}" for k, v in seconds.items()}})

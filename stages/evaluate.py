@@ -14,13 +14,19 @@ from pathlib import Path
 import torch
 
 from petlab import plots
+from petlab.calibration import calibration_summary, reliability, softmax
 from petlab.data import PreparedData
 from petlab.evaluation import score, write_predictions, write_reports
-from petlab.experiments import (image_loader, load_checkpoint_for, load_trained, setup_stage, tensor_loader,
-                                trained_on_device)
+from petlab.experiments import (
+    image_loader,
+    load_checkpoint_for,
+    load_trained,
+    setup_stage,
+    tensor_loader,
+    trained_on_device,
+)
 from petlab.features import feature_split
 from petlab.models import weights_label
-from petlab.calibration import calibration_summary, reliability, softmax
 from petlab.outputs import load_torch, write_csv, write_json
 from petlab.runtime import PipelineError, Precision
 from petlab.stage import run_model_stage

@@ -7,9 +7,9 @@ import torch
 
 from petlab import plots, sanity
 from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, tensorboard, transform_spec
+from petlab.layout import SPLITS
 from petlab.models import create_model
 from petlab.outputs import save_figure, write_json
-from petlab.layout import SPLITS
 from petlab.runtime import PipelineError
 from petlab.stage import run_stage
 

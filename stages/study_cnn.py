@@ -25,8 +25,23 @@ from petlab.params import Params
 from petlab.profiling import forward_gflops
 from petlab.resume import Resume
 from petlab.runtime import PipelineError, seed_everything, select_device
-from petlab.study import (PIPELINE, calibration_record, cell_path, chosen_recipe, cnn_budget, doubled,
-                          encode_predictions, long_path, parse_size, recipe, run_cell, scores, subset_digest, tune_path, val_size)
+from petlab.study import (
+    PIPELINE,
+    calibration_record,
+    cell_path,
+    chosen_recipe,
+    cnn_budget,
+    doubled,
+    encode_predictions,
+    long_path,
+    parse_size,
+    recipe,
+    run_cell,
+    scores,
+    subset_digest,
+    tune_path,
+    val_size,
+)
 from petlab.train import predict
 
 DATA = Path("data/oxford_pets")

@@ -13,8 +13,8 @@ from petlab.profiling import forward_gflops  # isort: skip
 
 from petlab.experiments import build_probe, image_loader, make_context, setup_stage, transform_spec
 from petlab.features import extract_features, save_feature_cache
-from petlab.outputs import check_writable, write_json
 from petlab.layout import SPLITS
+from petlab.outputs import check_writable, write_json
 from petlab.params import load_params
 from petlab.runtime import PipelineError, Stopwatch
 from petlab.stage import run_stage

@@ -21,8 +21,19 @@ from petlab.outputs import check_writable, load_torch, write_json
 from petlab.params import load_params
 from petlab.probe import fit_logistic_probe
 from petlab.runtime import PipelineError, share_cpu
-from petlab.study import (FEATURES, calibration_record, cell_path, encode_predictions, parse_cell, probe_tune_path,
-                          read_probe_tuning, run_cell, scores, subset_digest, val_size)
+from petlab.study import (
+    FEATURES,
+    calibration_record,
+    cell_path,
+    encode_predictions,
+    parse_cell,
+    probe_tune_path,
+    read_probe_tuning,
+    run_cell,
+    scores,
+    subset_digest,
+    val_size,
+)
 
 
 def fit_gflops(train_images: int, feature_size: int, num_classes: int, sweep: list[dict]) -> float:

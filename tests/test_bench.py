@@ -15,9 +15,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench import (conv_pass, count_step_flops, largest_conv, pipeline_model, pipeline_params,
-                              plain_eval_transform, plain_loader, plain_train_step, plain_train_transform,
-                              probe_from_images)
+from benchmarks.bench import (
+    conv_pass,
+    count_step_flops,
+    largest_conv,
+    pipeline_model,
+    pipeline_params,
+    plain_eval_transform,
+    plain_loader,
+    plain_train_step,
+    plain_train_transform,
+    probe_from_images,
+)
 from petlab.data import PreparedData, TransformSpec, read_image, train_transform
 from petlab.experiments import train_vit
 from petlab.features import load_feature_split

@@ -5,9 +5,21 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from petlab.calibration import (MIN_TEMPERATURE_IMAGES, bin_edges, brier, calibration_reference, calibration_summary,
-                                ece, ece_bins, ece_rows, fit_temperature, nll, per_image_scores, reliability,
-                                softmax)
+from petlab.calibration import (
+    MIN_TEMPERATURE_IMAGES,
+    bin_edges,
+    brier,
+    calibration_reference,
+    calibration_summary,
+    ece,
+    ece_bins,
+    ece_rows,
+    fit_temperature,
+    nll,
+    per_image_scores,
+    reliability,
+    softmax,
+)
 
 
 def overconfident(n: int = 600, classes: int = 5, accuracy: float = 0.7, scale: float = 8.0, seed: int = 0):

@@ -4,8 +4,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from petlab.data import (EpochSampler, ImageDataset, TransformSpec, eval_transform, make_loader, read_image,
-                         train_transform)
+from petlab.data import (
+    EpochSampler,
+    ImageDataset,
+    TransformSpec,
+    eval_transform,
+    make_loader,
+    read_image,
+    train_transform,
+)
 from petlab.params import LoaderParams
 from petlab.runtime import PipelineError, Precision
 from petlab.train import StepContext

@@ -10,12 +10,19 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import REPO
 from torch import nn
 
-from conftest import REPO
 from petlab.downloads import file_digest
-from petlab.models import (FrozenBackboneClassifier, SimpleCNN, count_parameters, create_model, hub_answers,
-                           load_pretrained_backbone, timm_data_config)
+from petlab.models import (
+    FrozenBackboneClassifier,
+    SimpleCNN,
+    count_parameters,
+    create_model,
+    hub_answers,
+    load_pretrained_backbone,
+    timm_data_config,
+)
 from petlab.runtime import PipelineError
 
 

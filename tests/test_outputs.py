@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from test_models import RunsCode
 
 from petlab.outputs import atomic_dir, atomic_path, load_torch, save_torch, write_json
 from petlab.runtime import PipelineError
-from test_models import RunsCode
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path):
@@ -142,6 +142,7 @@ def test_stage_outputs_are_read_from_dvc_yaml():
     from pathlib import Path
 
     from conftest import REPO
+
     from petlab.outputs import stage_outputs
 
     outputs = stage_outputs("prepare_oxford_pets", REPO / "dvc.yaml")

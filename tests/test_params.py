@@ -4,12 +4,12 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_PARAMS, deep_update, run
+from test_stage_refusals import light_project
+
 from petlab.params import Params, ParamsError, load_params, parse_params
 from petlab.prepare import prepare_dataset
 from petlab.runtime import PipelineError
-from test_stage_refusals import light_project
 
 
 def test_repository_params_file_is_valid():
@@ -63,7 +63,9 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 
 
 def test_params_are_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Params().seed = 1
 
 

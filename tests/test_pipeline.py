@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import dvc, run
 from PIL import Image
+from test_probe import check_probe
+from test_readme import bash_blocks, commands, section
 
 from petlab.evaluation import confusion_labels
-from conftest import dvc, run
-from test_readme import bash_blocks, commands, section
-from test_probe import check_probe
 
 
 def ran_stages(proc) -> set[str]:
@@ -371,7 +371,7 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
 
 def check_fetching_a_model_as_printed(project: Path, tmp: Path) -> None:
     """docs/outputs.md's recipe: a registered version, then `dvc artifacts get`; `dvc get` without one."""
-    from test_readme import TEXTS, REPO
+    from test_readme import REPO, TEXTS
 
     block = TEXTS[REPO / "docs/outputs.md"].split("## Fetching a trained model")[1].split("```bash\n")[1].split("```")[0]
     tag, artifacts_get, get = [line.split("#")[0].strip() for line in block.strip().splitlines()]
@@ -555,9 +555,8 @@ def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stag
     import hashlib
 
     import timm
-    from safetensors.torch import save_file
-
     from conftest import make_project, write_params
+    from safetensors.torch import save_file
 
     project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit",
                                                                 "weights": "weights/test_vit.safetensors"}})

@@ -18,17 +18,17 @@ from collections import Counter, namedtuple
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import make_project
+from PIL import Image
+from test_runtime import start_as_in_a_terminal
+
 from petlab import prepare
 from petlab.params import DataParams
 from petlab.prepare import prepare_oxford_pets
+from petlab.runtime import PipelineError
 from petlab.sources import oxford_pets
 from petlab.sources.oxford_pets import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name
-from petlab.runtime import PipelineError
 from petlab.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
-from test_runtime import start_as_in_a_terminal
 
 
 def test_class_names_follow_torchvision():

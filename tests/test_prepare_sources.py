@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import re
-import shutil
 import json
 import os
 import pickle
+import re
+import shutil
 import struct
 from collections import Counter
 from pathlib import Path
@@ -18,11 +18,11 @@ from PIL import Image
 
 from petlab.params import DataParams, ParamsError, parse_params
 from petlab.prepare import cap_per_class, prepare_dataset, select_classes
+from petlab.runtime import PipelineError
 from petlab.sources import Record, SourceSplits
 from petlab.sources.cifar10 import read_cifar10
 from petlab.sources.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
 from petlab.sources.imagefolder import read_imagefolder
-from petlab.runtime import PipelineError
 from petlab.synthetic import class_image
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

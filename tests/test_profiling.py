@@ -2,16 +2,16 @@ import json
 import subprocess
 import sys
 import threading
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from petlab import report_document
 from petlab.data import TransformSpec
 from petlab.params import Params, ProfileParams
-from petlab import report_document
 from petlab.profiling import PEAK_MEMORY_METRICS, PeakMemory, forward_gflops, peak_memory_metric, step_stats
 from petlab.runtime import Precision
 from petlab.train import StepContext, train_step

@@ -6,10 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import dvc
-from project_imports import (REPO, command_modules, deps_problems, dvc_files, find_cycle, import_graph, layers,
-                             project_modules, runs_when_imported, stage_specs)
+from project_imports import (
+    REPO,
+    command_modules,
+    deps_problems,
+    dvc_files,
+    find_cycle,
+    import_graph,
+    layers,
+    project_modules,
+    runs_when_imported,
+    stage_specs,
+)
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:

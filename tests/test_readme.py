@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import deep_update
+
 from petlab.params import ParamsError, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +49,8 @@ def test_the_readme_is_read_in_five_minutes_and_starts_with_its_two_commands():
     assert len(README.splitlines()) <= 250
     run, test, extras = readme_setup()
     assert run.startswith("pip install -r requirements.txt ") and run.endswith(" && dvc repro")
-    assert test.startswith("pip install -r requirements-dev.txt ") and test.endswith(" && python -m pytest -q -n auto "
-                                                                                      "--dist loadgroup tests")
+    assert test.startswith("pip install -r requirements-dev.txt ") and test.endswith(
+        " && ruff check . && ruff format --check . && python -m pytest -q -n auto --dist loadgroup tests")
     assert "apt-get install -y dataset-fashion-mnist" in extras and "|| echo" in extras
     # Set up and run comes right after the question and the picture: the first section of the README.
     assert README.index("\n## ") == README.index("\n## Set up and run\n")

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from test_probe import check_probe
+from test_readme import grid_points, params_of, printed_recipes, shorthands
 
-from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from petlab.evaluation import confusion_labels
 from petlab.params import parse_params
 from petlab.stand_in import DESCRIPTION, TIMM_MODEL
-from test_probe import check_probe
-from test_readme import grid_points, params_of, printed_recipes, shorthands
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from test_distributed import free_port, write_images
 
 from petlab.data import ImageDataset, TransformSpec, eval_transform, make_loader, train_transform
 from petlab.models import SimpleCNN
@@ -17,7 +18,6 @@ from petlab.params import LoaderParams, OptimParams, parse_params
 from petlab.resume import Resume, path_digest, stage_inputs
 from petlab.runtime import Precision, seed_everything
 from petlab.train import StepContext, fit
-from test_distributed import free_port, write_images
 
 SPEC = TransformSpec(size=16)
 
@@ -44,14 +44,14 @@ def images(tmp_path_factory):
 
 
 def train(images, optim: OptimParams, resume: Resume | None = None, stop: int | None = None, workers: int = 0,
-          precision: Precision = Precision(None, False)):
+          precision: Precision | None = None):
     """A small CNN with dropout and batch norm (the RNG and the buffers matter), on augmented images."""
     seed_everything(0)
     model = SimpleCNN(3, [4, 8], dropout=0.3, batch_norm=True)
     cpu, loader = torch.device("cpu"), LoaderParams(num_workers=workers)
     train_loader = make_loader(StoppedIn(images[0], train_transform(SPEC, "rrc"), 0, stop), 8, True, 0, cpu, loader)
     val_loader = make_loader(ImageDataset(images[1], eval_transform(SPEC), seed=0), 8, False, 0, cpu, loader)
-    return fit(model, train_loader, val_loader, optim, StepContext(cpu, precision, input_spec=SPEC), 3,
+    return fit(model, train_loader, val_loader, optim, StepContext(cpu, precision or Precision(None, False), input_spec=SPEC), 3,
                name="net", resume=resume)
 
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO, write_params
+
 from petlab.runtime import PipelineError, Precision, select_device, select_precision
 
 # A device this machine does not have (CUDA machines have no MPS, and the other way round).

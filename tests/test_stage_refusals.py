@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_PARAMS, deep_update, run
 from test_outputs import unwritable_folder
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
+from conftest import REPO
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO
 from petlab import report_document
 from petlab.models import load_pretrained_backbone, timm_data_config, weights_label
 from petlab.params import TrainViTParams

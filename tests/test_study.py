@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, dvc, run
+
+from petlab.data import draw_subset
 from petlab.params import StudyParams, TrainCNNParams
 from petlab.runtime import PipelineError
 from petlab.stage import run_stage
-from petlab.data import draw_subset
-from petlab.study import (cell_count, cnn_budget, decode_predictions, doubled, encode_predictions, parse_cell,
-                          progress_line, steps_per_epoch, val_size)
+from petlab.study import (
+    cell_count,
+    cnn_budget,
+    decode_predictions,
+    doubled,
+    encode_predictions,
+    parse_cell,
+    progress_line,
+    steps_per_epoch,
+    val_size,
+)
 
 # ---------------------------------------------------------------- subsets
 

@@ -12,10 +12,29 @@ import pytest
 from scipy.special import ndtr
 from sklearn.metrics import f1_score
 
-from petlab.study_stats import (EQUIVALENCE_LEVEL, TRAINED, UNDERTRAINED, Comparison, budget_verdict,
-                                clopper_pearson, combine, compare, compare_scores, crossing, detectable,
-                                equivalence_power, family_level, half_width, influence, metric_rows, power_summary,
-                                seed_sd_range, seeds_needed, variance_from_test_sampling, verdict)
+from petlab.study_stats import (
+    EQUIVALENCE_LEVEL,
+    TRAINED,
+    UNDERTRAINED,
+    Comparison,
+    budget_verdict,
+    clopper_pearson,
+    combine,
+    compare,
+    compare_scores,
+    crossing,
+    detectable,
+    equivalence_power,
+    family_level,
+    half_width,
+    influence,
+    metric_rows,
+    power_summary,
+    seed_sd_range,
+    seeds_needed,
+    variance_from_test_sampling,
+    verdict,
+)
 
 CLASSES = 6
 
@@ -52,7 +71,7 @@ SETTINGS = [(seeds, sd, data, diff, share) for seeds in (3, 5) for sd, share in 
 STUDIES = 400
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def true_macro_f1_difference(data: str, difference: float) -> float:
     """The true difference of macro-F1 (not known in closed form): from 400 seeds of a 20,000-image test split."""
     classes, _, base, _ = DATASETS[data]

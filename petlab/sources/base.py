@@ -11,9 +11,9 @@ import hashlib
 import math
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class Record:
     image_id: str
     label: int
     # In-memory sources (CIFAR-10, Fashion-MNIST): the pixels, HxW or HxWx3 uint8; `path` is then their file.
-    pixels: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

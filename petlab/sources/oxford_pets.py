@@ -8,9 +8,15 @@ from pathlib import Path
 from petlab.downloads import download_verified, extract_tar
 from petlab.params import DataParams
 from petlab.runtime import PipelineError
+from petlab.sources.base import (
+    Record,
+    SourceSplits,
+    check_image_id,
+    download_with_torchvision,
+    parse_int,
+    read_text_lines,
+)
 from petlab.synthetic import GENERATED_MARKER
-from petlab.sources.base import (Record, SourceSplits, check_image_id, download_with_torchvision, parse_int,
-                                 read_text_lines)
 
 PETS_FOLDER = "oxford-iiit-pet"
 NUM_CLASSES = 37  # class ids in the annotations run 1..37
