@@ -66,29 +66,57 @@ CPU = torch.device("cpu")
 # probe_head: the probe's head alone, on features the size of Oxford-IIIT Pet's train and val splits (2,944 and
 # 736 images) from ViT-Tiny (192 features), 37 classes; "params" change train_vit's defaults (none at full size).
 SIZES = {
-    "full": {"classes": 5, "trainval": 32, "test": 8, "size_range": (375, 500), "vit": "vit_tiny_patch16_224",
-             "image_size": 224, "cnn_batch": 64, "cnn_steps": 2, "repeats": 3, "data_images": 120,
-             "probe_epochs": 10,
-             "probe_head": {"train": 2944, "val": 736, "features": 192, "classes": 37, "params": {}}},
-    "quick": {"classes": 3, "trainval": 8, "test": 3, "size_range": (120, 160), "vit": "test_vit",
-              "image_size": 64, "cnn_batch": 8, "cnn_steps": 2, "repeats": 1, "data_images": 12, "probe_epochs": 2,
-              "probe_head": {"train": 200, "val": 50, "features": 32, "classes": 5,
-                             "params": {"epochs": 3, "warmup_epochs": 1.0, "batch_size": 32,
-                                        "c_grid": [0.1, 1.0, 10.0]}}},
+    "full": {
+        "classes": 5,
+        "trainval": 32,
+        "test": 8,
+        "size_range": (375, 500),
+        "vit": "vit_tiny_patch16_224",
+        "image_size": 224,
+        "cnn_batch": 64,
+        "cnn_steps": 2,
+        "repeats": 3,
+        "data_images": 120,
+        "probe_epochs": 10,
+        "probe_head": {"train": 2944, "val": 736, "features": 192, "classes": 37, "params": {}},
+    },
+    "quick": {
+        "classes": 3,
+        "trainval": 8,
+        "test": 3,
+        "size_range": (120, 160),
+        "vit": "test_vit",
+        "image_size": 64,
+        "cnn_batch": 8,
+        "cnn_steps": 2,
+        "repeats": 1,
+        "data_images": 12,
+        "probe_epochs": 2,
+        "probe_head": {
+            "train": 200,
+            "val": 50,
+            "features": 32,
+            "classes": 5,
+            "params": {"epochs": 3, "warmup_epochs": 1.0, "batch_size": 32, "c_grid": [0.1, 1.0, 10.0]},
+        },
+    },
 }
 
 # The whole pipeline under `dvc repro`: small training settings, so the run takes minutes, not hours.
 PIPELINE_PARAMS = {
-    "full": {"sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 8},
-             "train_cnn": {"image_size": 112, "epochs": 2, "batch_size": 32, "warmup_epochs": 0.5},
-             "train_vit": {"pretrained": False, "epochs": 10, "batch_size": 64, "warmup_epochs": 1.0},
-             "profile": {"wait": 1, "warmup": 1, "active": 3, "batch_size": 16}},
-    "quick": {"data": {"val_fraction": 0.25},
-              "sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 4},
-              "train_cnn": {"image_size": 64, "widths": [8, 16], "epochs": 1, "batch_size": 8, "warmup_epochs": 0.5},
-              "train_vit": {"model": "test_vit", "pretrained": False, "epochs": 2, "batch_size": 8,
-                            "warmup_epochs": 1.0},
-              "profile": {"wait": 1, "warmup": 1, "active": 2, "batch_size": 8}},
+    "full": {
+        "sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 8},
+        "train_cnn": {"image_size": 112, "epochs": 2, "batch_size": 32, "warmup_epochs": 0.5},
+        "train_vit": {"pretrained": False, "epochs": 10, "batch_size": 64, "warmup_epochs": 1.0},
+        "profile": {"wait": 1, "warmup": 1, "active": 3, "batch_size": 16},
+    },
+    "quick": {
+        "data": {"val_fraction": 0.25},
+        "sanity": {"batch_size": 8, "max_steps": 200, "grid_images": 4},
+        "train_cnn": {"image_size": 64, "widths": [8, 16], "epochs": 1, "batch_size": 8, "warmup_epochs": 0.5},
+        "train_vit": {"model": "test_vit", "pretrained": False, "epochs": 2, "batch_size": 8, "warmup_epochs": 1.0},
+        "profile": {"wait": 1, "warmup": 1, "active": 2, "batch_size": 8},
+    },
 }
 
 # The least time the CNN row's reference (the largest convolution alone) runs in each round.
@@ -106,8 +134,12 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, object]:
     return seconds, memory.peak_mb, result
 
 
-def side_by_side(plain: Callable[[], object], pipeline: Callable[[], object], repeats: int,
-                 also: dict[str, Callable[[], object]] | None = None) -> dict:
+def side_by_side(
+    plain: Callable[[], object],
+    pipeline: Callable[[], object],
+    repeats: int,
+    also: dict[str, Callable[[], object]] | None = None,
+) -> dict:
     """Run the two ways alternately `repeats` times; median seconds and the largest peak-RSS rise of each.
 
     `also`: more functions measured in the same rounds, under the same load, each under its own name.
@@ -118,9 +150,14 @@ def side_by_side(plain: Callable[[], object], pipeline: Callable[[], object], re
         for name, fn in fns.items():
             seconds, peak_mb, _ = measure(fn)
             runs[name].append((seconds, peak_mb))
-    out = {name: {"seconds": round(statistics.median(s for s, _ in r), 4),
-                  "seconds_all": [round(s, 4) for s, _ in r],
-                  "peak_rss_rise_mb": round(max(m for _, m in r), 1)} for name, r in runs.items()}
+    out = {
+        name: {
+            "seconds": round(statistics.median(s for s, _ in r), 4),
+            "seconds_all": [round(s, 4) for s, _ in r],
+            "peak_rss_rise_mb": round(max(m for _, m in r), 1),
+        }
+        for name, r in runs.items()
+    }
     out["speedup"] = round(out["plain"]["seconds"] / out["pipeline"]["seconds"], 2)
     return out
 
@@ -160,27 +197,48 @@ class PlainImageDataset(Dataset):
 
 def plain_train_transform(spec: TransformSpec) -> Callable:
     crop = v2.RandomResizedCrop(spec.size, interpolation=interpolation_mode(spec.interpolation), antialias=True)
-    return v2.Compose([crop, v2.RandomHorizontalFlip(), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(spec.mean, spec.std)])
+    return v2.Compose(
+        [
+            crop,
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 def plain_eval_transform(spec: TransformSpec) -> Callable:
-    resize = v2.Resize(math.floor(spec.size / spec.crop_pct), interpolation=interpolation_mode(spec.interpolation),
-                       antialias=True)
-    return v2.Compose([resize, v2.CenterCrop(spec.size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(spec.mean, spec.std)])
+    resize = v2.Resize(
+        math.floor(spec.size / spec.crop_pct), interpolation=interpolation_mode(spec.interpolation), antialias=True
+    )
+    return v2.Compose(
+        [
+            resize,
+            v2.CenterCrop(spec.size),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 def plain_loader(items, transform, batch_size: int, train: bool, seed: int) -> DataLoader:
     """In-process loading of normalised float images, shuffled with the same generator as the pipeline's
     in-memory loaders."""
     dataset = PlainImageDataset(items, transform)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=torch.Generator().manual_seed(seed),
-                      drop_last=train and len(dataset) > batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=train and len(dataset) > batch_size,
+    )
 
 
-def probe_from_images(model: FrozenBackboneClassifier, data: PreparedData, spec: TransformSpec, optim: OptimParams,
-                      seed: int) -> nn.Module:
+def probe_from_images(
+    model: FrozenBackboneClassifier, data: PreparedData, spec: TransformSpec, optim: OptimParams, seed: int
+) -> nn.Module:
     """The probe trained the plain way: every image through the frozen backbone, every epoch, in fp32.
 
     Same optimiser, schedule, batch order and epoch selection as the cached route with train_vit.solver sgd,
@@ -198,8 +256,10 @@ def probe_from_images(model: FrozenBackboneClassifier, data: PreparedData, spec:
         model.eval()
         with torch.no_grad():
             logits, labels = (torch.cat(t) for t in zip(*[(model(x), y) for x, y in val]))
-        val_m = {**classification_metrics(logits, labels, data.num_classes),
-                 "loss": float(nn.functional.cross_entropy(logits, labels))}
+        val_m = {
+            **classification_metrics(logits, labels, data.num_classes),
+            "loss": float(nn.functional.cross_entropy(logits, labels)),
+        }
         if best_key is None or selection_key(val_m) > best_key:
             best_key, best_state = selection_key(val_m), copy.deepcopy(model.head.state_dict())
     model.head.load_state_dict(best_state)
@@ -228,11 +288,19 @@ def bench_probe(data: PreparedData, params: Params, workdir: Path) -> dict:
     result["pipeline_fp32"] = {"seconds": round(seconds, 4), "peak_rss_rise_mb": round(peak_mb, 1)}
     result["speedup_caching_alone"] = round(result["plain"]["seconds"] / seconds, 2)
     cache = workdir / "features.pt"
-    result.update({"epochs": p.epochs, "model": p.model, "weights": "random (no network; speed is the same)",
-                   "pipeline_precision": select_precision(CPU, p.amp).name, "plain_precision": "fp32",
-                   "train_images": len(data.items("train")), "val_images": len(data.items("val")),
-                   "feature_cache_mb": round(cache.stat().st_size / 2**20, 3),
-                   "note": "pipeline time includes extracting train, val and test features once"})
+    result.update(
+        {
+            "epochs": p.epochs,
+            "model": p.model,
+            "weights": "random (no network; speed is the same)",
+            "pipeline_precision": select_precision(CPU, p.amp).name,
+            "plain_precision": "fp32",
+            "train_images": len(data.items("train")),
+            "val_images": len(data.items("val")),
+            "feature_cache_mb": round(cache.stat().st_size / 2**20, 3),
+            "note": "pipeline time includes extracting train, val and test features once",
+        }
+    )
     return result
 
 
@@ -257,22 +325,36 @@ def bench_probe_head(params: Params, size: dict) -> dict:
     def plain():
         torch.manual_seed(params.seed)
         head = nn.Linear(shape["features"], shape["classes"])
-        result = fit(head, tensor_loader(TensorDataset(*train), p.batch_size, True, params),
-                     tensor_loader(TensorDataset(*val), p.batch_size, False, params), p, ctx, shape["classes"],
-                     name="bench: old probe head")
+        result = fit(
+            head,
+            tensor_loader(TensorDataset(*train), p.batch_size, True, params),
+            tensor_loader(TensorDataset(*val), p.batch_size, False, params),
+            p,
+            ctx,
+            shape["classes"],
+            name="bench: old probe head",
+        )
         scores["plain"] = result.best_val
 
     def pipeline():
-        scores["pipeline"] = fit_logistic_probe(train, val, shape["classes"], p.c_grid, p.max_iter,
-                                                name="bench: probe head").best_val
+        scores["pipeline"] = fit_logistic_probe(
+            train, val, shape["classes"], p.c_grid, p.max_iter, name="bench: probe head"
+        ).best_val
 
     result = side_by_side(plain, pipeline, repeats=1)
     for name in ("plain", "pipeline"):
         result[name].update({f"val_{k}": scores[name][k] for k in ("accuracy", "macro_f1")})
     result["plain"].update({"solver": "sgd (AdamW)", "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr})
     result["pipeline"].update({"solver": "lbfgs", "c_grid": list(p.c_grid), "max_iter": p.max_iter})
-    result.update({"train": shape["train"], "val": shape["val"], "features": shape["features"],
-                   "classes": shape["classes"], "note": "generated Gaussian features; val scores show both fits work"})
+    result.update(
+        {
+            "train": shape["train"],
+            "val": shape["val"],
+            "features": shape["features"],
+            "classes": shape["classes"],
+            "note": "generated Gaussian features; val scores show both fits work",
+        }
+    )
     return result
 
 
@@ -315,6 +397,7 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         def run():
             for _ in range(steps):
                 train_step(m, x, y, optimizer, loss_fn, ctx, None)
+
         return run
 
     plain_train_step(plain_model, x_float, y, plain_opt, loss_fn)  # warm-up: first-call allocations, oneDNN primitives
@@ -332,46 +415,75 @@ def bench_cnn_step(data: PreparedData, size: dict, seed: int, try_compile: bool)
         for _ in range(conv_passes):
             conv()
 
-    result = add_rates(side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"],
-                                    also={"largest_conv": conv_steps}), steps * len(x))
-    for name, runs, flops in (("plain", steps, step_flops), ("pipeline", steps, step_flops),
-                              ("largest_conv", conv_passes, counter.get_total_flops())):
+    result = add_rates(
+        side_by_side(plain, pipeline_with(fast_model, fast_opt), size["repeats"], also={"largest_conv": conv_steps}),
+        steps * len(x),
+    )
+    for name, runs, flops in (
+        ("plain", steps, step_flops),
+        ("pipeline", steps, step_flops),
+        ("largest_conv", conv_passes, counter.get_total_flops()),
+    ):
         result[name]["gflop_per_s"] = round(runs * flops / result[name]["seconds"] / 1e9, 2)
     module = fast_model.get_submodule(conv_name)
-    result.update({"batch_size": len(x), "image_size": p.image_size, "widths": list(p.widths),
-                   "steps_per_measurement": steps,
-                   "pipeline": {**result["pipeline"], "precision": ctx.precision.name,
-                                "channels_last": ctx.channels_last, "compiled": False},
-                   "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False},
-                   "flops": {"per_image_gflop": round(step_flops / len(x) / 1e9, 4),
-                             "per_step_gflop": round(step_flops / 1e9, 4), "counted_by": FLOP_COUNT},
-                   "largest_conv": {"module": conv_name, "in_channels": module.in_channels,
-                                    "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
-                                    "stride": list(module.stride), "padding": list(module.padding),
-                                    "input_shape": list(conv_inputs[conv_name]["shape"]),
-                                    "input_requires_grad": conv_inputs[conv_name]["requires_grad"],
-                                    "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-                                    "gflop_per_pass": round(counter.get_total_flops() / 1e9, 4),
-                                    "gflop_in_step": round(conv_flops[conv_name] / 1e9, 4),
-                                    **result["largest_conv"], "passes_per_measurement": conv_passes,
-                                    "note": "forward and backward of the step's convolution with the most FLOPs, "
-                                            "alone, at the step's batch size, layout and precision, measured in the "
-                                            "same rounds as the steps"},
-                   "pipeline_fraction_of_conv_rate": round(result["pipeline"]["gflop_per_s"]
-                                                           / result["largest_conv"]["gflop_per_s"], 3)})
+    result.update(
+        {
+            "batch_size": len(x),
+            "image_size": p.image_size,
+            "widths": list(p.widths),
+            "steps_per_measurement": steps,
+            "pipeline": {
+                **result["pipeline"],
+                "precision": ctx.precision.name,
+                "channels_last": ctx.channels_last,
+                "compiled": False,
+            },
+            "plain": {**result["plain"], "precision": "fp32", "channels_last": False, "compiled": False},
+            "flops": {
+                "per_image_gflop": round(step_flops / len(x) / 1e9, 4),
+                "per_step_gflop": round(step_flops / 1e9, 4),
+                "counted_by": FLOP_COUNT,
+            },
+            "largest_conv": {
+                "module": conv_name,
+                "in_channels": module.in_channels,
+                "out_channels": module.out_channels,
+                "kernel_size": list(module.kernel_size),
+                "stride": list(module.stride),
+                "padding": list(module.padding),
+                "input_shape": list(conv_inputs[conv_name]["shape"]),
+                "input_requires_grad": conv_inputs[conv_name]["requires_grad"],
+                "precision": ctx.precision.name,
+                "channels_last": ctx.channels_last,
+                "gflop_per_pass": round(counter.get_total_flops() / 1e9, 4),
+                "gflop_in_step": round(conv_flops[conv_name] / 1e9, 4),
+                **result["largest_conv"],
+                "passes_per_measurement": conv_passes,
+                "note": "forward and backward of the step's convolution with the most FLOPs, "
+                "alone, at the step's batch size, layout and precision, measured in the "
+                "same rounds as the steps",
+            },
+            "pipeline_fraction_of_conv_rate": round(
+                result["pipeline"]["gflop_per_s"] / result["largest_conv"]["gflop_per_s"], 3
+            ),
+        }
+    )
     if try_compile:
         result["torch_compile"] = bench_compile(model, ctx, p, x, y, loss_fn, steps, result["pipeline"]["seconds"])
     return result
 
 
-FLOP_COUNT = ("torch.utils.flop_counter.FlopCounterMode over one real training step, forward and backward: "
-              "convolutions and matrix products, a multiply-add counted as 2 FLOPs, each backward product as "
-              "computed (the first convolution computes no input gradient); BatchNorm, ReLU, pooling and the "
-              "optimizer count none, though they take time")
+FLOP_COUNT = (
+    "torch.utils.flop_counter.FlopCounterMode over one real training step, forward and backward: "
+    "convolutions and matrix products, a multiply-add counted as 2 FLOPs, each backward product as "
+    "computed (the first convolution computes no input gradient); BatchNorm, ReLU, pooling and the "
+    "optimizer count none, though they take time"
+)
 
 
-def count_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn,
-                     ctx: StepContext) -> tuple[int, dict[str, int], dict[str, dict]]:
+def count_step_flops(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, ctx: StepContext
+) -> tuple[int, dict[str, int], dict[str, dict]]:
     """One real training step under FlopCounterMode (see FLOP_COUNT): its FLOPs in all, those of each
     convolution (forward and backward) by module name, and what each convolution received (shape, dtype,
     whether its input needs a gradient)."""
@@ -380,8 +492,12 @@ def count_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
 
     def record(name: str):
         def hook(_module, args):
-            inputs[name] = {"shape": tuple(args[0].shape), "dtype": args[0].dtype,
-                            "requires_grad": args[0].requires_grad}
+            inputs[name] = {
+                "shape": tuple(args[0].shape),
+                "dtype": args[0].dtype,
+                "requires_grad": args[0].requires_grad,
+            }
+
         return hook
 
     hooks = [module.register_forward_pre_hook(record(name)) for name, module in convs.items()]
@@ -426,8 +542,9 @@ def conv_pass(conv: nn.Conv2d, received: dict, ctx: StepContext) -> Callable[[],
     return run
 
 
-def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, loss_fn, steps: int,
-                  eager_seconds: float) -> dict:
+def bench_compile(
+    model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, loss_fn, steps: int, eager_seconds: float
+) -> dict:
     """The pipeline step under torch.compile: its one-off compile time and the steps it takes to pay that back."""
     import torch._inductor.config
 
@@ -438,17 +555,22 @@ def bench_compile(model: nn.Module, ctx: StepContext, p: TrainCNNParams, x, y, l
     start = time.perf_counter()
     train_step(compiled, x, y, optimizer, loss_fn, ctx, None)
     compile_seconds = time.perf_counter() - start
-    seconds, peak_mb, _ = measure(lambda: [train_step(compiled, x, y, optimizer, loss_fn, ctx, None)
-                                           for _ in range(steps)])
+    seconds, peak_mb, _ = measure(
+        lambda: [train_step(compiled, x, y, optimizer, loss_fn, ctx, None) for _ in range(steps)]
+    )
     saved_per_step = (eager_seconds - seconds) / steps
     steps_per_epoch = 2944 // p.batch_size  # Oxford-IIIT Pet train split at val_fraction 0.2
     break_even = compile_seconds / saved_per_step if saved_per_step > 0 else None
-    return {"compile_seconds": round(compile_seconds, 2), "seconds": round(seconds, 4),
-            "images_per_s": round(steps * len(x) / seconds, 2), "peak_rss_rise_mb": round(peak_mb, 1),
-            "speedup_vs_eager_pipeline": round(eager_seconds / seconds, 2),
-            "break_even_steps": None if break_even is None else round(break_even, 1),
-            "oxford_pets_steps_per_epoch": steps_per_epoch,
-            "note": "training graph only; evaluation in eval mode and a ragged last batch compile again"}
+    return {
+        "compile_seconds": round(compile_seconds, 2),
+        "seconds": round(seconds, 4),
+        "images_per_s": round(steps * len(x) / seconds, 2),
+        "peak_rss_rise_mb": round(peak_mb, 1),
+        "speedup_vs_eager_pipeline": round(eager_seconds / seconds, 2),
+        "break_even_steps": None if break_even is None else round(break_even, 1),
+        "oxford_pets_steps_per_epoch": steps_per_epoch,
+        "note": "training graph only; evaluation in eval mode and a ragged last batch compile again",
+    }
 
 
 def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict, seed: int) -> dict:
@@ -467,13 +589,14 @@ def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict,
     def plain():
         dataset = PlainImageDataset(originals.items("train")[:n], plain_train_transform(spec))
         images = [dataset[i][0] for i in range(n)]
-        return [torch.stack(images[i:i + batch]) for i in range(0, n, batch)]
+        return [torch.stack(images[i : i + batch]) for i in range(0, n, batch)]
 
     def pipeline_way(data: PreparedData):
         def run():
             dataset = ImageDataset(data.items("train")[:n], train_transform(spec), seed=seed)
             images = [dataset[i][0] for i in range(n)]
-            return [spec.normalize(torch.stack(images[i:i + batch])) for i in range(0, n, batch)]
+            return [spec.normalize(torch.stack(images[i : i + batch])) for i in range(0, n, batch)]
+
         return run
 
     threads = torch.get_num_threads()
@@ -483,11 +606,17 @@ def bench_data_path(prepared: PreparedData, originals: PreparedData, size: dict,
         sizes_alone = add_rates(side_by_side(pipeline_way(originals), pipeline_way(prepared), size["repeats"]), n)
     finally:
         torch.set_num_threads(threads)
-    result.update({"images": n, "output_size": spec.size, "prepared_max_side": 256,
-                   "original_mean_pixels": mean_pixels(originals, n),
-                   "prepared_mean_pixels": mean_pixels(prepared, n),
-                   "pipeline_on_originals": sizes_alone["plain"],
-                   "speedup_from_prepared_sizes_alone": sizes_alone["speedup"]})
+    result.update(
+        {
+            "images": n,
+            "output_size": spec.size,
+            "prepared_max_side": 256,
+            "original_mean_pixels": mean_pixels(originals, n),
+            "prepared_mean_pixels": mean_pixels(prepared, n),
+            "pipeline_on_originals": sizes_alone["plain"],
+            "speedup_from_prepared_sizes_alone": sizes_alone["speedup"],
+        }
+    )
     return result
 
 
@@ -518,10 +647,14 @@ def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
             spec.normalize(x)
 
     result = add_rates(side_by_side(plain, pipeline, size["repeats"]), len(loader) * batch)
-    result.update({"workers": default_num_workers(CPU) if params.loader.num_workers is None
-                   else params.loader.num_workers, "pin_memory": bool(loader.pin_memory),
-                   "note": "in-process loading also runs each image's tensor ops on torch's full thread pool, which "
-                           "is slow for such small ops; the pipeline's peak RSS leaves out its worker processes"})
+    result.update(
+        {
+            "workers": default_num_workers(CPU) if params.loader.num_workers is None else params.loader.num_workers,
+            "pin_memory": bool(loader.pin_memory),
+            "note": "in-process loading also runs each image's tensor ops on torch's full thread pool, which "
+            "is slow for such small ops; the pipeline's peak RSS leaves out its worker processes",
+        }
+    )
     return result
 
 
@@ -544,19 +677,29 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
 
     cnn = add_rates(side_by_side(plain_cnn, lambda: predict(fast_model, batches, ctx), size["repeats"]), images)
     logits_plain, (logits_fast, _) = plain_cnn(), predict(fast_model, batches, ctx)
-    cnn.update({"precision": ctx.precision.name, "channels_last": ctx.channels_last,
-                "max_abs_logit_difference": round(float((logits_plain - logits_fast).abs().max()), 5),
-                "argmax_agreement": round(float((logits_plain.argmax(1) == logits_fast.argmax(1)).float().mean()), 4)})
+    cnn.update(
+        {
+            "precision": ctx.precision.name,
+            "channels_last": ctx.channels_last,
+            "max_abs_logit_difference": round(float((logits_plain - logits_fast).abs().max()), 5),
+            "argmax_agreement": round(float((logits_plain.argmax(1) == logits_fast.argmax(1)).float().mean()), 4),
+        }
+    )
 
     cache = workdir / "features.pt"  # written by the probe comparison
-    probe_model = FrozenBackboneClassifier(load_pretrained_backbone(params.train_vit.model, False, None)[0],
-                                           prepared.num_classes).eval()
+    probe_model = FrozenBackboneClassifier(
+        load_pretrained_backbone(params.train_vit.model, False, None)[0], prepared.num_classes
+    ).eval()
     vit_spec = transform_spec_of(probe_model)
 
     def plain_probe():
         with torch.no_grad():
-            return [probe_model(x) for x, _ in plain_loader(prepared.items("test"), plain_eval_transform(vit_spec),
-                                                            batch, False, params.seed)]
+            return [
+                probe_model(x)
+                for x, _ in plain_loader(
+                    prepared.items("test"), plain_eval_transform(vit_spec), batch, False, params.seed
+                )
+            ]
 
     def cached_probe():
         loader = tensor_loader(load_feature_split(cache, "test"), batch, False, params)
@@ -574,8 +717,10 @@ def pipeline_params(mode: str, pets: Path) -> dict:
     """The schema's defaults (the committed params.yaml's values), never the workspace's params.yaml, which an
     experiment may have changed, with the benchmark's own settings on top."""
     params = to_dict(Params())
-    for group, values in {**PIPELINE_PARAMS[mode], "data": {**PIPELINE_PARAMS[mode].get("data", {}),
-                                                             "root": str(pets)}}.items():
+    for group, values in {
+        **PIPELINE_PARAMS[mode],
+        "data": {**PIPELINE_PARAMS[mode].get("data", {}), "root": str(pets)},
+    }.items():
         params[group].update(values)
     parse_params(params, source="the benchmark's pipeline params")  # refused here, before any work
     return params
@@ -604,16 +749,21 @@ def pipeline_summary(project: Path, seconds: float) -> dict:
     """What a finished `dvc repro` of the whole pipeline in `project` took: `seconds` of wall time, each stage's own."""
     # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.stage.run_stage); other files
     # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
-    stages = {name: json.loads((project / timing_file(name)).read_text())["seconds"]
-              for name in stage_names(project / "dvc.yaml")}
+    stages = {
+        name: json.loads((project / timing_file(name)).read_text())["seconds"]
+        for name in stage_names(project / "dvc.yaml")
+    }
     # ru_maxrss of children: the largest of the stage processes dvc ran (KiB on Linux).
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"dvc_repro_seconds": round(seconds, 2), "stage_seconds": stages,
-            "stages_total_seconds": round(sum(stages.values()), 2),
-            # dvc's own work plus every stage process's start-up and imports (torch, torchvision, timm)
-            "outside_stages_seconds": round(seconds - sum(stages.values()), 2),
-            "peak_rss_largest_process_mb": round(peak_kib / 1024, 1),
-            "probe_fit_seconds": json.loads((project / "metrics/timing/train_vit_fit.json").read_text())}
+    return {
+        "dvc_repro_seconds": round(seconds, 2),
+        "stage_seconds": stages,
+        "stages_total_seconds": round(sum(stages.values()), 2),
+        # dvc's own work plus every stage process's start-up and imports (torch, torchvision, timm)
+        "outside_stages_seconds": round(seconds - sum(stages.values()), 2),
+        "peak_rss_largest_process_mb": round(peak_kib / 1024, 1),
+        "probe_fit_seconds": json.loads((project / "metrics/timing/train_vit_fit.json").read_text()),
+    }
 
 
 # ---------------------------------------------------------------- running it all
@@ -623,8 +773,11 @@ def prepare_both(pets: Path, workdir: Path, seed: int) -> tuple[PreparedData, Pr
     """The pipeline's prepare twice: shorter side 256 (what the pipeline trains on) and original sizes."""
     timings = {}
     for name, max_side in (("prepared", 256), ("originals", None)):
-        seconds, peak_mb, _ = measure(lambda max_side=max_side, name=name: prepare_oxford_pets(DataParams(root=str(pets), max_side=max_side), seed,
-                                                                  workdir / name))
+        seconds, peak_mb, _ = measure(
+            lambda max_side=max_side, name=name: prepare_oxford_pets(
+                DataParams(root=str(pets), max_side=max_side), seed, workdir / name
+            )
+        )
         timings[name] = {"seconds": round(seconds, 3), "peak_rss_rise_mb": round(peak_mb, 1)}
     return PreparedData.open(workdir / "prepared"), PreparedData.open(workdir / "originals"), timings
 
@@ -635,23 +788,41 @@ def run(mode: str, out: Path, pipeline: bool, try_compile: bool, seed: int = 42)
     # tensors. Both ways of every row run in this process, so both get it.
     freed_memory_kept = keep_freed_memory()
     # The probe comparison is about caching: both ways train the head with the loop (solver sgd).
-    params = Params(seed=seed, device="cpu", train_vit=TrainViTParams(model=size["vit"], pretrained=False,
-                                                                      epochs=size["probe_epochs"], batch_size=64,
-                                                                      warmup_epochs=1.0, solver="sgd"))
+    params = Params(
+        seed=seed,
+        device="cpu",
+        train_vit=TrainViTParams(
+            model=size["vit"],
+            pretrained=False,
+            epochs=size["probe_epochs"],
+            batch_size=64,
+            warmup_epochs=1.0,
+            solver="sgd",
+        ),
+    )
     params.check()
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as tmp:
         workdir = Path(tmp)
-        pets = make_fake_pets(workdir / "oxford-iiit-pet", num_classes=size["classes"],
-                              trainval_per_class=size["trainval"], test_per_class=size["test"],
-                              size_range=size["size_range"], seed=seed, awkward_files=False)
+        pets = make_fake_pets(
+            workdir / "oxford-iiit-pet",
+            num_classes=size["classes"],
+            trainval_per_class=size["trainval"],
+            test_per_class=size["test"],
+            size_range=size["size_range"],
+            seed=seed,
+            awkward_files=False,
+        )
         report = {"mode": mode, "machine": machine(freed_memory_kept)}
         # The whole pipeline first: the peak RSS of child processes then belongs to its stages alone.
         if pipeline:
             report["pipeline"] = step("whole pipeline (dvc repro)", lambda: bench_pipeline(pets, mode, workdir))
         prepared, originals, prepare_timing = prepare_both(pets, workdir, seed)
-        report["dataset"] = {"classes": size["classes"], "original_size_range": list(size["size_range"]),
-                             "images": {s: len(prepared.items(s)) for s in ("train", "val", "test")},
-                             "prepare": prepare_timing}
+        report["dataset"] = {
+            "classes": size["classes"],
+            "original_size_range": list(size["size_range"]),
+            "images": {s: len(prepared.items(s)) for s in ("train", "val", "test")},
+            "prepare": prepare_timing,
+        }
         report["probe"] = step("linear probe", lambda: bench_probe(prepared, params, workdir))
         report["probe_head"] = step("probe head", lambda: bench_probe_head(params, size))
         report["cnn_step"] = step("CNN training step", lambda: bench_cnn_step(prepared, size, seed, try_compile))
@@ -684,65 +855,99 @@ def cpu_name() -> str:
 
 
 def machine(freed_memory_kept: bool) -> dict:
-    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version(),
-            "freed_memory_kept": freed_memory_kept}
+    return {
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_bf16": cpu_supports_bf16(),
+        "python": platform.python_version(),
+        "freed_memory_kept": freed_memory_kept,
+    }
 
 
 def print_table(r: dict) -> None:
-    rows = [("linear probe, 10 epochs" if r["probe"]["epochs"] == 10 else f"linear probe, {r['probe']['epochs']} epochs",
-             r["probe"], "s", "seconds")]
+    rows = [
+        (
+            "linear probe, 10 epochs" if r["probe"]["epochs"] == 10 else f"linear probe, {r['probe']['epochs']} epochs",
+            r["probe"],
+            "s",
+            "seconds",
+        )
+    ]
     head = r["probe_head"]
-    rows += [(f"probe head {head['train']} x {head['features']}", head, "s", "seconds"),
-             ("CNN training step", r["cnn_step"], "img/s", "images_per_s"),
-             ("decode + augment", r["data_path"], "img/s", "images_per_s"),
-             ("DataLoader (train epoch)", r["loader"], "img/s", "images_per_s"),
-             ("evaluate CNN", r["evaluate"]["cnn"], "img/s", "images_per_s"),
-             ("evaluate probe", r["evaluate"]["probe"], "img/s", "images_per_s")]
+    rows += [
+        (f"probe head {head['train']} x {head['features']}", head, "s", "seconds"),
+        ("CNN training step", r["cnn_step"], "img/s", "images_per_s"),
+        ("decode + augment", r["data_path"], "img/s", "images_per_s"),
+        ("DataLoader (train epoch)", r["loader"], "img/s", "images_per_s"),
+        ("evaluate CNN", r["evaluate"]["cnn"], "img/s", "images_per_s"),
+        ("evaluate probe", r["evaluate"]["probe"], "img/s", "images_per_s"),
+    ]
     # GFLOP/s and "of conv": the pipeline's CNN step, and its share of the largest convolution's rate.
-    print(f"\n{'comparison':28s} {'plain':>14s} {'pipeline':>14s} {'ratio':>7s} {'GFLOP/s':>8s} {'of conv':>8s}"
-          f"  peak RSS rise MB (plain/pipeline)")
+    print(
+        f"\n{'comparison':28s} {'plain':>14s} {'pipeline':>14s} {'ratio':>7s} {'GFLOP/s':>8s} {'of conv':>8s}"
+        f"  peak RSS rise MB (plain/pipeline)"
+    )
     for name, res, unit, key in rows:
-        gflops, share = ((f"{res['pipeline']['gflop_per_s']:.2f}", f"{res['pipeline_fraction_of_conv_rate']:.0%}")
-                         if "gflop_per_s" in res["pipeline"] else ("", ""))
-        print(f"{name:28s} {res['plain'][key]:>8.2f} {unit:<5s} {res['pipeline'][key]:>8.2f} {unit:<5s} "
-              f"{res['speedup']:>6.2f}x {gflops:>8s} {share:>8s}  "
-              f"{res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}")
+        gflops, share = (
+            (f"{res['pipeline']['gflop_per_s']:.2f}", f"{res['pipeline_fraction_of_conv_rate']:.0%}")
+            if "gflop_per_s" in res["pipeline"]
+            else ("", "")
+        )
+        print(
+            f"{name:28s} {res['plain'][key]:>8.2f} {unit:<5s} {res['pipeline'][key]:>8.2f} {unit:<5s} "
+            f"{res['speedup']:>6.2f}x {gflops:>8s} {share:>8s}  "
+            f"{res['plain']['peak_rss_rise_mb']:.0f} / {res['pipeline']['peak_rss_rise_mb']:.0f}"
+        )
     cnn, conv = r["cnn_step"], r["cnn_step"]["largest_conv"]
-    print(f"CNN step: {cnn['flops']['per_image_gflop']:.3f} GFLOP per image, forward and backward (FlopCounterMode); "
-          f"plain {cnn['plain']['gflop_per_s']:.2f} GFLOP/s, pipeline {cnn['pipeline']['gflop_per_s']:.2f} GFLOP/s "
-          f"= {cnn['pipeline_fraction_of_conv_rate']:.1%} of the largest convolution alone ({conv['module']}: "
-          f"{conv['in_channels']}->{conv['out_channels']}, {'x'.join(map(str, conv['kernel_size']))}, input "
-          f"{'x'.join(map(str, conv['input_shape']))}, {conv['precision']}"
-          f"{', channels_last' if conv['channels_last'] else ''}), forward and backward at "
-          f"{conv['gflop_per_s']:.2f} GFLOP/s in the same run")
+    print(
+        f"CNN step: {cnn['flops']['per_image_gflop']:.3f} GFLOP per image, forward and backward (FlopCounterMode); "
+        f"plain {cnn['plain']['gflop_per_s']:.2f} GFLOP/s, pipeline {cnn['pipeline']['gflop_per_s']:.2f} GFLOP/s "
+        f"= {cnn['pipeline_fraction_of_conv_rate']:.1%} of the largest convolution alone ({conv['module']}: "
+        f"{conv['in_channels']}->{conv['out_channels']}, {'x'.join(map(str, conv['kernel_size']))}, input "
+        f"{'x'.join(map(str, conv['input_shape']))}, {conv['precision']}"
+        f"{', channels_last' if conv['channels_last'] else ''}), forward and backward at "
+        f"{conv['gflop_per_s']:.2f} GFLOP/s in the same run"
+    )
     data_path = r["data_path"]
-    print(f"decode + augment: the pipeline's own way on original-size images gives "
-          f"{data_path['pipeline_on_originals']['images_per_s']:.2f} img/s; the prepared sizes alone bring "
-          f"{data_path['speedup_from_prepared_sizes_alone']:.2f}x")
+    print(
+        f"decode + augment: the pipeline's own way on original-size images gives "
+        f"{data_path['pipeline_on_originals']['images_per_s']:.2f} img/s; the prepared sizes alone bring "
+        f"{data_path['speedup_from_prepared_sizes_alone']:.2f}x"
+    )
     probe = r["probe"]
-    print(f"probe: pipeline precision {probe['pipeline_precision']}; the cached route in fp32 alone is "
-          f"{probe['speedup_caching_alone']:.2f}x; ViT weights are {probe['weights']}")
-    print(f"probe head: plain is the training loop's old default ({head['plain']['epochs']} epochs, batch "
-          f"{head['plain']['batch_size']}), pipeline the L-BFGS sweep over {len(head['pipeline']['c_grid'])} C; "
-          f"val accuracy {head['plain']['val_accuracy']:.3f} / {head['pipeline']['val_accuracy']:.3f} on generated "
-          f"features, {head['classes']} classes")
+    print(
+        f"probe: pipeline precision {probe['pipeline_precision']}; the cached route in fp32 alone is "
+        f"{probe['speedup_caching_alone']:.2f}x; ViT weights are {probe['weights']}"
+    )
+    print(
+        f"probe head: plain is the training loop's old default ({head['plain']['epochs']} epochs, batch "
+        f"{head['plain']['batch_size']}), pipeline the L-BFGS sweep over {len(head['pipeline']['c_grid'])} C; "
+        f"val accuracy {head['plain']['val_accuracy']:.3f} / {head['pipeline']['val_accuracy']:.3f} on generated "
+        f"features, {head['classes']} classes"
+    )
     if "torch_compile" in r["cnn_step"]:
         c = r["cnn_step"]["torch_compile"]
-        payback = "never pays back" if c["break_even_steps"] is None else f"pays back after {c['break_even_steps']} steps"
-        print(f"torch.compile on the pipeline step: {c['images_per_s']:.2f} img/s "
-              f"({c['speedup_vs_eager_pipeline']:.2f}x the eager pipeline step) after {c['compile_seconds']:.1f} s "
-              f"of compiling; {payback}")
+        payback = (
+            "never pays back" if c["break_even_steps"] is None else f"pays back after {c['break_even_steps']} steps"
+        )
+        print(
+            f"torch.compile on the pipeline step: {c['images_per_s']:.2f} img/s "
+            f"({c['speedup_vs_eager_pipeline']:.2f}x the eager pipeline step) after {c['compile_seconds']:.1f} s "
+            f"of compiling; {payback}"
+        )
     if "pipeline" in r:
         print(pipeline_line(r["pipeline"]))
 
 
 def pipeline_line(pl: dict) -> str:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in pl["stage_seconds"].items())
-    return (f"dvc repro: {pl['dvc_repro_seconds']:.1f} s wall ({stages} s; outside the stages "
-            f"(dvc, Python start-up and imports) {pl['outside_stages_seconds']:.1f} s); largest process peak RSS "
-            f"{pl['peak_rss_largest_process_mb']:.0f} MB")
+    return (
+        f"dvc repro: {pl['dvc_repro_seconds']:.1f} s wall ({stages} s; outside the stages "
+        f"(dvc, Python start-up and imports) {pl['outside_stages_seconds']:.1f} s); largest process peak RSS "
+        f"{pl['peak_rss_largest_process_mb']:.0f} MB"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -754,8 +959,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     try:
-        run("quick" if args.quick else "full", args.out, pipeline=not args.no_pipeline,
-            try_compile=not (args.no_compile or args.quick))
+        run(
+            "quick" if args.quick else "full",
+            args.out,
+            pipeline=not args.no_pipeline,
+            try_compile=not (args.no_compile or args.quick),
+        )
     except PipelineError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -86,8 +86,13 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int | None = None) 
     rows = []
     for start, stop in zip(edges[:-1], edges[1:]):
         part = order[start:stop]
-        rows.append({"images": int(len(part)), "confidence": float(confidence[part].mean()),
-                     "accuracy": float(correct[part].mean())})
+        rows.append(
+            {
+                "images": int(len(part)),
+                "confidence": float(confidence[part].mean()),
+                "accuracy": float(correct[part].mean()),
+            }
+        )
     return rows
 
 
@@ -114,16 +119,24 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     low, high = (math.log(v) for v in TEMPERATURE_RANGE)
-    found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=(low, high), method="bounded",
-                            options={"xatol": 1e-4})
+    found = minimize_scalar(
+        lambda log_t: nll(logits, labels, math.exp(log_t)),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(math.exp(found.x))
 
 
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, float]:
     """NLL, Brier, ECE (and the bins it used) of logits / temperature."""
     probs = softmax(logits, temperature)
-    return {"nll": round(nll(logits, labels, temperature), 6), "brier": round(brier(probs, labels), 6),
-            "ece": round(ece(probs, labels), 6), "ece_bins": ece_bins(len(labels))}
+    return {
+        "nll": round(nll(logits, labels, temperature), 6),
+        "brier": round(brier(probs, labels), 6),
+        "ece": round(ece(probs, labels), 6),
+        "ece_bins": ece_bins(len(labels)),
+    }
 
 
 def per_image_scores(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,29 +145,39 @@ def per_image_scores(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     labels = np.asarray(labels)
     rows = np.arange(len(labels))
     probs = softmax(logits)
-    onehot_sq = (probs ** 2).sum(1) - 2 * probs[rows, labels] + 1
+    onehot_sq = (probs**2).sum(1) - 2 * probs[rows, labels] + 1
     return -log_softmax(logits)[rows, labels], onehot_sq
 
 
-def calibration_reference(confidence: np.ndarray, ece_value: float, seed: int,
-                          draws: int = REFERENCE_DRAWS) -> dict[str, float]:
+def calibration_reference(
+    confidence: np.ndarray, ece_value: float, seed: int, draws: int = REFERENCE_DRAWS
+) -> dict[str, float]:
     """What ECE a perfectly calibrated model with these confidences scores on this many images: the mean over
     `draws` label draws (each image right with probability its confidence), the debiased ECE (ece_value minus that
     mean, at least 0) and the share of draws at or above ece_value (the p-value of "calibrated", with the +1 of a
     Monte Carlo test, so that it holds its level exactly)."""
     rng = np.random.default_rng(seed)
-    drawn = np.concatenate([ece_rows(np.broadcast_to(confidence, (k, len(confidence))),
-                                     rng.random((k, len(confidence))) < confidence, ece_bins(len(confidence)))
-                            for k in np.diff(np.r_[0:draws:200, draws])])
-    return {"ece_reference": round(float(drawn.mean()), 6),
-            "ece_debiased": round(max(0.0, ece_value - float(drawn.mean())), 6),
-            "ece_p": round(float((1 + (drawn >= ece_value).sum()) / (1 + draws)), 6)}
+    drawn = np.concatenate(
+        [
+            ece_rows(
+                np.broadcast_to(confidence, (k, len(confidence))),
+                rng.random((k, len(confidence))) < confidence,
+                ece_bins(len(confidence)),
+            )
+            for k in np.diff(np.r_[0:draws:200, draws])
+        ]
+    )
+    return {
+        "ece_reference": round(float(drawn.mean()), 6),
+        "ece_debiased": round(max(0.0, ece_value - float(drawn.mean())), 6),
+        "ece_p": round(float((1 + (drawn >= ece_value).sum()) / (1 + draws)), 6),
+    }
 
 
 def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two halves of n images, drawn by a seeded permutation."""
     order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
 
 
 def cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> dict | None:
@@ -188,10 +211,19 @@ def calibration_summary(test_logits: np.ndarray, test_labels: np.ndarray, seed: 
     if fitted is None:
         return {**out, "scaling": f"too few images: under {MIN_TEMPERATURE_IMAGES} a half"}
     probs = np.exp(fitted["log_probs"])
-    scaled = {"nll": round(float(-fitted["log_probs"][np.arange(len(labels)), labels].mean()), 6),
-              "brier": round(brier(probs, labels), 6), "ece": round(ece(probs, labels), 6),
-              "ece_bins": ece_bins(len(labels))}
+    scaled = {
+        "nll": round(float(-fitted["log_probs"][np.arange(len(labels)), labels].mean()), 6),
+        "brier": round(brier(probs, labels), 6),
+        "ece": round(ece(probs, labels), 6),
+        "ece_bins": ece_bins(len(labels)),
+    }
     t = math.exp(np.mean(np.log(fitted["temperatures"])))
-    return {**out, "scaling": "cross-fitted on test halves", "temperature": round(t, 6),
-            "temperatures": [round(v, 6) for v in fitted["temperatures"]], "temperature_at_bound": fitted["at_bound"],
-            "test_scaled": scaled, "scaling_worsened_nll": scaled["nll"] > as_trained["nll"]}
+    return {
+        **out,
+        "scaling": "cross-fitted on test halves",
+        "temperature": round(t, 6),
+        "temperatures": [round(v, 6) for v in fitted["temperatures"]],
+        "temperature_at_bound": fitted["at_bound"],
+        "test_scaled": scaled,
+        "scaling_worsened_nll": scaled["nll"] > as_trained["nll"],
+    }

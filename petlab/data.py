@@ -105,13 +105,22 @@ class TransformSpec:
 
     @classmethod
     def from_timm(cls, data_config: dict) -> TransformSpec:
-        return cls(size=int(data_config["input_size"][-1]), mean=tuple(data_config["mean"]),
-                   std=tuple(data_config["std"]), interpolation=data_config.get("interpolation", "bicubic"),
-                   crop_pct=float(data_config.get("crop_pct", 0.875)))
+        return cls(
+            size=int(data_config["input_size"][-1]),
+            mean=tuple(data_config["mean"]),
+            std=tuple(data_config["std"]),
+            interpolation=data_config.get("interpolation", "bicubic"),
+            crop_pct=float(data_config.get("crop_pct", 0.875)),
+        )
 
     def as_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 3, H, W) as float32 (x / 255 - mean) / std, on their device, in their memory format."""
@@ -128,8 +137,11 @@ def _scale_and_shift(mean: tuple, std: tuple, device: torch.device) -> tuple[tor
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
-    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
+    return {
+        "bilinear": InterpolationMode.BILINEAR,
+        "bicubic": InterpolationMode.BICUBIC,
+        "nearest": InterpolationMode.NEAREST,
+    }.get(name, InterpolationMode.BILINEAR)
 
 
 def train_transform(spec: TransformSpec, augment: str = "rrc") -> Callable:
@@ -143,8 +155,11 @@ def train_transform(spec: TransformSpec, augment: str = "rrc") -> Callable:
         return eval_transform(spec)
     interpolation = interpolation_mode(spec.interpolation)
     if augment == "crop_pad":
-        crop = [v2.Resize(spec.size, interpolation=interpolation, antialias=True), v2.CenterCrop(spec.size),
-                v2.RandomCrop(spec.size, padding=max(1, spec.size // 8))]
+        crop = [
+            v2.Resize(spec.size, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(spec.size),
+            v2.RandomCrop(spec.size, padding=max(1, spec.size // 8)),
+        ]
     else:
         crop = [v2.RandomResizedCrop(spec.size, interpolation=interpolation, antialias=True)]
     return v2.Compose([v2.PILToTensor(), *crop, v2.RandomHorizontalFlip()])
@@ -153,14 +168,19 @@ def train_transform(spec: TransformSpec, augment: str = "rrc") -> Callable:
 def eval_transform(spec: TransformSpec) -> Callable:
     """uint8 image -> resized and centre-cropped uint8 (3, size, size), with PIL's resize, as timm's eval
     transform does: a pretrained backbone sees exactly the pixels its reference preprocessing gives."""
-    return v2.Compose([
-        v2.ToPILImage(),
-        # floor, as timm computes its eval resize
-        v2.Resize(math.floor(spec.size / spec.crop_pct), interpolation=interpolation_mode(spec.interpolation),
-                  antialias=True),
-        v2.CenterCrop(spec.size),
-        v2.PILToTensor(),
-    ])
+    return v2.Compose(
+        [
+            v2.ToPILImage(),
+            # floor, as timm computes its eval resize
+            v2.Resize(
+                math.floor(spec.size / spec.crop_pct),
+                interpolation=interpolation_mode(spec.interpolation),
+                antialias=True,
+            ),
+            v2.CenterCrop(spec.size),
+            v2.PILToTensor(),
+        ]
+    )
 
 
 def read_image(path: str | Path, raw: bytes | None = None) -> torch.Tensor:
@@ -218,7 +238,7 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 7919 * epoch))
         else:
             order = torch.arange(self.n)
-        order = order[:len(self) * self.num_replicas][self.rank::self.num_replicas]
+        order = order[: len(self) * self.num_replicas][self.rank :: self.num_replicas]
         offset = epoch * self.n
         return iter((order + offset).tolist())
 
@@ -250,16 +270,23 @@ def fit_shared_memory(workers: int, prefetch: int, batch_bytes: int, shm_bytes: 
     said = (workers, prefetch, fitted)
     if said not in _said_about_shared_memory and distributed.is_main():
         _said_about_shared_memory.add(said)
-        print(f"loader: /dev/shm holds {shm_bytes / 2**20:.0f} MB, too little for {workers} workers x {prefetch} "
-              f"batches of {batch_bytes / 2**20:.1f} MB in flight: "
-              + (f"{fitted[0]} workers x {fitted[1]} batch{'es' if fitted[1] > 1 else ''}" if fitted[0]
-                 else "no workers, loading in the training process")
-              + "; give it more (docker run --ipc=host or --shm-size=2g; docs/scale.md)", flush=True)
+        print(
+            f"loader: /dev/shm holds {shm_bytes / 2**20:.0f} MB, too little for {workers} workers x {prefetch} "
+            f"batches of {batch_bytes / 2**20:.1f} MB in flight: "
+            + (
+                f"{fitted[0]} workers x {fitted[1]} batch{'es' if fitted[1] > 1 else ''}"
+                if fitted[0]
+                else "no workers, loading in the training process"
+            )
+            + "; give it more (docker run --ipc=host or --shm-size=2g; docs/scale.md)",
+            flush=True,
+        )
     return fitted
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device,
-                loader: LoaderParams) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, loader: LoaderParams
+) -> DataLoader:
     """`batch_size` is the global batch: with several ranks each loads its share of every batch.
 
     Several ranks split training batches with EpochSampler and evaluation with DistributedSampler,

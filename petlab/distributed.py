@@ -51,8 +51,10 @@ def launch_or_join(stage: str, nproc_per_node: int, batch_size: int, device: tor
         return False
     check_device(device, nproc_per_node)
     if batch_size % nproc_per_node:
-        raise PipelineError(f"{stage}.batch_size = {batch_size} does not split evenly across "
-                            f"dist.nproc_per_node = {nproc_per_node} ranks; make it a multiple")
+        raise PipelineError(
+            f"{stage}.batch_size = {batch_size} does not split evenly across "
+            f"dist.nproc_per_node = {nproc_per_node} ranks; make it a multiple"
+        )
     args = ["--standalone", f"--nproc-per-node={nproc_per_node}", "-m", f"stages.{stage}"]
     print(f"{stage}: {nproc_per_node} ranks on this machine, as `torchrun {' '.join(args)}`", flush=True)
     # Threads per rank from the cores this job may use; torchrun would otherwise set 1 (and warn).
@@ -79,8 +81,10 @@ def check_device(device: torch.device, ranks: int) -> None:
     if device.type == "mps":
         raise PipelineError("dist.nproc_per_node > 1 needs device cpu or cuda (MPS has no distributed backend)")
     if device.type == "cuda" and ranks > torch.cuda.device_count():
-        raise PipelineError(f"dist.nproc_per_node = {ranks} but this machine has {torch.cuda.device_count()} "
-                            "CUDA GPU(s): one rank per GPU")
+        raise PipelineError(
+            f"dist.nproc_per_node = {ranks} but this machine has {torch.cuda.device_count()} "
+            "CUDA GPU(s): one rank per GPU"
+        )
 
 
 def join(device: torch.device) -> None:
@@ -112,15 +116,19 @@ def check_batch_per_rank(batch_size: int, minimum: int, key: str, why: str) -> N
     """Refuse a global batch that leaves a rank fewer than `minimum` samples. Params can only check
     dist.nproc_per_node; ranks started by hand with torchrun (several nodes) are known only here."""
     if batch_size // world_size() < minimum:
-        raise PipelineError(f"{key} = {batch_size} gives each of the {world_size()} ranks {batch_size // world_size()} "
-                            f"sample(s); {why} needs at least {minimum} per rank")
+        raise PipelineError(
+            f"{key} = {batch_size} gives each of the {world_size()} ranks {batch_size // world_size()} "
+            f"sample(s); {why} needs at least {minimum} per rank"
+        )
 
 
 def rank_batch_size(batch_size: int) -> int:
     """Each rank's share of the global batch size."""
     if batch_size % world_size():
-        raise PipelineError(f"batch size {batch_size} does not split evenly across {world_size()} ranks; "
-                            "make the batch_size a multiple of the number of ranks")
+        raise PipelineError(
+            f"batch size {batch_size} does not split evenly across {world_size()} ranks; "
+            "make the batch_size a multiple of the number of ranks"
+        )
     return batch_size // world_size()
 
 

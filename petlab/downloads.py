@@ -33,8 +33,10 @@ def verify_checksum(path: str | Path, expected: str, what: str, algorithm: str =
     """Raise PipelineError naming `what` (e.g. the param) if the file's digest is not `expected`."""
     actual = file_digest(path, algorithm)
     if actual != expected.lower():
-        raise PipelineError(f"{what}: {path} has {algorithm} {actual}, expected {expected.lower()}; the file is "
-                            f"corrupt, incomplete or not the one intended (re-download it, or fix the checksum)")
+        raise PipelineError(
+            f"{what}: {path} has {algorithm} {actual}, expected {expected.lower()}; the file is "
+            f"corrupt, incomplete or not the one intended (re-download it, or fix the checksum)"
+        )
 
 
 def download_verified(url: str, folder: str | Path, md5: str) -> Path:
@@ -74,8 +76,9 @@ def extract_tar(archive: str | Path, into: str | Path) -> list[Path]:
             os.replace(entry, target)
         return [into / entry.name for entry in entries]
     except tarfile.FilterError as err:
-        raise PipelineError(f"{archive}: refused to extract, a member would be written outside {into} "
-                            f"({type(err).__name__}: {err})") from None
+        raise PipelineError(
+            f"{archive}: refused to extract, a member would be written outside {into} ({type(err).__name__}: {err})"
+        ) from None
     except tarfile.TarError as err:
         raise PipelineError(f"{archive}: not a readable tar archive ({err})") from None
     finally:

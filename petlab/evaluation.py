@@ -23,25 +23,36 @@ def confusion_labels(class_names: list[str]) -> list[str]:
     return [f"{i:0{width}d} {name}" for i, name in enumerate(class_names)]
 
 
-def write_reports(name: str, logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
-                  title: str) -> None:
+def write_reports(
+    name: str, logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path, title: str
+) -> None:
     """Per-class CSV, the confusion rows for `dvc plots`, and confusion PNGs (counts, and normalised per actual class)."""
     preds, y = logits.argmax(1).numpy(), labels.numpy()
-    write_csv(out_dir / f"per_class_{name}.csv", per_class_rows(y, preds, class_names),
-              ["class", "precision", "recall", "f1", "support"])
+    write_csv(
+        out_dir / f"per_class_{name}.csv",
+        per_class_rows(y, preds, class_names),
+        ["class", "precision", "recall", "f1", "support"],
+    )
     labels = confusion_labels(class_names)
-    write_csv(out_dir / f"confusion_{name}.csv",
-              ({"actual": labels[a], "predicted": labels[p]} for a, p in zip(y, preds)), ["actual", "predicted"])
+    write_csv(
+        out_dir / f"confusion_{name}.csv",
+        ({"actual": labels[a], "predicted": labels[p]} for a, p in zip(y, preds)),
+        ["actual", "predicted"],
+    )
     matrix = confusion(y, preds, len(class_names))
-    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
-                out_dir / f"confusion_{name}.png")
-    save_figure(plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class",
-                                       normalized=True),
-                out_dir / f"confusion_{name}_normalized.png")
+    save_figure(
+        plots.confusion_figure(matrix, class_names, f"{title}: counts", normalized=False),
+        out_dir / f"confusion_{name}.png",
+    )
+    save_figure(
+        plots.confusion_figure(matrix, class_names, f"{title}: normalised per actual class", normalized=True),
+        out_dir / f"confusion_{name}_normalized.png",
+    )
 
 
-def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor],
-                      class_names: list[str]) -> None:
+def write_predictions(
+    path: Path, images: list[str], labels: torch.Tensor, logits: dict[str, torch.Tensor], class_names: list[str]
+) -> None:
     """One row per image: its label, each model's prediction, confidence (its top-class probability), NLL and Brier
     score and (with more than 5 classes) whether its top 5 held the label.
 
@@ -58,6 +69,8 @@ def write_predictions(path: Path, images: list[str], labels: torch.Tensor, logit
         columns[f"{name}_brier"] = [float(f"{v:.6g}") for v in brier]
         if reports_top_k(len(class_names)):
             columns[f"{name}_top5"] = in_top_k(model_logits, labels).int().tolist()
-    rows = ({"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}
-            for i, (image, label) in enumerate(zip(images, labels.tolist())))
+    rows = (
+        {"image": image, "actual": class_names[label], **{c: v[i] for c, v in columns.items()}}
+        for i, (image, label) in enumerate(zip(images, labels.tolist()))
+    )
     write_csv(path, rows, ["image", "actual", *columns])

@@ -62,8 +62,12 @@ class TrainedModel:
 
 def fit_selection(result: FitResult) -> dict:
     """What the training loop kept: best and last epoch, so an early pick shows, and the steps an epoch took."""
-    return {"selection": SELECTION_RULE, "best_epoch": result.best_epoch, "last_epoch": len(result.history),
-            "steps_per_epoch": result.steps_per_epoch}
+    return {
+        "selection": SELECTION_RULE,
+        "best_epoch": result.best_epoch,
+        "last_epoch": len(result.history),
+        "steps_per_epoch": result.steps_per_epoch,
+    }
 
 
 def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
@@ -76,7 +80,9 @@ def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     return params, PreparedData.open(data_dir)
 
 
-def make_context(params: Params, amp: bool, channels_last: bool, input_spec: TransformSpec | None = None) -> StepContext:
+def make_context(
+    params: Params, amp: bool, channels_last: bool, input_spec: TransformSpec | None = None
+) -> StepContext:
     """`input_spec`: how the model's image batches are normalised (None where it is fed features)."""
     device = select_device(params.device)
     return StepContext(device, select_precision(device, amp), channels_last and device.type != "mps", input_spec)
@@ -86,15 +92,29 @@ def cnn_config(params: Params, num_classes: int) -> dict:
     p = params.train_cnn
     # crop_pad trains on the whole image, so evaluation must not crop into it (crop_pct 1).
     spec = TransformSpec(size=p.image_size, crop_pct=1.0 if p.augment == "crop_pad" else 0.875)
-    config = {"kind": p.arch, "num_classes": num_classes, "widths": list(p.widths), "dropout": p.dropout,
-              "batch_norm": p.batch_norm, "transform": spec.as_dict()}
+    config = {
+        "kind": p.arch,
+        "num_classes": num_classes,
+        "widths": list(p.widths),
+        "dropout": p.dropout,
+        "batch_norm": p.batch_norm,
+        "transform": spec.as_dict(),
+    }
     if p.arch == "mlp":
         config["input_size"] = p.image_size
     return config
 
 
-def image_loader(data: PreparedData, split: str, spec: TransformSpec, batch_size: int, train: bool,
-                 params: Params, device: torch.device, augment: str = "rrc") -> DataLoader:
+def image_loader(
+    data: PreparedData,
+    split: str,
+    spec: TransformSpec,
+    batch_size: int,
+    train: bool,
+    params: Params,
+    device: torch.device,
+    augment: str = "rrc",
+) -> DataLoader:
     transform = train_transform(spec, augment) if train else eval_transform(spec)
     dataset = ImageDataset(data.items(split), transform, seed=params.seed)
     return make_loader(dataset, batch_size, train, params.seed, device, params.loader)
@@ -104,8 +124,14 @@ def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: 
     return make_loader(dataset, batch_size, train, params.seed, torch.device("cpu"), params.loader)
 
 
-def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume | None = None,
-              name: str = "train_cnn", on_epoch: EpochCallback | None = None) -> TrainedModel:
+def train_cnn(
+    params: Params,
+    data: PreparedData,
+    log_dir: Path,
+    resume: Resume | None = None,
+    name: str = "train_cnn",
+    on_epoch: EpochCallback | None = None,
+) -> TrainedModel:
     """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/resume.py); `name` leads its
     progress lines; `on_epoch` is called after every epoch (petlab.train.fit, progress_writer)."""
     p = params.train_cnn
@@ -118,18 +144,42 @@ def train_cnn(params: Params, data: PreparedData, log_dir: Path, resume: Resume 
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
     with tensorboard(log_dir) as writer:
-        result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                     name=name, resume=resume, on_epoch=on_epoch)
+        result = fit(
+            model,
+            train_loader,
+            val_loader,
+            p,
+            ctx,
+            data.num_classes,
+            writer,
+            params.log.hist_every,
+            name=name,
+            resume=resume,
+            on_epoch=on_epoch,
+        )
         log_hparams(writer, to_dict(p), result.best_val, fit_selection(result))
     model.load_state_dict(result.best_state)
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
-    return TrainedModel(model, config, result.best_val, fit_selection(result),
-                        {"history.csv": (result.history, HISTORY_COLUMNS)}, summary, result.epoch_seconds)
+    summary = {
+        "device": ctx.device.type,
+        "precision": ctx.precision.name,
+        "channels_last": ctx.channels_last,
+        "ranks": distributed.world_size(),
+        "parameters": count_parameters(model),
+    }
+    return TrainedModel(
+        model,
+        config,
+        result.best_val,
+        fit_selection(result),
+        {"history.csv": (result.history, HISTORY_COLUMNS)},
+        summary,
+        result.epoch_seconds,
+    )
 
 
-def build_probe(params: Params, num_classes: int,
-                backbone_file: Path | None = None) -> tuple[FrozenBackboneClassifier, dict]:
+def build_probe(
+    params: Params, num_classes: int, backbone_file: Path | None = None
+) -> tuple[FrozenBackboneClassifier, dict]:
     """The backbone (frozen but for train_vit.unfreeze) with a fresh head, and the config that rebuilds it.
 
     The stages load the backbone from `backbone_file`, the weights the backbone_weights stage resolved and DVC
@@ -143,13 +193,24 @@ def build_probe(params: Params, num_classes: int,
         weights = {"pretrained": p.pretrained, "weights_source": source}
     else:
         backbone, recorded = load_backbone(backbone_file, p.model)
-        weights = {"pretrained": recorded["pretrained"], "weights_source": recorded["source"],
-                   "backbone_sha256": file_digest(backbone_file)}
+        weights = {
+            "pretrained": recorded["pretrained"],
+            "weights_source": recorded["source"],
+            "backbone_sha256": file_digest(backbone_file),
+        }
     spec = TransformSpec.from_timm(timm_data_config(backbone))
     model = FrozenBackboneClassifier(backbone, num_classes, p.unfreeze, p.head, p.head_hidden, p.head_dropout)
-    config = {"kind": "timm_probe", "num_classes": num_classes, "timm_model": p.model, "unfreeze": list(p.unfreeze),
-              "head": p.head, "head_hidden": p.head_hidden, "head_dropout": p.head_dropout,
-              "transform": spec.as_dict(), "info": {**weights, "feature_cache": not p.unfreeze}}
+    config = {
+        "kind": "timm_probe",
+        "num_classes": num_classes,
+        "timm_model": p.model,
+        "unfreeze": list(p.unfreeze),
+        "head": p.head,
+        "head_hidden": p.head_hidden,
+        "head_dropout": p.head_dropout,
+        "transform": spec.as_dict(),
+        "info": {**weights, "feature_cache": not p.unfreeze},
+    }
     return model, config
 
 
@@ -171,13 +232,18 @@ class ProbeFit:
 
 
 def loop_fit(result: FitResult) -> ProbeFit:
-    return ProbeFit(result.best_val, fit_selection(result), history=result.history,
-                    epoch_seconds=result.epoch_seconds)
+    return ProbeFit(result.best_val, fit_selection(result), history=result.history, epoch_seconds=result.epoch_seconds)
 
 
-def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: Path,
-              backbone_file: Path | None = None, resume: Resume | None = None,
-              on_epoch: EpochCallback | None = None) -> TrainedModel:
+def train_vit(
+    params: Params,
+    data: PreparedData,
+    log_dir: Path,
+    features_path: Path,
+    backbone_file: Path | None = None,
+    resume: Resume | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainedModel:
     """The probe: features of the splits its route reads from the cache extracted and saved, then the one route
     its params choose (TrainViTParams.route and fits_lbfgs) trains it.
 
@@ -193,12 +259,21 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
     # the head on augmented images sees new train images at every step, so only val and test (never augmented).
     splits = {"fine_tuned": (), "augmented_images": ("val", "test"), "cached_features": ("train", "val", "test")}
     extraction = Stopwatch()
-    cached = {s: extract_features(model.backbone, image_loader(data, s, spec, p.feature_batch_size, False, params,
-                                                                ctx.device), ctx, desc=f"train_vit: {s} features")
-              for s in splits[p.route]}
+    cached = {
+        s: extract_features(
+            model.backbone,
+            image_loader(data, s, spec, p.feature_batch_size, False, params, ctx.device),
+            ctx,
+            desc=f"train_vit: {s} features",
+        )
+        for s in splits[p.route]
+    }
     if distributed.is_main():
-        save_feature_cache(features_path, cached, {"timm_model": p.model, **config["info"],
-                                                    "transform": spec.as_dict(), "class_names": data.class_names})
+        save_feature_cache(
+            features_path,
+            cached,
+            {"timm_model": p.model, **config["info"], "transform": spec.as_dict(), "class_names": data.class_names},
+        )
     setup_seconds = extraction.seconds()
 
     head_fit = Stopwatch()
@@ -213,13 +288,28 @@ def train_vit(params: Params, data: PreparedData, log_dir: Path, features_path: 
             fitted = fine_tune_backbone(model, params, data, spec, ctx, writer, resume, on_epoch)
         head_seconds = head_fit.seconds()
         log_hparams(writer, to_dict(p), fitted.best_val, fitted.selection)
-    summary = {"device": ctx.device.type, "precision": ctx.precision.name, "route": p.route,
-               "solver": "lbfgs" if p.fits_lbfgs else "sgd", **config["info"],
-               "ranks": distributed.world_size(), "parameters": count_parameters(model)}
+    summary = {
+        "device": ctx.device.type,
+        "precision": ctx.precision.name,
+        "route": p.route,
+        "solver": "lbfgs" if p.fits_lbfgs else "sgd",
+        **config["info"],
+        "ranks": distributed.world_size(),
+        "parameters": count_parameters(model),
+    }
     # Both files always exist (DVC outputs); the one the route does not make holds its header only.
     curves = {"history.csv": (fitted.history, HISTORY_COLUMNS), "c_sweep.csv": (fitted.sweep, SWEEP_COLUMNS)}
-    return TrainedModel(model, config, fitted.best_val, fitted.selection, curves, summary, fitted.epoch_seconds,
-                        setup_seconds, head_seconds)
+    return TrainedModel(
+        model,
+        config,
+        fitted.best_val,
+        fitted.selection,
+        curves,
+        summary,
+        fitted.epoch_seconds,
+        setup_seconds,
+        head_seconds,
+    )
 
 
 def fit_lbfgs_probe(model: FrozenBackboneClassifier, cached: dict, p: TrainViTParams, num_classes: int) -> ProbeFit:
@@ -230,47 +320,105 @@ def fit_lbfgs_probe(model: FrozenBackboneClassifier, cached: dict, p: TrainViTPa
     return ProbeFit(probe.best_val, probe.selection, sweep=probe.sweep)
 
 
-def fit_head_on_cached_features(model: FrozenBackboneClassifier, cached: dict, params: Params, num_classes: int,
-                                device: torch.device, writer: SummaryWriter | None,
-                                on_epoch: EpochCallback | None = None) -> ProbeFit:
+def fit_head_on_cached_features(
+    model: FrozenBackboneClassifier,
+    cached: dict,
+    params: Params,
+    num_classes: int,
+    device: torch.device,
+    writer: SummaryWriter | None,
+    on_epoch: EpochCallback | None = None,
+) -> ProbeFit:
     """The head alone (linear or mlp) by the training loop on the cached train features, kept on the cached val."""
     p = params.train_vit
     head_ctx = StepContext(device, Precision(None, False))  # a linear layer gains nothing from autocast
     val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
-    result = fit(model.head, train_loader, val_loader, p, head_ctx, num_classes, writer, params.log.hist_every,
-                 name="train_vit", on_epoch=on_epoch)
+    result = fit(
+        model.head,
+        train_loader,
+        val_loader,
+        p,
+        head_ctx,
+        num_classes,
+        writer,
+        params.log.hist_every,
+        name="train_vit",
+        on_epoch=on_epoch,
+    )
     model.head.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
-def fit_head_on_augmented_images(model: FrozenBackboneClassifier, cached: dict, params: Params, data: PreparedData,
-                                 spec: TransformSpec, ctx: StepContext, writer: SummaryWriter | None,
-                                 resume: Resume | None = None, on_epoch: EpochCallback | None = None) -> ProbeFit:
+def fit_head_on_augmented_images(
+    model: FrozenBackboneClassifier,
+    cached: dict,
+    params: Params,
+    data: PreparedData,
+    spec: TransformSpec,
+    ctx: StepContext,
+    writer: SummaryWriter | None,
+    resume: Resume | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> ProbeFit:
     """The head by the training loop on augmented train images through the frozen backbone at every step, kept on
     the cached val features (val images are not augmented, so their features are fixed)."""
     p = params.train_vit
     val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
     train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
-    result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 eval_model=model.head, name="train_vit", resume=resume, on_epoch=on_epoch)
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        p,
+        ctx,
+        data.num_classes,
+        writer,
+        params.log.hist_every,
+        eval_model=model.head,
+        name="train_vit",
+        resume=resume,
+        on_epoch=on_epoch,
+    )
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
-def fine_tune_backbone(model: FrozenBackboneClassifier, params: Params, data: PreparedData, spec: TransformSpec,
-                       ctx: StepContext, writer: SummaryWriter | None, resume: Resume | None = None,
-                       on_epoch: EpochCallback | None = None) -> ProbeFit:
+def fine_tune_backbone(
+    model: FrozenBackboneClassifier,
+    params: Params,
+    data: PreparedData,
+    spec: TransformSpec,
+    ctx: StepContext,
+    writer: SummaryWriter | None,
+    resume: Resume | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> ProbeFit:
     """The head and the unfrozen backbone parts (train_vit.unfreeze, at backbone_lr) by the training loop on train
     images (augmented where train_vit.augment), kept on val images."""
     p = params.train_vit
     val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
-    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device,
-                                "rrc" if p.augment else "none")
-    groups = [{"params": list(model.head.parameters())},
-              {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr}]
-    result = fit(model, train_loader, val_loader, p, ctx, data.num_classes, writer, params.log.hist_every,
-                 name="train_vit", param_groups=groups, resume=resume, on_epoch=on_epoch)
+    train_loader = image_loader(
+        data, "train", spec, p.batch_size, True, params, ctx.device, "rrc" if p.augment else "none"
+    )
+    groups = [
+        {"params": list(model.head.parameters())},
+        {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr},
+    ]
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        p,
+        ctx,
+        data.num_classes,
+        writer,
+        params.log.hist_every,
+        name="train_vit",
+        param_groups=groups,
+        resume=resume,
+        on_epoch=on_epoch,
+    )
     model.load_state_dict(result.best_state)
     return loop_fit(result)
 
@@ -304,8 +452,11 @@ def log_hparams(writer: SummaryWriter | None, hparams: dict, best_val: dict, sel
         return
     flat = {k: (str(v) if isinstance(v, (list, tuple)) or v is None else v) for k, v in hparams.items()}
     kept = {f"best/{k}": selection[k] for k in ("best_epoch", "selected_c") if k in selection}
-    writer.add_hparams(flat, {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"],
-                              **kept}, run_name="hparams")
+    writer.add_hparams(
+        flat,
+        {"best/val_macro_f1": best_val["macro_f1"], "best/val_accuracy": best_val["accuracy"], **kept},
+        run_name="hparams",
+    )
 
 
 def progress_writer(metrics: Path, history_file: Path) -> EpochCallback:
@@ -313,18 +464,34 @@ def progress_writer(metrics: Path, history_file: Path) -> EpochCallback:
     best so far (the kept epoch, the last one, the kept val scores), so `dvc exp show`, `dvc plots show` and an
     editor's DVC view move while a model trains, not only TensorBoard. save_trained writes the final files over them,
     the same bytes as a run without them."""
+
     def write(history: list[dict], best: FitResult) -> None:
         write_csv(history_file, history, HISTORY_COLUMNS)
-        write_json(metrics, {"best_epoch": best.best_epoch, "last_epoch": history[-1]["epoch"], "in_progress": True,
-                             **{f"val_{k}": v for k, v in best.best_val.items()}})
+        write_json(
+            metrics,
+            {
+                "best_epoch": best.best_epoch,
+                "last_epoch": history[-1]["epoch"],
+                "in_progress": True,
+                **{f"val_{k}": v for k, v in best.best_val.items()},
+            },
+        )
+
     return write
 
 
 RUN_RECORD = "run.json"  # in a training stage's plots folder: how the run went, in words (save_trained)
 
 
-def save_trained(stage: str, trained: TrainedModel, class_names: list[str], checkpoint: Path, metrics: Path,
-                 plots_dir: Path, epoch_times: Path) -> None:
+def save_trained(
+    stage: str,
+    trained: TrainedModel,
+    class_names: list[str],
+    checkpoint: Path,
+    metrics: Path,
+    plots_dir: Path,
+    epoch_times: Path,
+) -> None:
     """The kept checkpoint (loadable with weights_only=True), the metrics file and the run's record (RUN_RECORD),
     the curves (per epoch, per C) and the epochs' wall times.
 
@@ -334,9 +501,17 @@ def save_trained(stage: str, trained: TrainedModel, class_names: list[str], chec
     """
     state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
     selection = trained.selection
-    save_torch(checkpoint, {"model_state": state, "model_config": trained.config, "class_names": class_names,
-                            "epoch": selection.get("best_epoch"), "selection": selection,
-                            "val_metrics": trained.best_val})
+    save_torch(
+        checkpoint,
+        {
+            "model_state": state,
+            "model_config": trained.config,
+            "class_names": class_names,
+            "epoch": selection.get("best_epoch"),
+            "selection": selection,
+            "val_metrics": trained.best_val,
+        },
+    )
     for name, (rows, columns) in trained.curves.items():
         write_csv(plots_dir / name, rows, columns)
     elapsed, times = trained.setup_seconds, []
@@ -352,11 +527,16 @@ def save_trained(stage: str, trained: TrainedModel, class_names: list[str], chec
     # `dvc metrics show` and `dvc metrics diff` stay about the models.
     write_json(metrics, {k: v for k, v in recorded.items() if not isinstance(v, str)})
     write_json(plots_dir / RUN_RECORD, {k: v for k, v in recorded.items() if isinstance(v, str)})
-    kept = (f"C {selection['selected_c']:g}" if "selected_c" in selection
-            else f"epoch {selection['best_epoch']} of {selection['last_epoch']}")
+    kept = (
+        f"C {selection['selected_c']:g}"
+        if "selected_c" in selection
+        else f"epoch {selection['best_epoch']} of {selection['last_epoch']}"
+    )
     best = trained.best_val
-    print(f"{stage}: kept {kept} ({selection['selection']}), val accuracy {best['accuracy']:.4f}, "
-          f"val macro-F1 {best['macro_f1']:.4f} -> {checkpoint}")
+    print(
+        f"{stage}: kept {kept} ({selection['selection']}), val accuracy {best['accuracy']:.4f}, "
+        f"val macro-F1 {best['macro_f1']:.4f} -> {checkpoint}"
+    )
 
 
 def load_trained(checkpoint: dict) -> nn.Module:

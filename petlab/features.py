@@ -13,7 +13,9 @@ from petlab.runtime import PipelineError
 from petlab.train import StepContext, predict
 
 
-def extract_features(backbone: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features fp32 on the CPU, labels) for every image of the loader, backbone in eval mode."""
     return predict(backbone, loader, ctx, desc=desc)
 

@@ -64,8 +64,16 @@ def per_class_rows(labels: np.ndarray, preds: np.ndarray, class_names: list[str]
     matrix = confusion(labels, preds, len(class_names))
     hits, support, predicted = np.diag(matrix), matrix.sum(1), matrix.sum(0)
     p, r, f = ratio(1.0 * hits, predicted), ratio(1.0 * hits, support), ratio(2.0 * hits, support + predicted)
-    return [{"class": name, "precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
-             "f1": round(float(f[i]), 6), "support": int(support[i])} for i, name in enumerate(class_names)]
+    return [
+        {
+            "class": name,
+            "precision": round(float(p[i]), 6),
+            "recall": round(float(r[i]), 6),
+            "f1": round(float(f[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -73,7 +81,7 @@ def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.nda
     largest = max(labels.max(initial=0), preds.max(initial=0))
     if largest >= num_classes:  # it would be counted in another cell
         raise ValueError(f"class index {largest} with {num_classes} classes")
-    return np.bincount(num_classes * labels + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(num_classes * labels + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def rounded(metrics: dict[str, float], digits: int = 6) -> dict[str, float]:

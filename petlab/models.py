@@ -35,8 +35,10 @@ def create_model(config: dict) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 # ---------------------------------------------------------------- the CNN trained from scratch
@@ -55,12 +57,21 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.in_channels >= 8 and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and self.padding_mode == "zeros" and x.dim() == 4 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return ConvWeightGradInNCHW.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                              self.groups)
+        if (
+            self.in_channels >= 8
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.requires_grad
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and self.padding_mode == "zeros"
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return ConvWeightGradInNCHW.apply(
+                x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+            )
         return super().forward(x)
 
 
@@ -79,16 +90,28 @@ class ConvWeightGradInNCHW(torch.autograd.Function):
         stride, padding, dilation, groups, has_bias = ctx.conv
 
         def backward(grad, x, weight, mask):
-            return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]] if has_bias else None,
-                                                       stride, padding, dilation, False, [0, 0], groups, mask)
+            return torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                [weight.shape[0]] if has_bias else None,
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                mask,
+            )
 
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = backward(grad, x, weight, [True, False, False])[0]
         want_weight, want_bias = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
         if want_weight or want_bias:
-            _, grad_weight, grad_bias = backward(grad.contiguous(), x.contiguous(), weight.contiguous(),
-                                                 [False, want_weight, want_bias])
+            _, grad_weight, grad_bias = backward(
+                grad.contiguous(), x.contiguous(), weight.contiguous(), [False, want_weight, want_bias]
+            )
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
@@ -150,8 +173,12 @@ class MLP(nn.Module):
         layers, in_features = [nn.Flatten()], 3 * input_size * input_size
         for width in widths:
             norm = [nn.BatchNorm1d(width)] if batch_norm else []
-            layers += [nn.Linear(in_features, width, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
-                       nn.Dropout(dropout)]
+            layers += [
+                nn.Linear(in_features, width, bias=not batch_norm),
+                *norm,
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+            ]
             in_features = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(in_features, num_classes)
@@ -184,7 +211,10 @@ class SmallResNet(SimpleCNN):
     def make_features(widths: list[int], batch_norm: bool) -> nn.Sequential:
         layers, in_ch = conv_bn_relu(3, widths[0], batch_norm), widths[0]
         for i, width in enumerate(widths):
-            layers += [BasicBlock(in_ch, width, 1 if i == 0 else 2, batch_norm), BasicBlock(width, width, 1, batch_norm)]
+            layers += [
+                BasicBlock(in_ch, width, 1 if i == 0 else 2, batch_norm),
+                BasicBlock(width, width, 1, batch_norm),
+            ]
             in_ch = width
         return nn.Sequential(*layers)
 
@@ -200,8 +230,9 @@ class SmallVGG(nn.Module):
             in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Linear(in_ch, in_ch), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                  nn.Linear(in_ch, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(in_ch, in_ch), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(in_ch, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
@@ -222,13 +253,24 @@ class FrozenBackboneClassifier(nn.Module):
     The head is linear, or "mlp": Linear-GELU-Dropout-Linear with `head_hidden` units.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, unfreeze: Sequence[str] = (), head: str = "linear",
-                 head_hidden: int = 512, head_dropout: float = 0.0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        unfreeze: Sequence[str] = (),
+        head: str = "linear",
+        head_hidden: int = 512,
+        head_dropout: float = 0.0,
+    ):
         super().__init__()
         self.backbone = backbone
         if head == "mlp":
-            self.head = nn.Sequential(nn.Linear(backbone.num_features, head_hidden), nn.GELU(),
-                                      nn.Dropout(head_dropout), nn.Linear(head_hidden, num_classes))
+            self.head = nn.Sequential(
+                nn.Linear(backbone.num_features, head_hidden),
+                nn.GELU(),
+                nn.Dropout(head_dropout),
+                nn.Linear(head_hidden, num_classes),
+            )
         else:
             self.head = nn.Linear(backbone.num_features, num_classes)
         self.backbone.requires_grad_(False)
@@ -256,12 +298,24 @@ class FrozenBackboneClassifier(nn.Module):
 
 
 @register("timm_probe")
-def build_timm_probe(num_classes: int, timm_model: str, unfreeze: Sequence[str] = (), head: str = "linear",
-                     head_hidden: int = 512, head_dropout: float = 0.0) -> nn.Module:
+def build_timm_probe(
+    num_classes: int,
+    timm_model: str,
+    unfreeze: Sequence[str] = (),
+    head: str = "linear",
+    head_hidden: int = 512,
+    head_dropout: float = 0.0,
+) -> nn.Module:
     import timm
 
-    return FrozenBackboneClassifier(timm.create_model(timm_model, pretrained=False, num_classes=0), num_classes,
-                                    unfreeze, head, head_hidden, head_dropout)
+    return FrozenBackboneClassifier(
+        timm.create_model(timm_model, pretrained=False, num_classes=0),
+        num_classes,
+        unfreeze,
+        head,
+        head_hidden,
+        head_dropout,
+    )
 
 
 def unfreeze_backbone(backbone: nn.Module, prefixes: list[str]) -> None:
@@ -271,15 +325,18 @@ def unfreeze_backbone(backbone: nn.Module, prefixes: list[str]) -> None:
         matched = [n for n in names if n == prefix or n.startswith(prefix + ".")]
         if not matched:
             parts = sorted({n.split(".")[0] for n in names})
-            raise PipelineError(f"train_vit.unfreeze: {prefix!r} names no parameter of the backbone "
-                                f"(its parts: {', '.join(parts)}; deeper names like blocks.11 or layer4.1 work too)")
+            raise PipelineError(
+                f"train_vit.unfreeze: {prefix!r} names no parameter of the backbone "
+                f"(its parts: {', '.join(parts)}; deeper names like blocks.11 or layer4.1 work too)"
+            )
         for name, p in backbone.named_parameters():
             if name in matched:
                 p.requires_grad_(True)
 
 
-def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | None,
-                             weights_sha256: str | None = None) -> tuple[nn.Module, str]:
+def load_pretrained_backbone(
+    model_name: str, pretrained: bool, weights: str | None, weights_sha256: str | None = None
+) -> tuple[nn.Module, str]:
     """A timm backbone without classifier, and a description of where its weights came from.
 
     pretrained and no weights file: timm's own hub loading (HF hub, or its cache with HF_HUB_OFFLINE=1).
@@ -303,8 +360,10 @@ def load_pretrained_backbone(model_name: str, pretrained: bool, weights: str | N
         try:
             model = timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
         except Exception as err:
-            raise PipelineError(f"train_vit.weights = {weights!r}: cannot load into {model_name} "
-                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+            raise PipelineError(
+                f"train_vit.weights = {weights!r}: cannot load into {model_name} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         return model, source
     from huggingface_hub import constants as hub
 
@@ -409,8 +468,9 @@ def load_backbone(path: str | Path, model_name: str) -> tuple[nn.Module, dict]:
     if info is None:
         raise PipelineError(f"{path}: missing or not written by the backbone_weights stage; run `dvc repro`")
     if info["model"] != model_name:
-        raise PipelineError(f"{path} holds weights of {info['model']}, not of train_vit.model = {model_name!r}; "
-                            f"run `dvc repro`")
+        raise PipelineError(
+            f"{path} holds weights of {info['model']}, not of train_vit.model = {model_name!r}; run `dvc repro`"
+        )
     model = timm.create_model(model_name, pretrained=False, num_classes=0)
     model.load_state_dict(load_file(str(path)))
     return model, info

@@ -118,7 +118,9 @@ def load_torch(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or contains non-tensor objects
-        raise PipelineError(f"{path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise PipelineError(
+            f"{path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -168,8 +170,11 @@ def stage_names(dvc_file: str | Path = "dvc.yaml") -> list[str]:
     import yaml
 
     stages = yaml.safe_load(Path(dvc_file).read_text())["stages"]
-    return [f"{name}@{key}" if "foreach" in spec else name
-            for name, spec in stages.items() for key in (spec.get("foreach") or [None])]
+    return [
+        f"{name}@{key}" if "foreach" in spec else name
+        for name, spec in stages.items()
+        for key in (spec.get("foreach") or [None])
+    ]
 
 
 def timing_file(stage: str) -> Path:

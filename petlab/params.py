@@ -24,8 +24,14 @@ from petlab.runtime import PipelineError, read_text
 DEFAULT_PARAMS_FILE = "params.yaml"
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn refuse larger seeds
 # Names people often write for a parameter, so an unknown key can suggest the real one.
-ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "bs": "batch_size",
-           "wd": "weight_decay", "workers": "num_workers"}
+ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "bs": "batch_size",
+    "wd": "weight_decay",
+    "workers": "num_workers",
+}
 
 
 class ParamsError(PipelineError):
@@ -52,19 +58,29 @@ class DataParams:
         _require(0.0 < self.val_fraction < 1.0, f"{key}.val_fraction", self.val_fraction, "a number in (0, 1)")
         _require(0.0 < self.test_fraction < 1.0, f"{key}.test_fraction", self.test_fraction, "a number in (0, 1)")
         if self.classes is not None:
-            _require(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes), f"{key}.classes",
-                     self.classes, "null or a list of at least 2 distinct class names")
+            _require(
+                len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
+                f"{key}.classes",
+                self.classes,
+                "null or a list of at least 2 distinct class names",
+            )
         if self.per_class is not None:
             _require(self.per_class >= 2, f"{key}.per_class", self.per_class, "null or an integer >= 2")
         if self.test_per_class is not None:
             _require(self.test_per_class >= 1, f"{key}.test_per_class", self.test_per_class, "null or an integer >= 1")
         if self.dataset == "imagefolder":
-            _require(self.root is not None, f"{key}.root", self.root,
-                     "a folder of class subfolders when data.dataset is imagefolder")
+            _require(
+                self.root is not None,
+                f"{key}.root",
+                self.root,
+                "a folder of class subfolders when data.dataset is imagefolder",
+            )
         if self.max_side is not None:
             _require(self.max_side >= 16, f"{key}.max_side", self.max_side, "null or an integer >= 16")
         _require(1 <= self.jpeg_quality <= 100, f"{key}.jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
-        _require(0.0 <= self.max_bad_fraction < 1.0, f"{key}.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1)")
+        _require(
+            0.0 <= self.max_bad_fraction < 1.0, f"{key}.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1)"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +150,12 @@ class OptimParams:
         _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
         _require(self.lr > 0, f"{key}.lr", self.lr, "a number > 0")
         _require(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
-        _require(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs", self.warmup_epochs,
-                 f"a number in [0, epochs={self.epochs}]")
+        _require(
+            0 <= self.warmup_epochs <= self.epochs,
+            f"{key}.warmup_epochs",
+            self.warmup_epochs,
+            f"a number in [0, epochs={self.epochs}]",
+        )
         _require(0 <= self.label_smoothing < 1, f"{key}.label_smoothing", self.label_smoothing, "a number in [0, 1)")
 
 
@@ -154,20 +174,41 @@ class TrainCNNParams(OptimParams):
     def check(self, key: str) -> None:
         super().check(key)
         if self.batch_norm:  # BatchNorm cannot normalise a batch of one in training (the loader drops a last one)
-            _require(self.batch_size >= 2, f"{key}.batch_size", self.batch_size,
-                     "an integer >= 2 when batch_norm is true (BatchNorm needs two samples)")
+            _require(
+                self.batch_size >= 2,
+                f"{key}.batch_size",
+                self.batch_size,
+                "an integer >= 2 when batch_norm is true (BatchNorm needs two samples)",
+            )
         _require(self.image_size >= 8, f"{key}.image_size", self.image_size, "an integer >= 8")
-        _require(1 <= len(self.widths) <= 6 and all(w >= 1 for w in self.widths), f"{key}.widths", self.widths,
-                 "a list of 1 to 6 positive integers")
+        _require(
+            1 <= len(self.widths) <= 6 and all(w >= 1 for w in self.widths),
+            f"{key}.widths",
+            self.widths,
+            "a list of 1 to 6 positive integers",
+        )
         if self.arch != "mlp":  # every conv stage halves the resolution
-            _require(self.image_size // 2 ** len(self.widths) >= 1, f"{key}.widths", self.widths,
-                     f"at most log2(image_size={self.image_size}) blocks")
+            _require(
+                self.image_size // 2 ** len(self.widths) >= 1,
+                f"{key}.widths",
+                self.widths,
+                f"at most log2(image_size={self.image_size}) blocks",
+            )
         _require(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "a number in [0, 1)")
 
 
 # What only the training loop reads (the L-BFGS probe has no epochs, lr or schedule).
-LOOP_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "scheduler",
-             "plateau_factor", "plateau_patience")
+LOOP_ONLY = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "scheduler",
+    "plateau_factor",
+    "plateau_patience",
+)
 
 
 @dataclass(frozen=True)
@@ -187,8 +228,9 @@ class TrainViTParams(OptimParams):
     # for every C of c_grid and keeps the best on val; "sgd" trains it with the loop below, like the other
     # routes (augment, unfreeze, the mlp head), which always do.
     solver: Literal["lbfgs", "sgd"] = "lbfgs"
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
-                                                         100.0, 300.0, 1000.0])
+    c_grid: list[float] = field(
+        default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]
+    )
     max_iter: int = 1000  # L-BFGS iterations at most per C
     epochs: int = 100
     batch_size: int = 256
@@ -226,16 +268,28 @@ class TrainViTParams(OptimParams):
         _require(self.backbone_lr > 0, f"{key}.backbone_lr", self.backbone_lr, "a number > 0")
         _require(self.head_hidden >= 1, f"{key}.head_hidden", self.head_hidden, "an integer >= 1")
         _require(0 <= self.head_dropout < 1, f"{key}.head_dropout", self.head_dropout, "a number in [0, 1)")
-        _require(len(self.c_grid) >= 1 and min(self.c_grid) > 0 and len(set(self.c_grid)) == len(self.c_grid),
-                 f"{key}.c_grid", self.c_grid, "a non-empty list of distinct numbers > 0")
+        _require(
+            len(self.c_grid) >= 1 and min(self.c_grid) > 0 and len(set(self.c_grid)) == len(self.c_grid),
+            f"{key}.c_grid",
+            self.c_grid,
+            "a non-empty list of distinct numbers > 0",
+        )
         _require(self.max_iter >= 1, f"{key}.max_iter", self.max_iter, "an integer >= 1")
         if self.weights is not None:
             _require(self.pretrained, f"{key}.weights", self.weights, "null when pretrained is false")
         if self.weights_sha256 is not None:
-            _require(self.weights is not None, f"{key}.weights_sha256", self.weights_sha256,
-                     "null unless train_vit.weights names a file")
-            _require(re.fullmatch(r"[0-9a-fA-F]{64}", self.weights_sha256) is not None, f"{key}.weights_sha256",
-                     self.weights_sha256, "null or 64 hexadecimal digits (the output of sha256sum)")
+            _require(
+                self.weights is not None,
+                f"{key}.weights_sha256",
+                self.weights_sha256,
+                "null unless train_vit.weights names a file",
+            )
+            _require(
+                re.fullmatch(r"[0-9a-fA-F]{64}", self.weights_sha256) is not None,
+                f"{key}.weights_sha256",
+                self.weights_sha256,
+                "null or 64 hexadecimal digits (the output of sha256sum)",
+            )
         import timm  # imported here: the schema itself must stay light
 
         if not timm.is_model(self.model):
@@ -302,9 +356,15 @@ class CNNGridParams:
     def check(self, key: str) -> None:
         for name in ("lr", "weight_decay"):
             values = getattr(self, name)
-            _require(len(values) >= 1 and len(set(values)) == len(values) and min(values) >= 0
-                     and (name != "lr" or min(values) > 0), f"{key}.{name}", values,
-                     f"a non-empty list of distinct numbers {'> 0' if name == 'lr' else '>= 0'}")
+            _require(
+                len(values) >= 1
+                and len(set(values)) == len(values)
+                and min(values) >= 0
+                and (name != "lr" or min(values) > 0),
+                f"{key}.{name}",
+                values,
+                f"a non-empty list of distinct numbers {'> 0' if name == 'lr' else '>= 0'}",
+            )
 
 
 @dataclass(frozen=True)
@@ -328,23 +388,44 @@ class StudyParams:
     budget_tolerance: float = 0.02
 
     def check(self, key: str) -> None:
-        _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
-                 and all(0 <= s <= MAX_SEED for s in self.seeds), f"{key}.seeds", self.seeds,
-                 f"a non-empty list of distinct integers in [0, {MAX_SEED}]")
+        _require(
+            len(self.seeds) >= 1
+            and len(set(self.seeds)) == len(self.seeds)
+            and all(0 <= s <= MAX_SEED for s in self.seeds),
+            f"{key}.seeds",
+            self.seeds,
+            f"a non-empty list of distinct integers in [0, {MAX_SEED}]",
+        )
         sizes = self.images_per_class
-        _require(len(sizes) >= 1 and len(set(sizes)) == len(sizes)
-                 and all(n == ALL_IMAGES or n >= 1 for n in sizes), f"{key}.images_per_class", sizes,
-                 f"a non-empty list of distinct integers >= 1, and {ALL_IMAGES!r} for every image")
+        _require(
+            len(sizes) >= 1 and len(set(sizes)) == len(sizes) and all(n == ALL_IMAGES or n >= 1 for n in sizes),
+            f"{key}.images_per_class",
+            sizes,
+            f"a non-empty list of distinct integers >= 1, and {ALL_IMAGES!r} for every image",
+        )
         if isinstance(self.val_per_class, int):
-            _require(self.val_per_class >= 1, f"{key}.val_per_class", self.val_per_class,
-                     "'scaled', 'all' or an integer >= 1")
+            _require(
+                self.val_per_class >= 1,
+                f"{key}.val_per_class",
+                self.val_per_class,
+                "'scaled', 'all' or an integer >= 1",
+            )
         _require(self.min_steps >= 0, f"{key}.min_steps", self.min_steps, "an integer >= 0")
         self.cnn_grid.check(f"{key}.cnn_grid")
-        _require(len(self.probe_c_grid) >= 1 and min(self.probe_c_grid) > 0
-                 and len(set(self.probe_c_grid)) == len(self.probe_c_grid), f"{key}.probe_c_grid",
-                 self.probe_c_grid, "a non-empty list of distinct numbers > 0")
-        _require(0 < self.budget_tolerance < 1, f"{key}.budget_tolerance", self.budget_tolerance,
-                 "a number in (0, 1): a gain of test macro-F1, 0.02 for 2 points")
+        _require(
+            len(self.probe_c_grid) >= 1
+            and min(self.probe_c_grid) > 0
+            and len(set(self.probe_c_grid)) == len(self.probe_c_grid),
+            f"{key}.probe_c_grid",
+            self.probe_c_grid,
+            "a non-empty list of distinct numbers > 0",
+        )
+        _require(
+            0 < self.budget_tolerance < 1,
+            f"{key}.budget_tolerance",
+            self.budget_tolerance,
+            "a number in (0, 1): a gain of test macro-F1, 0.02 for 2 points",
+        )
 
 
 @dataclass(frozen=True)
@@ -371,12 +452,20 @@ class Params:
             if dataclasses.is_dataclass(value):
                 value.check(f.name)
         if self.train_cnn.batch_norm:  # the profile stage takes training steps of the CNN at its own batch size
-            _require(self.profile.batch_size >= 2, "profile.batch_size", self.profile.batch_size,
-                     "an integer >= 2 when train_cnn.batch_norm is true (BatchNorm needs two samples)")
+            _require(
+                self.profile.batch_size >= 2,
+                "profile.batch_size",
+                self.profile.batch_size,
+                "an integer >= 2 when train_cnn.batch_norm is true (BatchNorm needs two samples)",
+            )
             ranks = self.dist.nproc_per_node  # each rank normalises its own share of the batch
-            _require(self.train_cnn.batch_size >= 2 * ranks, "train_cnn.batch_size", self.train_cnn.batch_size,
-                     f"an integer >= {2 * ranks} with batch_norm on dist.nproc_per_node={ranks} ranks "
-                     "(BatchNorm needs two samples on each rank)")
+            _require(
+                self.train_cnn.batch_size >= 2 * ranks,
+                "train_cnn.batch_size",
+                self.train_cnn.batch_size,
+                f"an integer >= {2 * ranks} with batch_norm on dist.nproc_per_node={ranks} ranks "
+                "(BatchNorm needs two samples on each rank)",
+            )
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
@@ -409,7 +498,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 break
             if seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first_line[key]})", key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first at line {first_line[key]})", key_node.start_mark
+                )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -460,8 +550,9 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
                 return _coerce(option, value, key, source)
             except ParamsError:
                 if i == len(inner) - 1:
-                    raise ParamsError(f"{source}: {key} must be {' or '.join(map(_type_name, inner))}, "
-                                      f"got {value!r}") from None
+                    raise ParamsError(
+                        f"{source}: {key} must be {' or '.join(map(_type_name, inner))}, got {value!r}"
+                    ) from None
 
     if origin is Literal:
         if value not in args:

@@ -67,24 +67,36 @@ def probe_label(backbone: str, head: str = "linear", weights: str = "", unfrozen
     """The probe named for what it is: its head and its backbone, never the key `vit` (the backbone need not be a
     ViT), and its weights where they are not what the name implies (`weights`: models.weights_label, e.g.
     'random weights' or a stand-in's description)."""
-    return (f"{'Linear' if head == 'linear' else head.upper()} probe on {backbone}"
-            + (", partly fine-tuned" if unfrozen else "") + (f", {weights}" if weights else ""))
+    return (
+        f"{'Linear' if head == 'linear' else head.upper()} probe on {backbone}"
+        + (", partly fine-tuned" if unfrozen else "")
+        + (f", {weights}" if weights else "")
+    )
 
 
 def model_label(config: dict) -> str:
     """What a checkpoint's model is, from its model_config, as figures name it (random or stand-in weights said)."""
     if config["kind"] != "timm_probe":
         return f"CNN from scratch ({config['kind']})"
-    return probe_label(config["timm_model"], config.get("head", "linear"), weights_label(config.get("info", {})),
-                       bool(config.get("unfreeze")))
+    return probe_label(
+        config["timm_model"],
+        config.get("head", "linear"),
+        weights_label(config.get("info", {})),
+        bool(config.get("unfreeze")),
+    )
 
 
 def color(key: str, position: int) -> str:
     return MODEL_COLORS.get(key, PALETTE[position % len(PALETTE)])
 
 
-def curves_figure(histories: dict[str, pandas.DataFrame], x: str, xlabel: str, labels: dict[str, str],
-                  levels: dict[str, dict] | None = None):
+def curves_figure(
+    histories: dict[str, pandas.DataFrame],
+    x: str,
+    xlabel: str,
+    labels: dict[str, str],
+    levels: dict[str, dict] | None = None,
+):
     """Both models' val macro-F1 (left) and train/val loss (right) against `x`, one colour per model.
 
     Histories and levels are keyed by model ("cnn", "vit"); `labels` names each model in the legends.
@@ -100,13 +112,22 @@ def curves_figure(histories: dict[str, pandas.DataFrame], x: str, xlabel: str, l
         loss_ax.plot(history[x], history["val_loss"], marker=".", color=c, label=f"{label}, val")
     for i, (key, level) in enumerate((levels or {}).items(), start=len(histories)):
         c, label = color(key, i), labels[key]
-        for ax, y, text in ((f1_ax, "val_macro_f1", f"{label} ({level['note']})"),
-                            (loss_ax, "val_loss", f"{label}, val ({level['note']})")):
+        for ax, y, text in (
+            (f1_ax, "val_macro_f1", f"{label} ({level['note']})"),
+            (loss_ax, "val_loss", f"{label}, val ({level['note']})"),
+        ):
             if level.get(x) is None:
                 ax.axhline(level[y], linestyle=":", color=c, label=text)
             else:
-                ax.plot([level[x]], [level[y]], marker="*", markersize=12, linestyle="none", color=c,
-                        label=f"{text}, after its whole fit")
+                ax.plot(
+                    [level[x]],
+                    [level[y]],
+                    marker="*",
+                    markersize=12,
+                    linestyle="none",
+                    color=c,
+                    label=f"{text}, after its whole fit",
+                )
     f1_ax.set_ylabel("val macro-F1")
     loss_ax.set_ylabel("loss")
     for ax in (f1_ax, loss_ax):
@@ -126,8 +147,11 @@ def per_class_f1_figure(per_class: dict[str, pandas.DataFrame], labels: dict[str
     """Test F1 of every class for each model (keyed by model, named by `labels`), classes sorted by the models'
     mean F1 (hardest at the top)."""
     f1 = {key: frame.set_index("class")["f1"] for key, frame in per_class.items()}
-    order = sorted(next(iter(per_class.values()))["class"],
-                   key=lambda c: (sum(float(scores[c]) for scores in f1.values()), c), reverse=True)
+    order = sorted(
+        next(iter(per_class.values()))["class"],
+        key=lambda c: (sum(float(scores[c]) for scores in f1.values()), c),
+        reverse=True,
+    )
     y = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
     for i, (key, scores) in enumerate(f1.items()):
@@ -162,23 +186,35 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str, nor
                 if matrix[i, j]:
                     text = f"{values[i, j]:.2f}" if normalized else str(int(matrix[i, j]))
                     color = "white" if values[i, j] > 0.6 * (values.max() or 1) else "black"
-                    ax.text(j, i, text.lstrip("0") if normalized else text, ha="center", va="center",
-                            fontsize=5 if normalized else 6, color=color)
+                    ax.text(
+                        j,
+                        i,
+                        text.lstrip("0") if normalized else text,
+                        ha="center",
+                        va="center",
+                        fontsize=5 if normalized else 6,
+                        color=color,
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return fig
 
 
-def profile_comparison_figure(models: dict[str, dict], labels: dict[str, str] | None = None,
-                              memory_panel: tuple[str, str] | None = None):
+def profile_comparison_figure(
+    models: dict[str, dict], labels: dict[str, str] | None = None, memory_panel: tuple[str, str] | None = None
+):
     """Side-by-side bars of the profile metrics that matter when choosing between the models (keyed by model,
     named by `labels`; the keys themselves without). Every axis is linear from zero and every bar carries its
     value: a log axis would make 47k against 98k parameters look like a tenfold gap.
 
     `memory_panel`: (key, label) of the peak-memory metric the results hold, which depends on the device.
     """
-    panels = [("step_ms_mean", "train step (ms, mean)"), ("throughput_images_per_s", "throughput (images/s)"),
-              *([memory_panel] if memory_panel else []), ("gflops_per_image", "forward GFLOPs / image"),
-              ("trainable_parameters", "trainable parameters")]
+    panels = [
+        ("step_ms_mean", "train step (ms, mean)"),
+        ("throughput_images_per_s", "throughput (images/s)"),
+        *([memory_panel] if memory_panel else []),
+        ("gflops_per_image", "forward GFLOPs / image"),
+        ("trainable_parameters", "trainable parameters"),
+    ]
     keys = list(models)
     # Long names (a probe with its backbone's name) wrap at spaces onto lines a panel's width holds.
     names = [textwrap.fill((labels or {}).get(k, k), 18, break_long_words=False) for k in keys]
@@ -186,7 +222,7 @@ def profile_comparison_figure(models: dict[str, dict], labels: dict[str, str] | 
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (key, label) in zip(axes.flat, panels):
         values = [models[k].get(key, 0) or 0 for k in keys]
@@ -208,8 +244,14 @@ def reliability_figure(bins: dict[str, list[dict]], labels: dict[str, str], ece:
     for i, (model, rows) in enumerate(bins.items()):
         conf = [r["confidence"] for r in rows]
         acc = [r["accuracy"] for r in rows]
-        ax.plot(conf, acc, "o-", color=color(model, i), markersize=4,
-                label="\n".join(textwrap.wrap(f"{labels[model]}: ECE {ece[model] * 100:.1f} points", 70)))
+        ax.plot(
+            conf,
+            acc,
+            "o-",
+            color=color(model, i),
+            markersize=4,
+            label="\n".join(textwrap.wrap(f"{labels[model]}: ECE {ece[model] * 100:.1f} points", 70)),
+        )
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top-class probability), mean of the bin")
@@ -225,7 +267,9 @@ def robustness_figure(scores: dict, labels: dict[str, str], corruptions: list[st
     fig, axes = plt.subplots(1, len(corruptions), figsize=(3.0 * len(corruptions), 3.4), sharey=True, squeeze=False)
     for ax, corruption in zip(axes[0], corruptions):
         for i, model in enumerate(labels):
-            acc = [scores[model, "clean", 0]["accuracy"]] + [scores[model, corruption, s]["accuracy"] for s in (1, 2, 3)]
+            acc = [scores[model, "clean", 0]["accuracy"]] + [
+                scores[model, corruption, s]["accuracy"] for s in (1, 2, 3)
+            ]
             ax.plot([0, 1, 2, 3], acc, "o-", color=color(model, i), label=labels[model])
         ax.set_title(corruption.replace("_", " "), fontsize=9)
         ax.set_xticks([0, 1, 2, 3])

@@ -45,8 +45,9 @@ def select_classes(source: SourceSplits, names: list[str] | None) -> SourceSplit
         return source
     unknown = [n for n in names if n not in source.class_names]
     if unknown:
-        raise PipelineError(f"data.classes: no class(es) {unknown} in {source.origin} "
-                            f"(its classes: {', '.join(source.class_names)})")
+        raise PipelineError(
+            f"data.classes: no class(es) {unknown} in {source.origin} (its classes: {', '.join(source.class_names)})"
+        )
     new_label = {source.class_names.index(n): i for i, n in enumerate(names)}
 
     def keep(records: list[Record]) -> list[Record]:
@@ -72,8 +73,9 @@ def cap_per_class(records: list[Record], cap: int | None, seed: int) -> list[Rec
     return kept
 
 
-def split_train_val(records: list[Record], val_fraction: float, seed: int, class_names: list[str],
-                    per_class: int | None = None) -> dict[str, list[Record]]:
+def split_train_val(
+    records: list[Record], val_fraction: float, seed: int, class_names: list[str], per_class: int | None = None
+) -> dict[str, list[Record]]:
     """Stratified, seeded split; every class must be able to appear in both train and val."""
     counts = Counter(r.label for r in records)
     for label, name in enumerate(class_names):
@@ -124,9 +126,15 @@ def _convert_one(task: tuple[str, str, int | None, int]) -> dict:
     with naming_failed_writes(target), open(target, "wb") as f:
         f.write(encoded)
     original_size = decoded.image.size
-    return {"ok": True, "mode": decoded.source_mode, "format": decoded.source_format,
-            "width": original_size[0], "height": original_size[1], "exif_rotated": decoded.exif_rotated,
-            "fitted_to_jpeg": fitted is not image}
+    return {
+        "ok": True,
+        "mode": decoded.source_mode,
+        "format": decoded.source_format,
+        "width": original_size[0],
+        "height": original_size[1],
+        "exif_rotated": decoded.exif_rotated,
+        "fitted_to_jpeg": fitted is not image,
+    }
 
 
 def _ignore_sigint() -> None:
@@ -162,20 +170,31 @@ def check_free_space(sources: list[Path], out_dir: Path, headroom: float = 1.1) 
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise PipelineError(f"{folder}: not enough disk space for the prepared data: about {needed / 2**20:,.0f} MiB "
-                            f"needed, {free / 2**20:,.0f} MiB free; free some space or move the project")
+        raise PipelineError(
+            f"{folder}: not enough disk space for the prepared data: about {needed / 2**20:,.0f} MiB "
+            f"needed, {free / 2**20:,.0f} MiB free; free some space or move the project"
+        )
 
 
-def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_dir: Path, data: DataParams,
-                   source: str, workers: int | None = None, left_out: list[dict] | None = None,
-                   species: dict[str, str] | None = None, generated: bool = False) -> dict:
+def write_prepared(
+    splits: dict[str, list[Record]],
+    class_names: list[str],
+    out_dir: Path,
+    data: DataParams,
+    source: str,
+    workers: int | None = None,
+    left_out: list[dict] | None = None,
+    species: dict[str, str] | None = None,
+    generated: bool = False,
+) -> dict:
     """Re-encode every image as RGB JPEG into out_dir (built aside, moved in at the end); return the report."""
     for split in SPLITS:
         present = {r.label for r in splits[split]}
         missing = [class_names[i] for i in range(len(class_names)) if i not in present]
         if missing:
-            raise PipelineError(f"split {split!r} has no images of class(es) {missing}; every class needs images in "
-                                f"train, val and test")
+            raise PipelineError(
+                f"split {split!r} has no images of class(es) {missing}; every class needs images in train, val and test"
+            )
     check_free_space([r.path for split in SPLITS for r in splits[split]], out_dir)
     workers = workers or max(1, min(8, len(os.sched_getaffinity(0))))
     with atomic_dir(out_dir) as tmp:
@@ -194,8 +213,10 @@ def write_prepared(splits: dict[str, list[Record]], class_names: list[str], out_
             results = list(tqdm(converted, total=len(tasks), desc="prepare: re-encoding", unit="img", disable=None))
         except OSError as err:
             if err.errno == errno.ENOSPC:
-                raise PipelineError(f"{out_dir.parent}: disk full while writing the prepared images; free some "
-                                    f"space or set data.max_side lower") from None
+                raise PipelineError(
+                    f"{out_dir.parent}: disk full while writing the prepared images; free some "
+                    f"space or set data.max_side lower"
+                ) from None
             raise
         finally:
             # On Ctrl-C or an error, drop the queued images instead of converting them all first.
@@ -215,14 +236,25 @@ def check_counts_on_disk(folder: Path, counts: dict[str, dict[str, int]]) -> Non
         for name, n in per_class.items():
             on_disk = sum(1 for _ in (folder / split / name).glob("*.jpg"))
             if on_disk != n:
-                raise PipelineError(f"prepare wrote {on_disk} file(s) to {split}/{name} but converted {n} images; "
-                                    f"two images were given the same output name (a bug worth reporting)")
+                raise PipelineError(
+                    f"prepare wrote {on_disk} file(s) to {split}/{name} but converted {n} images; "
+                    f"two images were given the same output name (a bug worth reporting)"
+                )
 
 
-def _report(results: list[dict], owners: list[tuple[str, Record]], class_names: list[str], data: DataParams,
-            source: str, left_out: list[dict]) -> dict:
-    bad = [{"split": split, "file": str(r.path), "reason": res["reason"]}
-           for res, (split, r) in zip(results, owners) if not res["ok"]]
+def _report(
+    results: list[dict],
+    owners: list[tuple[str, Record]],
+    class_names: list[str],
+    data: DataParams,
+    source: str,
+    left_out: list[dict],
+) -> dict:
+    bad = [
+        {"split": split, "file": str(r.path), "reason": res["reason"]}
+        for res, (split, r) in zip(results, owners)
+        if not res["ok"]
+    ]
     total = len(results)
     if bad and data.on_bad_image == "fail":
         listing = "; ".join(f"{b['file']}: {b['reason']}" for b in bad[:10])
@@ -242,10 +274,14 @@ def _report(results: list[dict], owners: list[tuple[str, Record]], class_names: 
         emptied = [name for name in class_names if counts[split][name] == 0]
         if emptied:
             listing = "; ".join(f"{b['file']}: {b['reason']}" for b in bad if b["split"] == split)[:2000]
-            raise PipelineError(f"split {split!r} has no usable image of class(es) {emptied} once unusable images "
-                                f"are skipped: {listing}")
+            raise PipelineError(
+                f"split {split!r} has no usable image of class(es) {emptied} once unusable images "
+                f"are skipped: {listing}"
+            )
     # Converted = not already an RGB JPEG; counted by what the content really was.
-    converted = Counter(f"{res['format']} {res['mode']}" for res in good if (res["format"], res["mode"]) != ("JPEG", "RGB"))
+    converted = Counter(
+        f"{res['format']} {res['mode']}" for res in good if (res["format"], res["mode"]) != ("JPEG", "RGB")
+    )
     return {
         "source": source,
         "images_written": len(good),
@@ -273,11 +309,19 @@ def prepare_dataset(data: DataParams, seed: int, out_dir: Path) -> dict:
     source = READERS[data.dataset](data, seed)
     source = select_classes(source, data.classes)
     both = unique_ids(source.trainval + source.test)  # no two images of a class may share an output file
-    trainval = cap_per_class(both[:len(source.trainval)], data.per_class, seed)
-    test = cap_per_class(both[len(source.trainval):], data.test_per_class, seed)
+    trainval = cap_per_class(both[: len(source.trainval)], data.per_class, seed)
+    test = cap_per_class(both[len(source.trainval) :], data.test_per_class, seed)
     splits = split_train_val(trainval, data.val_fraction, seed, source.class_names, data.per_class)
     splits["test"] = sorted(test, key=lambda r: r.image_id)
     with tempfile.TemporaryDirectory(prefix="petlab-pixels-") as tmp:
         splits = {split: materialize(records, Path(tmp)) for split, records in splits.items()}
-        return write_prepared(splits, source.class_names, out_dir, data, source=source.origin,
-                              left_out=source.left_out, species=source.species, generated=source.generated)
+        return write_prepared(
+            splits,
+            source.class_names,
+            out_dir,
+            data,
+            source=source.origin,
+            left_out=source.left_out,
+            species=source.species,
+            generated=source.generated,
+        )

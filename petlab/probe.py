@@ -25,8 +25,18 @@ from petlab.train import SELECTION_RULE, selection_key
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
 
-SWEEP_COLUMNS = ["c", "log10_c", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1",
-                 "val_top5_accuracy", "iterations", "converged"]
+SWEEP_COLUMNS = [
+    "c",
+    "log10_c",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "val_top5_accuracy",
+    "iterations",
+    "converged",
+]
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (features, labels)
 
@@ -51,9 +61,14 @@ class ProbeFit:
         """How the head was chosen, for the metrics file and the checkpoint."""
         kept = next(row for row in self.sweep if row["c"] == self.c)
         # The grid as one string, for the checkpoint and the printed line (c_sweep.csv has a row per C).
-        return {"selection": f"{SELECTION_RULE}, over train_vit.c_grid", "selected_c": self.c,
-                "c_grid": " ".join(f"{row['c']:g}" for row in self.sweep), "iterations": kept["iterations"],
-                "converged": kept["converged"], "c_at_grid_edge": self.edge is not None}
+        return {
+            "selection": f"{SELECTION_RULE}, over train_vit.c_grid",
+            "selected_c": self.c,
+            "c_grid": " ".join(f"{row['c']:g}" for row in self.sweep),
+            "iterations": kept["iterations"],
+            "converged": kept["converged"],
+            "c_at_grid_edge": self.edge is not None,
+        }
 
 
 def linear_head(solver: LogisticRegression, num_classes: int) -> nn.Linear:
@@ -73,12 +88,21 @@ def head_metrics(head: nn.Linear, split: Split, num_classes: int) -> dict[str, f
     """The same metrics the training loop and evaluate compute, from the float32 head itself."""
     features, labels = split
     logits = head(features.float())
-    return {"loss": float(nn.functional.cross_entropy(logits, labels)),
-            **classification_metrics(logits, labels, num_classes)}
+    return {
+        "loss": float(nn.functional.cross_entropy(logits, labels)),
+        **classification_metrics(logits, labels, num_classes),
+    }
 
 
-def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[float], max_iter: int,
-                       name: str = "probe", grid_key: str = "train_vit.c_grid") -> ProbeFit:
+def fit_logistic_probe(
+    train: Split,
+    val: Split,
+    num_classes: int,
+    c_grid: list[float],
+    max_iter: int,
+    name: str = "probe",
+    grid_key: str = "train_vit.c_grid",
+) -> ProbeFit:
     """Fit one head per C (increasing), keep the best on val by SELECTION_RULE (no refit on train + val, so
     the val metrics reported for it stay out-of-sample, as the other routes' are). `grid_key` names the param the
     grid came from, in the warnings."""
@@ -105,22 +129,42 @@ def fit_logistic_probe(train: Split, val: Split, num_classes: int, c_grid: list[
         head = linear_head(solver, num_classes)
         train_m, val_m = head_metrics(head, train, num_classes), head_metrics(head, val, num_classes)
         iterations = int(solver.n_iter_.max())
-        sweep.append({"c": float(c), **rounded({"log10_c": math.log10(c), "train_loss": train_m["loss"],  # C exact
-                      "train_accuracy": train_m["accuracy"], **{f"val_{k}": v for k, v in val_m.items()},
-                      "iterations": iterations, "converged": iterations < max_iter})})
+        sweep.append(
+            {
+                "c": float(c),
+                **rounded(
+                    {
+                        "log10_c": math.log10(c),
+                        "train_loss": train_m["loss"],  # C exact
+                        "train_accuracy": train_m["accuracy"],
+                        **{f"val_{k}": v for k, v in val_m.items()},
+                        "iterations": iterations,
+                        "converged": iterations < max_iter,
+                    }
+                ),
+            }
+        )
         if best is None or selection_key(val_m) > best_key:
             best, best_key = ProbeFit(float(c), rounded(val_m), head.state_dict(), []), selection_key(val_m)
     best.sweep = sweep
     stopped = [row["c"] for row in sweep if not row["converged"]]
     if stopped:
-        print(f"{name}: WARNING: L-BFGS stopped at max_iter {max_iter} before converging for C = {stopped} "
-              f"(raise train_vit.max_iter)", flush=True)
+        print(
+            f"{name}: WARNING: L-BFGS stopped at max_iter {max_iter} before converging for C = {stopped} "
+            f"(raise train_vit.max_iter)",
+            flush=True,
+        )
     if best.edge:
-        print(f"{name}: WARNING: the kept C = {best.c:g} is the {best.edge} of {grid_key}; a C beyond it may "
-              f"do better on val (extend {grid_key})", flush=True)
+        print(
+            f"{name}: WARNING: the kept C = {best.c:g} is the {best.edge} of {grid_key}; a C beyond it may "
+            f"do better on val (extend {grid_key})",
+            flush=True,
+        )
     for row in sweep:
         mark = " <- kept" if row["c"] == best.c else ""
-        print(f"{name}: C {row['c']:<8g} val accuracy {row['val_accuracy']:.4f} val macro-F1 "
-              f"{row['val_macro_f1']:.4f} val loss {row['val_loss']:.4f} ({row['iterations']} iterations){mark}",
-              flush=True)
+        print(
+            f"{name}: C {row['c']:<8g} val accuracy {row['val_accuracy']:.4f} val macro-F1 "
+            f"{row['val_macro_f1']:.4f} val loss {row['val_loss']:.4f} ({row['iterations']} iterations){mark}",
+            flush=True,
+        )
     return best

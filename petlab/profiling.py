@@ -47,19 +47,25 @@ class PeakMemoryMetric:
 
 PEAK_MEMORY_METRICS = {  # by device type
     "cuda": PeakMemoryMetric(
-        "peak_cuda_allocated_mb", "peak CUDA memory allocated",
+        "peak_cuda_allocated_mb",
+        "peak CUDA memory allocated",
         "the most memory CUDA's caching allocator had handed to tensors during the profiled steps "
         "(torch.cuda.max_memory_allocated): model, optimiser state, batch and activations, without the "
-        "allocator's unused cache or the CUDA context"),
+        "allocator's unused cache or the CUDA context",
+    ),
     "mps": PeakMemoryMetric(
-        "peak_mps_driver_mb", "peak MPS driver memory",
+        "peak_mps_driver_mb",
+        "peak MPS driver memory",
         "the most memory the Metal driver held for the process during the profiled steps "
         "(torch.mps.driver_allocated_memory, sampled every 2 ms): model, optimiser state, batch, activations "
-        "and the allocator's cache"),
+        "and the allocator's cache",
+    ),
     "cpu": PeakMemoryMetric(
-        "peak_rss_rise_mb", "peak RSS rise",
+        "peak_rss_rise_mb",
+        "peak RSS rise",
         "the rise of the process's resident memory during the profiled steps above its level before them "
-        "(sampled every 2 ms): what the steps needed beyond the model and data already loaded"),
+        "(sampled every 2 ms): what the steps needed beyond the model and data already loaded",
+    ),
 }
 
 
@@ -112,13 +118,23 @@ class PeakMemory:
 
 def step_stats(seconds: list[float], batch_size: int) -> dict:
     ms = np.array(seconds) * 1000.0
-    return {"step_ms_mean": round(float(ms.mean()), 3), "step_ms_p50": round(float(np.percentile(ms, 50)), 3),
-            "step_ms_p95": round(float(np.percentile(ms, 95)), 3), "steps_timed": len(ms),
-            "throughput_images_per_s": round(batch_size / float(ms.mean() / 1000.0), 2)}
+    return {
+        "step_ms_mean": round(float(ms.mean()), 3),
+        "step_ms_p50": round(float(np.percentile(ms, 50)), 3),
+        "step_ms_p95": round(float(np.percentile(ms, 95)), 3),
+        "steps_timed": len(ms),
+        "throughput_images_per_s": round(batch_size / float(ms.mean() / 1000.0), 2),
+    }
 
 
-def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches: Iterable, cfg: ProfileParams,
-                  device: torch.device, trace_dir: Path, desc: str) -> dict:
+def profile_steps(
+    step: Callable[[torch.Tensor, torch.Tensor], object],
+    batches: Iterable,
+    cfg: ProfileParams,
+    device: torch.device,
+    trace_dir: Path,
+    desc: str,
+) -> dict:
     """Run wait+warmup+active steps under torch.profiler; time the active ones; traces go to trace_dir."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type != "cuda":
@@ -130,15 +146,19 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
     batch_iter = itertools.cycle(batches) if isinstance(batches, list) else _repeat(batches)
     seconds, data_seconds = [], []
     trace_dir.mkdir(parents=True, exist_ok=True)
-    with naming_failed_writes(trace_dir), PeakMemory(device) as memory, profile(
-        activities=activities,
-        schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
-        on_trace_ready=tensorboard_trace_handler(str(trace_dir)),
-        # No record_shapes: on the CPU (torch 2.14) it made the process grow by about 100 MB every recorded CNN
-        # step at batch 32, 224 px, and a default run's profile stage was killed for lack of memory on a 24 GB
-        # machine. The top ops and the traces' timings do not need the shapes.
-        profile_memory=True,
-    ) as prof:
+    with (
+        naming_failed_writes(trace_dir),
+        PeakMemory(device) as memory,
+        profile(
+            activities=activities,
+            schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(trace_dir)),
+            # No record_shapes: on the CPU (torch 2.14) it made the process grow by about 100 MB every recorded CNN
+            # step at batch 32, 224 px, and a default run's profile stage was killed for lack of memory on a 24 GB
+            # machine. The top ops and the traces' timings do not need the shapes.
+            profile_memory=True,
+        ) as prof,
+    ):
         for i in tqdm(range(total), desc=desc, unit="step", leave=False, disable=None):
             t0 = time.perf_counter()
             x, y = next(batch_iter)
@@ -154,17 +174,25 @@ def profile_steps(step: Callable[[torch.Tensor, torch.Tensor], object], batches:
     stats = step_stats(seconds, len(y))
     # The share of a step spent waiting for the next batch: near 0 when the loader keeps ahead (compute-bound).
     data_wait_share = float(np.sum(data_seconds) / (np.sum(data_seconds) + np.sum(seconds)))
-    stats.update({"data_wait_ms_mean": round(float(np.mean(data_seconds)) * 1000.0, 3),
-                  "data_wait_share": round(data_wait_share, 4),
-                  memory.metric.key: round(memory.peak_mb, 2), "top_ops": top})
+    stats.update(
+        {
+            "data_wait_ms_mean": round(float(np.mean(data_seconds)) * 1000.0, 3),
+            "data_wait_share": round(data_wait_share, 4),
+            memory.metric.key: round(memory.peak_mb, 2),
+            "top_ops": top,
+        }
+    )
     return stats
 
 
 # What the top ops are ranked by, per device: the key each row holds its milliseconds under, and what they are.
 TOP_OPS_TIME = {
     "cuda": ("self_device_ms_total", "self CUDA time: the GPU time of the kernels each operator launched itself"),
-    "mps": ("self_host_ms_total", "self host (CPU) time: on MPS the profiler records no GPU time per operator, and "
-                                  "an operator's host time is mostly that of queueing its work"),
+    "mps": (
+        "self_host_ms_total",
+        "self host (CPU) time: on MPS the profiler records no GPU time per operator, and "
+        "an operator's host time is mostly that of queueing its work",
+    ),
     "cpu": ("self_cpu_ms_total", "self CPU time"),
 }
 

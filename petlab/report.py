@@ -21,8 +21,10 @@ MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name
 IN_SENTENCES = verdict.NAMES
 # What the profile stage times for each model: the probe's step is a forward through its backbone (the pass its
 # feature extraction also makes, once per image) and an update of what it trains, as its image routes train.
-PROFILED_STEP = {"cnn": "CNN's training step",
-                 "vit": "probe's step from images (backbone forward + update of what it trains)"}
+PROFILED_STEP = {
+    "cnn": "CNN's training step",
+    "vit": "probe's step from images (backbone forward + update of what it trains)",
+}
 METRICS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "top5_accuracy": "Top-5 accuracy"}
 LEVEL = 0.95  # of every confidence interval
 SIGNIFICANCE = 0.05  # McNemar's p below this: the paired test sees a difference
@@ -52,14 +54,21 @@ class TestPredictions:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> TestPredictions:
         index = {name: i for i, name in enumerate(class_names)}
-        top5 = ({m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS}
-                if reports_top_k(len(class_names)) else {})
-        return cls(frame["actual"].map(index).to_numpy(),
-                   {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS}, top5, len(class_names),
-                   {m: frame[f"{m}_confidence"].to_numpy(dtype=float) for m in MODELS}
-                   if all(f"{m}_confidence" in frame for m in MODELS) else None,
-                   {m: {k: frame[f"{m}_{k}"].to_numpy(dtype=float) for k in PROPER_SCORES} for m in MODELS}
-                   if all(f"{m}_{k}" in frame for m in MODELS for k in PROPER_SCORES) else None)
+        top5 = (
+            {m: frame[f"{m}_top5"].to_numpy().astype(bool) for m in MODELS} if reports_top_k(len(class_names)) else {}
+        )
+        return cls(
+            frame["actual"].map(index).to_numpy(),
+            {m: frame[f"{m}_predicted"].map(index).to_numpy() for m in MODELS},
+            top5,
+            len(class_names),
+            {m: frame[f"{m}_confidence"].to_numpy(dtype=float) for m in MODELS}
+            if all(f"{m}_confidence" in frame for m in MODELS)
+            else None,
+            {m: {k: frame[f"{m}_{k}"].to_numpy(dtype=float) for k in PROPER_SCORES} for m in MODELS}
+            if all(f"{m}_{k}" in frame for m in MODELS for k in PROPER_SCORES)
+            else None,
+        )
 
     def correct(self, model: str) -> np.ndarray:
         return self.preds[model] == self.labels
@@ -109,26 +118,38 @@ def robustness_by_corruption(frame: pd.DataFrame, num_classes: int, resamples: i
     right_clean = {m: (clean[m] == clean["label"]).to_numpy(dtype=float) for m in MODELS}
     groups = {c: part for c, part in corrupted.groupby("corruption", sort=False)}
     family = 1 - (1 - LEVEL) / max(1, len(groups))
-    out = {"clean": {m: float(v.mean()) for m, v in right_clean.items()}, "images": n, "corruptions": {},
-           "family_level": family}
+    out = {
+        "clean": {m: float(v.mean()) for m, v in right_clean.items()},
+        "images": n,
+        "corruptions": {},
+        "family_level": family,
+    }
     for name, part in [*groups.items(), ("all", corrupted)]:
         level = LEVEL if name == "all" else family
-        right = {m: part.assign(ok=part[m] == part["label"]).groupby("image", sort=True)["ok"].mean()
-                 .to_numpy(dtype=float) for m in MODELS}
+        right = {
+            m: part.assign(ok=part[m] == part["label"]).groupby("image", sort=True)["ok"].mean().to_numpy(dtype=float)
+            for m in MODELS
+        }
 
         def lost(m: str, idx, right: dict = right) -> np.ndarray:
             c, k = right_clean[m][idx].mean(-1), right[m][idx].mean(-1)
             return np.where(c > chance, (c - k) / np.where(c > chance, c - chance, 1), np.nan)
 
         everything = np.arange(n)
-        entry = {"accuracy": {m: float(right[m].mean()) for m in MODELS},
-                 "skill_lost": {m: float(lost(m, everything)) for m in MODELS}, "level": level}
+        entry = {
+            "accuracy": {m: float(right[m].mean()) for m in MODELS},
+            "skill_lost": {m: float(lost(m, everything)) for m in MODELS},
+            "level": level,
+        }
         ahead = right["vit"][rows].mean(1) - right["cnn"][rows].mean(1)
         entry["ahead"] = (entry["accuracy"]["vit"] - entry["accuracy"]["cnn"], *percentile_interval(ahead, level))
         drops = lost("vit", rows) - lost("cnn", rows)
         point = entry["skill_lost"]["vit"] - entry["skill_lost"]["cnn"]
-        entry["lost_difference"] = ((point, *percentile_interval(drops[~np.isnan(drops)], level))
-                                    if np.isfinite(point) and np.isnan(drops).mean() <= 0.01 else None)
+        entry["lost_difference"] = (
+            (point, *percentile_interval(drops[~np.isnan(drops)], level))
+            if np.isfinite(point) and np.isnan(drops).mean() <= 0.01
+            else None
+        )
         out["corruptions"][name] = entry
     return out
 
@@ -169,12 +190,14 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.DataFrame:
     """Test images by which model got them right: a 2 x 2 table with totals."""
+
     def outcome(correct: np.ndarray, model: str) -> pd.Categorical:
         right, wrong = f"{model} right", f"{model} wrong"
         return pd.Categorical(np.where(correct, right, wrong), [right, wrong])
 
-    return pd.crosstab(outcome(correct_cnn, "CNN"), outcome(correct_vit, "Probe"), margins=True, margins_name="total",
-                       dropna=False).rename_axis(index=None, columns=None)
+    return pd.crosstab(
+        outcome(correct_cnn, "CNN"), outcome(correct_vit, "Probe"), margins=True, margins_name="total", dropna=False
+    ).rename_axis(index=None, columns=None)
 
 
 # ---------------------------------------------------------------- convergence
@@ -197,8 +220,10 @@ def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)
 
 def progress(history: pd.DataFrame, setup_gflops: float, gflops_per_epoch: float) -> list[verdict.Point]:
     """A model's val macro-F1 over training as `verdict` reads it: per epoch, the training compute so far."""
-    return [(int(e), setup_gflops + int(e) * gflops_per_epoch, float(f))
-            for e, f in zip(history["epoch"], history["val_macro_f1"])]
+    return [
+        (int(e), setup_gflops + int(e) * gflops_per_epoch, float(f))
+        for e, f in zip(history["epoch"], history["val_macro_f1"])
+    ]
 
 
 # ---------------------------------------------------------------- errors by class
@@ -208,8 +233,13 @@ def most_confused_pairs(matrix: np.ndarray, class_names: list[str], top: int = 5
     """The largest off-diagonal cells of a confusion matrix (rows actual, columns predicted), largest first;
     ties in the order of the class names."""
     actual, predicted = np.nonzero(matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype)))
-    frame = pd.DataFrame({"actual": [class_names[i] for i in actual], "predicted": [class_names[j] for j in predicted],
-                          "images": matrix[actual, predicted].astype(int)})
+    frame = pd.DataFrame(
+        {
+            "actual": [class_names[i] for i in actual],
+            "predicted": [class_names[j] for j in predicted],
+            "images": matrix[actual, predicted].astype(int),
+        }
+    )
     return frame.sort_values("images", ascending=False, kind="stable").head(top).reset_index(drop=True)
 
 
@@ -223,8 +253,14 @@ def hardest_classes(per_class: pd.DataFrame, top: int = 5) -> pd.DataFrame:
 
 def f1_spread(per_class: pd.DataFrame) -> dict[str, float]:
     f1 = per_class["f1"]
-    return {"min": float(f1.min()), "q1": float(f1.quantile(0.25)), "median": float(f1.median()),
-            "q3": float(f1.quantile(0.75)), "max": float(f1.max()), "std": float(f1.std(ddof=0))}
+    return {
+        "min": float(f1.min()),
+        "q1": float(f1.quantile(0.25)),
+        "median": float(f1.median()),
+        "q3": float(f1.quantile(0.75)),
+        "max": float(f1.max()),
+        "std": float(f1.std(ddof=0)),
+    }
 
 
 def species_errors(labels: np.ndarray, preds: np.ndarray, class_species: list[str]) -> dict[str, float]:
@@ -232,34 +268,53 @@ def species_errors(labels: np.ndarray, preds: np.ndarray, class_species: list[st
     species = np.asarray(class_species)
     wrong = labels != preds
     across = wrong & (species[labels] != species[preds])
-    return {"errors": int(wrong.sum()), "across_species": int(across.sum()),
-            "within_species": int((wrong & ~across).sum()), "species_accuracy": float(np.mean(~across))}
+    return {
+        "errors": int(wrong.sum()),
+        "across_species": int(across.sum()),
+        "within_species": int((wrong & ~across).sum()),
+        "species_accuracy": float(np.mean(~across)),
+    }
 
 
 def class_gains(cnn: pd.DataFrame, probe: pd.DataFrame) -> pd.DataFrame:
     """Per-class test F1 of both models (per_class_<model>.csv) and probe - CNN in points, largest gain first."""
-    frame = pd.DataFrame({"class": cnn["class"], "test images": cnn["support"], "CNN F1 (%)": cnn["f1"] * 100,
-                          "probe F1 (%)": probe["f1"] * 100})
+    frame = pd.DataFrame(
+        {
+            "class": cnn["class"],
+            "test images": cnn["support"],
+            "CNN F1 (%)": cnn["f1"] * 100,
+            "probe F1 (%)": probe["f1"] * 100,
+        }
+    )
     frame["probe - CNN (points)"] = frame["probe F1 (%)"] - frame["CNN F1 (%)"]
     return frame.sort_values(["probe - CNN (points)", "class"], ascending=[False, True], kind="stable").reset_index(
-        drop=True)
+        drop=True
+    )
 
 
 def species_gains(gains: pd.DataFrame, species: dict[str, str]) -> pd.DataFrame:
     """The mean over each species' classes of the per-class F1 of both models and of the gain."""
     frame = gains.assign(species=gains["class"].map(species))
-    out = frame.groupby("species", sort=True).agg(**{
-        "classes": ("class", "count"), "test images": ("test images", "sum"), "CNN F1 (%)": ("CNN F1 (%)", "mean"),
-        "probe F1 (%)": ("probe F1 (%)", "mean"), "probe - CNN (points)": ("probe - CNN (points)", "mean")})
+    out = frame.groupby("species", sort=True).agg(
+        **{
+            "classes": ("class", "count"),
+            "test images": ("test images", "sum"),
+            "CNN F1 (%)": ("CNN F1 (%)", "mean"),
+            "probe F1 (%)": ("probe F1 (%)", "mean"),
+            "probe - CNN (points)": ("probe - CNN (points)", "mean"),
+        }
+    )
     return out.reset_index()
 
 
 def split_gaps(scores: dict[str, dict]) -> dict[str, float]:
     """Train - val and val - test gaps of accuracy and macro-F1 from one model's scores per split in
     metrics/evaluate/<model>.json (every split scored alike: un-augmented images, eval mode)."""
-    return {f"{kind}_{metric}": scores[a][metric] - scores[b][metric]
-            for metric in ("accuracy", "macro_f1") for kind, a, b in (("train_val", "train", "val"),
-                                                                     ("val_test", "val", "test"))}
+    return {
+        f"{kind}_{metric}": scores[a][metric] - scores[b][metric]
+        for metric in ("accuracy", "macro_f1")
+        for kind, a, b in (("train_val", "train", "val"), ("val_test", "val", "test"))
+    }
 
 
 def is_kept(sweep: pd.DataFrame, selected_c: float) -> pd.Series:
@@ -313,21 +368,34 @@ def comparison_sentence(metric: str, difference: tuple[float, float, float], mcn
         better, worse = ("probe", "CNN") if estimate > 0 else ("CNN", "probe")
         if estimate < 0:  # the interval of CNN - probe, so that both bounds read as the CNN's lead
             low, high = -high, -low
-        sentence = (f"The {better} is better than the {worse} on test {name} by {points(estimate)} "
-                    f"({better} - {worse}: {interval(low, high)}{test}).")
+        sentence = (
+            f"The {better} is better than the {worse} on test {name} by {points(estimate)} "
+            f"({better} - {worse}: {interval(low, high)}{test})."
+        )
         if mcnemar and mcnemar["p_value"] >= SIGNIFICANCE:
             sentence += " The paired test does not confirm it: a borderline difference."
         return sentence
-    sentence = (f"No significant difference on test {name}: probe - CNN = {estimate * 100:+.1f} points, "
-                f"{interval(low, high)} holds zero{test}.")
+    sentence = (
+        f"No significant difference on test {name}: probe - CNN = {estimate * 100:+.1f} points, "
+        f"{interval(low, high)} holds zero{test}."
+    )
     if mcnemar and mcnemar["p_value"] < SIGNIFICANCE:
         sentence += " The paired test does see a difference: a borderline case."
     return sentence
 
 
-def conclusions(results: dict, mcnemar: dict, target: dict, fit: dict[str, tuple[float, float]], num_classes: int,
-                bound: dict[str, tuple[str, float]], last_epoch_best: list[str], caveats: list[str],
-                c_edge: str | None = None, generalisation: list[str] = ()) -> list[str]:
+def conclusions(
+    results: dict,
+    mcnemar: dict,
+    target: dict,
+    fit: dict[str, tuple[float, float]],
+    num_classes: int,
+    bound: dict[str, tuple[str, float]],
+    last_epoch_best: list[str],
+    caveats: list[str],
+    c_edge: str | None = None,
+    generalisation: list[str] = (),
+) -> list[str]:
     """The report's conclusions, each from one rule stated in the function it comes from.
 
     `target`: `verdict.compute_to_target` of both models' val macro-F1 over training compute (the L-BFGS probe one
@@ -336,18 +404,25 @@ def conclusions(results: dict, mcnemar: dict, target: dict, fit: dict[str, tuple
     calibration_sentence, robustness_sentence) and their summary. `c_edge` ("largest"/"smallest"): the L-BFGS probe
     kept that end of its C grid, so it may be under-tuned."""
     caveat = f" Caveats: {'; '.join(caveats)}." if caveats else ""
-    out = [comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
-           comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
-           verdict.speed_sentence(target, num_classes) + caveat]
+    out = [
+        comparison_sentence("macro_f1", results["macro_f1"]["difference"]) + caveat,
+        comparison_sentence("accuracy", results["accuracy"]["difference"], mcnemar) + caveat,
+        verdict.speed_sentence(target, num_classes) + caveat,
+    ]
     out += [verdict.regime_sentence(IN_SENTENCES[m], *fit[m], num_classes) for m in MODELS]
     out += list(generalisation)
     for model, (kind, share) in bound.items():
-        out.append(f"The {PROFILED_STEP[model]} is {kind}: it waits on the loader for {share:.0%} of each profiled "
-                   f"step.")
+        out.append(
+            f"The {PROFILED_STEP[model]} is {kind}: it waits on the loader for {share:.0%} of each profiled step."
+        )
     for model in last_epoch_best:
-        out.append(f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
-                   f"and more epochs could change the comparison.")
+        out.append(
+            f"The {IN_SENTENCES[model]}'s best val macro-F1 came in its last epoch: it may still be improving, "
+            f"and more epochs could change the comparison."
+        )
     if c_edge:
-        out.append(f"The probe kept the {c_edge} C of its grid: a C beyond it may do better on val, so the probe "
-                   f"may be under-tuned and the comparison may understate it (extend train_vit.c_grid).")
+        out.append(
+            f"The probe kept the {c_edge} C of its grid: a C beyond it may do better on val, so the probe "
+            f"may be under-tuned and the comparison may understate it (extend train_vit.c_grid)."
+        )
     return out

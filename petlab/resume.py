@@ -38,8 +38,9 @@ class Resume:
         self.writable = True
 
     @classmethod
-    def for_stage(cls, stage: str, params: Params, dvc_file: str | Path = "dvc.yaml",
-                  item: dict | None = None) -> Resume:
+    def for_stage(
+        cls, stage: str, params: Params, dvc_file: str | Path = "dvc.yaml", item: dict | None = None
+    ) -> Resume:
         """A stage's checkpoint, resume/<stage>.pt. For one instance of a `matrix` stage (a study cell, cnn@0-5:
         `stage` its name, `item` its values, {"seed": "0", "size": "5"}) it is keyed by that instance's own command
         and deps, so cells run side by side never share one: resume/study/cnn@0-5.pt."""
@@ -98,7 +99,9 @@ class Resume:
             print(f"{self.name}: {message}", flush=True)
 
 
-def stage_inputs(stage: str, params: Params, dvc_file: str | Path = "dvc.yaml", item: dict | None = None) -> dict | None:
+def stage_inputs(
+    stage: str, params: Params, dvc_file: str | Path = "dvc.yaml", item: dict | None = None
+) -> dict | None:
     """What a stage's outputs depend on, as dvc.yaml declares it: its command, the values of its params (flattened
     to dotted keys, so a change names the key) and a digest of each dep (every file of a folder). `item`: the values
     of one instance of a `matrix` stage, put in for its ${item.KEY}s.
@@ -142,8 +145,11 @@ def path_digest(path: Path) -> str | None:
         return file_digest(path)
     if not path.is_dir():
         return None
-    lines = [f"{f.relative_to(path).as_posix()} {file_digest(f)}\n" for f in sorted(path.rglob("*"))
-             if f.is_file() and "__pycache__" not in f.relative_to(path).parts]
+    lines = [
+        f"{f.relative_to(path).as_posix()} {file_digest(f)}\n"
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.relative_to(path).parts
+    ]
     return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 

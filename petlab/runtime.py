@@ -32,8 +32,10 @@ def read_text(path: str | Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise PipelineError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8") from None
+        line = raw[: err.start].count(b"\n") + 1
+        raise PipelineError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def launched_by_torchrun() -> bool:
@@ -168,7 +170,8 @@ def check_cuda_kernels() -> None:
                 f"GPU {index} ({torch.cuda.get_device_name(index)}) has compute capability {major}.{minor} (sm_{major}"
                 f"{minor}), but this torch {torch.__version__} has kernels for {', '.join(arch_list)} only; install a "
                 f"build that covers it (pip install torch==2.14.1 torchvision==0.29.1 --index-url {OLDER_GPU_BUILD}; "
-                "docs/setup.md) or set device: cpu in params.yaml")
+                "docs/setup.md) or set device: cpu in params.yaml"
+            )
 
 
 def cpu_supports_bf16() -> bool:

@@ -50,8 +50,15 @@ def check_data(data: PreparedData) -> tuple[dict, list[str]]:
     if unreadable:
         failures.append(f"{len(unreadable)} prepared image(s) cannot be decoded: {unreadable[:5]}")
     report = {
-        "counts": {s: {"total": sum(c.values()), "min_per_class": min(c.values()), "max_per_class": max(c.values()),
-                       "per_class": c} for s, c in counts.items()},
+        "counts": {
+            s: {
+                "total": sum(c.values()),
+                "min_per_class": min(c.values()),
+                "max_per_class": max(c.values()),
+                "per_class": c,
+            }
+            for s, c in counts.items()
+        },
         "unreadable": {"count": len(unreadable), "files": unreadable},
         "cross_split_duplicates": {"count": len(overlaps), "groups": overlaps},
         "image_size": {s: _size_stats(v) for s, v in sizes.items()},
@@ -63,16 +70,24 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict:
     if not sizes:
         return {}
     w, h = np.array(sizes).T
-    return {"width": {"min": int(w.min()), "mean": round(float(w.mean()), 2), "max": int(w.max())},
-            "height": {"min": int(h.min()), "mean": round(float(h.mean()), 2), "max": int(h.max())}}
+    return {
+        "width": {"min": int(w.min()), "mean": round(float(w.mean()), 2), "max": int(w.max())},
+        "height": {"min": int(h.min()), "mean": round(float(h.mean()), 2), "max": int(h.max())},
+    }
 
 
 def prepare_report(data: PreparedData) -> dict:
     """What prepare converted and skipped, carried into the sanity metrics so nothing is dropped silently."""
     report = json.loads((data.root / "report.json").read_text())
-    return {"converted_to_rgb": report["converted_to_rgb"], "skipped_count": report["images_skipped"],
-            "skipped": report["skipped"], "left_out_count": report["left_out_count"], "left_out": report["left_out"],
-            "exif_rotated": report["exif_rotated"], "resized_to_fit_jpeg": report["resized_to_fit_jpeg"]}
+    return {
+        "converted_to_rgb": report["converted_to_rgb"],
+        "skipped_count": report["images_skipped"],
+        "skipped": report["skipped"],
+        "left_out_count": report["left_out_count"],
+        "left_out": report["left_out"],
+        "exif_rotated": report["exif_rotated"],
+        "resized_to_fit_jpeg": report["resized_to_fit_jpeg"],
+    }
 
 
 def overfit_items(data: PreparedData, batches: int, batch_size: int, seed: int) -> list[tuple[Path, int]]:
@@ -82,18 +97,22 @@ def overfit_items(data: PreparedData, batches: int, batch_size: int, seed: int) 
     if needed > len(items):
         from petlab.params import ParamsError
 
-        raise ParamsError(f"sanity.overfit_batches = {batches} with sanity.batch_size = {batch_size} needs {needed} "
-                          f"training images but there are {len(items)}; lower one of them")
+        raise ParamsError(
+            f"sanity.overfit_batches = {batches} with sanity.batch_size = {batch_size} needs {needed} "
+            f"training images but there are {len(items)}; lower one of them"
+        )
     order = np.random.default_rng(seed).permutation(len(items))[:needed]
     return [items[i] for i in sorted(order)]
 
 
-def image_batches(items: list[tuple[Path, int]], spec: TransformSpec, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def image_batches(
+    items: list[tuple[Path, int]], spec: TransformSpec, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """uint8 batches of the images, eval-transformed (a StepContext with `spec` normalises them)."""
     transform = eval_transform(spec)
     x = torch.stack([transform(read_image(path)) for path, _ in items])
     y = torch.tensor([label for _, label in items])
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 def standardize(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,8 +127,15 @@ def standardize(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[
     return [((f - mean) / std, y) for f, y in batches]
 
 
-def overfit(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx: StepContext, lr: float,
-            max_steps: int, writer=None, tag: str = "model") -> dict:
+def overfit(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    ctx: StepContext,
+    lr: float,
+    max_steps: int,
+    writer=None,
+    tag: str = "model",
+) -> dict:
     """Train on the same few batches until every one is classified right (train mode), or max_steps.
 
     Returns the step at which 100% was first reached (None if never), and the final loss and accuracy.
@@ -132,20 +158,32 @@ def overfit(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], 
         if accuracy == 1.0:
             reached = step
             break
-    return {"steps_to_100pct": reached, "final_loss": round(loss_value, 6), "final_accuracy": round(accuracy, 6),
-            "max_steps": max_steps, "images": sum(len(y) for _, y in batches)}
+    return {
+        "steps_to_100pct": reached,
+        "final_loss": round(loss_value, 6),
+        "final_accuracy": round(accuracy, 6),
+        "max_steps": max_steps,
+        "images": sum(len(y) for _, y in batches),
+    }
 
 
 def metrics_summary(report: dict) -> dict:
     """The scalars of the report worth comparing across runs (`dvc metrics show`); the lists and per-class
     details stay in the full report."""
-    overfit = {f"overfit_{m}": {k: report[f"overfit_{m}"][k] for k in ("steps_to_100pct", "final_accuracy")}
-               for m in ("cnn", "probe")}
-    return {"passed": report["passed"],
-            "counts": {split: {k: c[k] for k in ("total", "min_per_class", "max_per_class")}
-                       for split, c in report["counts"].items()},
-            "cross_split_duplicates": {"count": report["cross_split_duplicates"]["count"]},
-            "unreadable": {"count": report["unreadable"]["count"]},
-            "prepare": {k: report["prepare"][k]
-                        for k in ("skipped_count", "left_out_count", "exif_rotated", "resized_to_fit_jpeg")},
-            **overfit}
+    overfit = {
+        f"overfit_{m}": {k: report[f"overfit_{m}"][k] for k in ("steps_to_100pct", "final_accuracy")}
+        for m in ("cnn", "probe")
+    }
+    return {
+        "passed": report["passed"],
+        "counts": {
+            split: {k: c[k] for k in ("total", "min_per_class", "max_per_class")}
+            for split, c in report["counts"].items()
+        },
+        "cross_split_duplicates": {"count": report["cross_split_duplicates"]["count"]},
+        "unreadable": {"count": report["unreadable"]["count"]},
+        "prepare": {
+            k: report["prepare"][k] for k in ("skipped_count", "left_out_count", "exif_rotated", "resized_to_fit_jpeg")
+        },
+        **overfit,
+    }

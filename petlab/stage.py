@@ -18,8 +18,14 @@ from petlab.outputs import timing_file as stage_timing_file
 from petlab.runtime import DETERMINISTIC_VARIABLE, PipelineError, Stopwatch, launched_by_torchrun
 
 
-def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Path] = (),
-              timing_file: str | Path | None = None, timing_extra: dict | None = None, record_time: bool = True) -> None:
+def run_stage(
+    name: str,
+    main: Callable[[], None],
+    live_dirs: Sequence[str | Path] = (),
+    timing_file: str | Path | None = None,
+    timing_extra: dict | None = None,
+    record_time: bool = True,
+) -> None:
     """Run a stage's main(), turning known failures and Ctrl-C into one line and an exit code.
 
     On success the stage's wall time goes to metrics/timing/<name>.json, where `dvc metrics diff`
@@ -39,7 +45,7 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             main()
         except BaseException:
             for folder in live_dirs if main_rank else ():  # a failed stage leaves no partial TensorBoard or
-                shutil.rmtree(folder, ignore_errors=True)       # trace files (rank 0's: the others write none)
+                shutil.rmtree(folder, ignore_errors=True)  # trace files (rank 0's: the others write none)
             raise
         leave_process_group()
         if main_rank and record_time:
@@ -52,8 +58,10 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
             raise
         # Disk full, read-only or permission denied while writing (or reading) some file: one line.
         where = f"{err.filename}: " if err.filename else ""
-        print(f"{name}: error: {where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})",
-              file=sys.stderr)
+        print(
+            f"{name}: error: {where}{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except Exception as err:
         if launched_by_torchrun() and peer_failed(err):
@@ -61,9 +69,12 @@ def run_stage(name: str, main: Callable[[], None], live_dirs: Sequence[str | Pat
         op = nondeterministic_op(err)
         if op is None:
             raise
-        print(f"{name}: error: {op} has no deterministic kernel on this device, and the pipeline runs deterministic "
-              f"kernels only, so that reruns repeat; set {DETERMINISTIC_VARIABLE}=warn to run it anyway, with reruns "
-              "that may differ in their last bits (docs/reproducibility.md)", file=sys.stderr)
+        print(
+            f"{name}: error: {op} has no deterministic kernel on this device, and the pipeline runs deterministic "
+            f"kernels only, so that reruns repeat; set {DETERMINISTIC_VARIABLE}=warn to run it anyway, with reruns "
+            "that may differ in their last bits (docs/reproducibility.md)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         if launched_by_torchrun():
@@ -82,12 +93,18 @@ def run_model_stage(stage: str, main: Callable[[str], None], live_dir: str | Non
     its wall time in metrics/timing/<stage>_<MODEL>.json; `live_dir` (a format of `model`) as run_stage's."""
     args = sys.argv[1:]
     if len(args) != 1 or args[0] not in MODELS:
-        print(f"{stage}: error: usage: python -m stages.{stage} {' | '.join(MODELS)}; got {' '.join(args) or 'nothing'}",
-              file=sys.stderr)
+        print(
+            f"{stage}: error: usage: python -m stages.{stage} {' | '.join(MODELS)}; got {' '.join(args) or 'nothing'}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     model = args[0]
-    run_stage(f"{stage}@{model}", lambda: main(model), live_dirs=[live_dir.format(model=model)] if live_dir else (),
-              timing_file=stage_timing_file(f"{stage}@{model}"))
+    run_stage(
+        f"{stage}@{model}",
+        lambda: main(model),
+        live_dirs=[live_dir.format(model=model)] if live_dir else (),
+        timing_file=stage_timing_file(f"{stage}@{model}"),
+    )
 
 
 def leave_process_group() -> None:

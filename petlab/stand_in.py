@@ -34,8 +34,14 @@ OUTER = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_
 # Inside a block: the first block has no expansion (timm's DepthwiseSeparableConv), the others do
 # (timm's InvertedResidual), and the two name their convolutions and norms differently.
 SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                     "_project_conv": "conv_pwl", "_bn2": "bn3"}
+INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def package_state_dict() -> dict[str, torch.Tensor]:
@@ -53,7 +59,7 @@ def timm_name(name: str, expanded_blocks: set[int]) -> str:
     if parts[0] != "_blocks":
         return ".".join([OUTER[parts[0]], *parts[1:]])
     index = int(parts[1])
-    stage = next(s for s in range(len(STAGE_DEPTHS)) if index < sum(STAGE_DEPTHS[:s + 1]))
+    stage = next(s for s in range(len(STAGE_DEPTHS)) if index < sum(STAGE_DEPTHS[: s + 1]))
     layers = INVERTED_RESIDUAL if index in expanded_blocks else SEPARABLE
     return ".".join(["blocks", str(stage), str(index - sum(STAGE_DEPTHS[:stage])), layers[parts[2]], *parts[3:]])
 
@@ -92,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         print(f"stand_in: error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
         sys.exit(1)
-    print(f"{path}: {DESCRIPTION}; use it with train_vit.model: {TIMM_MODEL}, train_vit.pretrained: true, "
-          f"train_vit.weights: {path}")
+    print(
+        f"{path}: {DESCRIPTION}; use it with train_vit.model: {TIMM_MODEL}, train_vit.pretrained: true, "
+        f"train_vit.weights: {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def read_probe_tuning(size: int | str, study: StudyParams) -> dict:
         raise PipelineError(f"{path}: not found; run the study's tuning cells first (dvc repro {PIPELINE})")
     tuned = json.loads(path.read_text())
     if sorted(tuned["c_grid"]) != sorted(float(c) for c in study.probe_c_grid):
-        raise PipelineError(f"{path} tried C {tuned['c_grid']}, not study.probe_c_grid; re-run it (dvc repro {PIPELINE})")
+        raise PipelineError(
+            f"{path} tried C {tuned['c_grid']}, not study.probe_c_grid; re-run it (dvc repro {PIPELINE})"
+        )
     return tuned
 
 
@@ -102,13 +104,17 @@ def pipeline_text(study: StudyParams) -> str:
     template = TEMPLATE.read_text()
     if GRID_VARS not in template:
         raise PipelineError(f"{TEMPLATE}: no line {GRID_VARS.strip()!r} for the study's grid to replace")
-    grid = (f"  - study:  # params.yaml's study grid, as the schema accepted it\n"
-            f"      seeds: {json.dumps(list(study.seeds))}\n"
-            f"      images_per_class: {json.dumps(list(study.images_per_class))}\n"
-            f"      cnn_grid: {{lr: {json.dumps(list(study.cnn_grid.lr))}, "
-            f"weight_decay: {json.dumps(list(study.cnn_grid.weight_decay))}}}\n")
-    header = (f"# Written by `python -m petlab.study` from {TEMPLATE} and params.yaml's study section: write it again\n"
-              "# after changing study.seeds, study.images_per_class or study.cnn_grid (the study's stages check it).\n")
+    grid = (
+        f"  - study:  # params.yaml's study grid, as the schema accepted it\n"
+        f"      seeds: {json.dumps(list(study.seeds))}\n"
+        f"      images_per_class: {json.dumps(list(study.images_per_class))}\n"
+        f"      cnn_grid: {{lr: {json.dumps(list(study.cnn_grid.lr))}, "
+        f"weight_decay: {json.dumps(list(study.cnn_grid.weight_decay))}}}\n"
+    )
+    header = (
+        f"# Written by `python -m petlab.study` from {TEMPLATE} and params.yaml's study section: write it again\n"
+        "# after changing study.seeds, study.images_per_class or study.cnn_grid (the study's stages check it).\n"
+    )
     return header + template.replace(GRID_VARS, grid)
 
 
@@ -117,9 +123,11 @@ def check_pipeline_copy(study: StudyParams) -> None:
     would run the cells with the deps of an older version of the code (and DVC would keep results the current code
     would not produce), one written for another grid would run other cells than params.yaml asks for."""
     if PIPELINE.is_file() and TEMPLATE.is_file() and PIPELINE.read_text() != pipeline_text(study):
-        raise PipelineError(f"{PIPELINE} is not the study's pipeline for this code and params.yaml's study grid (a "
-                            f"copy from an older version, or the grid changed since); write it again: "
-                            f"python -m petlab.study")
+        raise PipelineError(
+            f"{PIPELINE} is not the study's pipeline for this code and params.yaml's study grid (a "
+            f"copy from an older version, or the grid changed since); write it again: "
+            f"python -m petlab.study"
+        )
 
 
 def write_pipeline() -> None:
@@ -129,8 +137,10 @@ def write_pipeline() -> None:
 
     study = load_params().study
     write_text(PIPELINE, pipeline_text(study))
-    print(f"wrote {PIPELINE}: {len(study.seeds)} seeds x {len(study.images_per_class)} sizes, {cell_count(study)} cells; "
-          f"run it with: dvc repro {PIPELINE}")
+    print(
+        f"wrote {PIPELINE}: {len(study.seeds)} seeds x {len(study.images_per_class)} sizes, {cell_count(study)} cells; "
+        f"run it with: dvc repro {PIPELINE}"
+    )
 
 
 def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
@@ -138,6 +148,7 @@ def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
     main() run as a stage whose wall seconds go to study/timing/<stage>.json with the cell and the machine.
 
     `stage` as DVC names it (cnn@0-5, cnn_tune@5-0.001-0.05), `cell` what it is: {"kind", "size"[, "seed"]}."""
+
     def checked_main() -> None:
         from petlab.params import load_params
 
@@ -146,8 +157,12 @@ def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
         print(progress_line(cell, study), flush=True)
         main()
 
-    run_stage(f"study/{stage}", checked_main, timing_file=timing_path(stage),
-              timing_extra={"machine": machine(), "cell": cell})
+    run_stage(
+        f"study/{stage}",
+        checked_main,
+        timing_file=timing_path(stage),
+        timing_extra={"machine": machine(), "cell": cell},
+    )
 
 
 def timing_path(stage: str) -> Path:
@@ -187,14 +202,20 @@ def progress_line(cell: dict, study: StudyParams) -> str:
     here = [r for r in done if r.get("machine") == machine()]
     if not here:
         return line + "; time left: no estimate yet (no cell has finished on this machine)"
-    kinds = {"cnn_tune": len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay), "cnn": len(study.seeds),
-             "cnn_long": len(study.seeds), "probe_tune": 1, "probe": len(study.seeds)}  # cells of each kind, a size
+    kinds = {
+        "cnn_tune": len(study.cnn_grid.lr) * len(study.cnn_grid.weight_decay),
+        "cnn": len(study.seeds),
+        "cnn_long": len(study.seeds),
+        "probe_tune": 1,
+        "probe": len(study.seeds),
+    }  # cells of each kind, a size
     seconds, untimed = 0.0, 0
     for kind, per_size in kinds.items():
         for size in (size_name(n) for n in study.images_per_class):
             left = per_size - sum(r["cell"]["kind"] == kind and r["cell"]["size"] == size for r in done)
-            similar = ([r["seconds"] for r in here if (r["cell"]["kind"], r["cell"]["size"]) == (kind, size)]
-                       or [r["seconds"] for r in here if r["cell"]["kind"] == kind])
+            similar = [r["seconds"] for r in here if (r["cell"]["kind"], r["cell"]["size"]) == (kind, size)] or [
+                r["seconds"] for r in here if r["cell"]["kind"] == kind
+            ]
             if similar:
                 seconds += left * float(np.mean(similar))
             else:
@@ -263,10 +284,14 @@ def chosen_recipe(size: int | str, study: StudyParams) -> dict:
     grid = [(lr, wd) for lr in study.cnn_grid.lr for wd in study.cnn_grid.weight_decay]
     missing = [f"lr {lr:g}, weight_decay {wd:g}" for lr, wd in grid if (lr, wd) not in found]
     if missing:
-        raise PipelineError(f"{folder}: no tuning cell for {'; '.join(missing)}; run the study's tuning cells first "
-                            f"(dvc repro {PIPELINE})")
-    tried = [{"lr": lr, "weight_decay": wd, "val_macro_f1": found[lr, wd]["macro_f1"], "val_loss": found[lr, wd]["loss"]}
-             for lr, wd in grid]
+        raise PipelineError(
+            f"{folder}: no tuning cell for {'; '.join(missing)}; run the study's tuning cells first "
+            f"(dvc repro {PIPELINE})"
+        )
+    tried = [
+        {"lr": lr, "weight_decay": wd, "val_macro_f1": found[lr, wd]["macro_f1"], "val_loss": found[lr, wd]["loss"]}
+        for lr, wd in grid
+    ]
     best = max(tried, key=lambda t: (t["val_macro_f1"], -t["val_loss"]))  # max keeps the first of equals
     return {"lr": best["lr"], "weight_decay": best["weight_decay"], "tried": tried}
 
@@ -295,8 +320,11 @@ def calibration_record(test_logits: np.ndarray, test_labels: np.ndarray, seed: i
     from petlab.calibration import calibration_summary, per_image_scores
 
     nll, brier = per_image_scores(test_logits, test_labels)
-    return {"calibration": calibration_summary(test_logits, test_labels, seed),
-            "test_nll": encode_values(nll), "test_brier": encode_values(brier)}
+    return {
+        "calibration": calibration_summary(test_logits, test_labels, seed),
+        "test_nll": encode_values(nll),
+        "test_brier": encode_values(brier),
+    }
 
 
 def scores(metrics: dict[str, float]) -> dict[str, float]:

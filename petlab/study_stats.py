@@ -62,14 +62,18 @@ def influence(labels: np.ndarray, preds: np.ndarray, metric: str, num_classes: i
         t, a, b = hit.mean(1, keepdims=True), actual.mean(1, keepdims=True), predicted.mean(1, keepdims=True)
         denominator = a + b
         with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(denominator > 0, 2 * (hit - t) / denominator
-                            - 2 * t / denominator ** 2 * ((actual - a) + (predicted - b)), 0.0)
+            term = np.where(
+                denominator > 0,
+                2 * (hit - t) / denominator - 2 * t / denominator**2 * ((actual - a) + (predicted - b)),
+                0.0,
+            )
         out += term
     return out / num_classes
 
 
-def variance_from_test_sampling(labels: np.ndarray, cnn: np.ndarray, probe: np.ndarray, metric: str,
-                           num_classes: int) -> float:
+def variance_from_test_sampling(
+    labels: np.ndarray, cnn: np.ndarray, probe: np.ndarray, metric: str, num_classes: int
+) -> float:
     """The test split's sampling variance of the mean over seeds of probe - CNN, by the delta method: the variance
     over test images of each image's paired influence (averaged over the seeds), over the number of images."""
     paired = (influence(labels, probe, metric, num_classes) - influence(labels, cnn, metric, num_classes)).mean(0)
@@ -93,7 +97,7 @@ class Comparison:
     @property
     def se(self) -> float:
         """The total standard error of the mean difference."""
-        return combine(None if self.seed_sd is None else self.seed_sd ** 2, self.seeds, self.test_se ** 2)[0]
+        return combine(None if self.seed_sd is None else self.seed_sd**2, self.seeds, self.test_se**2)[0]
 
     def bounds(self, level: float) -> tuple[float, float]:
         """The interval at another level."""
@@ -113,8 +117,9 @@ def combine(seed_variance: float | None, seeds: int, test_var: float) -> tuple[f
     return math.sqrt(seed_variance / seeds + test_var), float(seeds - 1)
 
 
-def half_width(seed_sd: float | None, seeds: int, test_se: float, level: float = LEVEL,
-               power: float | None = None) -> float:
+def half_width(
+    seed_sd: float | None, seeds: int, test_se: float, level: float = LEVEL, power: float | None = None
+) -> float:
     """The half-width of a two-sided `level` interval: sqrt((t_{S-1} x seed_sd / sqrt(S))^2 + (z x test_se)^2).
     With `power`, the smallest true difference such an interval excludes 0 for with that probability: each part's
     quantile raised by its quantile of `power`."""
@@ -143,16 +148,17 @@ def paired_comparison(per_seed: np.ndarray, paired_influence: np.ndarray, level:
     half = half_width(seed_sd, seeds, test_se, level)
     mean = float(per_seed.mean())
     wins, ties = int((per_seed > 0).sum()), int((per_seed == 0).sum())
-    return Comparison(mean, (mean - half, mean + half), seed_sd, test_se, seeds, wins, ties,
-                      clopper_pearson(wins, seeds), level)
+    return Comparison(
+        mean, (mean - half, mean + half), seed_sd, test_se, seeds, wins, ties, clopper_pearson(wins, seeds), level
+    )
 
 
-def compare(labels: np.ndarray, cnn: np.ndarray, probe: np.ndarray, metric: str, num_classes: int,
-            level: float = LEVEL) -> Comparison:
+def compare(
+    labels: np.ndarray, cnn: np.ndarray, probe: np.ndarray, metric: str, num_classes: int, level: float = LEVEL
+) -> Comparison:
     """probe - CNN from (seeds, images) predicted labels, row i of both from the same seed."""
     labels_rows = np.broadcast_to(labels, cnn.shape)
-    per_seed = (metric_rows(labels_rows, probe, metric, num_classes)
-                - metric_rows(labels_rows, cnn, metric, num_classes))
+    per_seed = metric_rows(labels_rows, probe, metric, num_classes) - metric_rows(labels_rows, cnn, metric, num_classes)
     paired = (influence(labels, probe, metric, num_classes) - influence(labels, cnn, metric, num_classes)).mean(0)
     return paired_comparison(per_seed, paired, level)
 
@@ -173,8 +179,7 @@ def family_level(members: int) -> float:
 # ---------------------------------------------------------------- power: what the study could detect
 
 
-def detectable(seed_sd: float | None, test_se: float, seeds: int, power: float = POWER,
-               level: float = LEVEL) -> float:
+def detectable(seed_sd: float | None, test_se: float, seeds: int, power: float = POWER, level: float = LEVEL) -> float:
     """The smallest true difference a study of `seeds` seeds detects with probability `power` by the rule below
     (a two-sided `level` interval excluding 0)."""
     return half_width(seed_sd, seeds, test_se, level, power)
@@ -209,10 +214,16 @@ def power_summary(c: Comparison, reference: float = REFERENCE_DIFFERENCE, level:
     difference needs, at the estimated seed sd and at the two ends of its interval (seed_sd_range)."""
     sd_range = seed_sd_range(c.seed_sd, c.seeds)
     ends = (c.seed_sd, *(sd_range or (None, None)))
-    return {"seed_sd": c.seed_sd, "seed_sd_range": sd_range, "test_se": c.test_se,
-            "detectable": [detectable(sd, c.test_se, c.seeds, level=level) if sd is not None or k == 0 else None
-                           for k, sd in enumerate(ends)],
-            "seeds_for_reference": [seeds_needed(reference, sd, c.test_se, level) for sd in ends]}
+    return {
+        "seed_sd": c.seed_sd,
+        "seed_sd_range": sd_range,
+        "test_se": c.test_se,
+        "detectable": [
+            detectable(sd, c.test_se, c.seeds, level=level) if sd is not None or k == 0 else None
+            for k, sd in enumerate(ends)
+        ],
+        "seeds_for_reference": [seeds_needed(reference, sd, c.test_se, level) for sd in ends],
+    }
 
 
 # ---------------------------------------------------------------- the rules the report concludes by
@@ -236,17 +247,23 @@ def crossing(sizes: list[str], verdicts: list[str]) -> str:
     undecided = [size for size, v in zip(sizes, verdicts) if v == "undecided"]
     names = {"probe": "the probe", "cnn": "the CNN"}
     if not decided:
-        return ("The intervals do not separate the models at any size tried: the study cannot say whether or where "
-                "the curves cross.")
+        return (
+            "The intervals do not separate the models at any size tried: the study cannot say whether or where "
+            "the curves cross."
+        )
     for (a, first), (b, second) in zip(decided, decided[1:]):
         if first != second:
-            return (f"The curves cross between {a} and {b} training images per class: {names[first]} is ahead at "
-                    f"{a}, {names[second]} at {b}.")
+            return (
+                f"The curves cross between {a} and {b} training images per class: {names[first]} is ahead at "
+                f"{a}, {names[second]} at {b}."
+            )
     leader = names[decided[0][1]]
     if not undecided:
         return f"The curves do not cross within the sizes tried: {leader} is ahead at every size."
-    return (f"No crossing is shown: {leader} is ahead at {', '.join(s for s, _ in decided)} training images per "
-            f"class; at {', '.join(undecided)} the intervals do not separate the models.")
+    return (
+        f"No crossing is shown: {leader} is ahead at {', '.join(s for s, _ in decided)} training images per "
+        f"class; at {', '.join(undecided)} the intervals do not separate the models."
+    )
 
 
 # The budget check is an equivalence test (two one-sided tests): "trained enough" only where the one-sided 95% upper

@@ -16,8 +16,16 @@ from PIL import Image, ImageDraw
 GENERATED_MARKER = "GENERATED_BY_PETLAB.txt"
 
 # (file-name prefix, species: 1 cat / 2 dog); upper-case prefixes are cats, as in the real archive.
-BREEDS = [("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 1), ("beagle", 2), ("Sphynx", 1),
-          ("pug", 2), ("Persian", 1), ("shiba_inu", 2)]
+BREEDS = [
+    ("Abyssinian", 1),
+    ("american_bulldog", 2),
+    ("Bengal", 1),
+    ("beagle", 2),
+    ("Sphynx", 1),
+    ("pug", 2),
+    ("Persian", 1),
+    ("shiba_inu", 2),
+]
 
 
 def class_image(label: int, num_classes: int, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -38,8 +46,15 @@ def class_image(label: int, num_classes: int, rng: np.random.Generator, size: tu
     return image
 
 
-def make_fake_pets(root: str | Path, num_classes: int = 4, trainval_per_class: int = 10, test_per_class: int = 5,
-                   size_range: tuple[int, int] = (96, 160), seed: int = 0, awkward_files: bool = True) -> Path:
+def make_fake_pets(
+    root: str | Path,
+    num_classes: int = 4,
+    trainval_per_class: int = 10,
+    test_per_class: int = 5,
+    size_range: tuple[int, int] = (96, 160),
+    seed: int = 0,
+    awkward_files: bool = True,
+) -> Path:
     """Write <root>/images/*.jpg, <root>/annotations/{trainval,test}.txt and the GENERATED_MARKER; return root."""
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,17 @@ if TYPE_CHECKING:  # fit only calls its load and save: the loop knows nothing of
 # timm warns that a cosine of one update (after warmup) has no effect; it has: the lr falls to 0 after it.
 logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_macro_f1",
-                   "val_macro_f1", "val_top5_accuracy", "lr"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "train_macro_f1",
+    "val_macro_f1",
+    "val_top5_accuracy",
+    "lr",
+]
 
 SELECTION_RULE = "highest val macro-F1, ties broken by lower val loss"
 
@@ -91,12 +100,18 @@ class LRSchedule:
         total = max(1, optim.epochs * steps_per_epoch)
         self.warmup = int(round(optim.warmup_epochs * steps_per_epoch))
         self.updates = 0
-        self.warmup_cosine = CosineLRScheduler(optimizer, t_initial=max(1, total - self.warmup), warmup_t=self.warmup,
-                                               warmup_prefix=True, t_in_epochs=False)
+        self.warmup_cosine = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, total - self.warmup),
+            warmup_t=self.warmup,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
         self.plateau = None
         if optim.scheduler == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
+            )
         self.warmup_cosine.step_update(self.schedule_t(0))  # the lr of the first update
         optimizer.register_step_post_hook(self.after_update)
 
@@ -139,14 +154,23 @@ def make_optimizer(parameters: Iterable[nn.Parameter] | Iterable[dict], optim: O
         params = [p for p in group["params"] if p.requires_grad]
         lr = group.get("lr", optim.lr)
         # Weight decay on weights only: decaying norms and biases hurts and buys nothing.
-        param_groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": optim.weight_decay, "lr": lr},
-                         {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, "lr": lr}]
+        param_groups += [
+            {"params": [p for p in params if p.dim() > 1], "weight_decay": optim.weight_decay, "lr": lr},
+            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, "lr": lr},
+        ]
     optimizer = torch.optim.AdamW(param_groups, lr=optim.lr)
     return optimizer, LRSchedule(optimizer, optim, steps_per_epoch)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, ctx: StepContext,
-               scaler: torch.amp.GradScaler | None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer,
+    loss_fn,
+    ctx: StepContext,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (loss, logits) detached, on the device. With `scaler` the optimizer
     may skip the step (gradients that overflowed); its LRSchedule then stays where it is."""
     x, y = ctx.to_device(x), ctx.to_device(y)
@@ -164,8 +188,16 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, lo
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, loss_fn, ctx: StepContext, num_classes: int,
-                    scaler=None, desc: str = "train") -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer,
+    loss_fn,
+    ctx: StepContext,
+    num_classes: int,
+    scaler=None,
+    desc: str = "train",
+) -> dict[str, float]:
     """One pass over the loader. Losses and logits stay on the device until the epoch ends: copying them to the
     host every step would wait for the step to finish, and leave a GPU idle until the next one is queued."""
     model.train()
@@ -185,7 +217,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, loss_fn, ct
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "predict"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs (fp32, on the CPU) and labels for a whole loader: logits, or features for a backbone.
 
     Filled into tensors made once: collecting batches and concatenating them would need twice
@@ -202,8 +236,8 @@ def predict(model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = 
             out = model(ctx.to_device(x))
         if outputs is None:
             outputs = torch.empty(n, *out.shape[1:], dtype=torch.float32, pin_memory=pinned)
-        outputs[filled:filled + len(y)].copy_(out.float(), non_blocking=pinned)
-        labels[filled:filled + len(y)] = y
+        outputs[filled : filled + len(y)].copy_(out.float(), non_blocking=pinned)
+        labels[filled : filled + len(y)] = y
         filled += len(y)
     if pinned:
         torch.cuda.current_stream(ctx.device).synchronize()  # the asynchronous copies have landed
@@ -235,10 +269,21 @@ class FitResult:
 EpochCallback = Callable[[list[dict], "FitResult"], None]
 
 
-def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optim: OptimParams, ctx: StepContext,
-        num_classes: int, writer=None, hist_every: int = 0, eval_model: nn.Module | None = None,
-        name: str = "model", param_groups: list[dict] | None = None, resume: Resume | None = None,
-        on_epoch: EpochCallback | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optim: OptimParams,
+    ctx: StepContext,
+    num_classes: int,
+    writer=None,
+    hist_every: int = 0,
+    eval_model: nn.Module | None = None,
+    name: str = "model",
+    param_groups: list[dict] | None = None,
+    resume: Resume | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
     """Train for optim.epochs, keeping the state that is best by SELECTION_RULE on validation.
 
     `eval_model` validates instead of `model` when validation runs on other inputs (the probe's head
@@ -252,17 +297,26 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
     eval_model = eval_model or model
     n_train = len(train_loader.dataset)
     if train_loader.batch_size > n_train and distributed.is_main():  # then the whole split is one batch
-        print(f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
-              f"samples: one full-batch step per epoch, {optim.epochs} steps in all", flush=True)
+        print(
+            f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
+            f"samples: one full-batch step per epoch, {optim.epochs} steps in all",
+            flush=True,
+        )
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
     scaler = ctx.precision.grad_scaler(ctx.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     loaders = {"train": train_loader, "val": val_loader}
     # What a checkpoint must have been made on besides the stage's inputs: results differ across these.
-    run = {"device": ctx.device.type, "precision": ctx.precision.name, "channels_last": ctx.channels_last,
-           "ranks": distributed.world_size(), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader),
-           "rng_per_rank": True}
+    run = {
+        "device": ctx.device.type,
+        "precision": ctx.precision.name,
+        "channels_last": ctx.channels_last,
+        "ranks": distributed.world_size(),
+        "torch": str(torch.__version__),
+        "steps_per_epoch": len(train_loader),
+        "rng_per_rank": True,
+    }
     saved = load_training_state(resume, run)
     best: FitResult | None = None
     best_key = None
@@ -285,40 +339,64 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, opti
         # Last: nothing else may draw random numbers before the next epoch. Each rank its own (they draw apart).
         set_rng_states(saved["rng"][distributed.rank()], ctx.device)
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
-    epochs = tqdm(range(done + 1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch",
-                  disable=distributed.tqdm_disable())
+    epochs = tqdm(
+        range(done + 1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable()
+    )
     for epoch in epochs:
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_m = train_one_epoch(train_model, train_loader, optimizer, loss_fn, ctx, num_classes, scaler,
-                                  desc=f"{name}: epoch {epoch}")
+        train_m = train_one_epoch(
+            train_model, train_loader, optimizer, loss_fn, ctx, num_classes, scaler, desc=f"{name}: epoch {epoch}"
+        )
         val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
         epoch_seconds.append(round(time.perf_counter() - started, 3))
-        row = rounded({"epoch": epoch, "lr": lr,
-                       **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
-                       **{f"val_{k}": v for k, v in val_m.items()}})
+        row = rounded(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
+                **{f"val_{k}": v for k, v in val_m.items()},
+            }
+        )
         history.append(row)
         if best is None or selection_key(val_m) > best_key:
             best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
         # Every rank's generators, gathered on all of them (a collective), written by rank 0 alone.
         rng = distributed.gather_objects(rng_states(ctx.device)) if resume is not None else None
         if resume is not None and distributed.is_main():  # saved before the epoch's line: once it shows, it is kept
-            resume.save(run, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng, "history": history, "epoch_seconds": epoch_seconds,
-                "sampler_epochs": {split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()},
-                "best": {"epoch": best.best_epoch, "val": best.best_val, "key": list(best_key),
-                         "state": best.best_state}})
+            resume.save(
+                run,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng,
+                    "history": history,
+                    "epoch_seconds": epoch_seconds,
+                    "sampler_epochs": {
+                        split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()
+                    },
+                    "best": {
+                        "epoch": best.best_epoch,
+                        "val": best.best_val,
+                        "key": list(best_key),
+                        "state": best.best_state,
+                    },
+                },
+            )
         if on_epoch is not None and distributed.is_main():
             on_epoch(history, best)
         epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
         # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
         if epochs.disable and distributed.is_main():
-            print(f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
-                  f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
-                  flush=True)
+            print(
+                f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
+                f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
+                flush=True,
+            )
         if writer is not None:
             log_epoch(writer, model, row, hist_every)
     best.history, best.steps_per_epoch, best.epoch_seconds = history, len(train_loader), epoch_seconds
@@ -331,8 +409,10 @@ def load_training_state(resume: Resume | None, run: dict) -> dict | None:
     if distributed.world_size() > 1:  # a rank that cannot read it (another node's disk) would train apart
         epochs = distributed.gather_shards(torch.tensor([saved["epoch"] if saved is not None else -1]))
         if len(set(epochs.tolist())) > 1:
-            resume.say("starting from scratch: the ranks did not all find the same checkpoint "
-                       f"(after epochs {sorted(set(epochs.tolist()))}, -1: none)")
+            resume.say(
+                "starting from scratch: the ranks did not all find the same checkpoint "
+                f"(after epochs {sorted(set(epochs.tolist()))}, -1: none)"
+            )
             return None
     return saved
 
@@ -340,8 +420,11 @@ def load_training_state(resume: Resume | None, run: dict) -> dict | None:
 def rng_states(device: torch.device) -> dict:
     """Every random number generator training draws from (dropout, mostly), in forms torch.load(weights_only) reads."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
-              "torch": torch.get_rng_state()}
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if device.type == "cuda":  # this rank's GPU
         states["cuda"] = torch.cuda.get_rng_state(device)
     if device.type == "mps":

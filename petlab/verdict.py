@@ -79,20 +79,28 @@ def regime_sentence(name: str, train_accuracy: float, test_accuracy: float, num_
     accuracy is the test split's: images no choice saw (val chose the epoch or C, which biases its score up)."""
     kind = regime(train_accuracy, test_accuracy, num_classes)
     if kind == UNDERFITS:
-        return (f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
-                f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
-                f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%).")
+        return (
+            f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
+            f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
+            f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%)."
+        )
     kept = skill(test_accuracy, num_classes) / skill(train_accuracy, num_classes)
-    numbers = (f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: on new images it keeps "
-               f"{kept:.1%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
-               f"{RETAINED_SKILL:.0%} this rule asks")
+    numbers = (
+        f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: on new images it keeps "
+        f"{kept:.1%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
+        f"{RETAINED_SKILL:.0%} this rule asks"
+    )
     if kind == OVERFITS:
         return f"The {name} overfits: it fits its training images far better than new ones ({numbers})."
     return f"The {name} fits its training data without overfitting ({numbers})."
 
 
-def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: int, test_difference: tuple[float, float],
-                            names: dict[str, str] = NAMES) -> tuple[str, str]:
+def generalisation_sentence(
+    fit: dict[str, tuple[float, float]],
+    num_classes: int,
+    test_difference: tuple[float, float],
+    names: dict[str, str] = NAMES,
+) -> tuple[str, str]:
     """Train - test: which model generalises better from its training images to images no choice saw (test), only
     when both fit their training data (not UNDERFITS). `fit`: model -> (train accuracy, test accuracy);
     `test_difference`: the 95% interval of probe - CNN test accuracy (paired over the test images).
@@ -107,29 +115,41 @@ def generalisation_sentence(fit: dict[str, tuple[float, float]], num_classes: in
     quoted = ", ".join(f"{signed_points(gaps[m])} for the {names[m]}" for m in fit)
     if under:
         who = " and the ".join(names[m] for m in under)
-        return "no claim", (f"Train - test: no comparison, as the {who} underfit{'s' if len(under) == 1 else ''}: "
-                            f"{'its' if len(under) == 1 else 'their'} gap reflects how little it learned, not how well "
-                            f"it generalises ({quoted}).")
+        return "no claim", (
+            f"Train - test: no comparison, as the {who} underfit{'s' if len(under) == 1 else ''}: "
+            f"{'its' if len(under) == 1 else 'their'} gap reflects how little it learned, not how well "
+            f"it generalises ({quoted})."
+        )
     train_part = fit["cnn"][0] - fit["vit"][0]
     low, high = train_part + test_difference[0], train_part + test_difference[1]
-    interval = f"the CNN's gap minus the probe's {signed_points(gaps['cnn'] - gaps['vit'])}, 95% interval " \
-               f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+    interval = (
+        f"the CNN's gap minus the probe's {signed_points(gaps['cnn'] - gaps['vit'])}, 95% interval "
+        f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+    )
     if low > 0 or high < 0:
         better, worse = ("vit", "cnn") if low > 0 else ("cnn", "vit")
         if fit[better][1] < fit[worse][1]:
             # A smaller gap with a lower test accuracy is a model that learned less of its training images, not one
             # that carries more of them to new ones.
-            return "no claim", (f"Train - test: no claim, as the {names[better]}'s smaller gap comes with the lower "
-                                f"test accuracy ({pct(fit[better][1])} against {pct(fit[worse][1])}): it fits its "
-                                f"training images less, it does not carry more to new ones ({quoted}; {interval}).")
-        return better, (f"Train - test: the {names[better]} generalises better from its training images to new ones: "
-                        f"the {names[worse]}'s train - test accuracy gap is the larger ({quoted}; {interval}).")
+            return "no claim", (
+                f"Train - test: no claim, as the {names[better]}'s smaller gap comes with the lower "
+                f"test accuracy ({pct(fit[better][1])} against {pct(fit[worse][1])}): it fits its "
+                f"training images less, it does not carry more to new ones ({quoted}; {interval})."
+            )
+        return better, (
+            f"Train - test: the {names[better]} generalises better from its training images to new ones: "
+            f"the {names[worse]}'s train - test accuracy gap is the larger ({quoted}; {interval})."
+        )
     return "undecided", (f"Train - test: the gaps do not separate the models ({quoted}; {interval} holds zero).")
 
 
-def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[float, float, float]],
-                         learned_: dict[str, bool], ece: dict[str, tuple[float, float]],
-                         names: dict[str, str] = NAMES) -> tuple[str, str]:
+def calibration_sentence(
+    nll: dict[str, float],
+    differences: dict[str, tuple[float, float, float]],
+    learned_: dict[str, bool],
+    ece: dict[str, tuple[float, float]],
+    names: dict[str, str] = NAMES,
+) -> tuple[str, str]:
     """Rule: by the proper scores, not ECE. A model's probabilities are the better when the 95% interval of its test
     NLL minus the other's (paired bootstrap over the test images) excludes 0 in its favour and the Brier score's
     does not say the opposite; only between models that both learned (`learned_`): a model that learned nothing,
@@ -137,25 +157,35 @@ def calibration_sentence(nll: dict[str, float], differences: dict[str, tuple[flo
     probe - CNN (estimate, low, high); `ece`: model -> (plug-in, debiased), quoted beside (ECE is biased upward on a
     finite split, and a percentile interval of it does not cover). Returns (winner or 'undecided' or 'no claim',
     sentence)."""
-    quoted = ", ".join(f"NLL {nll[m]:.3f} for the {names[m]} (ECE {ece[m][0] * 100:.1f} points, debiased "
-                       f"{ece[m][1] * 100:.1f})" for m in nll)
+    quoted = ", ".join(
+        f"NLL {nll[m]:.3f} for the {names[m]} (ECE {ece[m][0] * 100:.1f} points, debiased {ece[m][1] * 100:.1f})"
+        for m in nll
+    )
     idle = [m for m, ok in learned_.items() if not ok]
     if idle:
         who = " and the ".join(names[m] for m in idle)
-        return "no claim", (f"Calibration: no comparison, as the {who} never learned: a model that gives every image "
-                            f"the same low confidence is calibrated and useless (test {quoted}).")
+        return "no claim", (
+            f"Calibration: no comparison, as the {who} never learned: a model that gives every image "
+            f"the same low confidence is calibrated and useless (test {quoted})."
+        )
     by_nll, nll_interval = lower_is_better(differences["nll"], "NLL", "{:+.3f}", 1)
     by_brier, brier_interval = lower_is_better(differences["brier"], "Brier", "{:+.3f}", 1)
     intervals = f"{nll_interval}; {brier_interval}"
     if proper_scores_winner(by_nll, by_brier):
-        return by_nll, (f"Calibration: the {names[by_nll]}'s probabilities are the better by the proper scores: its "
-                        f"test NLL is the lower ({quoted}; {intervals}).")
+        return by_nll, (
+            f"Calibration: the {names[by_nll]}'s probabilities are the better by the proper scores: its "
+            f"test NLL is the lower ({quoted}; {intervals})."
+        )
     if by_nll:
-        return "undecided", (f"Calibration: the proper scores disagree, NLL for the {names[by_nll]}, Brier for the "
-                             f"{names[by_brier]}: no claim ({quoted}; {intervals}).")
-    brier_note = (f"; Brier favours the {names[by_brier]}, but the rule rests on NLL" if by_brier else "")
-    return "undecided", (f"Calibration: test NLL does not separate the models ({quoted}; {nll_interval} holds zero; "
-                         f"{brier_interval}{brier_note}).")
+        return "undecided", (
+            f"Calibration: the proper scores disagree, NLL for the {names[by_nll]}, Brier for the "
+            f"{names[by_brier]}: no claim ({quoted}; {intervals})."
+        )
+    brier_note = f"; Brier favours the {names[by_brier]}, but the rule rests on NLL" if by_brier else ""
+    return "undecided", (
+        f"Calibration: test NLL does not separate the models ({quoted}; {nll_interval} holds zero; "
+        f"{brier_interval}{brier_note})."
+    )
 
 
 def proper_scores_winner(by_nll: str | None, by_brier: str | None) -> str | None:
@@ -164,14 +194,17 @@ def proper_scores_winner(by_nll: str | None, by_brier: str | None) -> str | None
     return by_nll if by_nll and by_brier in (None, by_nll) else None
 
 
-def lower_is_better(difference: tuple[float, float, float], measure: str = "", form: str = "{:+.1f}",
-                    scale: float = 100) -> tuple[str | None, str]:
+def lower_is_better(
+    difference: tuple[float, float, float], measure: str = "", form: str = "{:+.1f}", scale: float = 100
+) -> tuple[str | None, str]:
     """Of a measure where lower is better, given probe - CNN with its 95% interval: the model whose interval says it
     is lower ('vit' or 'cnn'), or None where the interval holds zero; and the interval as the sentences quote it."""
     estimate, low, high = difference
     unit = " points" if scale == 100 else ""
-    interval = (f"probe - CNN{' ' + measure if measure else ''} {form.format(estimate * scale)}{unit}, 95% interval "
-                f"[{form.format(low * scale)}, {form.format(high * scale)}]")
+    interval = (
+        f"probe - CNN{' ' + measure if measure else ''} {form.format(estimate * scale)}{unit}, 95% interval "
+        f"[{form.format(low * scale)}, {form.format(high * scale)}]"
+    )
     return ("vit" if high < 0 else "cnn" if low > 0 else None), interval
 
 
@@ -195,37 +228,63 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
     claim', sentence)."""
     images, clean = robust["images"], robust["clean"]
     per = {c: e for c, e in robust["corruptions"].items() if c != "all"}
-    quoted = "; ".join(f"{corruption_words(c)}: " + ", ".join(
-        f"{pct(e['accuracy'][m])} for the {names[m]}" for m in clean) for c, e in per.items())
+    quoted = "; ".join(
+        f"{corruption_words(c)}: " + ", ".join(f"{pct(e['accuracy'][m])} for the {names[m]}" for m in clean)
+        for c, e in per.items()
+    )
     floor = level_at(LEARNED_SKILL, num_classes)
     weak = [m for m, v in clean.items() if v < floor]
     if weak or images < MIN_ROBUSTNESS_IMAGES:
-        why = (f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
-               f"images under {pct(floor)} right (a tenth of the way from chance to 100%): no skill to lose"
-               if weak else f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
-                            "raise robustness.test_per_class)")
+        why = (
+            f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
+            f"images under {pct(floor)} right (a tenth of the way from chance to 100%): no skill to lose"
+            if weak
+            else f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
+            "raise robustness.test_per_class)"
+        )
         return "no claim", f"Corrupted images: no comparison, as {why} (accuracy under {quoted})."
-    ahead = {m: [corruption_words(c) for c, e in per.items() if (e["ahead"][1] > 0 if m == "vit" else
-                                                                  e["ahead"][2] < 0)] for m in clean}
-    steadier = {m: [corruption_words(c) for c, e in per.items() if e["lost_difference"] and
-                    lower_is_better(e["lost_difference"])[0] == m] for m in clean}
+    ahead = {
+        m: [corruption_words(c) for c, e in per.items() if (e["ahead"][1] > 0 if m == "vit" else e["ahead"][2] < 0)]
+        for m in clean
+    }
+    steadier = {
+        m: [
+            corruption_words(c)
+            for c, e in per.items()
+            if e["lost_difference"] and lower_is_better(e["lost_difference"])[0] == m
+        ]
+        for m in clean
+    }
 
-    readings = [f"the {names[m]} is {what} under {', '.join(items)}" for m in clean
-                for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)",
-                                                            steadier[m])) if items]
-    where = ("per corruption (each interval one of their Bonferroni family), " + "; ".join(readings) if readings
-             else "no single corruption separates them")
+    readings = [
+        f"the {names[m]} is {what} under {', '.join(items)}"
+        for m in clean
+        for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)", steadier[m]))
+        if items
+    ]
+    where = (
+        "per corruption (each interval one of their Bonferroni family), " + "; ".join(readings)
+        if readings
+        else "no single corruption separates them"
+    )
     overall = robust["corruptions"]["all"]
     better, interval = lower_is_better(overall["lost_difference"]) if overall["lost_difference"] else (None, "")
     lost = ", ".join(f"{overall['skill_lost'][m]:.0%} for the {names[m]}" for m in clean)
-    tail = (f" (share of clean skill above chance lost over all {len(per)} corruptions: {lost}"
-            + (f"; {interval}" if interval else "; no interval: the clean accuracy too near chance") +
-            f"; accuracy under {quoted}; {images} test images)")
+    tail = (
+        f" (share of clean skill above chance lost over all {len(per)} corruptions: {lost}"
+        + (f"; {interval}" if interval else "; no interval: the clean accuracy too near chance")
+        + f"; accuracy under {quoted}; {images} test images)"
+    )
     if better:
-        return better, (f"Corrupted images: by the share of its skill lost over all corruptions together, the "
-                        f"{names[better]} holds up better; {where}{tail}.")
-    return "undecided", (f"Corrupted images: by the share of skill lost over all corruptions together, the models do "
-                         f"not separate; {where}{tail}.")
+        return better, (
+            f"Corrupted images: by the share of its skill lost over all corruptions together, the "
+            f"{names[better]} holds up better; {where}{tail}."
+        )
+    return "undecided", (
+        f"Corrupted images: by the share of skill lost over all corruptions together, the models do "
+        f"not separate; {where}{tail}."
+    )
+
 
 def generalisation_summary(winners: dict[str, str], names: dict[str, str] = NAMES) -> str:
     """One sentence from the three senses' rules (sense -> 'cnn', 'vit', 'undecided' or 'no claim')."""
@@ -283,8 +342,7 @@ def first_reaching(points: list[Point], level: float) -> dict | None:
     return None
 
 
-def compute_to_target(progress: dict[str, list[Point]], num_classes: int,
-                      test: dict[str, float] | None = None) -> dict:
+def compute_to_target(progress: dict[str, list[Point]], num_classes: int, test: dict[str, float] | None = None) -> dict:
     """Training compute to a common target (MLPerf's time-to-train, in FLOPs that do not depend on the machine or its
     load): the target is fixed (TARGET_SKILL of the way from chance to 1), and each model's compute is that of the
     point from which its val curve stays at or above it up to the kept weights (first_reaching). With `test` (model
@@ -295,9 +353,12 @@ def compute_to_target(progress: dict[str, list[Point]], num_classes: int,
     Returns target, best (model -> best val macro-F1), reached (model -> {"epoch", "gflops"} or None), test."""
     target = level_at(TARGET_SKILL, num_classes)
     confirmed = {m: test is None or test[m] >= target for m in progress}
-    return {"target": target, "best": {m: max(f1 for _, _, f1 in points) for m, points in progress.items()},
-            "reached": {m: first_reaching(points, target) if confirmed[m] else None for m, points in progress.items()},
-            "test": test}
+    return {
+        "target": target,
+        "best": {m: max(f1 for _, _, f1 in points) for m, points in progress.items()},
+        "reached": {m: first_reaching(points, target) if confirmed[m] else None for m, points in progress.items()},
+        "test": test,
+    }
 
 
 def short_of(t: dict, model: str, names: dict[str, str] = NAMES) -> str:
@@ -305,8 +366,10 @@ def short_of(t: dict, model: str, names: dict[str, str] = NAMES) -> str:
     (val reached it by luck)."""
     if t["best"][model] < t["target"]:
         return f"the {names[model]}'s best val macro-F1 is {pct(t['best'][model])}"
-    return (f"the {names[model]}'s val macro-F1 reaches {pct(t['best'][model])}, but its test macro-F1, "
-            f"{pct(t['test'][model])}, is under the target: a small val split touched it by chance")
+    return (
+        f"the {names[model]}'s val macro-F1 reaches {pct(t['best'][model])}, but its test macro-F1, "
+        f"{pct(t['test'][model])}, is under the target: a small val split touched it by chance"
+    )
 
 
 def gflops_text(gflops: float) -> str:
@@ -322,20 +385,29 @@ def speed_sentence(t: dict, num_classes: int, names: dict[str, str] = NAMES) -> 
     """Rule: who reaches the fixed target (compute_to_target) with less training compute; within a factor
     SAME_COMPUTE about the same. A model that does not reach it gets no time: it is said to fall short, with its
     best. Neither reaching it: no comparison."""
-    target = (f"val macro-F1 {pct(t['target'])}, half the way from chance ({pct(chance(num_classes))}) to 100%, "
-              f"fixed in advance")
+    target = (
+        f"val macro-F1 {pct(t['target'])}, half the way from chance ({pct(chance(num_classes))}) to 100%, "
+        f"fixed in advance"
+    )
     short = [m for m, r in t["reached"].items() if r is None]
     if len(short) == len(t["reached"]):
-        return (f"No speed comparison: neither model reaches the common target ({target}); "
-                + "; ".join(short_of(t, m, names) for m in t["best"]) + ".")
+        return (
+            f"No speed comparison: neither model reaches the common target ({target}); "
+            + "; ".join(short_of(t, m, names) for m in t["best"])
+            + "."
+        )
     if short:
         (slow,) = short
         (fast,) = [m for m in t["reached"] if m != slow]
-        return (f"Only the {names[fast]} reaches the common target ({target}), {when(t['reached'][fast])} of "
-                f"training compute; {short_of(t, slow, names)}.")
+        return (
+            f"Only the {names[fast]} reaches the common target ({target}), {when(t['reached'][fast])} of "
+            f"training compute; {short_of(t, slow, names)}."
+        )
     (a, b) = t["reached"]
-    head = (f"Training compute to a common target ({target}): the {names[a]} reaches it {when(t['reached'][a])}, "
-            f"the {names[b]} {when(t['reached'][b])}")
+    head = (
+        f"Training compute to a common target ({target}): the {names[a]} reaches it {when(t['reached'][a])}, "
+        f"the {names[b]} {when(t['reached'][b])}"
+    )
     fast, slow = sorted((a, b), key=lambda m: t["reached"][m]["gflops"])
     ratio = t["reached"][slow]["gflops"] / max(t["reached"][fast]["gflops"], 1e-12)
     if ratio < SAME_COMPUTE:
@@ -351,6 +423,8 @@ def few_images_warning(min_per_class: int, max_per_class: int) -> str | None:
     if min_per_class >= MIN_TRAIN_PER_CLASS:
         return None
     held = f"{min_per_class}" if min_per_class == max_per_class else f"{min_per_class} to {max_per_class}"
-    return (f"the train split holds {held} images per class, fewer than {MIN_TRAIN_PER_CLASS}: too few to show "
-            f"what a CNN trained from scratch can do (it learns its features from them; the probe's backbone "
-            f"brings its own), so this run shows the comparison at this size only")
+    return (
+        f"the train split holds {held} images per class, fewer than {MIN_TRAIN_PER_CLASS}: too few to show "
+        f"what a CNN trained from scratch can do (it learns its features from them; the probe's backbone "
+        f"brings its own), so this run shows the comparison at this size only"
+    )

@@ -13,8 +13,7 @@ if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is not signal.SIG_
         # Ctrl-C while torch and friends are still importing: one line, not a traceback out of the import
         # machinery. An exception raised mid-import can leave libraries half-initialised and failing noisily,
         # and nothing is written yet, so exit at once. Once the stage runs, run_stage takes Ctrl-C over.
-        print(f"{Path(sys.argv[0]).stem}: interrupted while starting; nothing was written", file=sys.stderr,
-              flush=True)
+        print(f"{Path(sys.argv[0]).stem}: interrupted while starting; nothing was written", file=sys.stderr, flush=True)
         os._exit(130)
 
     signal.signal(signal.SIGINT, _interrupted_while_starting)

@@ -31,9 +31,11 @@ def check_dvc_sees(weights_file: Path, pinned: bool) -> None:
     the probe would keep the old weights. Refused, unless train_vit.weights_sha256 pins the bytes it must have."""
     inside = weights_file.resolve().is_relative_to(LOCAL_WEIGHTS.resolve())
     if not inside and not pinned:
-        raise PipelineError(f"train_vit.weights = '{weights_file}' is outside {LOCAL_WEIGHTS}/, where DVC cannot see "
-                            f"it change; put it in {LOCAL_WEIGHTS}/ (and `dvc add` it: {LOCAL_WEIGHTS}/README.md), or "
-                            f"pin its bytes with train_vit.weights_sha256")
+        raise PipelineError(
+            f"train_vit.weights = '{weights_file}' is outside {LOCAL_WEIGHTS}/, where DVC cannot see "
+            f"it change; put it in {LOCAL_WEIGHTS}/ (and `dvc add` it: {LOCAL_WEIGHTS}/README.md), or "
+            f"pin its bytes with train_vit.weights_sha256"
+        )
 
 
 def save_backbone(path: Path, backbone: nn.Module, info: dict) -> None:

@@ -62,7 +62,10 @@ def probe_logits(checkpoint: dict, params, data: PreparedData, split: str):
         return cnn_logits(checkpoint, params, data, split, name="vit")
     cache = feature_cache()
     info = cache["info"]
-    if info["class_names"] != checkpoint["class_names"] or info["timm_model"] != checkpoint["model_config"]["timm_model"]:
+    if (
+        info["class_names"] != checkpoint["class_names"]
+        or info["timm_model"] != checkpoint["model_config"]["timm_model"]
+    ):
         raise PipelineError(f"{FEATURES} was not made for {CHECKPOINTS['vit']}; re-run train_vit (dvc repro)")
     if f"{split}/features" not in cache:
         return cnn_logits(checkpoint, params, data, split, name="vit")
@@ -84,10 +87,12 @@ def main(model: str) -> None:
     logits, labels = (torch.from_numpy(a) for a in logits_by_split["test"])
     # The report pairs the two models' predictions image by image; only cached features can come in another order.
     if labels.tolist() != [label for _, label in data.items("test")]:
-        raise PipelineError(f"{FEATURES} lists the test images in another order than {DATA}; re-run train_vit "
-                            f"(dvc repro)")
-    write_reports(model, logits, labels, data.class_names, PLOTS,
-                  f"{plots.model_label(checkpoint['model_config'])} (test)")
+        raise PipelineError(
+            f"{FEATURES} lists the test images in another order than {DATA}; re-run train_vit (dvc repro)"
+        )
+    write_reports(
+        model, logits, labels, data.class_names, PLOTS, f"{plots.model_label(checkpoint['model_config'])} (test)"
+    )
     images = [path.relative_to(DATA).as_posix() for path, _ in data.items("test")]
     write_predictions(PLOTS / f"predictions_test_{model}.csv", images, labels, {model: logits}, data.class_names)
     # Calibration on test: as trained, and after temperature scaling cross-fitted on test halves (val chose the
@@ -101,8 +106,10 @@ def main(model: str) -> None:
     write_json(METRICS / f"{model}.json", {model: results})  # keyed by the model, as `dvc exp show` names the columns
     t = results["test"]
     top5 = f", top-5 {t['top5_accuracy']:.4f}" if "top5_accuracy" in t else ""
-    print(f"evaluate: {model}: train accuracy {results['train']['accuracy']:.4f}; test accuracy "
-          f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}")
+    print(
+        f"evaluate: {model}: train accuracy {results['train']['accuracy']:.4f}; test accuracy "
+        f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}{top5}"
+    )
     if model == "vit" and not info.get("pretrained", True):
         print("evaluate: WARNING: the probe's backbone has random weights (train_vit.pretrained = false)")
     elif model == "vit" and weights_label(info):

@@ -15,10 +15,12 @@ OUT_DIR = Path("data/oxford_pets")
 def main() -> None:
     params = load_params()
     report = prepare_dataset(params.data, params.seed, OUT_DIR)
-    print(f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
-          f"{report['images_skipped']} skipped, {report['left_out_count']} source files left out (listed in "
-          f"report.json), converted to RGB: {report['converted_to_rgb'] or 'none'}, EXIF-rotated: "
-          f"{report['exif_rotated']}, resized to fit JPEG: {report['resized_to_fit_jpeg']}")
+    print(
+        f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
+        f"{report['images_skipped']} skipped, {report['left_out_count']} source files left out (listed in "
+        f"report.json), converted to RGB: {report['converted_to_rgb'] or 'none'}, EXIF-rotated: "
+        f"{report['exif_rotated']}, resized to fit JPEG: {report['resized_to_fit_jpeg']}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ TOP_OPS = Path("plots/profile")  # top_ops_<model>.json: lists, so not beside th
 TRACES = Path("runs/profile")
 
 
-def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, params, data: PreparedData,
-                  optim) -> dict:
+def profile_model(
+    name: str, model: nn.Module, config: dict, ctx: StepContext, params, data: PreparedData, optim
+) -> dict:
     """Profile full training steps from images; the probe's step is its frozen forward plus the head update."""
     p = params.profile
     spec = transform_spec(config)
@@ -33,12 +34,26 @@ def profile_model(name: str, model: nn.Module, config: dict, ctx: StepContext, p
     scaler = ctx.precision.grad_scaler(ctx.device)  # the step the training loop runs: fp16 scales its gradients
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    stats = profile_steps(lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, scaler), loader, p,
-                          ctx.device, TRACES / name, desc=f"profile: {name}")
+    stats = profile_steps(
+        lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, scaler),
+        loader,
+        p,
+        ctx.device,
+        TRACES / name,
+        desc=f"profile: {name}",
+    )
     counts = count_parameters(model)
-    stats.update({"trainable_parameters": counts["trainable"], "total_parameters": counts["total"],
-                  "gflops_per_image": forward_gflops(model, spec.size, ctx.device), "batch_size": p.batch_size,
-                  "precision": ctx.precision.name, "device": ctx.device.type, "input_size": spec.size})
+    stats.update(
+        {
+            "trainable_parameters": counts["trainable"],
+            "total_parameters": counts["total"],
+            "gflops_per_image": forward_gflops(model, spec.size, ctx.device),
+            "batch_size": p.batch_size,
+            "precision": ctx.precision.name,
+            "device": ctx.device.type,
+            "input_size": spec.size,
+        }
+    )
     return stats
 
 
@@ -58,8 +73,12 @@ def probe_costs(model, ctx: StepContext, params, data: PreparedData, config: dic
     head_ctx = StepContext(ctx.device, make_context(params, amp=False, channels_last=False).precision)
     optimizer, _ = make_optimizer(model.head.parameters(), params.train_vit, steps_per_epoch=1)
     loss_fn = nn.CrossEntropyLoss()
-    head = step_stats(time_calls(lambda: train_step(model.head, feats, y, optimizer, loss_fn, head_ctx, None),
-                                 ctx.device, repeats=50), len(feats))
+    head = step_stats(
+        time_calls(
+            lambda: train_step(model.head, feats, y, optimizer, loss_fn, head_ctx, None), ctx.device, repeats=50
+        ),
+        len(feats),
+    )
     return {"feature_extraction": extraction, "cached_head_step": head}
 
 
@@ -68,8 +87,12 @@ def main(model: str) -> None:
     checkpoint = load_torch(CHECKPOINTS[model])
     trained = load_trained(checkpoint)
     optim = params.train_cnn if model == "cnn" else params.train_vit
-    ctx = make_context(params, optim.amp, channels_last=model == "cnn" and params.train_cnn.channels_last,
-                       input_spec=transform_spec(checkpoint["model_config"]))
+    ctx = make_context(
+        params,
+        optim.amp,
+        channels_last=model == "cnn" and params.train_cnn.channels_last,
+        input_spec=transform_spec(checkpoint["model_config"]),
+    )
     trained.to(ctx.device)
     if ctx.channels_last:
         trained = trained.to(memory_format=torch.channels_last)
@@ -80,8 +103,10 @@ def main(model: str) -> None:
     p = params.profile
     result["schedule"] = {"wait": p.wait, "warmup": p.warmup, "active": p.active}
     write_json(METRICS / f"{model}.json", {model: result})
-    print(f"profile: {model}: {result['step_ms_mean']:.1f} ms/step (p95 {result['step_ms_p95']:.1f}), "
-          f"{result['throughput_images_per_s']:.0f} images/s, {result['gflops_per_image']:.3f} GFLOPs/image")
+    print(
+        f"profile: {model}: {result['step_ms_mean']:.1f} ms/step (p95 {result['step_ms_p95']:.1f}), "
+        f"{result['throughput_images_per_s']:.0f} images/s, {result['gflops_per_image']:.3f} GFLOPs/image"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ COMPARISON = Path("metrics/comparison.json")  # probe - CNN with 95% intervals: 
 
 def git_state() -> str:
     """The commit the code came from and whether tracked files differ from it; cheap, and optional."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
 

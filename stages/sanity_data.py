@@ -30,8 +30,10 @@ def main() -> None:
     report, failures = sanity.check_data(data)
     report["prepare"] = sanity.prepare_report(data)
     if report["cross_split_duplicates"]["count"] and s.fail_on_overlap:
-        failures.append(f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
-                        f"(a leak): {report['cross_split_duplicates']['groups'][:5]}")
+        failures.append(
+            f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
+            f"(a leak): {report['cross_split_duplicates']['groups'][:5]}"
+        )
 
     with tensorboard(LOG_DIR) as writer:
         # fp32 for both: this checks learning, not speed
@@ -45,36 +47,47 @@ def main() -> None:
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
         probe.to(ctx.device)
         with torch.no_grad():  # inference tensors could not be trained on below
-            feature_batches = [(probe.features(ctx.to_device(x)).cpu(), y)
-                               for x, y in sanity.image_batches(items, ctx.input_spec, s.batch_size)]
-        report["overfit_probe"] = sanity.overfit(probe.head, sanity.standardize(feature_batches), ctx,
-                                                 s.lr, s.max_steps, writer, "probe")
+            feature_batches = [
+                (probe.features(ctx.to_device(x)).cpu(), y)
+                for x, y in sanity.image_batches(items, ctx.input_spec, s.batch_size)
+            ]
+        report["overfit_probe"] = sanity.overfit(
+            probe.head, sanity.standardize(feature_batches), ctx, s.lr, s.max_steps, writer, "probe"
+        )
         report["overfit_probe"]["weights_source"] = config["info"]["weights_source"]
     for name in ("cnn", "probe"):
         if report[f"overfit_{name}"]["steps_to_100pct"] is None:
             r = report[f"overfit_{name}"]
-            failures.append(f"the {name} did not reach 100% train accuracy on {r['images']} images in "
-                            f"{r['max_steps']} steps (final accuracy {r['final_accuracy']:.3f}, loss "
-                            f"{r['final_loss']:.3f}); check the model, the labels and sanity.lr")
+            failures.append(
+                f"the {name} did not reach 100% train accuracy on {r['images']} images in "
+                f"{r['max_steps']} steps (final accuracy {r['final_accuracy']:.3f}, loss "
+                f"{r['final_loss']:.3f}); check the model, the labels and sanity.lr"
+            )
 
     report["passed"] = not failures
     report["failures"] = failures
     write_json(REPORT, report)
     write_json(METRICS, sanity.metrics_summary(report))
-    save_figure(plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
-                PLOTS / "class_counts.png")
+    save_figure(
+        plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
+        PLOTS / "class_counts.png",
+    )
     rng = np.random.default_rng(params.seed)
     for split in SPLITS:
         split_items = data.items(split)
         pick = sorted(rng.choice(len(split_items), size=min(s.grid_images, len(split_items)), replace=False))
-        save_figure(plots.sample_grid_figure([split_items[i] for i in pick], data.class_names, f"{split} samples"),
-                    PLOTS / f"samples_{split}.png")
+        save_figure(
+            plots.sample_grid_figure([split_items[i] for i in pick], data.class_names, f"{split} samples"),
+            PLOTS / f"samples_{split}.png",
+        )
     if failures:
         raise PipelineError("sanity checks failed:\n  - " + "\n  - ".join(failures))
     # Unchanged content when the checks pass again, so DVC re-runs no training for a sanity-only change.
     write_json(PASSED, {"passed": True})
-    print(f"sanity_data: all checks passed; CNN overfit in {report['overfit_cnn']['steps_to_100pct']} steps, "
-          f"probe head in {report['overfit_probe']['steps_to_100pct']} steps")
+    print(
+        f"sanity_data: all checks passed; CNN overfit in {report['overfit_cnn']['steps_to_100pct']} steps, "
+        f"probe head in {report['overfit_probe']['steps_to_100pct']} steps"
+    )
 
 
 if __name__ == "__main__":

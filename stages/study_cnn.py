@@ -45,8 +45,10 @@ from petlab.study import (
 from petlab.train import predict
 
 DATA = Path("data/oxford_pets")
-USAGE = ("usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | tune IMAGES_PER_CLASS LR WEIGHT_DECAY | "
-         "long SEED IMAGES_PER_CLASS")
+USAGE = (
+    "usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | tune IMAGES_PER_CLASS LR WEIGHT_DECAY | "
+    "long SEED IMAGES_PER_CLASS"
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,20 @@ class Cell:
 
     @property
     def stage(self) -> str:
-        item = {"cnn_tune": f"{self.size}-{self.lr}-{self.weight_decay}", "cnn": f"{self.seed}-{self.size}",
-                "cnn_long": f"{self.seed}-{self.size}"}[self.kind]
+        item = {
+            "cnn_tune": f"{self.size}-{self.lr}-{self.weight_decay}",
+            "cnn": f"{self.seed}-{self.size}",
+            "cnn_long": f"{self.seed}-{self.size}",
+        }[self.kind]
         return f"{self.kind}@{item}"
 
     @property
     def item(self) -> dict:
         """The values of its matrix stage, as study/pipeline.yaml names them."""
         values = {"size": self.size, "seed": self.seed, "lr": self.lr, "weight_decay": self.weight_decay}
-        keys = {"cnn_tune": ("size", "lr", "weight_decay"), "cnn": ("seed", "size"),
-                "cnn_long": ("seed", "size")}[self.kind]
+        keys = {"cnn_tune": ("size", "lr", "weight_decay"), "cnn": ("seed", "size"), "cnn_long": ("seed", "size")}[
+            self.kind
+        ]
         return {k: values[k] for k in keys}
 
     @property
@@ -113,8 +119,10 @@ def main(cell: Cell) -> None:
     params, data = setup_stage(DATA)
     seed = params.study.seeds[0] if cell.kind == "cnn_tune" else cell.seed
     cell = dataclasses.replace(cell, seed=seed)
-    train, val = draw(data, "train", cell.size, seed), draw(data, "val", val_size(cell.size, params.study,
-                                                                                   params.data.val_fraction), seed)
+    train, val = (
+        draw(data, "train", cell.size, seed),
+        draw(data, "val", val_size(cell.size, params.study, params.data.val_fraction), seed),
+    )
     subsets = Subsets(data.root, data.class_names, tuple(train), tuple(val))
     budget = cnn_budget(params.train_cnn, len(train), params.study.min_steps)
     if cell.kind == "cnn_tune":
@@ -131,25 +139,41 @@ def main(cell: Cell) -> None:
     with tempfile.TemporaryDirectory() as logs:
         trained = train_cnn(params, subsets, Path(logs), resume, name=cell.stage)
     history, _ = trained.curves["history.csv"]
-    record = {"model": "cnn", "kind": cell.kind, "seed": seed, "images_per_class": cell.size,
-              "train_images": len(train), "val_images": len(val),
-              "subset": subset_digest([p.relative_to(data.root).as_posix() for p, _ in train]),
-              "val_subset": subset_digest([p.relative_to(data.root).as_posix() for p, _ in val]),
-              "lr": budget.lr, "weight_decay": budget.weight_decay, "epochs": budget.epochs,
-              "warmup_epochs": round(budget.warmup_epochs, 6),
-              "steps": trained.selection["steps_per_epoch"] * budget.epochs, **trained.selection,
-              "val": scores(trained.best_val),
-              "val_curve": {"val_macro_f1": [row["val_macro_f1"] for row in history],
-                            "val_accuracy": [row["val_accuracy"] for row in history]}}
+    record = {
+        "model": "cnn",
+        "kind": cell.kind,
+        "seed": seed,
+        "images_per_class": cell.size,
+        "train_images": len(train),
+        "val_images": len(val),
+        "subset": subset_digest([p.relative_to(data.root).as_posix() for p, _ in train]),
+        "val_subset": subset_digest([p.relative_to(data.root).as_posix() for p, _ in val]),
+        "lr": budget.lr,
+        "weight_decay": budget.weight_decay,
+        "epochs": budget.epochs,
+        "warmup_epochs": round(budget.warmup_epochs, 6),
+        "steps": trained.selection["steps_per_epoch"] * budget.epochs,
+        **trained.selection,
+        "val": scores(trained.best_val),
+        "val_curve": {
+            "val_macro_f1": [row["val_macro_f1"] for row in history],
+            "val_accuracy": [row["val_accuracy"] for row in history],
+        },
+    }
     if cell.kind != "cnn_tune":  # a tuning cell chooses on val alone: no test score is made for it
         record.update(scored(trained, params, data, subsets, budget))
         record["recipe"] = chosen
     write_json(cell.path, record)
     resume.remove()  # the outputs are written: nothing is left to resume
-    where = f"val macro-F1 {record['val']['macro_f1']:.4f}" if cell.kind == "cnn_tune" else \
-        f"test macro-F1 {record['test']['macro_f1']:.4f}, accuracy {record['test']['accuracy']:.4f}"
-    print(f"study {cell.stage} ({len(train)} images, {budget.epochs} epochs, lr {budget.lr:g}, weight decay "
-          f"{budget.weight_decay:g}): {where} -> {cell.path}")
+    where = (
+        f"val macro-F1 {record['val']['macro_f1']:.4f}"
+        if cell.kind == "cnn_tune"
+        else f"test macro-F1 {record['test']['macro_f1']:.4f}, accuracy {record['test']['accuracy']:.4f}"
+    )
+    print(
+        f"study {cell.stage} ({len(train)} images, {budget.epochs} epochs, lr {budget.lr:g}, weight decay "
+        f"{budget.weight_decay:g}): {where} -> {cell.path}"
+    )
 
 
 def scored(trained, params: Params, data: PreparedData, subsets: Subsets, budget) -> dict:
@@ -166,16 +190,20 @@ def scored(trained, params: Params, data: PreparedData, subsets: Subsets, budget
     train_logits, train_labels = logits_of(subsets, "train")
     test_logits, test_labels = logits_of(data, "test")
     gflops = forward_gflops(trained.model.float(), spec.size, ctx.device)
-    return {"train": scores(classification_metrics(train_logits, train_labels, data.num_classes)),
-            "test": scores(classification_metrics(test_logits, test_labels, data.num_classes)),
-            "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
-            **calibration_record(test_logits.numpy(), test_labels.numpy(), params.seed),
-            # An epoch trains on whole batches (the ragged last one is dropped), or on all when they fit in one.
-            "compute": {"forward_gflops_per_image": gflops,
-                        "train_images_per_epoch": min(len(subsets.train),
-                                                      trained.selection["steps_per_epoch"] * budget.batch_size),
-                        "val_images_per_epoch": len(subsets.val)},
-            "device": trained.summary["device"], "precision": trained.summary["precision"]}
+    return {
+        "train": scores(classification_metrics(train_logits, train_labels, data.num_classes)),
+        "test": scores(classification_metrics(test_logits, test_labels, data.num_classes)),
+        "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
+        **calibration_record(test_logits.numpy(), test_labels.numpy(), params.seed),
+        # An epoch trains on whole batches (the ragged last one is dropped), or on all when they fit in one.
+        "compute": {
+            "forward_gflops_per_image": gflops,
+            "train_images_per_epoch": min(len(subsets.train), trained.selection["steps_per_epoch"] * budget.batch_size),
+            "val_images_per_epoch": len(subsets.val),
+        },
+        "device": trained.summary["device"],
+        "precision": trained.summary["precision"],
+    }
 
 
 if __name__ == "__main__":
@@ -183,5 +211,8 @@ if __name__ == "__main__":
         parsed = parse(sys.argv[1:])
     except PipelineError as err:
         sys.exit(f"study_cnn: error: {err}")
-    run_cell(parsed.stage, {"kind": parsed.kind, "size": str(parsed.size),
-                            **({"seed": parsed.seed} if parsed.seed is not None else {})}, lambda: main(parsed))
+    run_cell(
+        parsed.stage,
+        {"kind": parsed.kind, "size": str(parsed.size), **({"seed": parsed.seed} if parsed.seed is not None else {})},
+        lambda: main(parsed),
+    )

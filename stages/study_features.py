@@ -30,8 +30,10 @@ def main() -> None:
     params, data = setup_stage(DATA)
     p = params.train_vit
     if p.image_route:
-        raise PipelineError("train_vit.augment and train_vit.unfreeze change the features every step; the study's "
-                            "probe is the linear probe on features extracted once (augment false, unfreeze [])")
+        raise PipelineError(
+            "train_vit.augment and train_vit.unfreeze change the features every step; the study's "
+            "probe is the linear probe on features extracted once (augment false, unfreeze [])"
+        )
     model, config = build_probe(params, data.num_classes, BACKBONE)
     spec = transform_spec(config)
     ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
@@ -43,11 +45,28 @@ def main() -> None:
         features[split] = extract_features(model.backbone, loader, ctx, desc=f"study_features: {split}")
         seconds[split] = clock.seconds()
     images = {split: [path.relative_to(data.root).as_posix() for path, _ in data.items(split)] for split in SPLITS}
-    save_feature_cache(FEATURES, features, {"timm_model": p.model, **config["info"], "transform": spec.as_dict(),
-                                            "class_names": data.class_names, "images": images})
-    write_json(FEATURES_RECORD, {"timm_model": p.model, **config["info"], "device": ctx.device.type,
-                                 "forward_gflops_per_image": forward_gflops(model.backbone, spec.size, ctx.device),
-                                 "seconds": seconds, "images": {s: len(images[s]) for s in SPLITS}})
+    save_feature_cache(
+        FEATURES,
+        features,
+        {
+            "timm_model": p.model,
+            **config["info"],
+            "transform": spec.as_dict(),
+            "class_names": data.class_names,
+            "images": images,
+        },
+    )
+    write_json(
+        FEATURES_RECORD,
+        {
+            "timm_model": p.model,
+            **config["info"],
+            "device": ctx.device.type,
+            "forward_gflops_per_image": forward_gflops(model.backbone, spec.size, ctx.device),
+            "seconds": seconds,
+            "images": {s: len(images[s]) for s in SPLITS},
+        },
+    )
     if not config["info"]["pretrained"]:
         print("study_features: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")
     print(f"study_features: {', '.join(f'{len(images[s])} {s}' for s in SPLITS)} images -> {FEATURES}")

@@ -49,8 +49,10 @@ def main(seed: int, size, tune: bool = False) -> None:
     share_cpu()
     p = params.train_vit
     if not p.fits_lbfgs:
-        raise PipelineError("the study's probe is the L-BFGS linear probe on cached features (train_vit.solver: lbfgs, "
-                            "head: linear, augment: false, unfreeze: [])")
+        raise PipelineError(
+            "the study's probe is the L-BFGS linear probe on cached features (train_vit.solver: lbfgs, "
+            "head: linear, augment: false, unfreeze: [])"
+        )
     cache = load_torch(FEATURES)
     info = cache["info"]
     num_classes = len(info["class_names"])
@@ -61,14 +63,31 @@ def main(seed: int, size, tune: bool = False) -> None:
     selection = draw_subset(val[1].tolist(), val_size(size, params.study, params.data.val_fraction), seed)
     train_subset, val_subset = (train[0][chosen], train[1][chosen]), (val[0][selection], val[1][selection])
     grid = params.study.probe_c_grid if tune else [read_probe_tuning(size, params.study)["selected_c"]]
-    probe = fit_logistic_probe(train_subset, val_subset, num_classes, grid, p.max_iter,
-                               name=f"study probe seed {seed}, {size} per class", grid_key="study.probe_c_grid")
+    probe = fit_logistic_probe(
+        train_subset,
+        val_subset,
+        num_classes,
+        grid,
+        p.max_iter,
+        name=f"study probe seed {seed}, {size} per class",
+        grid_key="study.probe_c_grid",
+    )
     compute = {"fit_gflops": fit_gflops(len(chosen), train[0].shape[1], num_classes, probe.sweep)}
     if tune:  # chooses on the selection subset alone: no test score is made
-        write_json(out, {"model": "probe", "kind": "probe_tune", "seed": seed, "images_per_class": size,
-                         "c_grid": [row["c"] for row in probe.sweep], "selected_c": probe.c,
-                         "sweep_val_macro_f1": [row["val_macro_f1"] for row in probe.sweep],
-                         "sweep_val_loss": [row["val_loss"] for row in probe.sweep], "compute": compute})
+        write_json(
+            out,
+            {
+                "model": "probe",
+                "kind": "probe_tune",
+                "seed": seed,
+                "images_per_class": size,
+                "c_grid": [row["c"] for row in probe.sweep],
+                "selected_c": probe.c,
+                "sweep_val_macro_f1": [row["val_macro_f1"] for row in probe.sweep],
+                "sweep_val_loss": [row["val_loss"] for row in probe.sweep],
+                "compute": compute,
+            },
+        )
         print(f"study probe tuning, {size} per class: C {probe.c:g} kept -> {out}")
         return
     head = linear_head_from(probe.head_state)
@@ -79,18 +98,33 @@ def main(seed: int, size, tune: bool = False) -> None:
 
     test_logits = logits(test)
     kept = {k: v for k, v in probe.selection.items() if k not in ("c_grid", "selection")}
-    write_json(out, {
-        "model": "probe", "kind": "probe", "seed": seed, "images_per_class": size, "train_images": len(chosen),
-        "val_images": len(selection), "subset": subset_digest([info["images"]["train"][i] for i in chosen]),
-        "val_subset": subset_digest([info["images"]["val"][i] for i in selection]), **kept,
-        "train": scores(classification_metrics(logits(train_subset), train_subset[1], num_classes)),
-        "val": scores(probe.best_val), "test": scores(classification_metrics(test_logits, test[1], num_classes)),
-        "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
-        **calibration_record(test_logits.numpy(), test[1].numpy(), seed), "compute": compute,
-        "timm_model": info["timm_model"], "pretrained": info["pretrained"], "weights_source": info["weights_source"],
-    })
-    print(f"study probe seed {seed}, {size} per class ({len(chosen)} images, C {probe.c:g}): test macro-F1 "
-          f"{scores(classification_metrics(test_logits, test[1], num_classes))['macro_f1']:.4f} -> {out}")
+    write_json(
+        out,
+        {
+            "model": "probe",
+            "kind": "probe",
+            "seed": seed,
+            "images_per_class": size,
+            "train_images": len(chosen),
+            "val_images": len(selection),
+            "subset": subset_digest([info["images"]["train"][i] for i in chosen]),
+            "val_subset": subset_digest([info["images"]["val"][i] for i in selection]),
+            **kept,
+            "train": scores(classification_metrics(logits(train_subset), train_subset[1], num_classes)),
+            "val": scores(probe.best_val),
+            "test": scores(classification_metrics(test_logits, test[1], num_classes)),
+            "test_predicted": encode_predictions(test_logits.argmax(1).tolist()),
+            **calibration_record(test_logits.numpy(), test[1].numpy(), seed),
+            "compute": compute,
+            "timm_model": info["timm_model"],
+            "pretrained": info["pretrained"],
+            "weights_source": info["weights_source"],
+        },
+    )
+    print(
+        f"study probe seed {seed}, {size} per class ({len(chosen)} images, C {probe.c:g}): test macro-F1 "
+        f"{scores(classification_metrics(test_logits, test[1], num_classes))['macro_f1']:.4f} -> {out}"
+    )
 
 
 def linear_head_from(state: dict) -> torch.nn.Linear:
@@ -109,8 +143,14 @@ if __name__ == "__main__":
     except PipelineError as err:
         sys.exit(f"study_probe: error: {err}; or: python -m stages.study_probe tune IMAGES_PER_CLASS")
     if tune_size is not None:
-        run_cell(f"probe_tune@{tune_size}", {"kind": "probe_tune", "size": str(tune_size)},
-                 lambda: main(0, tune_size, tune=True))
+        run_cell(
+            f"probe_tune@{tune_size}",
+            {"kind": "probe_tune", "size": str(tune_size)},
+            lambda: main(0, tune_size, tune=True),
+        )
     else:
-        run_cell(f"probe@{cell_seed}-{cell_size}", {"kind": "probe", "size": str(cell_size), "seed": cell_seed},
-                 lambda: main(cell_seed, cell_size))
+        run_cell(
+            f"probe@{cell_seed}-{cell_size}",
+            {"kind": "probe", "size": str(cell_size), "seed": cell_seed},
+            lambda: main(cell_seed, cell_size),
+        )

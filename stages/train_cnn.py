@@ -21,8 +21,9 @@ LOG_DIR = Path("runs/cnn")
 
 def main() -> None:
     params, data = setup_stage(DATA)
-    if distributed.launch_or_join("train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size,
-                                  select_device(params.device)):
+    if distributed.launch_or_join(
+        "train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size, select_device(params.device)
+    ):
         return  # the ranks have trained and written everything
     if params.train_cnn.batch_norm:
         distributed.check_batch_per_rank(params.train_cnn.batch_size, 2, "train_cnn.batch_size", "BatchNorm")

@@ -28,23 +28,31 @@ def main() -> None:
     params, data = setup_stage(DATA)
     p = params.train_vit
     if not p.image_route and distributed.launched_by_torchrun():
-        raise PipelineError("the probe on cached features trains in one process; run it without torchrun "
-                            "(several ranks serve train_vit.augment or train_vit.unfreeze)")
+        raise PipelineError(
+            "the probe on cached features trains in one process; run it without torchrun "
+            "(several ranks serve train_vit.augment or train_vit.unfreeze)"
+        )
     ranks = params.dist.nproc_per_node if p.image_route else 1
     if ranks < params.dist.nproc_per_node:
-        print("train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
-              "the augment and unfreeze routes)")
+        print(
+            "train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
+            "the augment and unfreeze routes)"
+        )
     unused = p.unused_changes()
     if unused and not distributed.launched_by_torchrun():  # once, before any ranks start
-        route = "the L-BFGS probe (set train_vit.solver: sgd to train the head by the loop)" if p.fits_lbfgs \
-            else "the training loop (c_grid and max_iter serve only solver lbfgs with a linear head on cached " \
-                  "features: no augment, unfreeze or mlp head)"
+        route = (
+            "the L-BFGS probe (set train_vit.solver: sgd to train the head by the loop)"
+            if p.fits_lbfgs
+            else "the training loop (c_grid and max_iter serve only solver lbfgs with a linear head on cached "
+            "features: no augment, unfreeze or mlp head)"
+        )
         print(f"train_vit: WARNING: {', '.join(f'train_vit.{k}' for k in unused)} changed but not used by {route}")
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
     resume = Resume.for_stage("train_vit", params)  # resume/train_vit.pt: the image routes' state after an epoch
-    trained = train_vit(params, data, LOG_DIR, FEATURES, BACKBONE, resume,
-                        on_epoch=progress_writer(METRICS, PLOTS / "history.csv"))
+    trained = train_vit(
+        params, data, LOG_DIR, FEATURES, BACKBONE, resume, on_epoch=progress_writer(METRICS, PLOTS / "history.csv")
+    )
     if distributed.is_main():
         if not trained.summary["pretrained"]:
             print("train_vit: WARNING: random backbone weights (train_vit.pretrained = false); not the real result")

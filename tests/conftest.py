@@ -33,8 +33,14 @@ TINY_PARAMS = {
     "data": {"val_fraction": 0.25},
     "sanity": {"overfit_batches": 2, "batch_size": 8, "max_steps": 200, "grid_images": 8},
     "train_cnn": {"image_size": 64, "widths": [8, 16], "epochs": 3, "batch_size": 8, "warmup_epochs": 0.5},
-    "train_vit": {"model": "test_vit", "pretrained": False, "epochs": 4, "batch_size": 8, "feature_batch_size": 16,
-                  "warmup_epochs": 1.0},
+    "train_vit": {
+        "model": "test_vit",
+        "pretrained": False,
+        "epochs": 4,
+        "batch_size": 8,
+        "feature_batch_size": 16,
+        "warmup_epochs": 1.0,
+    },
     "profile": {"wait": 1, "warmup": 1, "active": 3, "batch_size": 8},
     "evaluate": {"batch_size": 16},
     "robustness": {"test_per_class": 2},  # the default 10 would score every tiny test image 16 times: slower, no more
@@ -45,13 +51,17 @@ TINY_PARAMS = {
 # The end-to-end `dvc repro` tests take minutes each: started first, longest first, they run beside the many short
 # tests (pytest -n) instead of after them, so no worker is left running a long one alone at the end. The tests of
 # tests/test_pipeline_robustness.py, one xdist group (they share a reference run), count as one.
-SLOWEST_FIRST = ("test_study_end_to_end", "test_dvc_repro_end_to_end",
-                 "test_unusable_images_are_listed_by_name_in_the_sanity_metrics",
-                 "test_an_interrupted_training_stage_resumes_on_the_next_repro",
-                 "test_the_printed_fm_mini_recipe_learns_fashion_mnist",
-                 "test_probe_on_stand_in_weights_learns_fashion_mnist",
-                 "test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage",
-                 "test_cell_stages_refuse_in_one_line", "test_quick_benchmark_runs_every_row")
+SLOWEST_FIRST = (
+    "test_study_end_to_end",
+    "test_dvc_repro_end_to_end",
+    "test_unusable_images_are_listed_by_name_in_the_sanity_metrics",
+    "test_an_interrupted_training_stage_resumes_on_the_next_repro",
+    "test_the_printed_fm_mini_recipe_learns_fashion_mnist",
+    "test_probe_on_stand_in_weights_learns_fashion_mnist",
+    "test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stage",
+    "test_cell_stages_refuse_in_one_line",
+    "test_quick_benchmark_runs_every_row",
+)
 
 
 def pytest_configure(config):
@@ -78,8 +88,9 @@ def deep_update(base: dict, overrides: dict) -> dict:
 def fake_pets(tmp_path_factory) -> Path:
     from petlab.synthetic import make_fake_pets
 
-    return make_fake_pets(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet", num_classes=4,
-                          trainval_per_class=12, test_per_class=5)
+    return make_fake_pets(
+        tmp_path_factory.mktemp("pets") / "oxford-iiit-pet", num_classes=4, trainval_per_class=12, test_per_class=5
+    )
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +129,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600, **kwa
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -154,5 +167,7 @@ def make_project(root: Path, params_overrides: dict) -> Path:
 
 @pytest.fixture
 def tiny_project(tmp_path, fake_pets) -> Path:
-    return make_project(tmp_path / "project", deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)),
-                                                           {"data": {"root": str(fake_pets)}}))
+    return make_project(
+        tmp_path / "project",
+        deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), {"data": {"root": str(fake_pets)}}),
+    )

@@ -46,7 +46,7 @@ def imported_names(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: from the module's own package, one level up per extra dot
                 package = name.split(".") if is_package else name.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
+                package = package[: len(package) - (node.level - 1)]
                 base = ".".join(package + ([base] if base else []))
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
@@ -92,7 +92,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(name)
         for target in sorted(graph[name]):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -137,8 +137,9 @@ def dvc_files(root: Path = REPO) -> list[Path]:
     study's pipeline, which a user copies to study/dvc.yaml to run it."""
     found = [root / "study/pipeline.yaml"] if (root / "study/pipeline.yaml").is_file() else []
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
-                               and not (Path(folder, d) / "pyvenv.cfg").exists())
+        subfolders[:] = sorted(
+            d for d in subfolders if not d.startswith(".") and not (Path(folder, d) / "pyvenv.cfg").exists()
+        )
         if "dvc.yaml" in files and Path(folder, "dvc.yaml") != root / "study/dvc.yaml":  # a copy of the above
             found.append(Path(folder) / "dvc.yaml")
     return found
@@ -187,7 +188,9 @@ def deps_problems(cmds: list[str], deps: list[str], wdir: Path, root: Path = REP
     problems, run = [], []
     for cmd in cmds:
         names = command_modules(cmd, modules, wdir, root)
-        problems += [f"`{cmd}` runs {n}, which is no module of {', '.join(PACKAGES)}" for n in names if n not in modules]
+        problems += [
+            f"`{cmd}` runs {n}, which is no module of {', '.join(PACKAGES)}" for n in names if n not in modules
+        ]
         if not names and re.search(r"\bpython|\b(?:petlab|stages)\b", cmd):
             problems.append(f"`{cmd}`: cannot tell which project module it runs; write it as `python -m MODULE ...`")
         run += [n for n in names if n in modules]
@@ -196,8 +199,11 @@ def deps_problems(cmds: list[str], deps: list[str], wdir: Path, root: Path = REP
     paths = sorted(modules[n].relative_to(root).as_posix() for n in names)
     listed = [repo_relative(d, wdir, root) for d in deps if "${" not in d]  # templated entries name data
     problems += [f"runs {p}, which its deps do not list" for p in paths if not covered(p, listed)]
-    problems += [f"lists {d} in its deps but runs none of it" for d in listed
-                 if d.split("/")[0] in PACKAGES and not any(covered(p, [d]) for p in paths)]
+    problems += [
+        f"lists {d} in its deps but runs none of it"
+        for d in listed
+        if d.split("/")[0] in PACKAGES and not any(covered(p, [d]) for p in paths)
+    ]
     return problems
 
 
@@ -211,8 +217,10 @@ def main() -> None:
         print(f"{layer[name]:3d}  {name}  ->  {', '.join(sorted(graph[name])) or '-'}")
     stages = [n for n in graph if n.startswith("stages.")]
     top = max(stages, key=lambda n: (layer[n], n))
-    print(f"{len(graph)} modules; longest chain from a stage, {layer[top] + 1} layers: "
-          f"{' -> '.join(longest_chain(graph, top))}")
+    print(
+        f"{len(graph)} modules; longest chain from a stage, {layer[top] + 1} layers: "
+        f"{' -> '.join(longest_chain(graph, top))}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,22 +43,36 @@ CPU = torch.device("cpu")
 def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets, test_vit_weights):
     prepare_oxford_pets(DataParams(root=str(fake_pets)), 0, tmp_path / "prepared")
     data = PreparedData.open(tmp_path / "prepared")
-    probe = TrainViTParams(model="test_vit", pretrained=True, weights=str(test_vit_weights), augment=False,
-                           solver="sgd", amp=False, epochs=4, batch_size=8, warmup_epochs=1.0)
+    probe = TrainViTParams(
+        model="test_vit",
+        pretrained=True,
+        weights=str(test_vit_weights),
+        augment=False,
+        solver="sgd",
+        amp=False,
+        epochs=4,
+        batch_size=8,
+        warmup_epochs=1.0,
+    )
     params = Params(seed=3, device="cpu", loader=LoaderParams(num_workers=0), train_vit=probe)
 
     torch.manual_seed(0)  # the head's initial weights, the same for both routes
     cached = train_vit(params, data, tmp_path / "runs", tmp_path / "features.pt")
     torch.manual_seed(0)
-    model = FrozenBackboneClassifier(load_pretrained_backbone("test_vit", True, str(test_vit_weights))[0],
-                                     data.num_classes)
+    model = FrozenBackboneClassifier(
+        load_pretrained_backbone("test_vit", True, str(test_vit_weights))[0], data.num_classes
+    )
     spec = TransformSpec.from_timm(timm_data_config(model.backbone))
 
     # The same features: what the cache holds is what the backbone gives on the un-augmented images.
     cache = load_feature_split(tmp_path / "features.pt", "train").tensors[0]
     with torch.no_grad():
-        fresh = torch.cat([model.features(x) for x, _ in plain_loader(data.items("train"), plain_eval_transform(spec),
-                                                                      16, False, params.seed)])
+        fresh = torch.cat(
+            [
+                model.features(x)
+                for x, _ in plain_loader(data.items("train"), plain_eval_transform(spec), 16, False, params.seed)
+            ]
+        )
     assert cache.shape == fresh.shape and cache.shape[0] == len(data.items("train"))
     torch.testing.assert_close(cache, fresh, atol=1e-5, rtol=1e-5)
 
@@ -149,14 +163,26 @@ def test_quick_benchmark_runs_every_row(tmp_path):
     that row's summary (bench.pipeline_summary) is taken from the end-to-end test's own `dvc repro` of the whole
     pipeline (tests/test_pipeline.py)."""
     out = tmp_path / "quick.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--no-pipeline", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--no-pipeline", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     report = json.loads(out.read_text())
     assert {"machine", "dataset", "probe", "probe_head", "cnn_step", "data_path", "loader", "evaluate"} <= set(report)
-    for result in (report["probe"], report["probe_head"], report["cnn_step"], report["data_path"], report["loader"],
-                   report["evaluate"]["cnn"], report["evaluate"]["probe"]):
+    for result in (
+        report["probe"],
+        report["probe_head"],
+        report["cnn_step"],
+        report["data_path"],
+        report["loader"],
+        report["evaluate"]["cnn"],
+        report["evaluate"]["probe"],
+    ):
         plain, pipeline = result["plain"], result["pipeline"]
         assert plain["seconds"] > 0 and pipeline["seconds"] > 0 and "peak_rss_rise_mb" in pipeline
         assert abs(result["speedup"] - plain["seconds"] / pipeline["seconds"]) < 0.01 * result["speedup"] + 0.01
@@ -172,20 +198,35 @@ def test_quick_benchmark_runs_every_row(tmp_path):
     # The CNN step's GFLOP/s and its fraction of the largest convolution's rate, all from the same counts.
     cnn, conv = report["cnn_step"], report["cnn_step"]["largest_conv"]
     assert conv["gflop_per_pass"] == conv["gflop_in_step"] > 0 and conv["input_shape"][0] == cnn["batch_size"]
-    assert conv["precision"] == cnn["pipeline"]["precision"] and conv["channels_last"] == cnn["pipeline"]["channels_last"]
+    assert (
+        conv["precision"] == cnn["pipeline"]["precision"] and conv["channels_last"] == cnn["pipeline"]["channels_last"]
+    )
     per_step = cnn["flops"]["per_step_gflop"]
     assert conv["passes_per_measurement"] >= cnn["steps_per_measurement"]
-    for measured, runs, gflop in ((cnn["plain"], cnn["steps_per_measurement"], per_step),
-                                  (cnn["pipeline"], cnn["steps_per_measurement"], per_step),
-                                  (conv, conv["passes_per_measurement"], conv["gflop_per_pass"])):
+    for measured, runs, gflop in (
+        (cnn["plain"], cnn["steps_per_measurement"], per_step),
+        (cnn["pipeline"], cnn["steps_per_measurement"], per_step),
+        (conv, conv["passes_per_measurement"], conv["gflop_per_pass"]),
+    ):
         assert measured["gflop_per_s"] == pytest.approx(runs * gflop / measured["seconds"], rel=0.01, abs=0.01)
-    assert cnn["pipeline_fraction_of_conv_rate"] == pytest.approx(cnn["pipeline"]["gflop_per_s"] / conv["gflop_per_s"],
-                                                                  rel=0.01, abs=0.001)
-    assert cnn["flops"]["per_image_gflop"] == pytest.approx(cnn["flops"]["per_step_gflop"] / cnn["batch_size"],
-                                                            rel=0.01)
+    assert cnn["pipeline_fraction_of_conv_rate"] == pytest.approx(
+        cnn["pipeline"]["gflop_per_s"] / conv["gflop_per_s"], rel=0.01, abs=0.001
+    )
+    assert cnn["flops"]["per_image_gflop"] == pytest.approx(
+        cnn["flops"]["per_step_gflop"] / cnn["batch_size"], rel=0.01
+    )
 
-    for row in ("linear probe", "probe head 200 x 32", "CNN training step", "decode + augment", "DataLoader",
-                "evaluate CNN", "evaluate probe", "GFLOP/s", "of the largest convolution"):
+    for row in (
+        "linear probe",
+        "probe head 200 x 32",
+        "CNN training step",
+        "decode + augment",
+        "DataLoader",
+        "evaluate CNN",
+        "evaluate probe",
+        "GFLOP/s",
+        "of the largest convolution",
+    ):
         assert row in proc.stdout, row
     assert str(out) in proc.stdout
 
@@ -208,6 +249,11 @@ def test_the_pipeline_never_imports_the_benchmark():
     """The benchmark is a tool around the pipeline: the library and the stages run without it."""
     for path in sorted([*(REPO / "petlab").rglob("*.py"), *(REPO / "stages").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(name.split(".")[0] == "benchmarks" for name in names), path

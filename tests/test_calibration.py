@@ -67,7 +67,8 @@ def test_per_image_scores_average_to_the_splits_nll_and_brier():
     logits, labels = overconfident(n=300)
     per_nll, per_brier = per_image_scores(logits, labels)
     assert per_nll.mean() == pytest.approx(nll(logits, labels)) and per_brier.mean() == pytest.approx(
-        brier(softmax(logits), labels))
+        brier(softmax(logits), labels)
+    )
 
 
 def test_temperature_scaling_is_cross_fitted_on_test_and_lowers_an_overconfident_models_nll():

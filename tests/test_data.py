@@ -63,8 +63,9 @@ def test_normalize_equals_torchvisions_per_image_normalisation():
     spec = TransformSpec(size=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
-    torch.testing.assert_close(spec.normalize(images), torch.stack([per_image(x) for x in images]),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        spec.normalize(images), torch.stack([per_image(x) for x in images]), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_step_context_normalises_uint8_batches_in_the_memory_format_asked_for():

@@ -35,8 +35,9 @@ def train_small_cnn(train_items, val_items):
     model = SimpleCNN(3, [4, 8], dropout=0.0, batch_norm=False)
     loader_params = LoaderParams(num_workers=0)
     cpu = torch.device("cpu")
-    train = make_loader(ImageDataset(train_items, train_transform(SPEC, "rrc"), seed=0), BATCH, True, 0, cpu,
-                        loader_params)
+    train = make_loader(
+        ImageDataset(train_items, train_transform(SPEC, "rrc"), seed=0), BATCH, True, 0, cpu, loader_params
+    )
     val = make_loader(ImageDataset(val_items, eval_transform(SPEC), seed=0), BATCH, False, 0, cpu, loader_params)
     optim = OptimParams(epochs=2, batch_size=BATCH, lr=0.01, warmup_epochs=0.5, label_smoothing=0.1)
     ctx = StepContext(cpu, Precision(None, False), input_spec=SPEC)
@@ -51,8 +52,10 @@ def run_rank(rank: int, world: int, port: int, train_items, val_items, out) -> N
         result = train_small_cnn(train_items, val_items)
         seed_everything(0)  # as every stage seeds
         mask = torch.nn.Dropout(0.5).train()(torch.ones(64)) == 0  # the mask a rank's dropout draws first
-        torch.save({"history": result.history, "state": result.best_state, "best_val": result.best_val,
-                    "dropout_mask": mask}, out / f"rank{rank}.pt")
+        torch.save(
+            {"history": result.history, "state": result.best_state, "best_val": result.best_val, "dropout_mask": mask},
+            out / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -121,6 +124,9 @@ def test_a_global_batch_too_small_for_the_ranks_is_refused_in_one_line(monkeypat
 
     monkeypatch.setattr(distributed, "world_size", lambda: 8)
     distributed.check_batch_per_rank(16, 2, "train_cnn.batch_size", "BatchNorm")
-    with pytest.raises(PipelineError, match=r"^train_cnn\.batch_size = 8 gives each of the 8 ranks 1 sample\(s\); "
-                                            r"BatchNorm needs at least 2 per rank$"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^train_cnn\.batch_size = 8 gives each of the 8 ranks 1 sample\(s\); "
+        r"BatchNorm needs at least 2 per rank$",
+    ):
         distributed.check_batch_per_rank(8, 2, "train_cnn.batch_size", "BatchNorm")

@@ -26,8 +26,10 @@ def make_tar(path, members):
 
 
 def test_a_good_archive_extracts_whole(tmp_path):
-    archive = make_tar(tmp_path / "good.tar.gz", [("images/a.jpg", "file", b"a"), ("images/b.jpg", "file", b"b"),
-                                                  ("images/link.jpg", "symlink", "a.jpg")])
+    archive = make_tar(
+        tmp_path / "good.tar.gz",
+        [("images/a.jpg", "file", b"a"), ("images/b.jpg", "file", b"b"), ("images/link.jpg", "symlink", "a.jpg")],
+    )
     target = tmp_path / "target"
     assert extract_tar(archive, target) == [target / "images"]
     assert (target / "images" / "b.jpg").read_bytes() == b"b"
@@ -35,14 +37,18 @@ def test_a_good_archive_extracts_whole(tmp_path):
     assert [p.name for p in target.iterdir()] == ["images"]  # no staging folder left
 
 
-@pytest.mark.parametrize("members", [
-    [("../escaped.txt", "file", b"x")],
-    [("images/../../escaped.txt", "file", b"x")],
-    [("images/evil", "symlink", "/etc/passwd")],
-    [("images/evil", "symlink", "../../outside")],
-    [("images/evil", "hardlink", "/etc/passwd")],
-    [("images/pipe", "fifo", None)],
-], ids=["dotdot", "nested-dotdot", "symlink-absolute", "symlink-outside", "hardlink-absolute", "fifo"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("../escaped.txt", "file", b"x")],
+        [("images/../../escaped.txt", "file", b"x")],
+        [("images/evil", "symlink", "/etc/passwd")],
+        [("images/evil", "symlink", "../../outside")],
+        [("images/evil", "hardlink", "/etc/passwd")],
+        [("images/pipe", "fifo", None)],
+    ],
+    ids=["dotdot", "nested-dotdot", "symlink-absolute", "symlink-outside", "hardlink-absolute", "fifo"],
+)
 def test_members_escaping_the_target_are_refused(tmp_path, members):
     archive = make_tar(tmp_path / "evil.tar.gz", [("images/ok.jpg", "file", b"ok"), *members])
     target = tmp_path / "deep" / "target"

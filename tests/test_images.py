@@ -18,8 +18,12 @@ SOURCE = {  # what the content really is, whatever the .jpg name says
     "rgba_png": ("PNG", "RGBA"),
     "palette_transparency_png": ("PNG", "P"),
 }
-REASON = {"zero_bytes": "empty file", "truncated_jpeg": "truncated", "not_an_image": "not an image",
-          "few_pixels_wide": "too small"}
+REASON = {
+    "zero_bytes": "empty file",
+    "truncated_jpeg": "truncated",
+    "not_an_image": "not an image",
+    "few_pixels_wide": "too small",
+}
 
 
 @pytest.mark.parametrize("kind", [k for k, usable in AWKWARD_IMAGES.items() if usable])
@@ -82,9 +86,17 @@ def oriented_jpeg(path, orientation: int, size=(60, 20)) -> None:
 
 
 # orientation -> (size once upright, where the red half ends up)
-ORIENTATIONS = {1: ((60, 20), "left"), 2: ((60, 20), "right"), 3: ((60, 20), "right"), 4: ((60, 20), "left"),
-                5: ((20, 60), "top"), 6: ((20, 60), "top"), 7: ((20, 60), "bottom"), 8: ((20, 60), "bottom"),
-                9: ((60, 20), "left")}  # 9 is outside the standard: ignored, like viewers do
+ORIENTATIONS = {
+    1: ((60, 20), "left"),
+    2: ((60, 20), "right"),
+    3: ((60, 20), "right"),
+    4: ((60, 20), "left"),
+    5: ((20, 60), "top"),
+    6: ((20, 60), "top"),
+    7: ((20, 60), "bottom"),
+    8: ((20, 60), "bottom"),
+    9: ((60, 20), "left"),
+}  # 9 is outside the standard: ignored, like viewers do
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
@@ -100,8 +112,11 @@ def test_exif_orientation_is_applied_and_reported(tmp_path, orientation):
     assert r > 200 and b < 60
 
 
-@pytest.mark.parametrize("size, fitted", [((70000, 16), (65500, 15)), ((16, 66000), (16, 65500)),
-                                          ((65500, 9), (65500, 9))], ids=["too_wide", "too_tall", "at_the_limit"])
+@pytest.mark.parametrize(
+    "size, fitted",
+    [((70000, 16), (65500, 15)), ((16, 66000), (16, 65500)), ((65500, 9), (65500, 9))],
+    ids=["too_wide", "too_tall", "at_the_limit"],
+)
 def test_an_image_too_large_for_jpeg_is_fitted(size, fitted):
     image = Image.new("RGB", size, (10, 200, 30))
     out = images.fit_jpeg(image)

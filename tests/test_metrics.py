@@ -24,7 +24,8 @@ def test_metrics_match_sklearn_and_hand_counts():
 def test_macro_f1_by_hand_and_as_sklearn_counts_it():
     # class 0: tp 1, 2 true, 1 predicted -> 2/3; class 1: tp 2, 2 true, 3 predicted -> 4/5; class 2 absent -> 0
     assert metrics.macro_f1_rows(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)[0] == pytest.approx(
-        (2 / 3 + 4 / 5 + 0) / 3)
+        (2 / 3 + 4 / 5 + 0) / 3
+    )
     rng = np.random.default_rng(0)
     labels, preds = rng.integers(0, 5, size=(20, 30)), rng.integers(0, 5, size=(20, 30))
     expected = [f1_score(y, p, labels=np.arange(6), average="macro", zero_division=0) for y, p in zip(labels, preds)]

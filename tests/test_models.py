@@ -27,8 +27,7 @@ from petlab.runtime import PipelineError
 
 
 def test_simple_cnn_shapes_and_registry_roundtrip():
-    config = {"kind": "simple_cnn", "num_classes": 5, "widths": [4, 8, 16], "dropout": 0.2,
-              "transform": {"size": 32}}
+    config = {"kind": "simple_cnn", "num_classes": 5, "widths": [4, 8, 16], "dropout": 0.2, "transform": {"size": 32}}
     model = create_model(config)
     assert isinstance(model, SimpleCNN)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
@@ -82,10 +81,18 @@ def test_missing_weights_file_names_the_param(tmp_path):
 
 def test_unreachable_hub_names_both_offline_ways():
     # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
-    code = ("from petlab.models import load_pretrained_backbone\n"
-            "load_pretrained_backbone('test_vit', pretrained=True, weights=None)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    code = (
+        "from petlab.models import load_pretrained_backbone\n"
+        "load_pretrained_backbone('test_vit', pretrained=True, weights=None)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "train_vit.weights" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
 
@@ -101,12 +108,13 @@ def closed_port() -> int:
 
 def load_with_silent_hub(hf_home: Path) -> subprocess.CompletedProcess:
     """test_vit's hub weights in a fresh process whose hub does not answer, HF_HUB_OFFLINE unset."""
-    code = ("from petlab.models import load_pretrained_backbone\n"
-            "print(load_pretrained_backbone('test_vit', pretrained=True, weights=None)[1])")
+    code = (
+        "from petlab.models import load_pretrained_backbone\n"
+        "print(load_pretrained_backbone('test_vit', pretrained=True, weights=None)[1])"
+    )
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE" and "proxy" not in key.lower()}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(hf_home))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
 def test_a_hub_that_does_not_answer_stops_the_load_at_once(tmp_path):
@@ -232,8 +240,12 @@ def plain_cnn(num_classes: int, widths: list[int], dropout: float, batch_norm: b
     layers, in_ch = [], 3
     for width in widths:
         norm = [nn.BatchNorm2d(width)] if batch_norm else []
-        layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(in_ch, width, 3, padding=1, bias=not batch_norm),
+            *norm,
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
         in_ch = width
     model = nn.Module()
     model.features, model.pool = nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1)
@@ -264,8 +276,10 @@ def test_the_fast_cnn_step_matches_the_plain_fp32_model(batch_norm):
         nn.functional.cross_entropy(logits, y).backward()
         model.eval()
         outputs[name] = logits.detach(), model(batch)
-    assert any(node.name() == "ConvWeightGradInNCHWBackward"
-               for node in autograd_nodes(fast, x.contiguous(memory_format=torch.channels_last)))
+    assert any(
+        node.name() == "ConvWeightGradInNCHWBackward"
+        for node in autograd_nodes(fast, x.contiguous(memory_format=torch.channels_last))
+    )
     torch.testing.assert_close(outputs["fast"], outputs["plain"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads(fast), grads(plain), rtol=1e-4, atol=1e-6)
     # Running statistics updated alike, so the eval outputs above compare models trained by one step each.
@@ -314,7 +328,9 @@ def test_the_nchw_weight_gradient_is_torchs_own(arch):
     for model in (fast, plain):
         model.train()
         nn.functional.cross_entropy(model(x), y).backward()
-    uses_nchw_weight_grad = [any(node.name() == "ConvWeightGradInNCHWBackward" for node in autograd_nodes(model, x))
-                             for model in (fast, plain)]
+    uses_nchw_weight_grad = [
+        any(node.name() == "ConvWeightGradInNCHWBackward" for node in autograd_nodes(model, x))
+        for model in (fast, plain)
+    ]
     assert uses_nchw_weight_grad == [True, False]
     torch.testing.assert_close(grads(fast), grads(plain), rtol=1e-5, atol=1e-7)

@@ -103,8 +103,10 @@ def unwritable_folder(tmp_path):
 OUTPUT_FAULTS = {
     "folder_is_a_file": (lambda tmp: (tmp / "metrics").write_text("x"), r"metrics is not a folder"),
     "dangling_link": (lambda tmp: (tmp / "metrics").symlink_to(tmp / "gone"), r"metrics is a link to nothing"),
-    "read_only": (lambda tmp: (tmp / "metrics").symlink_to(unwritable_folder(tmp)),
-                  r"metrics refuses new files \((Permission denied|Read-only file system)\)"),
+    "read_only": (
+        lambda tmp: (tmp / "metrics").symlink_to(unwritable_folder(tmp)),
+        r"metrics refuses new files \((Permission denied|Read-only file system)\)",
+    ),
 }
 
 
@@ -117,8 +119,10 @@ def test_an_unwritable_output_location_is_named_before_any_work(tmp_path, case):
     out = tmp_path / "metrics" / "timing" / "stage.json"
     with pytest.raises(PipelineError, match=rf"^{out}: cannot be written: {tmp_path}/{reason}"):
         check_writable([tmp_path / "data" / "prepared", out])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", *(["read_only"] if case == "read_only" and
-                                                                     (tmp_path / "read_only").exists() else [])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics",
+        *(["read_only"] if case == "read_only" and (tmp_path / "read_only").exists() else []),
+    ]
 
 
 @pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EACCES"])

@@ -45,8 +45,12 @@ def check_prepared(project: Path) -> None:
     report = load_json(root / "report.json")
     assert report["converted_to_rgb"] == {"JPEG CMYK": 1, "JPEG L": 1, "PNG RGBA": 1}
     assert report["generated"] is True  # made by petlab.synthetic, and every later report must say so
-    assert load_json(root / "species.json") == {"Abyssinian": "cat", "American Bulldog": "dog", "Bengal": "cat",
-                                                "Beagle": "dog"}
+    assert load_json(root / "species.json") == {
+        "Abyssinian": "cat",
+        "American Bulldog": "dog",
+        "Bengal": "cat",
+        "Beagle": "dog",
+    }
     # A clean tree: nothing left out, rotated or resized, and the same counts in the sanity metrics.
     assert (report["left_out_count"], report["exif_rotated"], report["resized_to_fit_jpeg"]) == (0, 0, 0)
     sanity = load_json(project / "metrics/sanity.json")["prepare"]
@@ -66,8 +70,9 @@ def check_metrics(project: Path) -> None:
     assert run_record["route"] == "cached_features" and run_record["solver"] == "lbfgs"
     for model in ("cnn", "vit"):  # `dvc metrics show` and `diff` are about the models: no text in the metrics
         assert not [k for k, v in load_json(project / f"metrics/train_{model}.json").items() if isinstance(v, str)]
-        assert not [k for k, v in load_json(project / f"metrics/evaluate/{model}.json")[model].items()
-                    if isinstance(v, str)]
+        assert not [
+            k for k, v in load_json(project / f"metrics/evaluate/{model}.json")[model].items() if isinstance(v, str)
+        ]
     assert vit["parameters"]["trainable"] < vit["parameters"]["total"]
     cnn = load_json(project / "metrics/train_cnn.json")
     assert cnn["last_epoch"] == 3 and 1 <= cnn["best_epoch"] <= 3 and cnn["steps_per_epoch"] == 36 // 8
@@ -96,7 +101,8 @@ def check_metrics(project: Path) -> None:
         r = robustness[model]
         assert r["test_images"] == 8 and r["test_per_class"] == 2
         assert 0 <= r["corrupted_accuracy"] <= 1 and r["relative_drop_accuracy"] == pytest.approx(
-            1 - r["corrupted_accuracy"] / r["clean_accuracy"], abs=1e-5)
+            1 - r["corrupted_accuracy"] / r["clean_accuracy"], abs=1e-5
+        )
     for model in ("cnn", "vit"):
         with open(project / f"plots/robustness/scores_{model}.csv") as f:
             assert len(list(csv.DictReader(f))) == 16  # clean, then 5 corruptions x 3 severities
@@ -108,8 +114,19 @@ def check_metrics(project: Path) -> None:
         assert p["throughput_images_per_s"] > 0 and p["gflops_per_image"] > 0 and "top_ops" not in p
     assert profile["vit"]["trainable_parameters"] < profile["vit"]["total_parameters"]
     assert profile["vit"]["feature_extraction"]["step_ms_mean"] > profile["vit"]["cached_head_step"]["step_ms_mean"]
-    for stage in ("prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit", "profile_cnn", "profile_vit",
-                  "evaluate_cnn", "evaluate_vit", "robustness_cnn", "robustness_vit", "report"):
+    for stage in (
+        "prepare_oxford_pets",
+        "sanity_data",
+        "train_cnn",
+        "train_vit",
+        "profile_cnn",
+        "profile_vit",
+        "evaluate_cnn",
+        "evaluate_vit",
+        "robustness_cnn",
+        "robustness_vit",
+        "report",
+    ):
         assert load_json(project / f"metrics/timing/{stage}.json")["seconds"] > 0
     for model in ("cnn", "vit"):
         assert 0 <= profile[model]["data_wait_share"] < 1
@@ -146,8 +163,9 @@ def check_models_and_plots(project: Path) -> None:
             paired = list(csv.DictReader(f))
         classes = load_json(project / "data/oxford_pets/classes.json")
         numbered = dict(zip(classes, confusion_labels(classes)))  # the confusion rows' "07 Beagle" names
-        assert [(numbered[r["actual"]], numbered[r[f"{name}_predicted"]]) for r in paired] == \
-            [(r["actual"], r["predicted"]) for r in rows]
+        assert [(numbered[r["actual"]], numbered[r[f"{name}_predicted"]]) for r in paired] == [
+            (r["actual"], r["predicted"]) for r in rows
+        ]
         assert all((project / "data/oxford_pets" / r["image"]).is_file() for r in paired)
         for png in (f"confusion_{name}.png", f"confusion_{name}_normalized.png"):
             assert (project / "plots/evaluate" / png).stat().st_size > 1000
@@ -164,6 +182,7 @@ def check_models_and_plots(project: Path) -> None:
 
 def check_metrics_are_scalars(project: Path) -> None:
     """`dvc metrics show` stays readable: no lists in a metrics file (they go to plots/, like the top ops)."""
+
     def lists_in(value, key=""):
         if isinstance(value, dict):
             return [k for name, v in value.items() for k in lists_in(v, f"{key}.{name}")]
@@ -191,14 +210,27 @@ def check_backbone(project: Path) -> None:
 def check_exp_show_fits_160_columns(project: Path) -> None:
     """The README's suggested `dvc exp show` shows its columns whole in a 160-column terminal."""
     (suggested,) = [c for c in commands(bash_blocks(section("Compare runs"))[0]) if c.startswith("dvc exp show --drop")]
-    proc = subprocess.run([sys.executable, "-m", *shlex.split(suggested), "--no-pager"], cwd=project, text=True,
-                          capture_output=True, env={**os.environ, "COLUMNS": "160", "DVC_NO_ANALYTICS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", *shlex.split(suggested), "--no-pager"],
+        cwd=project,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "COLUMNS": "160", "DVC_NO_ANALYTICS": "1"},
+    )
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and max(map(len, lines)) <= 160 and "…" not in proc.stdout, proc.stdout + proc.stderr
     header = next(line for line in lines if "Experiment" in line).split()
     # The selection (val) scores to choose by, test beside them for the record.
-    assert header == ["Experiment", "selected_c", "cnn.test.macro_f1", "cnn.val.macro_f1", "vit.test.macro_f1",
-                      "vit.val.macro_f1", "train_cnn.lr", "train_vit.solver"]
+    assert header == [
+        "Experiment",
+        "selected_c",
+        "cnn.test.macro_f1",
+        "cnn.val.macro_f1",
+        "vit.test.macro_f1",
+        "vit.val.macro_f1",
+        "train_cnn.lr",
+        "train_vit.solver",
+    ]
     assert any("sgd" in line for line in lines) and any("lbfgs" in line for line in lines)  # experiment, baseline
 
 
@@ -242,8 +274,10 @@ def check_readme_rerun_lists(project: Path) -> None:
     from dvc.repo import Repo
 
     text = " ".join(section("Compare runs").split())
-    lists = {"train_vit": re.search(r"Changing a `train_vit\.\*` parameter re-runs (.*?) and nothing else", text),
-             "train_cnn": re.search(r"a `train_cnn\.\*` one (.*?): each stage", text)}
+    lists = {
+        "train_vit": re.search(r"Changing a `train_vit\.\*` parameter re-runs (.*?) and nothing else", text),
+        "train_cnn": re.search(r"a `train_cnn\.\*` one (.*?): each stage", text),
+    }
     original = (project / "params.yaml").read_text()
     for section_name, change in (("train_vit", {"max_iter": 500}), ("train_cnn", {"dropout": 0.2})):
         printed = set(re.findall(r"`([\w@]+)`", lists[section_name].group(1)))
@@ -264,14 +298,23 @@ def check_printed_exp_show_recipes_keep_what_they_sort_by(project: Path) -> None
     its --keep names."""
     from test_readme import TEXTS
 
-    printed = [" ".join(line.split("#")[0].split()) for text in TEXTS.values()
-               for block in re.findall(r"```\w*\n(.*?)```", text, re.S) for line in commands(block)
-               if line.startswith("dvc exp show")]
+    printed = [
+        " ".join(line.split("#")[0].split())
+        for text in TEXTS.values()
+        for block in re.findall(r"```\w*\n(.*?)```", text, re.S)
+        for line in commands(block)
+        if line.startswith("dvc exp show")
+    ]
     assert len(printed) >= 4, printed
     for command in printed:
         args = shlex.split(command.split(">")[0])
-        proc = subprocess.run([sys.executable, "-m", *args, *([] if "--csv" in args else ["--csv"])], cwd=project,
-                              text=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-m", *args, *([] if "--csv" in args else ["--csv"])],
+            cwd=project,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        )
         assert proc.returncode == 0, (command, proc.stderr)
         header = proc.stdout.splitlines()[0].split(",")
         if "--sort-by" in args:
@@ -296,10 +339,16 @@ def check_report(project: Path) -> None:
         assert f"| {scores['train']['accuracy'] * 100:.2f} " in row
         assert f"| {(scores['train']['accuracy'] - scores['test']['accuracy']) * 100:+.2f} " in row
         calibration = scores["calibration"]["test"]
-        calibration_row = next(line for line in generalisation.splitlines()[generalisation.splitlines().index(row) + 1:]
-                               if line.startswith(f"| {name} "))
+        calibration_row = next(
+            line
+            for line in generalisation.splitlines()[generalisation.splitlines().index(row) + 1 :]
+            if line.startswith(f"| {name} ")
+        )
         assert [c.strip() for c in calibration_row.split("|")][2:5] == [
-            f"{calibration['nll']:.3f}", f"{calibration['brier']:.3f}", f"{calibration['ece'] * 100:.1f}"]
+            f"{calibration['nll']:.3f}",
+            f"{calibration['brier']:.3f}",
+            f"{calibration['ece'] * 100:.1f}",
+        ]
     robustness = per_model(project, "metrics/robustness")
     together = next(line for line in generalisation.splitlines() if line.startswith("| all together "))
     corrupted = [f"{robustness[m]['corrupted_accuracy'] * 100:.2f}" for m in ("cnn", "vit")]
@@ -309,8 +358,12 @@ def check_report(project: Path) -> None:
     for label, metric in (("Accuracy", "accuracy"), ("Macro-F1", "macro_f1")):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} "))
         _, cnn_test, vit_test, difference, cnn_val, vit_val = [c.strip() for c in row.strip("|").split("|")]
-        for cell, model, split in ((cnn_test, "cnn", "test"), (vit_test, "vit", "test"), (cnn_val, "cnn", "val"),
-                                   (vit_val, "vit", "val")):
+        for cell, model, split in (
+            (cnn_test, "cnn", "test"),
+            (vit_test, "vit", "test"),
+            (cnn_val, "cnn", "val"),
+            (vit_val, "vit", "val"),
+        ):
             assert cell.split(" ")[0] == f"{evaluation[model][split][metric] * 100:.2f}", (label, model, split)
         expected = evaluation["vit"]["test"][metric] - evaluation["cnn"]["test"][metric]
         assert abs(float(difference.split(" ")[0]) - expected * 100) < 0.006
@@ -328,8 +381,9 @@ def check_report(project: Path) -> None:
         # Its fit: the train and val images' share of the feature extraction (which covers test too), and the sweep.
         counts = load_json(project / "plots/sanity/report.json")["counts"]
         images = {split: counts[split]["total"] for split in ("train", "val", "test")}
-        whole_fit = (fit["features_seconds"] * (images["train"] + images["val"]) / sum(images.values())
-                     + fit["head_seconds"])
+        whole_fit = (
+            fit["features_seconds"] * (images["train"] + images["val"]) / sum(images.values()) + fit["head_seconds"]
+        )
         assert f"Its whole fit took {whole_fit:.1f} s" in text
         # Its compute to the common target, where it reaches it, is its whole fit's: its train and val images through
         # the backbone once (the profile's GFLOPs an image), and the sweep.
@@ -361,8 +415,12 @@ def check_remote_round_trip(project: Path, tmp: Path) -> None:
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # What would run (--dry: the stages whose inputs changed; DVC runs what depends on their outputs after them),
     # and evaluate run for real on the pulled checkpoints and data.
-    assert ran_stages(dvc(clone, "repro", "--dry")) == {"evaluate@cnn", "evaluate@vit", "robustness@cnn",
-                                                         "robustness@vit"}  # both read it
+    assert ran_stages(dvc(clone, "repro", "--dry")) == {
+        "evaluate@cnn",
+        "evaluate@vit",
+        "robustness@cnn",
+        "robustness@vit",
+    }  # both read it
     assert ran_stages(dvc(clone, "repro", "--single-item", "evaluate")) == {"evaluate@cnn", "evaluate@vit"}
     for model in ("cnn", "vit"):
         ours, theirs = (load_json(p / f"metrics/evaluate/{model}.json")[model]["test"] for p in (project, clone))
@@ -373,7 +431,9 @@ def check_fetching_a_model_as_printed(project: Path, tmp: Path) -> None:
     """docs/outputs.md's recipe: a registered version, then `dvc artifacts get`; `dvc get` without one."""
     from test_readme import REPO, TEXTS
 
-    block = TEXTS[REPO / "docs/outputs.md"].split("## Fetching a trained model")[1].split("```bash\n")[1].split("```")[0]
+    block = (
+        TEXTS[REPO / "docs/outputs.md"].split("## Fetching a trained model")[1].split("```bash\n")[1].split("```")[0]
+    )
     tag, artifacts_get, get = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     run(shlex.split(tag.split(" && ")[0]), project)  # the push goes to origin, which this repository has none of
     fetched = tmp / "fetched"
@@ -388,8 +448,14 @@ def check_queued_experiments(project: Path) -> None:
     """Two experiments queued as a grid run side by side in two workers, each with its own metrics."""
     dvc(project, "exp", "run", "--queue", "train_cnn", "-S", "train_cnn.lr=0.001,0.01")
     # The workers outlive `dvc queue start`; holding its output open would wait for them.
-    subprocess.run(["env", "PETLAB_JOBS=2", sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        ["env", "PETLAB_JOBS=2", sys.executable, "-m", "dvc", "queue", "start", "-j", "2"],
+        cwd=project,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", status := dvc(project, "queue", "status").stdout):
         assert time.monotonic() < deadline, status
@@ -416,8 +482,9 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
     from petlab.params import load_params
     from petlab.train import validate
 
-    proc = dvc(project, "exp", "run", "evaluate", "robustness", "-S", "dist.nproc_per_node=2",
-               "-S", "train_cnn.dropout=0.2")
+    proc = dvc(
+        project, "exp", "run", "evaluate", "robustness", "-S", "dist.nproc_per_node=2", "-S", "train_cnn.dropout=0.2"
+    )
     # train_cnn's upstream is cached; train_vit reads `dist` too (its image routes use the ranks) and runs again,
     # alone, to the same probe.
     # The probe's side stays: train_vit's outputs are unchanged, so its evaluation and robustness are kept.
@@ -452,7 +519,11 @@ def check_benchmark_row(project: Path, seconds: float) -> None:
 
     summary = pipeline_summary(project, seconds)
     stages = stage_names(project / "dvc.yaml")
-    assert len(stages) == 12 and set(summary["stage_seconds"]) == set(stages) and all(s > 0 for s in summary["stage_seconds"].values())
+    assert (
+        len(stages) == 12
+        and set(summary["stage_seconds"]) == set(stages)
+        and all(s > 0 for s in summary["stage_seconds"].values())
+    )
     assert summary["dvc_repro_seconds"] > summary["stages_total_seconds"] > 0
     assert set(summary["probe_fit_seconds"]) == {"features_seconds", "head_seconds"}
     # The line prints the summary's wall time (rounded to 0.01 s, then to 0.1 s), which is this run's.
@@ -478,12 +549,22 @@ def test_dvc_repro_end_to_end(tiny_project):
     start = time.perf_counter()
     first = dvc(project, "repro")
     check_benchmark_row(project, time.perf_counter() - start)
-    assert ran_stages(first) == {"backbone_weights", "prepare_oxford_pets", "sanity_data", "train_cnn", "train_vit",
-                                 *CNN_SIDE, *VIT_SIDE, "report"}
+    assert ran_stages(first) == {
+        "backbone_weights",
+        "prepare_oxford_pets",
+        "sanity_data",
+        "train_cnn",
+        "train_vit",
+        *CNN_SIDE,
+        *VIT_SIDE,
+        "report",
+    }
     assert "random backbone weights" in first.stdout
     # TINY_PARAMS shortens the probe's loop, which its default L-BFGS route never runs: the stage says so.
-    assert ("train_vit: WARNING: train_vit.epochs, train_vit.batch_size, train_vit.warmup_epochs changed but not used "
-            "by the L-BFGS probe" in first.stdout)
+    assert (
+        "train_vit: WARNING: train_vit.epochs, train_vit.batch_size, train_vit.warmup_epochs changed but not used "
+        "by the L-BFGS probe" in first.stdout
+    )
     assert "Memory block of unknown size" not in first.stdout + first.stderr
     check_prepared(project)
     check_metrics(project)
@@ -503,9 +584,14 @@ def test_dvc_repro_end_to_end(tiny_project):
     plots_dir = project.parent / "plots_html"
     dvc(project, "plots", "show", "-o", str(plots_dir))
     html = (plots_dir / "index.html").read_text()
-    for title in ("Confusion matrix, CNN (test)", "Confusion matrix, linear probe (test, normalised per actual class)",
-                  "Loss per epoch", "Linear probe, val score over C", "Reliability on the test split",
-                  "Test accuracy under corruption"):
+    for title in (
+        "Confusion matrix, CNN (test)",
+        "Confusion matrix, linear probe (test, normalised per actual class)",
+        "Loss per epoch",
+        "Linear probe, val score over C",
+        "Reliability on the test split",
+        "Test accuracy under corruption",
+    ):
         assert title in html
     assert "American Bulldog" in html  # the confusion data itself, with class names
     assert "log10_c" in html  # the probe's sweep, drawn over log10(C)
@@ -558,8 +644,9 @@ def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stag
     from conftest import make_project, write_params
     from safetensors.torch import save_file
 
-    project = make_project(tmp_path / "project", {"train_vit": {"model": "test_vit",
-                                                                "weights": "weights/test_vit.safetensors"}})
+    project = make_project(
+        tmp_path / "project", {"train_vit": {"model": "test_vit", "weights": "weights/test_vit.safetensors"}}
+    )
     weights = project / "weights/test_vit.safetensors"
     weights.write_bytes(test_vit_weights.read_bytes())
     assert ran_stages(dvc(project, "repro", "backbone_weights")) == {"backbone_weights"}
@@ -587,10 +674,12 @@ def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stag
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"backbone_weights: error: train_vit.weights = '{test_vit_weights}' is outside weights/, where DVC cannot "
         "see it change; put it in weights/ (and `dvc add` it: weights/README.md), or pin its bytes with "
-        "train_vit.weights_sha256")
+        "train_vit.weights_sha256"
+    )
     digest = hashlib.sha256(test_vit_weights.read_bytes()).hexdigest()
-    write_params(project, {"train_vit": {"model": "test_vit", "weights": str(test_vit_weights),
-                                         "weights_sha256": digest}})
+    write_params(
+        project, {"train_vit": {"model": "test_vit", "weights": str(test_vit_weights), "weights_sha256": digest}}
+    )
     run(stage, project)
     assert load_json(project / "metrics/backbone.json")["source_sha256"] == digest
 
@@ -606,8 +695,17 @@ def test_backbone_weights_are_resolved_once_and_missing_ones_stop_the_first_stag
 FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: a full disk under $PETLAB_TEST_FULL_DISK
 # Each stage that writes, in the order a run takes them (a per-model stage with one of its models: the other runs
 # the same code).
-WRITING_STAGES = (("backbone_weights",), ("prepare_oxford_pets",), ("sanity_data",), ("train_cnn",), ("train_vit",),
-                  ("evaluate", "vit"), ("profile", "cnn"), ("robustness", "cnn"), ("report",))
+WRITING_STAGES = (
+    ("backbone_weights",),
+    ("prepare_oxford_pets",),
+    ("sanity_data",),
+    ("train_cnn",),
+    ("train_vit",),
+    ("evaluate", "vit"),
+    ("profile", "cnn"),
+    ("robustness", "cnn"),
+    ("report",),
+)
 
 
 def check_a_full_disk_in_any_stage_is_one_line_naming_the_file(project: Path) -> None:
@@ -623,17 +721,30 @@ def check_a_full_disk_in_any_stage_is_one_line_naming_the_file(project: Path) ->
     for stage, *model in WRITING_STAGES:
         name = "@".join([stage, *model])
         outputs = [project / p for p in stage_outputs(name, project / "dvc.yaml") if not p.parts[0] == "runs"]
-        before = {p: p.read_bytes() for out in outputs for p in ([out] if out.is_file() else sorted(out.rglob("*")))
-                  if p.is_file()}
-        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", *model], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=300)
+        before = {
+            p: p.read_bytes()
+            for out in outputs
+            for p in ([out] if out.is_file() else sorted(out.rglob("*")))
+            if p.is_file()
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}", *model],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = [line for line in proc.stderr.splitlines() if not line.startswith(f"{stage}: WARNING:")]
         assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stdout, (name, proc.stderr)
-        named = re.fullmatch(rf"{name}: error: (\S+?):? (No space left on device \(errno ENOSPC\)|disk full .*)",
-                             lines[0])
+        named = re.fullmatch(
+            rf"{name}: error: (\S+?):? (No space left on device \(errno ENOSPC\)|disk full .*)", lines[0]
+        )
         assert named, lines[0]
         path = (project / named.group(1)).resolve()
-        assert any(path == out.resolve() or out.resolve() in path.parents or path in out.resolve().parents
-                   for out in [*outputs, project / "runs", project / "resume"]), (name, lines[0])
+        assert any(
+            path == out.resolve() or out.resolve() in path.parents or path in out.resolve().parents
+            for out in [*outputs, project / "runs", project / "resume"]
+        ), (name, lines[0])
         assert {p: p.read_bytes() for p in before if p.is_file()} == before, name
         assert not list(project.rglob(".*.tmp")), name

@@ -30,14 +30,18 @@ BAD_FILES = {"Bengal_2": "zero_bytes", "beagle_3": "truncated_jpeg"}
 @pytest.fixture(scope="module")
 def params(tmp_path_factory) -> dict:
     """TINY_PARAMS on a pets tree holding two unusable files (skipped, and listed) and a GIF (converted)."""
-    root = make_fake_pets(tmp_path_factory.mktemp("messy") / "oxford-iiit-pet", num_classes=4,
-                          trainval_per_class=12, test_per_class=5)
+    root = make_fake_pets(
+        tmp_path_factory.mktemp("messy") / "oxford-iiit-pet", num_classes=4, trainval_per_class=12, test_per_class=5
+    )
     for image_id, kind in BAD_FILES.items():
         write_awkward_image(root / "images" / f"{image_id}.jpg", kind)
     write_awkward_image(root / "images" / "Abyssinian_4.jpg", "gif_named_jpg")
     # Two DataLoader workers, so Ctrl-C reaches worker processes too: none may print a traceback.
-    overrides = {"data": {"root": str(root), "max_bad_fraction": 0.05}, "train_cnn": {"epochs": 4},
-                 "loader": {"num_workers": 2}}
+    overrides = {
+        "data": {"root": str(root), "max_bad_fraction": 0.05},
+        "train_cnn": {"epochs": 4},
+        "loader": {"num_workers": 2},
+    }
     return deep_update(yaml.safe_load(yaml.safe_dump(TINY_PARAMS)), overrides)
 
 
@@ -76,8 +80,13 @@ def test_unusable_images_are_listed_by_name_in_the_sanity_metrics(reference):
 def interrupt_repro(project: Path, sig: signal.Signals, *args: str) -> str:
     """Start `dvc repro ARGS`, signal its whole process group (as Ctrl-C does) during train_cnn's epoch 2."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = start_as_in_a_terminal([sys.executable, "-m", "dvc", "repro", *args],
-                                  project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_as_in_a_terminal(
+        [sys.executable, "-m", "dvc", "repro", *args],
+        project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines, signalled = [], False
     for line in proc.stdout:
         lines.append(line)
@@ -113,8 +122,10 @@ def test_an_interrupted_training_stage_resumes_on_the_next_repro(reference, para
     assert not (project / "models" / "cnn.pt").exists()  # removed by DVC before the run, or never made
     checkpoint = project / "resume" / "train_cnn.pt"
     assert checkpoint.is_file() and "resume/" in (project / ".gitignore").read_text()
-    assert subprocess.run(["git", "status", "--porcelain", "resume"], cwd=project, capture_output=True,
-                          text=True).stdout == ""  # never in git
+    assert (
+        subprocess.run(["git", "status", "--porcelain", "resume"], cwd=project, capture_output=True, text=True).stdout
+        == ""
+    )  # never in git
 
     result = dvc(project, "repro", "evaluate")
     assert "Running stage 'train_cnn'" in result.stdout and "Traceback" not in result.stdout + result.stderr
@@ -131,4 +142,3 @@ def test_an_interrupted_training_stage_resumes_on_the_next_repro(reference, para
     assert [name for name in first if first[name] != second[name]] == []
     for name in ("models/cnn.pt", "models/vit.pt"):
         assert_same_checkpoint(reference / name, project / name)
-

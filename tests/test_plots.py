@@ -33,8 +33,9 @@ FIGURES = {
     "sample_grid": sample_grid,
     "confusion_counts": lambda tmp: plots.confusion_figure(np.eye(len(NAMES), dtype=int) * 3, NAMES, "a$b", False),
     "confusion_normalized": lambda tmp: plots.confusion_figure(np.ones((len(NAMES),) * 2), NAMES, "a$b", True),
-    "profile": lambda tmp: plots.profile_comparison_figure({name: {"step_ms_mean": 1.0, "trainable_parameters": 10}
-                                                            for name in NAMES[:3]}),
+    "profile": lambda tmp: plots.profile_comparison_figure(
+        {name: {"step_ms_mean": 1.0, "trainable_parameters": 10} for name in NAMES[:3]}
+    ),
 }
 
 
@@ -55,22 +56,30 @@ def test_user_strings_are_drawn_literally(tmp_path, kind, usetex):
     assert drawn and all(not t.get_usetex() and not t._parse_math for t in drawn)
     matplotlib.pyplot.close(fig)
 
-PROFILE = {"step_ms_mean": 400.0, "throughput_images_per_s": 80.0, "peak_rss_rise_mb": 2000.0, "gflops_per_image": 1.2,
-           "trainable_parameters": 100000}
+
+PROFILE = {
+    "step_ms_mean": 400.0,
+    "throughput_images_per_s": 80.0,
+    "peak_rss_rise_mb": 2000.0,
+    "gflops_per_image": 1.2,
+    "trainable_parameters": 100000,
+}
 
 
 def test_class_counts_legend_does_not_cover_the_bars():
     names = [f"class {i}" for i in range(37)]
-    fig = plots.class_counts_figure({"train": {n: 80 for n in names}, "val": {n: 20 for n in names},
-                                     "test": {n: 99 for n in names}}, names)
+    fig = plots.class_counts_figure(
+        {"train": {n: 80 for n in names}, "val": {n: 20 for n in names}, "test": {n: 99 for n in names}}, names
+    )
     fig.canvas.draw()
     (ax,) = fig.axes
     assert ax.get_legend().get_window_extent().y0 >= ax.get_window_extent().y1  # above the plotting area
 
 
 def test_profile_comparison_fits_dvc_plots_page():
-    fig = plots.profile_comparison_figure({"cnn": PROFILE, "vit": PROFILE},
-                                           memory_panel=("peak_rss_rise_mb", "peak RSS rise (MB)"))
+    fig = plots.profile_comparison_figure(
+        {"cnn": PROFILE, "vit": PROFILE}, memory_panel=("peak_rss_rise_mb", "peak RSS rise (MB)")
+    )
     assert fig.get_size_inches()[0] * 110 <= 1000  # pixels at save_figure's dpi
     assert "peak RSS rise (MB)" in [ax.get_title() for ax in fig.axes]
 
@@ -91,20 +100,31 @@ def test_models_are_named_for_what_they_are_with_random_or_stand_in_weights():
     assert label(probe) == "Linear probe on resnet18"
     probe["info"]["weights_source"] = "file /weights/resnet18.safetensors"
     assert label(probe) == "Linear probe on resnet18"
-    lite0 = {**probe, "timm_model": "tf_efficientnet_lite0", "info": {"pretrained": True, "weights_source": (
-        "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)")}}
-    assert label(lite0) == ("Linear probe on tf_efficientnet_lite0, EfficientNet-Lite0 ImageNet weights, "
-                            "a stand-in for ViT-Tiny")
+    lite0 = {
+        **probe,
+        "timm_model": "tf_efficientnet_lite0",
+        "info": {
+            "pretrained": True,
+            "weights_source": (
+                "EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny (file /weights/lite0.safetensors)"
+            ),
+        },
+    }
+    assert label(lite0) == (
+        "Linear probe on tf_efficientnet_lite0, EfficientNet-Lite0 ImageNet weights, a stand-in for ViT-Tiny"
+    )
     assert plots.model_label({**probe, "head": "mlp", "unfreeze": ["blocks.11"]}) == (
-        "MLP probe on resnet18, partly fine-tuned")
+        "MLP probe on resnet18, partly fine-tuned"
+    )
     assert plots.model_label({"kind": "simple_cnn"}) == "CNN from scratch (simple_cnn)"
 
 
 def test_profile_comparison_names_the_models_and_keeps_every_axis_linear_from_zero():
     # 47k against 98k trainable parameters: on a log axis from 4.5e4 that looked like a tenfold gap.
     labels = {"cnn": "CNN from scratch (simple_cnn)", "vit": "Linear probe on tf_efficientnet_lite0"}
-    fig = plots.profile_comparison_figure({"cnn": {**PROFILE, "trainable_parameters": 98_000},
-                                           "vit": {**PROFILE, "trainable_parameters": 47_000}}, labels)
+    fig = plots.profile_comparison_figure(
+        {"cnn": {**PROFILE, "trainable_parameters": 98_000}, "vit": {**PROFILE, "trainable_parameters": 47_000}}, labels
+    )
     drawn = texts(fig)
     assert "vit" not in drawn and "cnn" not in drawn
     assert "Linear probe on\ntf_efficientnet_lite0" in drawn and "98,000" in drawn and "47,000" in drawn
@@ -120,11 +140,22 @@ def test_profile_comparison_names_the_models_and_keeps_every_axis_linear_from_ze
 def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
     import pandas as pd
 
-    history = pd.DataFrame({"epoch": [1, 2, 3], "val_macro_f1": [0.2, 0.5, 0.6], "train_loss": [2.0, 1.0, 0.5],
-                            "val_loss": [2.1, 1.4, 1.2]})
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "val_macro_f1": [0.2, 0.5, 0.6],
+            "train_loss": [2.0, 1.0, 0.5],
+            "val_loss": [2.1, 1.4, 1.2],
+        }
+    )
     labels = {"cnn": "CNN from scratch", "vit": "Linear probe on tf_efficientnet_lite0"}
-    fig = plots.curves_figure({"cnn": history}, "epoch", "epoch", labels,
-                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}})
+    fig = plots.curves_figure(
+        {"cnn": history},
+        "epoch",
+        "epoch",
+        labels,
+        {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100"}},
+    )
     f1_ax, loss_ax = fig.axes
     probe = "Linear probe on tf_efficientnet_lite0"
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
@@ -132,16 +163,23 @@ def test_curves_figure_draws_a_model_without_epochs_as_its_kept_levels():
     assert lines[f"{probe}, val (L-BFGS, C = 100)"].get_ydata() == [0.9, 0.9]
     assert lines[f"{probe} (L-BFGS, C = 100)"] in f1_ax.get_lines() and lines["CNN from scratch"] in f1_ax.get_lines()
     assert lines[f"{probe}, val (L-BFGS, C = 100)"] in loss_ax.get_lines()
-    assert lines[f"{probe} (L-BFGS, C = 100)"].get_color() == plots.MODEL_COLORS["vit"] != (
-        lines["CNN from scratch"].get_color())
+    assert (
+        lines[f"{probe} (L-BFGS, C = 100)"].get_color()
+        == plots.MODEL_COLORS["vit"]
+        != (lines["CNN from scratch"].get_color())
+    )
     legend = [t.get_text() for t in f1_ax.get_legend().get_texts()]
     assert legend == ["CNN from scratch", f"{probe} (L-BFGS, C = 100)"]
     matplotlib.pyplot.close(fig)
     # Against wall time the probe has its level only from the end of its whole fit: one point there.
     history["elapsed_seconds"] = [10.0, 20.0, 30.0]
-    fig = plots.curves_figure({"cnn": history}, "elapsed_seconds", "s", labels,
-                              {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100",
-                                       "elapsed_seconds": 45.0}})
+    fig = plots.curves_figure(
+        {"cnn": history},
+        "elapsed_seconds",
+        "s",
+        labels,
+        {"vit": {"val_macro_f1": 0.7, "val_loss": 0.9, "note": "L-BFGS, C = 100", "elapsed_seconds": 45.0}},
+    )
     point = next(line for line in fig.axes[0].get_lines() if line.get_label().startswith(probe))
     assert list(point.get_xdata()) == [45.0] and list(point.get_ydata()) == [0.7]
     assert point.get_label().endswith("after its whole fit")

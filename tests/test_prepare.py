@@ -60,8 +60,7 @@ def test_prepared_layout_split_and_report(fake_pets, tmp_path):
     assert len(classes) == 4
     per_split = {s: Counter(p.parent.name for p in (out / s).glob("*/*.jpg")) for s in ("train", "val", "test")}
     # Stratified: 12 trainval images per class split 9/3, the official test split untouched.
-    assert all(per_split["train"][c] == 9 and per_split["val"][c] == 3 and per_split["test"][c] == 5
-               for c in classes)
+    assert all(per_split["train"][c] == 9 and per_split["val"][c] == 3 and per_split["test"][c] == 5 for c in classes)
     names = {s: {p.name for p in (out / s).glob("*/*.jpg")} for s in ("train", "val", "test")}
     assert not names["train"] & names["val"] and not names["train"] & names["test"]
     assert report["images_written"] == 68 and report["images_skipped"] == 0
@@ -85,8 +84,9 @@ UNUSABLE = [k for k, usable in AWKWARD_IMAGES.items() if not usable]
 
 
 def small_pets(root: Path) -> Path:
-    return make_fake_pets(root, num_classes=3, trainval_per_class=12, test_per_class=3, size_range=(40, 64),
-                          awkward_files=False)
+    return make_fake_pets(
+        root, num_classes=3, trainval_per_class=12, test_per_class=3, size_range=(40, 64), awkward_files=False
+    )
 
 
 def image_ids(root: Path, split: str) -> list[str]:
@@ -120,8 +120,15 @@ def test_bad_images_are_converted_or_listed_never_dropped_silently(messy_pets, t
     skipped = {Path(s["file"]).stem: s["reason"] for s in report["skipped"]}
     assert sorted(kinds[i] for i in skipped) == sorted(UNUSABLE)
     assert all(skipped.values())
-    assert report["converted_to_rgb"] == {"GIF P": 1, "JPEG CMYK": 1, "JPEG L": 1, "PNG I;16": 1, "PNG P": 1,
-                                          "PNG RGB": 1, "PNG RGBA": 2}
+    assert report["converted_to_rgb"] == {
+        "GIF P": 1,
+        "JPEG CMYK": 1,
+        "JPEG L": 1,
+        "PNG I;16": 1,
+        "PNG P": 1,
+        "PNG RGB": 1,
+        "PNG RGBA": 2,
+    }
     written = sorted((tmp_path / "out").glob("*/*/*.jpg"))
     assert len(written) == report["images_written"]
     assert not {p.stem for p in written} & set(skipped)
@@ -194,8 +201,11 @@ def test_an_empty_class_is_named(tmp_path):
 def test_a_class_missing_from_one_split_is_named(tmp_path, split):
     root = small_pets(tmp_path / "pets")
     drop_class(root, split, 3)
-    with pytest.raises(PipelineError, match=rf"{root / 'annotations' / f'{split}.txt'}: no images of class\(es\) "
-                                            r"\['Bengal'\]"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"{root / 'annotations' / f'{split}.txt'}: no images of class\(es\) "
+        r"\['Bengal'\]",
+    ):
         run_prepare(root, tmp_path / "out")
 
 
@@ -236,20 +246,44 @@ BAD_ANNOTATIONS = {
     "species_out_of_range": ("trainval", 4, "Abyssinian_4 1 3 4", r"species 3 is out of range \(1\.\.2\)"),
     "breed_id_decimal": ("trainval", 4, "Abyssinian_4 1 1 4.0", r"breed id '4\.0' is not a plain integer"),
     "five_fields": ("trainval", 5, "Abyssinian_5 1 1 5 extra", r"expected 'IMAGE_ID CLASS_ID SPECIES BREED_ID'"),
-    "image_id_with_a_folder": ("trainval", 6, "../images/Abyssinian_6 1 1 6",
-                               r"image id '\.\./images/Abyssinian_6' is not a plain file name"),
+    "image_id_with_a_folder": (
+        "trainval",
+        6,
+        "../images/Abyssinian_6 1 1 6",
+        r"image id '\.\./images/Abyssinian_6' is not a plain file name",
+    ),
     "image_id_dot_dot": ("trainval", 6, ".. 1 1 6", r"image id '\.\.' is not a plain file name"),
-    "image_id_backslash": ("trainval", 6, "sub\\Abyssinian_6 1 1 6",
-                           r"image id 'sub\\\\Abyssinian_6' is not a plain file name"),
-    "same_image_other_class": ("trainval", None, "Abyssinian_2 2 2 2",
-                               r"image 'Abyssinian_2' has class id 2 here but 1 at .*trainval\.txt:2"),
-    "same_image_in_both_splits": ("test", None, "Abyssinian_1 1 1 1",
-                                  r"image 'Abyssinian_1' is also listed at .*trainval\.txt:1; .*leak"),
-    "two_class_ids_one_name": ("trainval", None, "Abyssinian_99 4 1 99",
-                               r"class 'Abyssinian' has class id 4 here but 1 at .*trainval\.txt:1; "
-                               r"two class ids cannot share a class name"),
-    "one_class_id_two_names": ("trainval", None, "Bengal_99 1 1 99",
-                               r"class id 1 is 'Bengal' here but 'Abyssinian' at .*trainval\.txt:1"),
+    "image_id_backslash": (
+        "trainval",
+        6,
+        "sub\\Abyssinian_6 1 1 6",
+        r"image id 'sub\\\\Abyssinian_6' is not a plain file name",
+    ),
+    "same_image_other_class": (
+        "trainval",
+        None,
+        "Abyssinian_2 2 2 2",
+        r"image 'Abyssinian_2' has class id 2 here but 1 at .*trainval\.txt:2",
+    ),
+    "same_image_in_both_splits": (
+        "test",
+        None,
+        "Abyssinian_1 1 1 1",
+        r"image 'Abyssinian_1' is also listed at .*trainval\.txt:1; .*leak",
+    ),
+    "two_class_ids_one_name": (
+        "trainval",
+        None,
+        "Abyssinian_99 4 1 99",
+        r"class 'Abyssinian' has class id 4 here but 1 at .*trainval\.txt:1; "
+        r"two class ids cannot share a class name",
+    ),
+    "one_class_id_two_names": (
+        "trainval",
+        None,
+        "Bengal_99 1 1 99",
+        r"class id 1 is 'Bengal' here but 'Abyssinian' at .*trainval\.txt:1",
+    ),
 }
 
 
@@ -298,11 +332,18 @@ def test_exif_orientation_and_oversized_images_are_converted_and_counted(tmp_pat
 # ---------------------------------------------------------------- fractions and caps against the class count
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"val_fraction": 0.05}, r"data\.val_fraction = 0\.05 splits 36 train/val images into 34 and 2; with 3 classes"),
-    ({"val_fraction": 0.95}, r"data\.val_fraction = 0\.95 splits 36 train/val images into 1 and 35"),
-    ({"per_class": 2}, r"data\.val_fraction = 0\.2 splits 6 train/val \(data\.per_class = 2\) images into 4 and 2"),
-], ids=["val_fraction_too_small", "val_fraction_too_large", "per_class_too_small"])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"val_fraction": 0.05},
+            r"data\.val_fraction = 0\.05 splits 36 train/val images into 34 and 2; with 3 classes",
+        ),
+        ({"val_fraction": 0.95}, r"data\.val_fraction = 0\.95 splits 36 train/val images into 1 and 35"),
+        ({"per_class": 2}, r"data\.val_fraction = 0\.2 splits 6 train/val \(data\.per_class = 2\) images into 4 and 2"),
+    ],
+    ids=["val_fraction_too_small", "val_fraction_too_large", "per_class_too_small"],
+)
 def test_fractions_and_caps_too_small_for_the_classes_name_the_parameter(tmp_path, data, message):
     root = small_pets(tmp_path / "pets")
     with pytest.raises(PipelineError, match=message):
@@ -317,8 +358,11 @@ def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     root = small_pets(tmp_path / "pets")
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(PipelineError, match=rf"{tmp_path}: not enough disk space for the prepared data: about "
-                                            r"\d+ MiB needed, 0 MiB free"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"{tmp_path}: not enough disk space for the prepared data: about "
+        r"\d+ MiB needed, 0 MiB free",
+    ):
         run_prepare(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -361,7 +405,11 @@ def test_download_route_verifies_and_extracts(tmp_path, served, monkeypatch):
     report = prepare.prepare_oxford_pets(data, 0, tmp_path / "out")
     assert report["images_written"] == 45 and report["images_skipped"] == 0
     assert sorted(p.name for p in (tmp_path / "raw" / oxford_pets.PETS_FOLDER).iterdir()) == [
-        "annotations", "annotations.tar.gz", "images", "images.tar.gz"]
+        "annotations",
+        "annotations.tar.gz",
+        "images",
+        "images.tar.gz",
+    ]
 
 
 def test_download_with_wrong_checksum_is_an_error(tmp_path, served, monkeypatch):
@@ -402,11 +450,18 @@ def test_a_disk_filling_up_while_writing_is_one_clear_error(tmp_path, monkeypatc
 
 def test_ctrl_c_while_preparing_prints_one_line_and_leaves_nothing(tmp_path):
     """Ctrl-C reaches the re-encoding worker processes too; none of them may print a traceback."""
-    pets = make_fake_pets(tmp_path / "pets", num_classes=4, trainval_per_class=80, test_per_class=10,
-                          size_range=(300, 400), awkward_files=False)
+    pets = make_fake_pets(
+        tmp_path / "pets",
+        num_classes=4,
+        trainval_per_class=80,
+        test_per_class=10,
+        size_range=(300, 400),
+        awkward_files=False,
+    )
     project = make_project(tmp_path / "project", {"data": {"root": str(pets)}})
-    proc = start_as_in_a_terminal([sys.executable, "-m", "stages.prepare_oxford_pets"], project,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_as_in_a_terminal(
+        [sys.executable, "-m", "stages.prepare_oxford_pets"], project, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not list((project / "data").glob(".oxford_pets.*.tmp/train/*/*.jpg")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

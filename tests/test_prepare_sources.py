@@ -69,7 +69,8 @@ def fake_imagefolder(root: Path, classes=("cat", "dog", "fox"), per_class: int =
         for i in range(per_class):
             folder = root / name / ("nested" if i % 4 == 0 else "")
             class_image(label, len(classes), rng, (40, 48)).convert("L" if i % 3 == 0 else "RGB").save(
-                folder / f"img{i}.png")
+                folder / f"img{i}.png"
+            )
         (root / name / "notes.txt").write_text("not an image")
     return root
 
@@ -125,8 +126,11 @@ def test_read_imagefolder_splits_by_fraction_and_seed(tmp_path):
     assert {r.path for r in other.test} != {r.path for r in source.test}
 
 
-@pytest.mark.parametrize("pair", [("caf\u00e9", "cafe\u0301"), ("Dog", "dog"), ("Stra\u00dfe", "STRASSE")],
-                         ids=["nfc_and_nfd", "case", "case_folding"])
+@pytest.mark.parametrize(
+    "pair",
+    [("caf\u00e9", "cafe\u0301"), ("Dog", "dog"), ("Stra\u00dfe", "STRASSE")],
+    ids=["nfc_and_nfd", "case", "case_folding"],
+)
 def test_class_folders_one_file_system_would_store_as_one_are_refused_naming_both(tmp_path, pair):
     """'caf\u00e9' as one code point and as 'e' plus a combining accent print alike and are one name on macOS."""
     from petlab.prepare import prepare_dataset
@@ -134,8 +138,10 @@ def test_class_folders_one_file_system_would_store_as_one_are_refused_naming_bot
     root = fake_imagefolder(tmp_path / "folder", classes=("cat", *pair), per_class=5)
     first, second = sorted(pair)
     shown = [repr(n) if n.isascii() else f"{n!r} ({ascii(n)})" for n in (first, second)]
-    message = (rf"imagefolder \({root}\): class names {re.escape(shown[0])} and {re.escape(shown[1])} are one name: "
-               r"equal once Unicode-normalised \(NFC\) and case-folded")
+    message = (
+        rf"imagefolder \({root}\): class names {re.escape(shown[0])} and {re.escape(shown[1])} are one name: "
+        r"equal once Unicode-normalised \(NFC\) and case-folded"
+    )
     with pytest.raises(PipelineError, match=message):
         prepare_dataset(DataParams(dataset="imagefolder", root=str(root)), seed=0, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -183,14 +189,22 @@ def test_cap_per_class_is_stratified_and_seeded():
 
 def test_prepare_dataset_fashion_mnist_subset_to_rgb_layout(tmp_path):
     root = fake_fashion_mnist(tmp_path / "fmnist", train_per_class=20, test_per_class=8)
-    data = DataParams(dataset="fashion_mnist", root=str(root), classes=["Bag", "Trouser", "Sneaker"], per_class=10,
-                      test_per_class=4, val_fraction=0.2)
+    data = DataParams(
+        dataset="fashion_mnist",
+        root=str(root),
+        classes=["Bag", "Trouser", "Sneaker"],
+        per_class=10,
+        test_per_class=4,
+        val_fraction=0.2,
+    )
     out = tmp_path / "prepared"
     report = prepare_dataset(data, seed=0, out_dir=out)
     assert json.loads((out / "classes.json").read_text()) == ["Bag", "Trouser", "Sneaker"]
-    assert report["counts"] == {"train": {"Bag": 8, "Sneaker": 8, "Trouser": 8},
-                                "val": {"Bag": 2, "Sneaker": 2, "Trouser": 2},
-                                "test": {"Bag": 4, "Sneaker": 4, "Trouser": 4}}
+    assert report["counts"] == {
+        "train": {"Bag": 8, "Sneaker": 8, "Trouser": 8},
+        "val": {"Bag": 2, "Sneaker": 2, "Trouser": 2},
+        "test": {"Bag": 4, "Sneaker": 4, "Trouser": 4},
+    }
     assert report["converted_to_rgb"] == {"PNG L": 42}
     for name, label in (("Bag", 8), ("Trouser", 1), ("Sneaker", 7)):
         for path in (out / "train" / name).iterdir():
@@ -275,26 +289,50 @@ def link(path: Path, target: Path) -> Path:
 
 # case -> (make the oddity under root (tmp is outside root); return the path planted, its reason)
 IMAGE_FOLDER_ODDITIES = {
-    "file_link_to_outside": (lambda root, tmp: link(root / "cat" / "stray.png", outside_images(tmp / "out") / "stray0.png"),
-                             r"^symlink to .*stray0\.png, outside data\.root \(set data\.follow_symlinks: true"),
-    "class_link_to_outside": (lambda root, tmp: link(root / "wolf", outside_images(tmp / "out")),
-                              r"^symlink to .*/out, outside data\.root"),
-    "nested_link_to_outside": (lambda root, tmp: link(root / "dog" / "more", outside_images(tmp / "out")),
-                               r"^symlink to .*/out, outside data\.root"),
+    "file_link_to_outside": (
+        lambda root, tmp: link(root / "cat" / "stray.png", outside_images(tmp / "out") / "stray0.png"),
+        r"^symlink to .*stray0\.png, outside data\.root \(set data\.follow_symlinks: true",
+    ),
+    "class_link_to_outside": (
+        lambda root, tmp: link(root / "wolf", outside_images(tmp / "out")),
+        r"^symlink to .*/out, outside data\.root",
+    ),
+    "nested_link_to_outside": (
+        lambda root, tmp: link(root / "dog" / "more", outside_images(tmp / "out")),
+        r"^symlink to .*/out, outside data\.root",
+    ),
     "dangling_link": (lambda root, tmp: link(root / "fox" / "gone.png", tmp / "nothing.png"), r"^dangling symlink"),
     "hidden_class_folder": (lambda root, tmp: outside_images(root / ".thumbnails"), r"^hidden"),
-    "hidden_file": (lambda root, tmp: shutil.copy(root / "cat" / "img1.png", root / "cat" / ".img1.png") and
-                    root / "cat" / ".img1.png", r"^hidden"),
-    "link_loop": (lambda root, tmp: link(root / "cat" / "nested" / "again", root / "cat"),
-                  r"^folder already read as .*/cat \(a symlink to it\)"),
-    "link_to_a_file_inside": (lambda root, tmp: link(root / "dog" / "zz_copy.png", root / "dog" / "img1.png"),
-                              r"^the same file as .*dog/img1\.png \(taken once\)"),
-    "file_outside_any_class": (lambda root, tmp: shutil.copy(root / "cat" / "img1.png", root / "loose.png") and
-                               root / "loose.png", r"^not inside a class folder"),
-    "not_an_image_name": (lambda root, tmp: root / "cat" / "notes.txt", r"^not an image file name \(extension '\.txt'\)"),
-    "file_name_not_utf8": (lambda root, tmp: copy_to_bytes_name(root / "cat" / "img1.png", root / "cat", b"caf\xe9.png"),
-                           r"^its name is not valid UTF-8"),
-    "class_folder_not_utf8": (lambda root, tmp: outside_images(root / os.fsdecode(b"ni\xf1o")), r"^its name is not valid UTF-8"),
+    "hidden_file": (
+        lambda root, tmp: (
+            shutil.copy(root / "cat" / "img1.png", root / "cat" / ".img1.png") and root / "cat" / ".img1.png"
+        ),
+        r"^hidden",
+    ),
+    "link_loop": (
+        lambda root, tmp: link(root / "cat" / "nested" / "again", root / "cat"),
+        r"^folder already read as .*/cat \(a symlink to it\)",
+    ),
+    "link_to_a_file_inside": (
+        lambda root, tmp: link(root / "dog" / "zz_copy.png", root / "dog" / "img1.png"),
+        r"^the same file as .*dog/img1\.png \(taken once\)",
+    ),
+    "file_outside_any_class": (
+        lambda root, tmp: shutil.copy(root / "cat" / "img1.png", root / "loose.png") and root / "loose.png",
+        r"^not inside a class folder",
+    ),
+    "not_an_image_name": (
+        lambda root, tmp: root / "cat" / "notes.txt",
+        r"^not an image file name \(extension '\.txt'\)",
+    ),
+    "file_name_not_utf8": (
+        lambda root, tmp: copy_to_bytes_name(root / "cat" / "img1.png", root / "cat", b"caf\xe9.png"),
+        r"^its name is not valid UTF-8",
+    ),
+    "class_folder_not_utf8": (
+        lambda root, tmp: outside_images(root / os.fsdecode(b"ni\xf1o")),
+        r"^its name is not valid UTF-8",
+    ),
 }
 
 
@@ -338,8 +376,9 @@ def test_nested_files_with_clashing_names_are_all_prepared(tmp_path):
         (root / name / "a").mkdir()
         for rel in ("a/b.png", "a__b.png", "b.png", "B.png", "x.png", "x.jpg"):
             shutil.copy(root / name / "img1.png", root / name / rel)
-    report = prepare_dataset(DataParams(dataset="imagefolder", root=str(root), test_fraction=0.25), seed=0,
-                             out_dir=tmp_path / "out")
+    report = prepare_dataset(
+        DataParams(dataset="imagefolder", root=str(root), test_fraction=0.25), seed=0, out_dir=tmp_path / "out"
+    )
     on_disk = Counter(p.parent.name for p in (tmp_path / "out").glob("*/*/*.jpg"))
     assert report["images_written"] == 3 * 12 == sum(on_disk.values())
     for name in ("cat", "dog", "fox"):
@@ -358,8 +397,11 @@ def test_report_counts_are_checked_against_the_files_written(tmp_path):
 
 def test_test_fraction_too_small_for_the_classes_names_it(tmp_path):
     root = fake_imagefolder(tmp_path / "folder", per_class=4)
-    with pytest.raises(PipelineError, match=r"data\.test_fraction = 0\.1 splits 12 .* images into 10 and 2; with 3 "
-                                            r"classes"):
+    with pytest.raises(
+        PipelineError,
+        match=r"data\.test_fraction = 0\.1 splits 12 .* images into 10 and 2; with 3 "
+        r"classes",
+    ):
         read_imagefolder(DataParams(dataset="imagefolder", root=str(root), test_fraction=0.1), seed=0)
 
 
@@ -375,20 +417,30 @@ def rewrite_pickle(path: Path, change) -> None:
 
 
 CIFAR_DAMAGE = {
-    "label_out_of_range": (lambda base: rewrite_pickle(base / "data_batch_2", lambda b: b["labels"].__setitem__(0, 10)),
-                           r"data_batch_2: 20 images and 20 labels, labels must be 0\.\.9"),
-    "negative_label": (lambda base: rewrite_pickle(base / "test_batch", lambda b: b["labels"].__setitem__(3, -1)),
-                       r"test_batch: 20 images and 20 labels"),
-    "fewer_labels": (lambda base: rewrite_pickle(base / "data_batch_1", lambda b: b["labels"].pop()),
-                     r"data_batch_1: 20 images and 19 labels"),
-    "two_ids_one_name": (lambda base: rewrite_pickle(base / "batches.meta",
-                                                     lambda m: m["label_names"].__setitem__(3, "dog")),
-                         r"class name 'dog' given to more than one class id"),
-    "name_with_a_slash": (lambda base: rewrite_pickle(base / "batches.meta",
-                                                      lambda m: m["label_names"].__setitem__(0, "air/plane")),
-                          r"class name 'air/plane' of cifar10 .* cannot be a folder name"),
-    "not_a_pickle": (lambda base: (base / "data_batch_3").write_bytes(b"\xff\x00garbage"),
-                     r"data_batch_3: cannot be read as a CIFAR-10 pickle"),
+    "label_out_of_range": (
+        lambda base: rewrite_pickle(base / "data_batch_2", lambda b: b["labels"].__setitem__(0, 10)),
+        r"data_batch_2: 20 images and 20 labels, labels must be 0\.\.9",
+    ),
+    "negative_label": (
+        lambda base: rewrite_pickle(base / "test_batch", lambda b: b["labels"].__setitem__(3, -1)),
+        r"test_batch: 20 images and 20 labels",
+    ),
+    "fewer_labels": (
+        lambda base: rewrite_pickle(base / "data_batch_1", lambda b: b["labels"].pop()),
+        r"data_batch_1: 20 images and 19 labels",
+    ),
+    "two_ids_one_name": (
+        lambda base: rewrite_pickle(base / "batches.meta", lambda m: m["label_names"].__setitem__(3, "dog")),
+        r"class name 'dog' given to more than one class id",
+    ),
+    "name_with_a_slash": (
+        lambda base: rewrite_pickle(base / "batches.meta", lambda m: m["label_names"].__setitem__(0, "air/plane")),
+        r"class name 'air/plane' of cifar10 .* cannot be a folder name",
+    ),
+    "not_a_pickle": (
+        lambda base: (base / "data_batch_3").write_bytes(b"\xff\x00garbage"),
+        r"data_batch_3: cannot be read as a CIFAR-10 pickle",
+    ),
 }
 
 

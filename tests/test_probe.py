@@ -32,8 +32,10 @@ def digits_splits(classes: int = 10) -> dict[str, tuple[torch.Tensor, torch.Tens
     x, y = digits.data.astype(np.float32) / 16, digits.target
     train, rest = train_test_split(np.arange(len(y)), test_size=0.4, stratify=y, random_state=0)
     val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=0)
-    return {name: (torch.from_numpy(x[i]), torch.from_numpy(y[i])) for name, i in
-            (("train", train), ("val", val), ("test", test))}
+    return {
+        name: (torch.from_numpy(x[i]), torch.from_numpy(y[i]))
+        for name, i in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def reference_probe(splits: dict, c_grid: list[float]) -> LogisticRegression:

@@ -43,8 +43,13 @@ print(json.dumps(stats))
 
 def test_profile_steps_times_the_active_steps_writes_a_trace_and_stays_quiet(tmp_path):
     """In a fresh interpreter, as in the stage: the profiler backend's own log lines must not reach the user."""
-    proc = subprocess.run([sys.executable, "-c", PROFILE_SCRIPT, str(tmp_path / "trace")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROFILE_SCRIPT, str(tmp_path / "trace")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     assert stats["step_ms_mean"] > 0 and stats["throughput_images_per_s"] > 0
@@ -62,16 +67,18 @@ def test_step_stats_and_gflops():
     assert forward_gflops(model, 64, torch.device("cpu")) == round(2 * 3 * 64 * 64 * 1000 / 1e9, 4)
 
 
-@pytest.mark.parametrize("precision", [Precision(torch.float16, True), Precision(torch.bfloat16, False),
-                                       Precision(None, False)], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "precision",
+    [Precision(torch.float16, True), Precision(torch.bfloat16, False), Precision(None, False)],
+    ids=lambda p: p.name,
+)
 def test_the_profiled_step_scales_gradients_where_training_does(monkeypatch, tmp_path, precision):
     """fp16 trains with a GradScaler (its scaling and unscaling are part of every step): the profile times that
     step, one scaler across the steps as in training; other precisions have none to time."""
     import stages.profile as stage
 
     spec = TransformSpec(size=16)
-    batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 3, (4,)))
-               for _ in range(2)]
+    batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 3, (4,))) for _ in range(2)]
     monkeypatch.setattr(stage, "TRACES", tmp_path)
     monkeypatch.setattr(stage, "image_loader", lambda *args, **kwargs: batches)
     scalers = []
@@ -105,8 +112,9 @@ def test_peak_memory_on_the_cpu_is_the_rise_of_the_process_rss():
 def test_peak_memory_on_cuda_is_the_allocators_absolute_peak(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated",
-                        lambda device=None: calls.append(("peak", device)) or 700 * MB)
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 700 * MB
+    )
     cuda = torch.device("cuda")
     with PeakMemory(cuda) as memory:
         pass
@@ -134,21 +142,41 @@ def test_peak_memory_on_mps_is_the_metal_drivers_absolute_peak(monkeypatch):
 
 def test_each_peak_memory_metric_has_its_own_name_and_the_report_says_which(tmp_path):
     assert len({m.key for m in PEAK_MEMORY_METRICS.values()}) == 3
-    profile = {"step_ms_mean": 10.0, "step_ms_p95": 12.0, "throughput_images_per_s": 100.0, "gflops_per_image": 1.0,
-               "trainable_parameters": 10, "total_parameters": 10, "data_wait_share": 0.0, "batch_size": 4,
-               "device": "cuda", "peak_cuda_allocated_mb": 1234.0}
-    run = SimpleNamespace(profile={"cnn": profile, "vit": profile}, top_ops={}, stage_seconds={"train_cnn": 1.0},
-                          root=tmp_path)
-    text = report_document.cost_section(run, {"cnn": ("compute-bound",), "vit": ("compute-bound",)},
-                                        {"cnn": "CNN", "vit": "probe"}, tmp_path, tmp_path / "figures")
+    profile = {
+        "step_ms_mean": 10.0,
+        "step_ms_p95": 12.0,
+        "throughput_images_per_s": 100.0,
+        "gflops_per_image": 1.0,
+        "trainable_parameters": 10,
+        "total_parameters": 10,
+        "data_wait_share": 0.0,
+        "batch_size": 4,
+        "device": "cuda",
+        "peak_cuda_allocated_mb": 1234.0,
+    }
+    run = SimpleNamespace(
+        profile={"cnn": profile, "vit": profile}, top_ops={}, stage_seconds={"train_cnn": 1.0}, root=tmp_path
+    )
+    text = report_document.cost_section(
+        run,
+        {"cnn": ("compute-bound",), "vit": ("compute-bound",)},
+        {"cnn": "CNN", "vit": "probe"},
+        tmp_path,
+        tmp_path / "figures",
+    )
     assert "peak CUDA memory allocated (MB)" in text and "1234" in text
     assert PEAK_MEMORY_METRICS["cuda"].meaning in text and "resident memory" not in text
 
 
 def event(key: str, device_type, self_cpu_us: float, self_device_us: float, count: int = 1) -> SimpleNamespace:
     """A row of torch.profiler's key_averages(), with the fields top_ops reads."""
-    return SimpleNamespace(key=key, device_type=device_type, self_cpu_time_total=self_cpu_us,
-                           self_device_time_total=self_device_us, count=count)
+    return SimpleNamespace(
+        key=key,
+        device_type=device_type,
+        self_cpu_time_total=self_cpu_us,
+        self_device_time_total=self_device_us,
+        count=count,
+    )
 
 
 def test_cuda_top_ops_rank_operators_by_their_kernels_time_counting_no_kernel_twice():
@@ -158,16 +186,20 @@ def test_cuda_top_ops_rank_operators_by_their_kernels_time_counting_no_kernel_tw
 
     from petlab.profiling import top_ops
 
-    events = [event("aten::cudnn_convolution", DeviceType.CPU, 40, 900, 10),
-              event("sm90_xmma_fprop_implicit_gemm_kernel", DeviceType.CUDA, 0, 900, 10),
-              event("aten::add_", DeviceType.CPU, 30, 50, 20),
-              event("elementwise_kernel", DeviceType.CUDA, 0, 50, 20),
-              event("cudaLaunchKernel", DeviceType.CPU, 300, 0, 30),
-              event("aten::batch_norm", DeviceType.CPU, 60, 400, 10)]
+    events = [
+        event("aten::cudnn_convolution", DeviceType.CPU, 40, 900, 10),
+        event("sm90_xmma_fprop_implicit_gemm_kernel", DeviceType.CUDA, 0, 900, 10),
+        event("aten::add_", DeviceType.CPU, 30, 50, 20),
+        event("elementwise_kernel", DeviceType.CUDA, 0, 50, 20),
+        event("cudaLaunchKernel", DeviceType.CPU, 300, 0, 30),
+        event("aten::batch_norm", DeviceType.CPU, 60, 400, 10),
+    ]
     top = top_ops(events, "cuda", 3)
-    assert top == [{"op": "aten::cudnn_convolution", "self_device_ms_total": 0.9, "calls": 10},
-                   {"op": "aten::batch_norm", "self_device_ms_total": 0.4, "calls": 10},
-                   {"op": "aten::add_", "self_device_ms_total": 0.05, "calls": 20}]
+    assert top == [
+        {"op": "aten::cudnn_convolution", "self_device_ms_total": 0.9, "calls": 10},
+        {"op": "aten::batch_norm", "self_device_ms_total": 0.4, "calls": 10},
+        {"op": "aten::add_", "self_device_ms_total": 0.05, "calls": 20},
+    ]
     # MPS records no GPU time per operator: host time, under a name that says so; the CPU: self CPU time.
     assert top_ops(events, "mps", 1) == [{"op": "cudaLaunchKernel", "self_host_ms_total": 0.3, "calls": 30}]
     assert list(top_ops(events, "cpu", 1)[0]) == ["op", "self_cpu_ms_total", "calls"]

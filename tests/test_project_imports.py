@@ -61,37 +61,57 @@ def test_imports_inside_functions_and_relative_ones_are_edges_and_a_cycle_throug
 def test_a_stage_runs_the_packages_around_what_it_imports_and_all_they_import(tmp_path):
     graph = import_graph(write_tree(tmp_path, TOY))
     assert runs_when_imported(graph, "stages.run") == {
-        "stages", "stages.run", "petlab", "petlab.tool", "petlab.errors", "petlab.readers", "petlab.readers.csv",
-        "petlab.readers.base"}  # petlab.readers' __init__ runs first, and imports csv
+        "stages",
+        "stages.run",
+        "petlab",
+        "petlab.tool",
+        "petlab.errors",
+        "petlab.readers",
+        "petlab.readers.csv",
+        "petlab.readers.base",
+    }  # petlab.readers' __init__ runs first, and imports csv
 
 
-@pytest.mark.parametrize("cmd, expected", [
-    ("python -m stages.train_vit", ["stages.train_vit"]),
-    ("python3 -X dev -u -m stages.report --out reports ${item.size}", ["stages.report"]),
-    ("torchrun --standalone --nproc-per-node=2 -m stages.train_cnn", ["stages.train_cnn"]),
-    ("python -m stages.train_cnn && python -m stages.evaluate", ["stages.train_cnn", "stages.evaluate"]),
-    ("python -m stages.no_such_stage", ["stages.no_such_stage"]),  # kept, to be reported
-    ("python stages/report.py", ["stages.report"]),
-    ("python -m pip list", []),
-    ("dvc plots show -o plots/html", []),
-])
+@pytest.mark.parametrize(
+    "cmd, expected",
+    [
+        ("python -m stages.train_vit", ["stages.train_vit"]),
+        ("python3 -X dev -u -m stages.report --out reports ${item.size}", ["stages.report"]),
+        ("torchrun --standalone --nproc-per-node=2 -m stages.train_cnn", ["stages.train_cnn"]),
+        ("python -m stages.train_cnn && python -m stages.evaluate", ["stages.train_cnn", "stages.evaluate"]),
+        ("python -m stages.no_such_stage", ["stages.no_such_stage"]),  # kept, to be reported
+        ("python stages/report.py", ["stages.report"]),
+        ("python -m pip list", []),
+        ("dvc plots show -o plots/html", []),
+    ],
+)
 def test_the_module_a_command_runs_is_read_from_it(cmd, expected):
     assert command_modules(cmd, project_modules(), REPO) == expected
 
 
 def test_deps_problems_name_a_missing_module_a_listed_one_never_run_and_an_unknown_command(tmp_path):
     write_tree(tmp_path, TOY)
-    runs = ["stages/run.py", "stages/__init__.py", "petlab/__init__.py", "petlab/tool.py", "petlab/errors.py",
-            "petlab/readers"]
+    runs = [
+        "stages/run.py",
+        "stages/__init__.py",
+        "petlab/__init__.py",
+        "petlab/tool.py",
+        "petlab/errors.py",
+        "petlab/readers",
+    ]
     assert deps_problems(["python -m stages.run"], runs + ["data/x"], tmp_path, tmp_path) == []
     assert deps_problems(["python -m stages.run --fast"], ["stages", "petlab"], tmp_path, tmp_path) == []
     # a dvc.yaml in a subfolder: its deps (and the module's files) are relative to its wdir
     assert deps_problems(["python -m stages.run"], [f"../{d}" for d in runs], tmp_path / "study", tmp_path) == []
-    assert deps_problems(["python -m stages.run"], [d for d in runs if d != "petlab/errors.py"] + ["petlab/unused.py"],
-                         tmp_path, tmp_path) == ["runs petlab/errors.py, which its deps do not list",
-                                                 "lists petlab/unused.py in its deps but runs none of it"]
+    assert deps_problems(
+        ["python -m stages.run"],
+        [d for d in runs if d != "petlab/errors.py"] + ["petlab/unused.py"],
+        tmp_path,
+        tmp_path,
+    ) == ["runs petlab/errors.py, which its deps do not list", "lists petlab/unused.py in its deps but runs none of it"]
     assert deps_problems(["python -m stages.nothing"], [], tmp_path, tmp_path) == [
-        "`python -m stages.nothing` runs stages.nothing, which is no module of petlab, stages"]
+        "`python -m stages.nothing` runs stages.nothing, which is no module of petlab, stages"
+    ]
     assert deps_problems(["python run.py"], [], tmp_path, tmp_path)[0].startswith("`python run.py`: cannot tell")
 
 
@@ -102,9 +122,14 @@ def test_every_stage_of_the_pipeline_runs_its_stage_module():
         assert [m for cmd in cmds for m in command_modules(cmd, project_modules(), wdir)] == [f"stages.{stage}"]
 
 
-@pytest.mark.parametrize("dvc_file, stage, cmds, deps, wdir", [
-    pytest.param(dvc_file, *spec, id=f"{dvc_file.relative_to(REPO).as_posix()}:{spec[0]}")
-    for dvc_file in dvc_files() for spec in stage_specs(dvc_file)])
+@pytest.mark.parametrize(
+    "dvc_file, stage, cmds, deps, wdir",
+    [
+        pytest.param(dvc_file, *spec, id=f"{dvc_file.relative_to(REPO).as_posix()}:{spec[0]}")
+        for dvc_file in dvc_files()
+        for spec in stage_specs(dvc_file)
+    ],
+)
 def test_stage_deps_name_every_project_module_its_command_runs(dvc_file, stage, cmds, deps, wdir):
     problems = deps_problems(cmds, deps, wdir)
     assert not problems, f"{dvc_file.relative_to(REPO)}, stage {stage}:\n  " + "\n  ".join(problems)
@@ -114,8 +139,15 @@ def test_python_bytecode_is_no_part_of_a_folder_dep():
     """A folder dep (petlab/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
     it, so unless DVC ignores it a colleague's clone, or another Python version, sees the dep changed and re-runs
     the stage."""
-    folders = sorted({(wdir / dep).resolve().relative_to(REPO).as_posix() for dvc_file in dvc_files()
-                      for _, _, deps, wdir in stage_specs(dvc_file) for dep in deps if (wdir / dep).is_dir()})
+    folders = sorted(
+        {
+            (wdir / dep).resolve().relative_to(REPO).as_posix()
+            for dvc_file in dvc_files()
+            for _, _, deps, wdir in stage_specs(dvc_file)
+            for dep in deps
+            if (wdir / dep).is_dir()
+        }
+    )
     assert "petlab/sources" in folders
     caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
     ignored = dvc(REPO, "check-ignore", *caches, check=False)

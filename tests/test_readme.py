@@ -25,7 +25,7 @@ TEXTS = {REPO / "README.md": README, **{path: path.read_text() for path in DOCS}
 def section(title: str) -> str:
     start = README.index(f"\n## {title}\n")
     end = README.find("\n## ", start + 1)
-    return README[start:end if end != -1 else None]
+    return README[start : end if end != -1 else None]
 
 
 def commands(block: str) -> list[str]:
@@ -50,7 +50,8 @@ def test_the_readme_is_read_in_five_minutes_and_starts_with_its_two_commands():
     run, test, extras = readme_setup()
     assert run.startswith("pip install -r requirements.txt ") and run.endswith(" && dvc repro")
     assert test.startswith("pip install -r requirements-dev.txt ") and test.endswith(
-        " && ruff check . && ruff format --check . && python -m pytest -q -n auto --dist loadgroup tests")
+        " && ruff check . && ruff format --check . && python -m pytest -q -n auto --dist loadgroup tests"
+    )
     assert "apt-get install -y dataset-fashion-mnist" in extras and "|| echo" in extras
     # Set up and run comes right after the question and the picture: the first section of the README.
     assert README.index("\n## ") == README.index("\n## Set up and run\n")
@@ -70,14 +71,19 @@ def test_ci_runs_the_readmes_extras_line_then_its_two_commands_as_printed():
     assert tools[0] == extras and ci[-1] == test  # the tests' exit code is CI's
     # The run's failure is accepted only as one line about a download it cannot make, without a traceback.
     stops = re.search(r'offline_stop="\^\((.*)\)"', "\n".join(ci)).group(1).split("|")
-    assert stops == ["backbone_weights: error: cannot get pretrained weights",
-                     "prepare_oxford_pets: error: could not download"]
+    assert stops == [
+        "backbone_weights: error: cannot get pretrained weights",
+        "prepare_oxford_pets: error: could not download",
+    ]
 
 
 def shorthands() -> dict[str, str]:
     """**Name** ... stands for `-S ...`: the docs' abbreviations of long recipes."""
-    found = [match for text in TEXTS.values()
-             for match in re.findall(r"\*\*([\w-]+)\*\*[^`]*?stands for `([^`]+)`", text, re.S)]
+    found = [
+        match
+        for text in TEXTS.values()
+        for match in re.findall(r"\*\*([\w-]+)\*\*[^`]*?stands for `([^`]+)`", text, re.S)
+    ]
     return {name: " ".join(value.split()) for name, value in found}
 
 
@@ -86,8 +92,13 @@ def printed_recipes() -> list[str]:
     recipes = []
     for text in TEXTS.values():
         inline = re.findall(r"`((?:[A-Z_]+=\S+ )?dvc (?:exp run|repro)\b[^`]*)`", text)
-        fenced = [part.strip() for block in re.findall(r"```\w*\n(.*?)```", text, re.S) for line in commands(block)
-                  for part in line.split("&&") if re.match(r"\s*(?:[A-Z_]+=\S+ )*dvc (exp run|repro)\b", part)]
+        fenced = [
+            part.strip()
+            for block in re.findall(r"```\w*\n(.*?)```", text, re.S)
+            for line in commands(block)
+            for part in line.split("&&")
+            if re.match(r"\s*(?:[A-Z_]+=\S+ )*dvc (exp run|repro)\b", part)
+        ]
         for command in inline + fenced:
             command = " ".join(command.split())
             for name, value in shorthands().items():
@@ -141,9 +152,12 @@ def targets_of(command: str) -> list[str]:
     """The stages (or dvc.yaml files) a printed command names: its arguments that are neither flags nor values."""
     tokens = shlex.split(command)
     start = tokens.index("dvc") + 2  # after `dvc repro` / `dvc exp run`
-    tokens = tokens[start + (tokens[start - 1] == "exp"):]
-    return [token for previous, token in zip([""] + tokens, tokens)
-            if not token.startswith("-") and previous not in ("-S", "--set-param", "-n", "--name", "-j", "--jobs")]
+    tokens = tokens[start + (tokens[start - 1] == "exp") :]
+    return [
+        token
+        for previous, token in zip([""] + tokens, tokens)
+        if not token.startswith("-") and previous not in ("-S", "--set-param", "-n", "--name", "-j", "--jobs")
+    ]
 
 
 def names_a_stage(target: str) -> bool:
@@ -164,16 +178,23 @@ def names_a_stage(target: str) -> bool:
 def test_every_printed_recipe_passes_the_params_schema(command):
     parse_params(params_of(command), source=command)
     assert [target for target in targets_of(command) if not names_a_stage(target)] == []
-    if ("data.dataset=fashion_mnist" in command and "data.per_class=375" in command  # FM-mini: measured with
-            and "train_vit.weights=" not in command):  # cheap-ViT, unless it names the probe's weights itself
+    if (
+        "data.dataset=fashion_mnist" in command
+        and "data.per_class=375" in command  # FM-mini: measured with
+        and "train_vit.weights=" not in command
+    ):  # cheap-ViT, unless it names the probe's weights itself
         parse_params(params_of(f"{command} {shorthands()['cheap-ViT']}"), source=f"{command} <cheap-ViT>")
 
 
 def printed_modules() -> set[str]:
     """Every module the docs run with `python -m` (or torchrun's `-m`) or import in a printed `python -c`."""
     patterns = (r"\b(?:python3?|torchrun)\b[^`\n]*?\s-m\s+([\w.]+)", r"\bpython3? -c \"(?:from|import) ([\w.]+)")
-    return {module.rstrip(".") for text in TEXTS.values() for pattern in patterns
-            for module in re.findall(pattern, text.replace("\\\n", " "))}
+    return {
+        module.rstrip(".")
+        for text in TEXTS.values()
+        for pattern in patterns
+        for module in re.findall(pattern, text.replace("\\\n", " "))
+    }
 
 
 def test_every_printed_module_exists():
@@ -192,7 +213,9 @@ def importable(module: str) -> bool:
 def test_the_benchmarks_printed_quick_run_is_run_by_a_test():
     """Its rows by tests/test_bench.py; the whole pipeline's row, from the end-to-end test's `dvc repro`."""
     assert "python -m benchmarks.bench --quick" in (REPO / "docs/speed.md").read_text()
-    texts = {path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py") if path.name != "test_readme.py"}
+    texts = {
+        path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py") if path.name != "test_readme.py"
+    }
     assert [name for name, text in texts.items() if '"benchmarks.bench", "--quick"' in text] == ["test_bench.py"]
     assert [name for name, text in texts.items() if "pipeline_summary(project" in text] == ["test_pipeline.py"]
 
@@ -219,21 +242,31 @@ def test_every_path_in_the_code_layout_exists_and_every_module_is_listed():
     paths = layout_paths()
     assert {"petlab/params.py", "stages/", "benchmarks/bench.py", "tests/"} <= set(paths)
     assert [path for path in paths if not (REPO / path).exists()] == []
-    modules = [str(path.relative_to(REPO)) for folder in ("petlab", "benchmarks") for path in (REPO / folder).glob("*")
-               if path.name != "__init__.py" and (path.suffix == ".py" or (path / "__init__.py").is_file())]
+    modules = [
+        str(path.relative_to(REPO))
+        for folder in ("petlab", "benchmarks")
+        for path in (REPO / folder).glob("*")
+        if path.name != "__init__.py" and (path.suffix == ".py" or (path / "__init__.py").is_file())
+    ]
     listed = {path.rstrip("/") for path in paths}
     assert [module for module in sorted(modules) if module not in listed] == []
 
 
 def anchors(text: str) -> set[str]:
     """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
-    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
-            for title in re.findall(r"^#+ (.*)$", text, re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        for title in re.findall(r"^#+ (.*)$", text, re.M)
+    }
 
 
 def test_every_link_between_the_readme_and_the_docs_resolves():
-    links = [(path, target) for path, text in TEXTS.items()
-             for target in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", target)]
+    links = [
+        (path, target)
+        for path, text in TEXTS.items()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text)
+        if not re.match(r"[a-z]+:", target)
+    ]
     assert len(links) >= 20
     broken = []
     for page, target in links:
@@ -267,8 +300,13 @@ def numbers_in(text: str) -> set[str]:
     return set(re.findall(r"[-+]?\d+\.\d+", text))
 
 
-@pytest.mark.parametrize("page, source", [("docs/example-report/README.md", "docs/example-report/reports/report.md"),
-                                          ("docs/example-study/README.md", "docs/example-study/reports/study.md")])
+@pytest.mark.parametrize(
+    "page, source",
+    [
+        ("docs/example-report/README.md", "docs/example-report/reports/report.md"),
+        ("docs/example-study/README.md", "docs/example-study/reports/study.md"),
+    ],
+)
 def test_the_example_pages_state_only_numbers_their_reports_hold(page, source):
     """What an example's page says it found (the part before "How it was made") quotes numbers from the report it
     describes, which the pipeline wrote: none is typed by hand."""

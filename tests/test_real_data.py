@@ -32,7 +32,8 @@ TRAIN_VAL_PER_CLASS, TEST_PER_CLASS, VAL_FRACTION = 200, 50, 0.2
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)")
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)",
+)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -42,9 +43,11 @@ def read_csv(path: Path) -> list[dict]:
 
 # The docs' FM-mini recipe shortened for the suite: 160 train / 40 val / 50 test images a class, a smaller CNN for 6
 # epochs (added after it: the last -S of a key wins). With cheap-ViT, as the docs' measured rows were run.
-SHORTER = (f"-S data.per_class={TRAIN_VAL_PER_CLASS} -S data.test_per_class={TEST_PER_CLASS} "
-           f"-S data.val_fraction={VAL_FRACTION} -S train_cnn.epochs=6 -S 'train_cnn.widths=[16,32,64]' "
-           "-S train_cnn.batch_size=32 -S train_cnn.warmup_epochs=0.5 -S train_cnn.amp=false -S sanity.max_steps=300")
+SHORTER = (
+    f"-S data.per_class={TRAIN_VAL_PER_CLASS} -S data.test_per_class={TEST_PER_CLASS} "
+    f"-S data.val_fraction={VAL_FRACTION} -S train_cnn.epochs=6 -S 'train_cnn.widths=[16,32,64]' "
+    "-S train_cnn.batch_size=32 -S train_cnn.warmup_epochs=0.5 -S train_cnn.amp=false -S sanity.max_steps=300"
+)
 
 
 def test_the_printed_fm_mini_recipe_learns_fashion_mnist(tmp_path):
@@ -68,8 +71,11 @@ def test_the_printed_fm_mini_recipe_learns_fashion_mnist(tmp_path):
     assert json.loads((prepared / "classes.json").read_text()) == CLASSES
     report = json.loads((prepared / "report.json").read_text())
     n_val = round(TRAIN_VAL_PER_CLASS * VAL_FRACTION)
-    assert report["counts"] == {"train": {c: TRAIN_VAL_PER_CLASS - n_val for c in CLASSES},
-                                "val": {c: n_val for c in CLASSES}, "test": {c: TEST_PER_CLASS for c in CLASSES}}
+    assert report["counts"] == {
+        "train": {c: TRAIN_VAL_PER_CLASS - n_val for c in CLASSES},
+        "val": {c: n_val for c in CLASSES},
+        "test": {c: TEST_PER_CLASS for c in CLASSES},
+    }
     assert report["converted_to_rgb"] == {"PNG L": len(CLASSES) * (TRAIN_VAL_PER_CLASS + TEST_PER_CLASS)}
     with Image.open(next((prepared / "test" / "Bag").iterdir())) as image:
         assert (image.mode, image.size) == ("RGB", (28, 28))
@@ -103,11 +109,23 @@ def test_the_printed_fm_mini_recipe_learns_fashion_mnist(tmp_path):
 # cannot be fetched here. 6 classes x 30 train / 10 val / 10 test images: features at 224 px cost most of the time,
 # so the CNN gets one epoch and the sanity check one small batch.
 STAND_IN_PARAMS = {
-    "data": {"dataset": "fashion_mnist", "root": str(FASHION_MNIST), "classes": CLASSES, "val_fraction": 0.25,
-             "per_class": 40, "test_per_class": 10},
+    "data": {
+        "dataset": "fashion_mnist",
+        "root": str(FASHION_MNIST),
+        "classes": CLASSES,
+        "val_fraction": 0.25,
+        "per_class": 40,
+        "test_per_class": 10,
+    },
     "sanity": {"overfit_batches": 1, "batch_size": 8, "lr": 0.03, "max_steps": 300},
-    "train_cnn": {"image_size": 28, "widths": [16, 32, 64], "augment": "crop_pad", "epochs": 1, "batch_size": 32,
-                  "amp": False},
+    "train_cnn": {
+        "image_size": 28,
+        "widths": [16, 32, 64],
+        "augment": "crop_pad",
+        "epochs": 1,
+        "batch_size": 32,
+        "amp": False,
+    },
     "train_vit": {"model": TIMM_MODEL, "pretrained": True},
     "log": {"hist_every": 0},
 }
@@ -139,7 +157,8 @@ def test_probe_on_stand_in_weights_learns_fashion_mnist(tmp_path, stand_in_weigh
     check_probe(project)
     cache = torch.load(project / "data/features/vit.pt", weights_only=True)
     reference = LogisticRegression(C=trained["selected_c"], max_iter=1000).fit(
-        cache["train/features"].double().numpy(), cache["train/labels"].numpy())
+        cache["train/features"].double().numpy(), cache["train/labels"].numpy()
+    )
     head = torch.load(project / "models/vit.pt", weights_only=True)["model_state"]
     with torch.inference_mode():
         ours = (cache["test/features"] @ head["head.weight"].T + head["head.bias"]).argmax(1).numpy()

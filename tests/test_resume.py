@@ -43,35 +43,60 @@ def images(tmp_path_factory):
     return write_images(folder / "train", 26), write_images(folder / "val", 11)
 
 
-def train(images, optim: OptimParams, resume: Resume | None = None, stop: int | None = None, workers: int = 0,
-          precision: Precision | None = None):
+def train(
+    images,
+    optim: OptimParams,
+    resume: Resume | None = None,
+    stop: int | None = None,
+    workers: int = 0,
+    precision: Precision | None = None,
+):
     """A small CNN with dropout and batch norm (the RNG and the buffers matter), on augmented images."""
     seed_everything(0)
     model = SimpleCNN(3, [4, 8], dropout=0.3, batch_norm=True)
     cpu, loader = torch.device("cpu"), LoaderParams(num_workers=workers)
     train_loader = make_loader(StoppedIn(images[0], train_transform(SPEC, "rrc"), 0, stop), 8, True, 0, cpu, loader)
     val_loader = make_loader(ImageDataset(images[1], eval_transform(SPEC), seed=0), 8, False, 0, cpu, loader)
-    return fit(model, train_loader, val_loader, optim, StepContext(cpu, precision or Precision(None, False), input_spec=SPEC), 3,
-               name="net", resume=resume)
+    return fit(
+        model,
+        train_loader,
+        val_loader,
+        optim,
+        StepContext(cpu, precision or Precision(None, False), input_spec=SPEC),
+        3,
+        name="net",
+        resume=resume,
+    )
 
 
 def same_result(a, b) -> bool:
-    return (a.history == b.history and a.best_epoch == b.best_epoch and a.best_val == b.best_val
-            and a.best_state.keys() == b.best_state.keys()
-            and all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state))
+    return (
+        a.history == b.history
+        and a.best_epoch == b.best_epoch
+        and a.best_val == b.best_val
+        and a.best_state.keys() == b.best_state.keys()
+        and all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    )
 
 
 def resume_in(tmp_path, lr: float) -> Resume:
     return Resume(tmp_path / "resume" / "net.pt", lambda: {"cmd": "train", "params": {"lr": lr}, "deps": {}}, "net")
 
 
-@pytest.mark.parametrize("optim,precision", [
-    (OptimParams(epochs=4, batch_size=8, lr=0.01, warmup_epochs=0.5), Precision(None, True)),  # with GradScaler
-    (OptimParams(epochs=4, batch_size=8, lr=0.01, warmup_epochs=1.0, scheduler="plateau", plateau_patience=0),
-     Precision(None, False)),
-], ids=["cosine_gradscaler", "plateau"])
-def test_stopped_during_epoch_3_it_resumes_after_epoch_2_with_the_same_result(images, tmp_path, capsys, optim,
-                                                                             precision):
+@pytest.mark.parametrize(
+    "optim,precision",
+    [
+        (OptimParams(epochs=4, batch_size=8, lr=0.01, warmup_epochs=0.5), Precision(None, True)),  # with GradScaler
+        (
+            OptimParams(epochs=4, batch_size=8, lr=0.01, warmup_epochs=1.0, scheduler="plateau", plateau_patience=0),
+            Precision(None, False),
+        ),
+    ],
+    ids=["cosine_gradscaler", "plateau"],
+)
+def test_stopped_during_epoch_3_it_resumes_after_epoch_2_with_the_same_result(
+    images, tmp_path, capsys, optim, precision
+):
     reference = train(images, optim, precision=precision)
     resume = resume_in(tmp_path, optim.lr)
     with pytest.raises(KeyboardInterrupt):
@@ -100,7 +125,8 @@ def test_other_inputs_or_an_unreadable_checkpoint_start_from_scratch_in_one_line
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "scratch" in line] == [
         f"net: starting from scratch: {tmp_path / 'resume' / 'net.pt'} (after epoch 1) was made with other "
-        "inputs: params changed (lr)"]
+        "inputs: params changed (lr)"
+    ]
     assert "resumed" not in out and same_result(changed, reference)
 
     path = resume_in(tmp_path, 0.01).path
@@ -128,8 +154,11 @@ def test_a_stage_is_keyed_by_its_command_params_and_every_file_of_its_deps(tmp_p
     (tmp_path / "code" / "a.py").write_text("a = 1\n")
     (tmp_path / "code" / "__pycache__").mkdir()
     (tmp_path / "data.txt").write_text("data\n")
-    stage = {"cmd": "python -m stages.train_cnn", "deps": ["code", "data.txt", "missing"],
-             "params": ["seed", "train_cnn.lr"]}
+    stage = {
+        "cmd": "python -m stages.train_cnn",
+        "deps": ["code", "data.txt", "missing"],
+        "params": ["seed", "train_cnn.lr"],
+    }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train_cnn": stage}}))
     params = parse_params({"train_cnn": {"lr": 0.01}})
     inputs = stage_inputs("train_cnn", params)
@@ -162,8 +191,9 @@ def resume_on_ranks(rank: int, world: int, port: int, images, out) -> None:
             train(images, optim, resume, stop=2)
         dist.barrier()  # rank 0 has written the checkpoint (a restarted run comes long after)
         resumed = train(images, optim, resume, stop=1)  # raises if any rank trains epoch 1 again
-        torch.save({"same": same_result(resumed, reference), "checkpoint": resume.path.is_file()},
-                   out / f"rank{rank}.pt")
+        torch.save(
+            {"same": same_result(resumed, reference), "checkpoint": resume.path.is_file()}, out / f"rank{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 

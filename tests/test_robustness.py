@@ -20,7 +20,7 @@ def photo() -> torch.Tensor:
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = ((a.float() - b.float()) ** 2).mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))

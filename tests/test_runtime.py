@@ -44,14 +44,25 @@ def test_every_device_stage_checks_the_device_before_reading_data(tmp_path, monk
 def start_as_in_a_terminal(cmd: list[str], cwd, **kwargs) -> subprocess.Popen:
     """Its own process group (Ctrl-C signals a whole group), with Ctrl-C enabled even when these tests run
     in the background, where SIGINT is ignored and every child would inherit that."""
-    return subprocess.Popen(cmd, cwd=cwd, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
 
 
 def test_ctrl_c_while_a_stage_is_still_importing_prints_one_line(tmp_path):
     write_params(tmp_path, {})
-    proc = start_as_in_a_terminal([sys.executable, "-m", "stages.train_cnn"], tmp_path, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = start_as_in_a_terminal(
+        [sys.executable, "-m", "stages.train_cnn"],
+        tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     time.sleep(0.5)  # importing torch alone takes longer than this
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -63,16 +74,25 @@ def pretend_cuda_device(monkeypatch, major: int, minor: int) -> None:
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device=None: SimpleNamespace(major=major, minor=minor, name=f"sm_{major}{minor}"))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device=None: SimpleNamespace(major=major, minor=minor, name=f"sm_{major}{minor}"),
+    )
     monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulated bf16 works
 
 
-@pytest.mark.parametrize("capability, name, grad_scaling", [((7, 5), "fp16", True), ((7, 0), "fp16", True),
-                                                            ((8, 0), "bf16", False), ((8, 6), "bf16", False),
-                                                            ((9, 0), "bf16", False)])
-def test_gpus_get_bf16_only_where_it_is_native_else_fp16_with_grad_scaling(monkeypatch, capability, name,
-                                                                           grad_scaling):
+@pytest.mark.parametrize(
+    "capability, name, grad_scaling",
+    [
+        ((7, 5), "fp16", True),
+        ((7, 0), "fp16", True),
+        ((8, 0), "bf16", False),
+        ((8, 6), "bf16", False),
+        ((9, 0), "bf16", False),
+    ],
+)
+def test_gpus_get_bf16_only_where_it_is_native_else_fp16_with_grad_scaling(monkeypatch, capability, name, grad_scaling):
     """A T4 (sm_75) emulates bf16, so torch.cuda.is_bf16_supported() says yes: it must still get fp16."""
     pretend_cuda_device(monkeypatch, *capability)
     precision = select_precision(torch.device("cuda"), amp=True)
@@ -91,20 +111,23 @@ def test_freed_tensor_memory_is_reused_without_faulting_it_in_again():
     """Steps that make and free 64 MB tensors, as a training step does with activations: by default the kernel maps
     and zeroes their pages anew every step (16,384 page faults per tensor); after keep_freed_memory, once the first
     steps have grown the heap, none. A fresh process each way: the setting holds for the whole process."""
-    code = ("import resource, sys, torch\n"
-            "from petlab.runtime import keep_freed_memory\n"
-            "kept = sys.argv[1] == 'keep' and keep_freed_memory()\n"
-            "a = torch.ones(16 * 2 ** 20)\n"
-            "faults = []\n"
-            "for step in range(8):\n"
-            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "    ((a * 2 + 1) * 3).sum()\n"
-            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
-            "print(kept, *faults[-4:])\n")
+    code = (
+        "import resource, sys, torch\n"
+        "from petlab.runtime import keep_freed_memory\n"
+        "kept = sys.argv[1] == 'keep' and keep_freed_memory()\n"
+        "a = torch.ones(16 * 2 ** 20)\n"
+        "faults = []\n"
+        "for step in range(8):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    ((a * 2 + 1) * 3).sum()\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(kept, *faults[-4:])\n"
+    )
     faults = {}
     for way in ("keep", "default"):
-        out = subprocess.run([sys.executable, "-c", code, way], capture_output=True, text=True, cwd=REPO, check=True,
-                             timeout=300).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code, way], capture_output=True, text=True, cwd=REPO, check=True, timeout=300
+        ).stdout.split()
         assert out[0] == str(way == "keep")
         faults[way] = [int(n) for n in out[1:]]
     # The steady state, over the last 4 steps (the median): on a busy machine one step may fault a tensor in again.
@@ -137,12 +160,17 @@ def test_a_gpu_the_build_has_no_kernels_for_is_refused_in_one_line(monkeypatch, 
     assert "download.pytorch.org/whl/cu126" in message and "device: cpu" in message
 
 
-@pytest.mark.parametrize("capability, arch_list", [
-    ((7, 5), CUDA13_ARCHS), ((8, 9), CUDA13_ARCHS),  # a T4; an L4 runs the sm_86 binaries
-    ((9, 0), CUDA13_ARCHS), ((12, 1), CUDA13_ARCHS),  # an H100; sm_121 runs sm_120's
-    ((7, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]),  # a V100 under the CUDA 12.6 build
-    ((10, 3), ["sm_80", "sm_90a", "compute_90"]),  # PTX compiles for any later GPU
-])
+@pytest.mark.parametrize(
+    "capability, arch_list",
+    [
+        ((7, 5), CUDA13_ARCHS),
+        ((8, 9), CUDA13_ARCHS),  # a T4; an L4 runs the sm_86 binaries
+        ((9, 0), CUDA13_ARCHS),
+        ((12, 1), CUDA13_ARCHS),  # an H100; sm_121 runs sm_120's
+        ((7, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]),  # a V100 under the CUDA 12.6 build
+        ((10, 3), ["sm_80", "sm_90a", "compute_90"]),  # PTX compiles for any later GPU
+    ],
+)
 def test_a_gpu_the_build_covers_is_chosen(monkeypatch, capability, arch_list):
     pretend_gpu_and_build(monkeypatch, capability, arch_list, "GPU")
     assert select_device("auto") == torch.device("cuda") == select_device("cuda")
@@ -175,8 +203,9 @@ def test_fp32_is_ieee_fp32_on_ampere_not_tf32(monkeypatch):
     assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
 
 
-@pytest.mark.parametrize("device, relaxed, warn_only", [("cuda", "", False), ("cpu", "", False), ("mps", "", True),
-                                                        ("cuda", "warn", True)])
+@pytest.mark.parametrize(
+    "device, relaxed, warn_only", [("cuda", "", False), ("cpu", "", False), ("mps", "", True), ("cuda", "warn", True)]
+)
 def test_deterministic_kernels_are_required_except_on_mps_or_when_relaxed(monkeypatch, device, relaxed, warn_only):
     """warn_only=False is what switches CUDA's flash and memory-efficient attention to their deterministic backward
     (under warn_only=True they only warn): the unfreeze route then repeats on a GPU too."""

@@ -40,9 +40,13 @@ def test_overfit_reaches_full_accuracy_on_two_batches(fake_pets, tmp_path):
     spec = TransformSpec(size=32)
     batches = sanity.image_batches(items, spec, batch_size=8)
     assert batches[0][0].dtype == torch.uint8 and batches[0][0].shape == (8, 3, 32, 32)
-    result = sanity.overfit(SimpleCNN(4, [8, 16], dropout=0.0), batches,
-                            StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec), lr=3e-3,
-                            max_steps=200)
+    result = sanity.overfit(
+        SimpleCNN(4, [8, 16], dropout=0.0),
+        batches,
+        StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec),
+        lr=3e-3,
+        max_steps=200,
+    )
     assert result["steps_to_100pct"] is not None and result["final_accuracy"] == 1.0
 
 
@@ -53,9 +57,13 @@ def test_overfit_reports_failure_when_labels_are_noise(fake_pets, tmp_path):
     spec = TransformSpec(size=32)
     x, y = sanity.image_batches(items, spec, batch_size=8)[0]
     batches = [(torch.cat([x, x]), torch.cat([y, (y + 1) % 4]))]  # each image with two different labels
-    result = sanity.overfit(SimpleCNN(4, [8], dropout=0.0), batches,
-                            StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec), lr=3e-3,
-                            max_steps=20)
+    result = sanity.overfit(
+        SimpleCNN(4, [8], dropout=0.0),
+        batches,
+        StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec),
+        lr=3e-3,
+        max_steps=20,
+    )
     assert result["steps_to_100pct"] is None and result["final_accuracy"] <= 0.5
 
 

@@ -91,8 +91,10 @@ def test_the_process_group_is_left_after_a_clean_finish_only(tmp_path, monkeypat
 
 def test_an_operation_without_a_deterministic_kernel_is_one_line(capsys):
     def backward_of_an_op_without_one():
-        raise RuntimeError("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you "
-                           "set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")
+        raise RuntimeError(
+            "adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you "
+            "set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism ..."
+        )
 
     with pytest.raises(SystemExit) as exit_:
         run_stage("train_cnn", backward_of_an_op_without_one)

@@ -64,38 +64,75 @@ def params_text(fake_pets: Path, extra: str) -> str:
 # costs a Python start with torch). case -> (stage, make(tmp, fake_pets) -> (params, a setup for the project or None), the error after "<stage>: error: ")
 CASES = {
     # 1. annotation files
-    "annotation_not_utf8": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={"root": str(edit_annotation(
-        pets_copy(pets, tmp), 2, b"Abyssinian_2 1 1 2 \xfe"))}), None), r".*trainval\.txt:2: not UTF-8 text"),
-    "annotation_image_id_with_a_folder": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={"root": str(
-        edit_annotation(pets_copy(pets, tmp), 4, b"../x/Abyssinian_4 1 1 4"))}), None),
-        r".*trainval\.txt:4: image id '\.\./x/Abyssinian_4' is not a plain file name"),
+    "annotation_not_utf8": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (
+            params_with(data={"root": str(edit_annotation(pets_copy(pets, tmp), 2, b"Abyssinian_2 1 1 2 \xfe"))}),
+            None,
+        ),
+        r".*trainval\.txt:2: not UTF-8 text",
+    ),
+    "annotation_image_id_with_a_folder": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (
+            params_with(data={"root": str(edit_annotation(pets_copy(pets, tmp), 4, b"../x/Abyssinian_4 1 1 4"))}),
+            None,
+        ),
+        r".*trainval\.txt:4: image id '\.\./x/Abyssinian_4' is not a plain file name",
+    ),
     # 2. image folders
-    "imagefolder_class_linked_from_outside": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={
-        "dataset": "imagefolder", "root": str(imagefolder_with_one_class_outside(tmp, pets))}), None),
-        r"data\.root = .*: 1 class subfolder\(s\); at least 2 are needed"),
+    "imagefolder_class_linked_from_outside": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (
+            params_with(data={"dataset": "imagefolder", "root": str(imagefolder_with_one_class_outside(tmp, pets))}),
+            None,
+        ),
+        r"data\.root = .*: 1 class subfolder\(s\); at least 2 are needed",
+    ),
     # 5. parameters
-    "val_fraction_too_small_for_the_classes": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={
-        "root": str(pets), "val_fraction": 0.05}), None), r"data\.val_fraction = 0\.05 splits 48 train/val images"),
-    "lr_infinite": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={"root": str(pets)}, train_vit={
-        "lr": float("inf")}), None), r"params\.yaml: train_vit\.lr must be a finite number, got inf"),
-    "duplicated_yaml_key": ("prepare_oxford_pets", lambda tmp, pets: (params_text(pets, "seed: 7\ndevice: cpu\nseed: 8\n"), None),
-                            r"params\.yaml:\d+: not valid YAML: duplicate key 'seed' \(first at line \d+\)"),
-    "typo_in_a_section_no_stage_reads": ("prepare_oxford_pets", lambda tmp, pets: (params_with(
-        data={"root": str(pets)}, loader={"num_worker": 2}), None),
-        r"params\.yaml: unknown parameter loader\.num_worker; did you mean loader\.num_workers\?"),
+    "val_fraction_too_small_for_the_classes": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (params_with(data={"root": str(pets), "val_fraction": 0.05}), None),
+        r"data\.val_fraction = 0\.05 splits 48 train/val images",
+    ),
+    "lr_infinite": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (params_with(data={"root": str(pets)}, train_vit={"lr": float("inf")}), None),
+        r"params\.yaml: train_vit\.lr must be a finite number, got inf",
+    ),
+    "duplicated_yaml_key": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (params_text(pets, "seed: 7\ndevice: cpu\nseed: 8\n"), None),
+        r"params\.yaml:\d+: not valid YAML: duplicate key 'seed' \(first at line \d+\)",
+    ),
+    "typo_in_a_section_no_stage_reads": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (params_with(data={"root": str(pets)}, loader={"num_worker": 2}), None),
+        r"params\.yaml: unknown parameter loader\.num_worker; did you mean loader\.num_workers\?",
+    ),
     # 6. output faults
-    "metrics_is_a_file": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={"root": str(pets)}),
-                                                                     lambda project: (project / "metrics").write_text("")),
-                          r"metrics/timing/prepare_oxford_pets\.json: cannot be written: metrics is not a folder"),
-    "metrics_read_only": ("prepare_oxford_pets", lambda tmp, pets: (params_with(data={"root": str(pets)}), lambda
-                          project: (project / "metrics").symlink_to(unwritable_folder(tmp))),
-                          r"metrics/timing/prepare_oxford_pets\.json: cannot be written: metrics refuses new files"),
+    "metrics_is_a_file": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (params_with(data={"root": str(pets)}), lambda project: (project / "metrics").write_text("")),
+        r"metrics/timing/prepare_oxford_pets\.json: cannot be written: metrics is not a folder",
+    ),
+    "metrics_read_only": (
+        "prepare_oxford_pets",
+        lambda tmp, pets: (
+            params_with(data={"root": str(pets)}),
+            lambda project: (project / "metrics").symlink_to(unwritable_folder(tmp)),
+        ),
+        r"metrics/timing/prepare_oxford_pets\.json: cannot be written: metrics refuses new files",
+    ),
 }
 
 
 def snapshot(project: Path) -> set[str]:
-    return {p.relative_to(project).as_posix() for p in project.rglob("*")
-            if "__pycache__" not in p.parts and not p.relative_to(project).as_posix().startswith("metrics/")}
+    return {
+        p.relative_to(project).as_posix()
+        for p in project.rglob("*")
+        if "__pycache__" not in p.parts and not p.relative_to(project).as_posix().startswith("metrics/")
+    }
 
 
 @pytest.mark.parametrize("case", CASES)

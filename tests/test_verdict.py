@@ -15,27 +15,30 @@ def test_levels_are_set_from_chance_for_any_number_of_classes():
     assert verdict.level_at(0.0, 10) == pytest.approx(0.1) and verdict.level_at(1.0, 10) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("train, val, classes, expected", [
-    (0.19, 0.089, PETS, verdict.UNDERFITS),  # a CNN that barely learned: a small gap, but not a fitted model
-    (1.00, 0.82, PETS, verdict.OVERFITS),  # keeps 81% of its skill on new images
-    (0.95, 0.88, PETS, verdict.FITS),  # keeps 88%
-    (0.90, 0.45, PETS, verdict.OVERFITS),  # a CNN from scratch on 37 classes that fits far better than it predicts
-    (0.52, 0.50, PETS, verdict.FITS),  # just past half the way from 2.7% to 100%
-    (0.70, 0.69, TWO, verdict.UNDERFITS),  # 70% of two classes is under half the way from chance
-    (0.80, 0.77, TWO, verdict.FITS),
-    (0.80, 0.74, TWO, verdict.OVERFITS),  # 6 of its 30 points above chance lost on new images
-    (0.99, 0.80, TWO, verdict.OVERFITS),
-])
+@pytest.mark.parametrize(
+    "train, val, classes, expected",
+    [
+        (0.19, 0.089, PETS, verdict.UNDERFITS),  # a CNN that barely learned: a small gap, but not a fitted model
+        (1.00, 0.82, PETS, verdict.OVERFITS),  # keeps 81% of its skill on new images
+        (0.95, 0.88, PETS, verdict.FITS),  # keeps 88%
+        (0.90, 0.45, PETS, verdict.OVERFITS),  # a CNN from scratch on 37 classes that fits far better than it predicts
+        (0.52, 0.50, PETS, verdict.FITS),  # just past half the way from 2.7% to 100%
+        (0.70, 0.69, TWO, verdict.UNDERFITS),  # 70% of two classes is under half the way from chance
+        (0.80, 0.77, TWO, verdict.FITS),
+        (0.80, 0.74, TWO, verdict.OVERFITS),  # 6 of its 30 points above chance lost on new images
+        (0.99, 0.80, TWO, verdict.OVERFITS),
+    ],
+)
 def test_regime(train, val, classes, expected):
     assert verdict.regime(train, val, classes) == expected
 
 
-@pytest.mark.parametrize("train_skill, test_skill", [(1.0, 0.9), (1.0, 0.8), (0.8, 0.7), (0.8, 0.6), (0.4, 0.3),
-                                                      (0.6, 0.55)])
+@pytest.mark.parametrize(
+    "train_skill, test_skill", [(1.0, 0.9), (1.0, 0.8), (0.8, 0.7), (0.8, 0.6), (0.4, 0.3), (0.6, 0.55)]
+)
 def test_the_fit_rule_reads_alike_on_6_and_37_classes(train_skill, test_skill):
     """The same skills (how far from chance towards 100%) get the same regime whatever the number of classes."""
-    regimes = {verdict.regime(verdict.level_at(train_skill, k), verdict.level_at(test_skill, k), k)
-               for k in (2, 6, 37)}
+    regimes = {verdict.regime(verdict.level_at(train_skill, k), verdict.level_at(test_skill, k), k) for k in (2, 6, 37)}
     assert len(regimes) == 1, regimes
 
 
@@ -52,7 +55,9 @@ def test_an_underfitting_cnn_with_a_small_gap_is_not_said_to_generalise_better()
     # The real run: the CNN at 19% on its training images (8.9% test), the probe at 100% (82% test).
     winner, sentence = verdict.generalisation_sentence({"cnn": (0.19, 0.089), "vit": (1.0, 0.82)}, PETS, (0.70, 0.76))
     assert winner == "no claim" and "better" not in sentence and "alike" not in sentence
-    assert sentence.startswith("Train - test: no comparison, as the CNN underfits") and "how little it learned" in sentence
+    assert (
+        sentence.startswith("Train - test: no comparison, as the CNN underfits") and "how little it learned" in sentence
+    )
     winner, sentence = verdict.generalisation_sentence({"cnn": (0.1, 0.09), "vit": (0.2, 0.1)}, PETS, (-0.05, 0.07))
     assert winner == "no claim" and "the CNN and the probe underfit" in sentence
 
@@ -80,54 +85,80 @@ def test_calibration_is_judged_by_the_proper_scores_between_models_that_learned(
     the lower NLL wins where its interval excludes 0 and Brier does not say the opposite."""
     ece = {"cnn": (0.01, 0.0), "vit": (0.05, 0.03)}
     both = {"cnn": True, "vit": True}
-    winner, sentence = verdict.calibration_sentence({"cnn": 3.6, "vit": 0.5}, {"nll": (-3.1, -3.3, -2.9),
-                                                    "brier": (-0.5, -0.6, -0.4)}, {"cnn": False, "vit": True}, ece)
+    winner, sentence = verdict.calibration_sentence(
+        {"cnn": 3.6, "vit": 0.5},
+        {"nll": (-3.1, -3.3, -2.9), "brier": (-0.5, -0.6, -0.4)},
+        {"cnn": False, "vit": True},
+        ece,
+    )
     assert winner == "no claim" and sentence.startswith("Calibration: no comparison, as the CNN never learned")
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.9, "vit": 0.5}, {"nll": (-0.4, -0.5, -0.3),
-                                                    "brier": (-0.1, -0.15, -0.05)}, both, ece)
+    winner, sentence = verdict.calibration_sentence(
+        {"cnn": 0.9, "vit": 0.5}, {"nll": (-0.4, -0.5, -0.3), "brier": (-0.1, -0.15, -0.05)}, both, ece
+    )
     assert winner == "vit" and "the probe's probabilities are the better by the proper scores" in sentence
     assert "NLL 0.900 for the CNN (ECE 1.0 points, debiased 0.0)" in sentence
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02),
-                                                    "brier": (-0.01, -0.03, 0.01)}, both, ece)
+    winner, sentence = verdict.calibration_sentence(
+        {"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02), "brier": (-0.01, -0.03, 0.01)}, both, ece
+    )
     assert winner == "undecided" and "does not separate" in sentence
     # NLL holding zero while Brier does not: undecided, and the sentence says which interval holds zero.
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02),
-                                                    "brier": (-0.05, -0.09, -0.01)}, both, ece)
+    winner, sentence = verdict.calibration_sentence(
+        {"cnn": 0.52, "vit": 0.5}, {"nll": (-0.02, -0.06, 0.02), "brier": (-0.05, -0.09, -0.01)}, both, ece
+    )
     assert winner == "undecided" and "[-6.000, +2.000] holds zero" not in sentence
     assert "95% interval [-0.060, +0.020] holds zero; probe - CNN Brier" in sentence
     assert "Brier favours the probe, but the rule rests on NLL" in sentence
     # ECE lower for the CNN does not make it the better: NLL decides.
-    assert verdict.calibration_sentence({"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5), "brier": (0.1, 0.05, 0.15)},
-                                        both, ece)[0] == "cnn"
-    winner, sentence = verdict.calibration_sentence({"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5),
-                                                    "brier": (-0.1, -0.15, -0.05)}, both, ece)
+    assert (
+        verdict.calibration_sentence(
+            {"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5), "brier": (0.1, 0.05, 0.15)}, both, ece
+        )[0]
+        == "cnn"
+    )
+    winner, sentence = verdict.calibration_sentence(
+        {"cnn": 0.5, "vit": 0.9}, {"nll": (0.4, 0.3, 0.5), "brier": (-0.1, -0.15, -0.05)}, both, ece
+    )
     assert winner == "undecided" and "the proper scores disagree" in sentence
 
 
 def robustness(images: int, clean: dict, per: dict, overall: tuple | None) -> dict:
     """robustness_by_corruption's shape: per corruption (accuracy, skill lost, ahead, lost_difference)."""
-    corruptions = {c: {"accuracy": a, "skill_lost": {"cnn": 0.3, "vit": 0.2}, "ahead": ahead, "lost_difference": lost}
-                   for c, (a, ahead, lost) in per.items()}
-    corruptions["all"] = {"accuracy": {"cnn": 0.5, "vit": 0.7}, "skill_lost": {"cnn": 0.3, "vit": 0.2},
-                          "ahead": (0.2, 0.15, 0.25), "lost_difference": overall}
+    corruptions = {
+        c: {"accuracy": a, "skill_lost": {"cnn": 0.3, "vit": 0.2}, "ahead": ahead, "lost_difference": lost}
+        for c, (a, ahead, lost) in per.items()
+    }
+    corruptions["all"] = {
+        "accuracy": {"cnn": 0.5, "vit": 0.7},
+        "skill_lost": {"cnn": 0.3, "vit": 0.2},
+        "ahead": (0.2, 0.15, 0.25),
+        "lost_difference": overall,
+    }
     return {"images": images, "clean": clean, "corruptions": corruptions}
 
 
 def test_robustness_is_read_per_corruption_and_names_where_each_model_is_ahead():
-    per = {"gaussian_noise": ({"cnn": 0.46, "vit": 0.30}, (-0.16, -0.2, -0.12), (0.2, 0.15, 0.25)),
-           "contrast": ({"cnn": 0.17, "vit": 0.80}, (0.63, 0.58, 0.68), (-0.7, -0.75, -0.65))}
-    winner, sentence = verdict.robustness_sentence(robustness(600, {"cnn": 0.9, "vit": 0.95}, per,
-                                                              (-0.1, -0.15, -0.05)), 6)
+    per = {
+        "gaussian_noise": ({"cnn": 0.46, "vit": 0.30}, (-0.16, -0.2, -0.12), (0.2, 0.15, 0.25)),
+        "contrast": ({"cnn": 0.17, "vit": 0.80}, (0.63, 0.58, 0.68), (-0.7, -0.75, -0.65)),
+    }
+    winner, sentence = verdict.robustness_sentence(
+        robustness(600, {"cnn": 0.9, "vit": 0.95}, per, (-0.1, -0.15, -0.05)), 6
+    )
     assert winner == "vit" and "over all corruptions together, the probe holds up better" in sentence
-    assert "the CNN is ahead under gaussian noise; the CNN is the steadier (the smaller share of its skill lost) " \
+    assert (
+        "the CNN is ahead under gaussian noise; the CNN is the steadier (the smaller share of its skill lost) "
         "under gaussian noise; the probe is ahead under contrast; the probe is the steadier" in sentence
+    )
     assert "600 test images" in sentence and "lost over all 2 corruptions:" in sentence
     # On 37 classes a CNN at 40% clean (far under half the way from chance) still gets a reading: skill above chance.
-    assert verdict.robustness_sentence(robustness(370, {"cnn": 0.4, "vit": 0.85}, per, (-0.1, -0.15, -0.05)),
-                                       PETS)[0] == "vit"
+    assert (
+        verdict.robustness_sentence(robustness(370, {"cnn": 0.4, "vit": 0.85}, per, (-0.1, -0.15, -0.05)), PETS)[0]
+        == "vit"
+    )
     # The overall interval holding zero: no winner, the per-corruption readings still said.
-    winner, sentence = verdict.robustness_sentence(robustness(600, {"cnn": 0.9, "vit": 0.95}, per,
-                                                              (-0.01, -0.05, 0.03)), 6)
+    winner, sentence = verdict.robustness_sentence(
+        robustness(600, {"cnn": 0.9, "vit": 0.95}, per, (-0.01, -0.05, 0.03)), 6
+    )
     assert winner == "undecided" and "do not separate" in sentence and "ahead under contrast" in sentence
 
 
@@ -140,15 +171,19 @@ def test_robustness_gets_no_claim_at_chance_or_on_too_few_images():
 
 
 def test_the_summary_names_each_sense_and_what_does_not_separate():
-    assert verdict.generalisation_summary({"train - test": "undecided", "calibration": "vit",
-                                           "robustness to corrupted images": "vit"}) == (
+    assert verdict.generalisation_summary(
+        {"train - test": "undecided", "calibration": "vit", "robustness to corrupted images": "vit"}
+    ) == (
         "Who generalises better: the probe generalises better in calibration and robustness to corrupted images; "
-        "train - test does not separate them.")
+        "train - test does not separate them."
+    )
     assert verdict.generalisation_summary({"train - test": "cnn", "calibration": "vit", "robustness": "no claim"}) == (
         "Who generalises better: the probe generalises better in calibration; the CNN generalises better in "
-        "train - test; robustness does not separate them.")
+        "train - test; robustness does not separate them."
+    )
     assert verdict.generalisation_summary({"a": "undecided", "b": "no claim"}).startswith(
-        "Who generalises better: the data does not separate the models in a, b")
+        "Who generalises better: the data does not separate the models in a, b"
+    )
 
 
 def curve(*f1s, gflops_per_epoch=10.0, setup=0.0):
@@ -175,8 +210,9 @@ def test_a_val_curve_that_touches_the_target_by_chance_does_not_reach_it():
     # A dip after the kept epoch (the best) does not matter: the kept weights are those of epoch 3.
     assert verdict.first_reaching(curve(0.3, 0.55, 0.7, 0.4), 0.514) == {"epoch": 2, "gflops": 20.0}
     # Val over the target but test under it: no compute, and the sentence says why.
-    t = verdict.compute_to_target({"cnn": curve(0.3, 0.55, 0.6), "vit": lbfgs(0.8, 55.0)}, PETS,
-                                  {"cnn": 0.45, "vit": 0.8})
+    t = verdict.compute_to_target(
+        {"cnn": curve(0.3, 0.55, 0.6), "vit": lbfgs(0.8, 55.0)}, PETS, {"cnn": 0.45, "vit": 0.8}
+    )
     assert t["reached"]["cnn"] is None and t["reached"]["vit"] == {"epoch": None, "gflops": 55.0}
     sentence = verdict.speed_sentence(t, PETS)
     assert "the CNN's val macro-F1 reaches 60.0%, but its test macro-F1, 45.0%, is under the target" in sentence
@@ -193,16 +229,23 @@ def test_a_model_that_never_reaches_the_target_gets_no_compute():
 
 
 def test_compute_to_target_turns_with_the_numbers():
-    probe_less = verdict.speed_sentence(verdict.compute_to_target(
-        {"cnn": curve(0.3, 0.5, 0.6, gflops_per_epoch=100.0), "vit": lbfgs(0.8, 30.0)}, PETS), PETS)
+    probe_less = verdict.speed_sentence(
+        verdict.compute_to_target({"cnn": curve(0.3, 0.5, 0.6, gflops_per_epoch=100.0), "vit": lbfgs(0.8, 30.0)}, PETS),
+        PETS,
+    )
     assert "the CNN reaches it at epoch 3 (300.0 GFLOPs)" in probe_less
     assert "the probe after its whole fit (30.0 GFLOPs)" in probe_less
     assert "the probe gets there with 10.0 times less compute" in probe_less
-    cnn_less = verdict.speed_sentence(verdict.compute_to_target(
-        {"cnn": curve(0.3, 0.5, 0.6, gflops_per_epoch=10.0), "vit": lbfgs(0.8, 1500.0)}, PETS), PETS)
+    cnn_less = verdict.speed_sentence(
+        verdict.compute_to_target(
+            {"cnn": curve(0.3, 0.5, 0.6, gflops_per_epoch=10.0), "vit": lbfgs(0.8, 1500.0)}, PETS
+        ),
+        PETS,
+    )
     assert "the CNN gets there with 50.0 times less compute" in cnn_less and "1.5 TFLOPs" in cnn_less
-    alike = verdict.speed_sentence(verdict.compute_to_target(
-        {"cnn": curve(0.3, 0.6, gflops_per_epoch=10.0), "vit": lbfgs(0.8, 22.0)}, PETS), PETS)
+    alike = verdict.speed_sentence(
+        verdict.compute_to_target({"cnn": curve(0.3, 0.6, gflops_per_epoch=10.0), "vit": lbfgs(0.8, 22.0)}, PETS), PETS
+    )
     assert "about the same compute" in alike and "times less" not in alike
 
 

@@ -63,15 +63,29 @@ def parse_int(value: str, where: str, what: str, low: int, high: int | None = No
 
 def check_image_id(image_id: str, where: str) -> None:
     """An id becomes a file name: no folders, no hidden or special names, nothing that escapes the output folder."""
-    if (not image_id or image_id in (".", "..") or image_id.startswith(".") or "/" in image_id or "\\" in image_id
-            or "\x00" in image_id or not image_id.isprintable()):
+    if (
+        not image_id
+        or image_id in (".", "..")
+        or image_id.startswith(".")
+        or "/" in image_id
+        or "\\" in image_id
+        or "\x00" in image_id
+        or not image_id.isprintable()
+    ):
         raise PipelineError(f"{where}: image id {image_id!r} is not a plain file name (no folders, no leading '.')")
 
 
 def check_class_names(class_names: list[str], origin: str) -> None:
     """Class names become folder names and label the plots: distinct, and usable as a folder name."""
     for name in class_names:
-        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        if (
+            not isinstance(name, str)
+            or not name
+            or name in (".", "..")
+            or "/" in name
+            or "\\" in name
+            or "\x00" in name
+        ):
             raise PipelineError(f"class name {name!r} of {origin} cannot be a folder name")
     first_with: dict[str, str] = {}
     for name in class_names:
@@ -82,9 +96,11 @@ def check_class_names(class_names: list[str], origin: str) -> None:
         other = first_with[key]
         if other == name:
             raise PipelineError(f"{origin}: class name {name!r} given to more than one class id")
-        raise PipelineError(f"{origin}: class names {shown(other)} and {shown(name)} are one name: equal once "
-                            "Unicode-normalised (NFC) and case-folded, as macOS and Windows file systems compare "
-                            "names and as every figure shows them; rename one")
+        raise PipelineError(
+            f"{origin}: class names {shown(other)} and {shown(name)} are one name: equal once "
+            "Unicode-normalised (NFC) and case-folded, as macOS and Windows file systems compare "
+            "names and as every figure shows them; rename one"
+        )
 
 
 def shown(name: str) -> str:
@@ -137,6 +153,8 @@ def check_split_sizes(n_items: int, n_classes: int, fraction: float, key: str, w
     held_out = math.ceil(fraction * n_items)
     kept = math.floor((1.0 - fraction) * n_items)
     if held_out < n_classes or kept < n_classes:
-        raise PipelineError(f"{key} = {fraction} splits {n_items} {what} images into {kept} and {held_out}; with "
-                            f"{n_classes} classes each part needs at least {n_classes} (one per class): change {key} "
-                            f"or use more images")
+        raise PipelineError(
+            f"{key} = {fraction} splits {n_items} {what} images into {kept} and {held_out}; with "
+            f"{n_classes} classes each part needs at least {n_classes} (one per class): change {key} "
+            f"or use more images"
+        )

@@ -20,14 +20,19 @@ def read_cifar10(data: DataParams, seed: int) -> SourceSplits:
         root = Path(data.root).expanduser()
         base = root if (root / "batches.meta").is_file() else root / CIFAR_FOLDER
         if not (base / "batches.meta").is_file():
-            raise PipelineError(f"data.root = {str(root)!r} is not a CIFAR-10 copy: expected {root}/{CIFAR_FOLDER}/"
-                                f"batches.meta (the extracted cifar-10-python.tar.gz)")
+            raise PipelineError(
+                f"data.root = {str(root)!r} is not a CIFAR-10 copy: expected {root}/{CIFAR_FOLDER}/"
+                f"batches.meta (the extracted cifar-10-python.tar.gz)"
+            )
     else:
         from torchvision.datasets import CIFAR10
 
         download_dir = Path(data.download_dir)
-        download_with_torchvision("CIFAR-10", lambda: CIFAR10(str(download_dir), train=True, download=True),
-                                  f"extract cifar-10-python.tar.gz and set data.root to the folder holding {CIFAR_FOLDER}/")
+        download_with_torchvision(
+            "CIFAR-10",
+            lambda: CIFAR10(str(download_dir), train=True, download=True),
+            f"extract cifar-10-python.tar.gz and set data.root to the folder holding {CIFAR_FOLDER}/",
+        )
         base = download_dir / CIFAR_FOLDER
     meta = _unpickle(base / "batches.meta")
     class_names = meta.get("label_names")
@@ -44,8 +49,10 @@ def read_cifar10(data: DataParams, seed: int) -> SourceSplits:
             except (KeyError, ValueError, TypeError) as err:
                 raise PipelineError(f"{base / name}: not a CIFAR-10 batch ({type(err).__name__}: {err})") from None
             if len(pixels) != len(labels) or (labels.size and not 0 <= labels.min() <= labels.max() < len(class_names)):
-                raise PipelineError(f"{base / name}: {len(pixels)} images and {len(labels)} labels, labels must be "
-                                    f"0..{len(class_names) - 1} (one per class name in batches.meta)")
+                raise PipelineError(
+                    f"{base / name}: {len(pixels)} images and {len(labels)} labels, labels must be "
+                    f"0..{len(class_names) - 1} (one per class name in batches.meta)"
+                )
             for i, (image, label) in enumerate(zip(pixels, labels)):
                 records[split].append(Record(base / name, f"{name}_{i:05d}", int(label), image))
     return SourceSplits(records["trainval"], records["test"], list(class_names), f"cifar10 ({base})")

@@ -102,7 +102,9 @@ def read_imagefolder(data: DataParams, seed: int) -> SourceSplits:
     for label, folder in enumerate(class_dirs):
         files = [p.relative_to(folder) for p in walk.images(folder)]
         if len(files) < 3:
-            raise PipelineError(f"{folder}: {len(files)} image file(s); every class needs at least 3 (train, val, test)")
+            raise PipelineError(
+                f"{folder}: {len(files)} image file(s); every class needs at least 3 (train, val, test)"
+            )
         # Ids name the output files: the path without extension, unless two files differ only by extension.
         stems = Counter(f.with_suffix("").as_posix() for f in files)
         for f in files:
@@ -111,6 +113,7 @@ def read_imagefolder(data: DataParams, seed: int) -> SourceSplits:
     check_split_sizes(len(records), len(class_dirs), data.test_fraction, "data.test_fraction", f"{root}")
     from sklearn.model_selection import train_test_split  # here: a 2 s import, after the checks
 
-    trainval, test = train_test_split(records, test_size=data.test_fraction, random_state=seed,
-                                      stratify=[r.label for r in records])
+    trainval, test = train_test_split(
+        records, test_size=data.test_fraction, random_state=seed, stratify=[r.label for r in records]
+    )
     return SourceSplits(trainval, test, [d.name for d in class_dirs], f"imagefolder ({root})", walk.left_out)

@@ -95,11 +95,15 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             if image_id in first_seen:
                 seen_split, seen_label, seen_where = first_seen[image_id]
                 if seen_split != split:
-                    raise PipelineError(f"{where}: image {image_id!r} is also listed at {seen_where}; an image in both "
-                                        f"trainval and test would leak the test set into training")
+                    raise PipelineError(
+                        f"{where}: image {image_id!r} is also listed at {seen_where}; an image in both "
+                        f"trainval and test would leak the test set into training"
+                    )
                 if seen_label != label:
-                    raise PipelineError(f"{where}: image {image_id!r} has class id {label + 1} here but "
-                                        f"{seen_label + 1} at {seen_where}")
+                    raise PipelineError(
+                        f"{where}: image {image_id!r} has class id {label + 1} here but "
+                        f"{seen_label + 1} at {seen_where}"
+                    )
                 left_out.append({"file": where, "reason": f"image {image_id!r} listed again (first at {seen_where})"})
                 continue
             first_seen[image_id] = (split, label, where)
@@ -109,11 +113,15 @@ def read_pets_annotations(base: Path) -> SourceSplits:
             name = pets_class_name(image_id)
             known_name, known_where = names_by_label.setdefault(label, (name, where))
             if known_name != name:
-                raise PipelineError(f"{where}: class id {label + 1} is {name!r} here but {known_name!r} at {known_where}")
+                raise PipelineError(
+                    f"{where}: class id {label + 1} is {name!r} here but {known_name!r} at {known_where}"
+                )
             known_label, known_where = label_by_name.setdefault(name, (label, where))
             if known_label != label:
-                raise PipelineError(f"{where}: class {name!r} has class id {label + 1} here but {known_label + 1} at "
-                                    f"{known_where}; two class ids cannot share a class name")
+                raise PipelineError(
+                    f"{where}: class {name!r} has class id {label + 1} here but {known_label + 1} at "
+                    f"{known_where}; two class ids cannot share a class name"
+                )
             species[name] = PETS_SPECIES[species_id]
             records.append(Record(path, image_id, label))
         if not records:
@@ -122,19 +130,25 @@ def read_pets_annotations(base: Path) -> SourceSplits:
     labels = sorted(names_by_label)
     if labels != list(range(len(labels))):
         missing = sorted(set(range(max(labels) + 1)) - set(labels))
-        raise PipelineError(f"{base / 'annotations'}: class ids {[m + 1 for m in missing]} have no images (the ids "
-                            f"must run 1..{len(labels)} without gaps)")
+        raise PipelineError(
+            f"{base / 'annotations'}: class ids {[m + 1 for m in missing]} have no images (the ids "
+            f"must run 1..{len(labels)} without gaps)"
+        )
     for split, records in splits.items():
         absent = sorted(set(labels) - {r.label for r in records})
         if absent:
-            raise PipelineError(f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
-                                f"{[names_by_label[i][0] for i in absent]}, which the other split has; every class "
-                                f"needs images in both trainval and test")
-    return SourceSplits(splits["trainval"], splits["test"], [names_by_label[i][0] for i in labels], left_out=left_out,
-                        species=species)
+            raise PipelineError(
+                f"{base / 'annotations' / f'{split}.txt'}: no images of class(es) "
+                f"{[names_by_label[i][0] for i in absent]}, which the other split has; every class "
+                f"needs images in both trainval and test"
+            )
+    return SourceSplits(
+        splits["trainval"], splits["test"], [names_by_label[i][0] for i in labels], left_out=left_out, species=species
+    )
 
 
 def read_oxford_pets(data: DataParams, seed: int) -> SourceSplits:
     base = locate_oxford_pets(data)
-    return replace(read_pets_annotations(base), origin=f"oxford_pets ({base})",
-                   generated=(base / GENERATED_MARKER).is_file())
+    return replace(
+        read_pets_annotations(base), origin=f"oxford_pets ({base})", generated=(base / GENERATED_MARKER).is_file()
+    )
