@@ -23,8 +23,19 @@ import torch
 
 from petlab.runtime import PipelineError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def process_umask() -> int:
+    """The process's umask, which outputs' permissions follow (as open() would), read when an output is written: from
+    /proc/self/status where the system shows it, else by setting it and setting it back (the only portable way)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -55,7 +66,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
+        os.chmod(tmp_path, 0o666 & ~process_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         try:
             yield tmp_path
             try:
@@ -93,7 +104,7 @@ def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: list[st
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the figure's own module has already chosen the backend (plots.pyplot)
 
     buf = io.BytesIO()
     # Fixed metadata: matplotlib otherwise stamps the software version/date into the PNG.
@@ -130,7 +141,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+    os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp makes 0700 folders
     try:
         with naming_failed_writes(path):  # what the block writes into the folder, where no write names its file
             yield tmp

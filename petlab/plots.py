@@ -6,15 +6,11 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from petlab.models import weights_label  # noqa: E402
+from petlab.models import weights_label
 
 if TYPE_CHECKING:  # for annotations only: the figures take frames, this module never builds one
     import pandas
@@ -25,8 +21,20 @@ if TYPE_CHECKING:  # for annotations only: the figures take frames, this module 
 LITERAL = {"parse_math": False, "usetex": False}
 
 
+def pyplot():
+    """matplotlib's pyplot on its file-only backend, Agg (no display on servers and in CI), chosen here, when a
+    figure is drawn, and not when petlab is imported: importing a module changes no one's matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str]):
     splits = list(counts)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(class_names) + 2), 4.5))
     x = np.arange(len(class_names))
     width = 0.8 / len(splits)
@@ -47,6 +55,7 @@ def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, 
     """Images with a caption each, `cols` to a row, each about `inches` wide."""
     rows = max(1, (len(items) + cols - 1) // cols)
     height = rows * (inches + 0.3) + 0.6  # room for two-line captions and, above them, the title
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(cols * inches, height), squeeze=False)
     fig.subplots_adjust(top=1 - 0.6 / height, hspace=0.35)
     for ax in axes.flat:
@@ -104,6 +113,7 @@ def curves_figure(
     ({"val_macro_f1", "val_loss", "note"}), so the figure still compares both models: where the level holds a value
     for `x` (its whole fit's seconds as "elapsed_seconds") as one point there, the time it has that level from;
     else (it has no epochs) as dotted horizontal lines."""
+    plt = pyplot()
     fig, (f1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (key, history) in enumerate(histories.items()):
         c, label = color(key, i), labels[key]
@@ -153,6 +163,7 @@ def per_class_f1_figure(per_class: dict[str, pandas.DataFrame], labels: dict[str
         reverse=True,
     )
     y = np.arange(len(order))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(order) + 1.2)))
     for i, (key, scores) in enumerate(f1.items()):
         ax.scatter(scores.loc[order], y, color=color(key, i), label=labels[key], s=18)
@@ -173,6 +184,7 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str, nor
     if normalized:
         values = values / np.maximum(values.sum(1, keepdims=True), 1)
     size = max(6, 0.28 * n + 3)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     ax.set_xticks(range(n), class_names, rotation=90, fontsize=7, **LITERAL)
@@ -221,6 +233,7 @@ def profile_comparison_figure(
     # Three panels a row: narrow enough for `dvc plots show`'s page (about 1,000 px at the default 110 dpi).
     cols = 3
     rows = (len(panels) + cols - 1) // cols
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
@@ -239,6 +252,7 @@ def profile_comparison_figure(
 def reliability_figure(bins: dict[str, list[dict]], labels: dict[str, str], ece: dict[str, float]):
     """Reliability diagram of both models on the test split: each equal-mass bin's accuracy against its mean
     confidence (points sized by the bin's images), the diagonal being perfect calibration."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 6.2))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
     for i, (model, rows) in enumerate(bins.items()):
@@ -264,6 +278,7 @@ def reliability_figure(bins: dict[str, list[dict]], labels: dict[str, str], ece:
 
 def robustness_figure(scores: dict, labels: dict[str, str], corruptions: list[str], images: int):
     """Test accuracy against severity, one panel per corruption, both models; severity 0 is the clean image."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(corruptions), figsize=(3.0 * len(corruptions), 3.4), sharey=True, squeeze=False)
     for ax, corruption in zip(axes[0], corruptions):
         for i, model in enumerate(labels):

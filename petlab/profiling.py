@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
-# torch's memory profiling logs "CPUAllocator.cpp:245 Memory block of unknown size was allocated before the
-# profiling started ..." (a C++ warning, not a Python one) whenever a block allocated before profiling (the model,
-# the data) is freed during it, i.e. on every run. c10 reads its log level once, when torch loads, so this module
-# must be imported before torch (stages/profile.py does); set TORCH_CPP_LOG_LEVEL yourself to see such lines.
-os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+import numpy as np
+import psutil
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
-import itertools  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from petlab.outputs import naming_failed_writes  # noqa: E402
-from petlab.params import ProfileParams  # noqa: E402
-from petlab.runtime import synchronize  # noqa: E402
+from petlab.outputs import naming_failed_writes
+from petlab.params import ProfileParams
+from petlab.runtime import synchronize
 
 
 @dataclass(frozen=True)

@@ -500,10 +500,7 @@ def log_axis(ax, study: Study, x: np.ndarray) -> None:
 
 
 def learning_curves_figure(study: Study, names: dict[str, str], note: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     x = np.array([study.labelled(n) for n in study.sizes])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -528,7 +525,7 @@ def learning_curves_figure(study: Study, names: dict[str, str], note: str):
 
 
 def difference_figure(study: Study, compared: dict, note: str):
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     x = np.array([study.labelled(n) for n in study.sizes])
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -551,7 +548,7 @@ def difference_figure(study: Study, compared: dict, note: str):
 def calibration_figure(study: Study, names: dict[str, str], note: str):
     """Test NLL, Brier score and debiased ECE of both models against labelled images per class, the mean over seeds:
     as trained (solid), NLL also after temperature scaling cross-fitted on test halves (dashed, where fitted)."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     x = np.array([study.labelled(n) for n in study.sizes])
     means = [calibration_means(study, n) for n in study.sizes]
@@ -582,7 +579,7 @@ def calibration_figure(study: Study, names: dict[str, str], note: str):
 def compute_figure(study: Study, names: dict[str, str], note: str):
     """Test macro-F1 against whole training compute (tuning included, both models alike), one point per size: the
     mean over seeds, with the lowest and highest seed as bars."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for m, colour in zip(MODELS, ("tab:blue", "tab:orange")):
@@ -617,7 +614,7 @@ def compute_figure(study: Study, names: dict[str, str], note: str):
 def class_gains_figure(study: Study, gains: pd.DataFrame, note: str, top: int = 6):
     """probe - CNN test F1 against size for the classes whose gain changes most from the smallest size to the
     largest."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     x = np.array([study.labelled(n) for n in study.sizes])
     change = (gains.iloc[:, -1] - gains.iloc[:, 0]).abs().sort_values(ascending=False, kind="stable")

@@ -1,8 +1,13 @@
 """Stage profile@MODEL (cnn, vit): torch.profiler over one model's real training steps, and its cost (the report sets
 the two side by side)."""
 
-# First: it sets torch's C++ log level, which only takes effect before torch loads.
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls  # isort: skip
+import os
+
+# torch's memory profiling logs "CPUAllocator.cpp:245 Memory block of unknown size was allocated before the
+# profiling started ..." (a C++ warning, not a Python one) whenever a block allocated before profiling (the model,
+# the data) is freed during it, i.e. on every run. c10 reads its log level once, when torch loads, so this stage
+# sets it first, before anything imports torch; set TORCH_CPP_LOG_LEVEL yourself to see such lines.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from petlab.data import PreparedData
 from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
 from petlab.models import count_parameters
 from petlab.outputs import load_torch, write_json
+from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
 from petlab.stage import run_model_stage
 from petlab.train import StepContext, make_optimizer, train_step
 

@@ -8,14 +8,12 @@ images) and the wall seconds per split.
 
 from pathlib import Path
 
-# First: it sets torch's C++ log level, which only takes effect before torch loads.
-from petlab.profiling import forward_gflops  # isort: skip
-
 from petlab.experiments import build_probe, image_loader, make_context, setup_stage, transform_spec
 from petlab.features import extract_features, save_feature_cache
 from petlab.layout import SPLITS
 from petlab.outputs import check_writable, write_json
 from petlab.params import load_params
+from petlab.profiling import forward_gflops
 from petlab.runtime import PipelineError, Stopwatch
 from petlab.stage import run_stage
 from petlab.study import FEATURES, FEATURES_RECORD, check_pipeline_copy, machine, timing_path

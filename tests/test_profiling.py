@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE_SCRIPT = """
 import json, sys
 from pathlib import Path
+import stages.profile  # first, as when the stage runs: it quiets torch's C++ log before torch loads
 import torch
 from petlab.params import ProfileParams
 from petlab.profiling import profile_steps

@@ -3,6 +3,9 @@ module its command runs, so `dvc repro` re-runs a stage whenever code it runs ch
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +155,28 @@ def test_python_bytecode_is_no_part_of_a_folder_dep():
     caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
     ignored = dvc(REPO, "check-ignore", *caches, check=False)
     assert ignored.stdout.split() == caches, ignored.stdout + ignored.stderr
+
+
+IMPORT_EVERYTHING = """
+import importlib, os, sys
+import matplotlib, pandas, sklearn.linear_model, timm, torch, torchvision  # noqa: E401  (they set what they set)
+changed_umask = []
+os.umask = lambda mask: changed_umask.append(mask)  # any call would change (or read by changing) the umask
+environ = dict(os.environ)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+import matplotlib
+print(sorted(set(os.environ.items()) ^ set(environ.items())), changed_umask, "matplotlib.pyplot" in sys.modules,
+      matplotlib.rcParams._get_backend_or_none())
+"""
+
+
+def test_importing_any_module_sets_no_environment_variable_umask_or_matplotlib_backend():
+    """Importing petlab (a test, a notebook, another project) changes nothing of the process: the code that needs
+    an environment variable, the umask or matplotlib's backend sets or reads it when it runs."""
+    names = sorted(n for n in project_modules() if n.startswith("petlab") and not n.endswith("__main__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "TORCH_CPP_LOG_LEVEL", "KINETO_LOG_LEVEL")}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING, *names], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split("\n")[0] == "[] [] False None", done.stdout + done.stderr
