@@ -38,26 +38,24 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
-from petlab.data import ImageDataset, PreparedData, TransformSpec, eval_transform, interpolation_mode, train_transform
-from petlab.experiments import image_loader, tensor_loader, train_vit
-from petlab.features import load_feature_split
-from petlab.metrics import classification_metrics
-from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
-from petlab.outputs import stage_names, timing_file, write_json
-from petlab.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams, parse_params, to_dict
-from petlab.prepare import prepare_oxford_pets
-from petlab.probe import fit_logistic_probe
-from petlab.profiling import PeakMemory
-from petlab.runtime import (
-    PipelineError,
-    Precision,
-    cpu_supports_bf16,
-    default_num_workers,
-    keep_freed_memory,
-    select_precision,
-)
-from petlab.synthetic import make_fake_pets
-from petlab.train import StepContext, fit, make_optimizer, predict, selection_key, train_step
+from petlab.core.device import Precision, cpu_supports_bf16, default_num_workers, select_precision
+from petlab.core.errors import PipelineError
+from petlab.core.metrics import classification_metrics
+from petlab.core.outputs import stage_names, timing_file, write_json
+from petlab.core.params import DataParams, OptimParams, Params, TrainCNNParams, TrainViTParams, parse_params, to_dict
+from petlab.core.runtime import keep_freed_memory
+from petlab.data.dataset import ImageDataset, PreparedData
+from petlab.data.transforms import TransformSpec, eval_transform, interpolation_mode, train_transform
+from petlab.measure.profiling import PeakMemory
+from petlab.models.backbone import FrozenBackboneClassifier, load_pretrained_backbone, timm_data_config
+from petlab.models.cnn import SimpleCNN
+from petlab.prepare.splits import prepare_oxford_pets
+from petlab.prepare.synthetic import make_fake_pets
+from petlab.train.features import load_feature_split
+from petlab.train.logistic import fit_logistic_probe
+from petlab.train.loop import StepContext, fit, make_optimizer, predict, selection_key, train_step
+from petlab.train.probe import train_probe
+from petlab.train.run import image_loader, tensor_loader
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -280,7 +278,7 @@ def bench_probe(data: PreparedData, params: Params, workdir: Path) -> dict:
         return probe_from_images(model, data, transform_spec_of(model), p, params.seed)
 
     def pipeline(run_params: Params, name: str):
-        return lambda: train_vit(run_params, data, workdir / "runs" / name, workdir / f"{name}.pt")
+        return lambda: train_probe(run_params, data, workdir / "runs" / name, workdir / f"{name}.pt")
 
     result = side_by_side(plain, pipeline(params, "features"), repeats=1)
     # The same cached route in fp32: how much of the gain is caching alone.
@@ -747,7 +745,7 @@ def bench_pipeline(pets: Path, mode: str, workdir: Path) -> dict:
 
 def pipeline_summary(project: Path, seconds: float) -> dict:
     """What a finished `dvc repro` of the whole pipeline in `project` took: `seconds` of wall time, each stage's own."""
-    # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.stage.run_stage); other files
+    # Each stage writes its own wall time to metrics/timing/<stage>.json (petlab.core.stage.run_stage); other files
     # there hold other timings (train_vit_fit.json: the probe's features and head), so read the stages by name.
     stages = {
         name: json.loads((project / timing_file(name)).read_text())["seconds"]

@@ -14,12 +14,13 @@ from pathlib import Path
 from safetensors.torch import save
 from torch import nn
 
-from petlab.downloads import file_digest, verify_checksum
-from petlab.models import BACKBONE_INFO_KEY, backbone_info, load_pretrained_backbone, weights_source
-from petlab.outputs import write_bytes, write_json
-from petlab.params import load_params
-from petlab.runtime import PipelineError, seed_everything
-from petlab.stage import run_stage
+from petlab.core.checksums import file_digest, verify_checksum
+from petlab.core.errors import PipelineError
+from petlab.core.outputs import write_bytes, write_json
+from petlab.core.params import load_params
+from petlab.core.runtime import seed_everything
+from petlab.core.stage import run_stage
+from petlab.models.backbone import BACKBONE_INFO_KEY, backbone_info, load_pretrained_backbone, weights_source
 
 BACKBONE = Path("models/backbone.safetensors")
 METRICS = Path("metrics/backbone.json")

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import torch
 
-from petlab import plots
-from petlab.calibration import calibration_summary, reliability, softmax
-from petlab.data import PreparedData
-from petlab.evaluation import score, write_predictions, write_reports
-from petlab.experiments import (
+from petlab.core.device import Precision
+from petlab.core.errors import PipelineError
+from petlab.core.outputs import load_torch, write_csv, write_json
+from petlab.core.records import weights_label
+from petlab.core.stage import run_model_stage
+from petlab.data.dataset import PreparedData
+from petlab.figures import plots
+from petlab.measure.calibration import calibration_summary, reliability, softmax
+from petlab.measure.evaluation import score, write_predictions, write_reports
+from petlab.train.features import feature_split
+from petlab.train.loop import StepContext, predict
+from petlab.train.run import (
     image_loader,
     load_checkpoint_for,
     load_trained,
@@ -25,12 +32,6 @@ from petlab.experiments import (
     tensor_loader,
     trained_on_device,
 )
-from petlab.features import feature_split
-from petlab.models import weights_label
-from petlab.outputs import load_torch, write_csv, write_json
-from petlab.runtime import PipelineError, Precision
-from petlab.stage import run_model_stage
-from petlab.train import StepContext, predict
 
 DATA = Path("data/oxford_pets")
 FEATURES = Path("data/features/vit.pt")
@@ -90,9 +91,9 @@ def main(model: str) -> None:
         raise PipelineError(
             f"{FEATURES} lists the test images in another order than {DATA}; re-run train_vit (dvc repro)"
         )
-    write_reports(
-        model, logits, labels, data.class_names, PLOTS, f"{plots.model_label(checkpoint['model_config'])} (test)"
-    )
+    matrix = write_reports(model, logits, labels, data.class_names, PLOTS)
+    title = f"{plots.model_label(checkpoint['model_config'])} (test)"
+    plots.save_confusion_figures(matrix, data.class_names, PLOTS, model, title)
     images = [path.relative_to(DATA).as_posix() for path, _ in data.items("test")]
     write_predictions(PLOTS / f"predictions_test_{model}.csv", images, labels, {model: logits}, data.class_names)
     # Calibration on test: as trained, and after temperature scaling cross-fitted on test halves (val chose the

@@ -5,9 +5,9 @@ The stage and folder keep their names whatever the dataset, so no later stage kn
 
 from pathlib import Path
 
-from petlab.params import load_params
-from petlab.prepare import prepare_dataset
-from petlab.stage import run_stage
+from petlab.core.params import load_params
+from petlab.core.stage import run_stage
+from petlab.prepare.splits import prepare_dataset
 
 OUT_DIR = Path("data/oxford_pets")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petlab.data import PreparedData
-from petlab.experiments import image_loader, load_trained, make_context, setup_stage, transform_spec
-from petlab.models import count_parameters
-from petlab.outputs import load_torch, write_json
-from petlab.profiling import forward_gflops, profile_steps, step_stats, time_calls
-from petlab.stage import run_model_stage
-from petlab.train import StepContext, make_optimizer, train_step
+from petlab.core.outputs import load_torch, write_json
+from petlab.core.stage import run_model_stage
+from petlab.data.dataset import PreparedData
+from petlab.measure.profiling import forward_gflops, profile_steps, step_stats, time_calls
+from petlab.models.registry import count_parameters
+from petlab.train.loop import StepContext, make_optimizer, train_step
+from petlab.train.run import image_loader, load_trained, make_context, setup_stage, transform_spec
 
 DATA = Path("data/oxford_pets")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}

@@ -3,10 +3,10 @@
 import subprocess
 from pathlib import Path
 
-from petlab import report_document
-from petlab.outputs import write_json, write_text
-from petlab.params import load_params
-from petlab.stage import run_stage
+from petlab.core.outputs import write_json, write_text
+from petlab.core.params import load_params
+from petlab.core.stage import run_stage
+from petlab.report import document as report_document
 
 OUT_DIR = Path("reports")
 REPORT = OUT_DIR / "report.md"

@@ -1,5 +1,5 @@
 """Stage robustness@MODEL (cnn, vit): one trained model on the test images under corruptions (noise, blur, JPEG,
-brightness, contrast) at three severities each (petlab/robustness.py), through its own evaluation transform.
+brightness, contrast) at three severities each (petlab/measure/robustness.py), through its own evaluation transform.
 
 Its cost is bounded by robustness.test_per_class: that many test images of each class (a seeded, stratified
 draw, the same images for both models), scored 16 times (clean, then 5 corruptions x 3 severities), the probe
@@ -9,13 +9,15 @@ report pairs the two models image by image.
 
 from pathlib import Path
 
-from petlab.data import draw_subset, eval_transform, make_loader
-from petlab.experiments import load_checkpoint_for, setup_stage, trained_on_device
-from petlab.metrics import classification_metrics
-from petlab.outputs import write_csv, write_json
-from petlab.robustness import CORRUPTIONS, SEVERITIES, CorruptedImages, conditions, relative_drop
-from petlab.stage import run_model_stage
-from petlab.train import predict
+from petlab.core.metrics import classification_metrics
+from petlab.core.outputs import write_csv, write_json
+from petlab.core.stage import run_model_stage
+from petlab.data.dataset import draw_subset
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import eval_transform
+from petlab.measure.robustness import CORRUPTIONS, SEVERITIES, CorruptedImages, conditions, relative_drop
+from petlab.train.loop import predict
+from petlab.train.run import load_checkpoint_for, setup_stage, trained_on_device
 
 DATA = Path("data/oxford_pets")
 CHECKPOINTS = {"cnn": Path("models/cnn.pt"), "vit": Path("models/vit.pt")}

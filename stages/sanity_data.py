@@ -5,13 +5,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petlab import plots, sanity
-from petlab.experiments import build_probe, cnn_config, make_context, setup_stage, tensorboard, transform_spec
-from petlab.layout import SPLITS
-from petlab.models import create_model
-from petlab.outputs import save_figure, write_json
-from petlab.runtime import PipelineError
-from petlab.stage import run_stage
+from petlab.core.errors import PipelineError
+from petlab.core.outputs import save_figure, write_json
+from petlab.core.stage import run_stage
+from petlab.data.layout import SPLITS
+from petlab.figures import plots
+from petlab.models.registry import create_model
+from petlab.prepare.sanity import check_data, metrics_summary, prepare_report
+from petlab.train.cnn import cnn_config
+from petlab.train.overfit import image_batches, overfit, overfit_items, standardize
+from petlab.train.probe import build_probe
+from petlab.train.run import make_context, setup_stage, tensorboard, transform_spec
 
 DATA = Path("data/oxford_pets")
 METRICS = Path("metrics/sanity.json")  # the scalars worth comparing
@@ -25,10 +29,10 @@ BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weight
 def main() -> None:
     params, data = setup_stage(DATA)
     s = params.sanity
-    items = sanity.overfit_items(data, s.overfit_batches, s.batch_size, params.seed)  # a size check, before decoding
+    items = overfit_items(data, s.overfit_batches, s.batch_size, params.seed)  # a size check, before decoding
 
-    report, failures = sanity.check_data(data)
-    report["prepare"] = sanity.prepare_report(data)
+    report, failures = check_data(data)
+    report["prepare"] = prepare_report(data)
     if report["cross_split_duplicates"]["count"] and s.fail_on_overlap:
         failures.append(
             f"{report['cross_split_duplicates']['count']} image(s) appear in more than one split "
@@ -40,8 +44,8 @@ def main() -> None:
         config = cnn_config(params, data.num_classes)
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
         cnn = create_model({**config, "dropout": 0.0}).to(ctx.device)
-        cnn_batches = sanity.image_batches(items, ctx.input_spec, s.batch_size)
-        report["overfit_cnn"] = sanity.overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
+        cnn_batches = image_batches(items, ctx.input_spec, s.batch_size)
+        report["overfit_cnn"] = overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")
 
         probe, config = build_probe(params, data.num_classes, BACKBONE)
         ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
@@ -49,10 +53,10 @@ def main() -> None:
         with torch.no_grad():  # inference tensors could not be trained on below
             feature_batches = [
                 (probe.features(ctx.to_device(x)).cpu(), y)
-                for x, y in sanity.image_batches(items, ctx.input_spec, s.batch_size)
+                for x, y in image_batches(items, ctx.input_spec, s.batch_size)
             ]
-        report["overfit_probe"] = sanity.overfit(
-            probe.head, sanity.standardize(feature_batches), ctx, s.lr, s.max_steps, writer, "probe"
+        report["overfit_probe"] = overfit(
+            probe.head, standardize(feature_batches), ctx, s.lr, s.max_steps, writer, "probe"
         )
         report["overfit_probe"]["weights_source"] = config["info"]["weights_source"]
     for name in ("cnn", "probe"):
@@ -67,7 +71,7 @@ def main() -> None:
     report["passed"] = not failures
     report["failures"] = failures
     write_json(REPORT, report)
-    write_json(METRICS, sanity.metrics_summary(report))
+    write_json(METRICS, metrics_summary(report))
     save_figure(
         plots.class_counts_figure({sp: report["counts"][sp]["per_class"] for sp in SPLITS}, data.class_names),
         PLOTS / "class_counts.png",

@@ -7,8 +7,8 @@ scratch on one seeded subset; one JSON each with what the report needs.
 
 The seed sets the initialisation, the data order and augmentation (as `seed` does in the main pipeline) and the
 train and selection subsets drawn; test and the rest of the recipe (train_cnn's params) are the main pipeline's,
-with at least study.min_steps optimiser steps (petlab.study.cnn_budget). One process per cell: cells run side by
-side, not as ranks. A cell stopped during an epoch continues after the last one it finished (petlab/resume.py).
+with at least study.min_steps optimiser steps (petlab.study.cells.cnn_budget). One process per cell: cells run side by
+side, not as ranks. A cell stopped during an epoch continues after the last one it finished (petlab/core/resume.py).
 """
 
 import dataclasses
@@ -17,15 +17,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from petlab.data import PreparedData, draw_subset
-from petlab.experiments import image_loader, make_context, setup_stage, train_cnn, transform_spec
-from petlab.metrics import classification_metrics
-from petlab.outputs import check_writable, write_json
-from petlab.params import Params
-from petlab.profiling import forward_gflops
-from petlab.resume import Resume
-from petlab.runtime import PipelineError, seed_everything, select_device
-from petlab.study import (
+from petlab.core.device import select_device
+from petlab.core.errors import PipelineError
+from petlab.core.metrics import classification_metrics
+from petlab.core.outputs import check_writable, write_json
+from petlab.core.params import Params
+from petlab.core.resume import Resume
+from petlab.core.runtime import seed_everything
+from petlab.data.dataset import PreparedData, draw_subset
+from petlab.measure.profiling import forward_gflops
+from petlab.study.cells import (
     PIPELINE,
     calibration_record,
     cell_path,
@@ -42,7 +43,9 @@ from petlab.study import (
     tune_path,
     val_size,
 )
-from petlab.train import predict
+from petlab.train.cnn import train_cnn
+from petlab.train.loop import predict
+from petlab.train.run import image_loader, make_context, setup_stage, transform_spec
 
 DATA = Path("data/oxford_pets")
 USAGE = (
@@ -178,7 +181,7 @@ def main(cell: Cell) -> None:
 
 def scored(trained, params: Params, data: PreparedData, subsets: Subsets, budget) -> dict:
     """The kept model, in eval mode, on its un-augmented training subset (as the probe is scored), its selection
-    subset and the test split: scores, test predictions, calibration (petlab.study.calibration_record) and what
+    subset and the test split: scores, test predictions, calibration (petlab.study.cells.calibration_record) and what
     its training cost in forward passes."""
     spec = transform_spec(trained.config)
     ctx = make_context(params, budget.amp, budget.channels_last, spec)

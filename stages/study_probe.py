@@ -6,7 +6,7 @@ seeded subset of the cached features.
 
 Tuned as the CNN is: the C is chosen once per size, at the first seed, on its selection subset, from
 study.probe_c_grid (as many values as the CNN's recipes), and kept for every seed. The train and selection
-subsets are the CNN cell's of the same seed and size (petlab.data.draw_subset on the same splits); the seed
+subsets are the CNN cell's of the same seed and size (petlab.data.dataset.draw_subset on the same splits); the seed
 changes nothing else, since L-BFGS on fixed features starts from zero and draws nothing.
 """
 
@@ -14,14 +14,13 @@ import sys
 
 import torch
 
-from petlab.data import draw_subset
-from petlab.features import feature_split
-from petlab.metrics import classification_metrics
-from petlab.outputs import check_writable, load_torch, write_json
-from petlab.params import load_params
-from petlab.probe import fit_logistic_probe
-from petlab.runtime import PipelineError, share_cpu
-from petlab.study import (
+from petlab.core.errors import PipelineError
+from petlab.core.metrics import classification_metrics
+from petlab.core.outputs import check_writable, load_torch, write_json
+from petlab.core.params import load_params
+from petlab.core.runtime import share_cpu
+from petlab.data.dataset import draw_subset
+from petlab.study.cells import (
     FEATURES,
     calibration_record,
     cell_path,
@@ -34,6 +33,8 @@ from petlab.study import (
     subset_digest,
     val_size,
 )
+from petlab.train.features import feature_split
+from petlab.train.logistic import fit_logistic_probe
 
 
 def fit_gflops(train_images: int, feature_size: int, num_classes: int, sweep: list[dict]) -> float:

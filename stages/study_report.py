@@ -3,11 +3,11 @@ metrics/study.json."""
 
 from pathlib import Path
 
-from petlab.outputs import write_json, write_text
-from petlab.params import load_params
-from petlab.stage import run_stage
-from petlab.study import check_pipeline_copy, machine, timing_path
-from petlab.study_report import Study, build
+from petlab.core.outputs import write_json, write_text
+from petlab.core.params import load_params
+from petlab.core.stage import run_stage
+from petlab.report.study_report import Study, build
+from petlab.study.cells import check_pipeline_copy, machine, timing_path
 from stages.report import git_state
 
 DATA = Path("data/oxford_pets")

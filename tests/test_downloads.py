@@ -6,8 +6,9 @@ import tarfile
 
 import pytest
 
-from petlab.downloads import extract_tar, file_digest, verify_checksum
-from petlab.runtime import PipelineError
+from petlab.core.checksums import file_digest, verify_checksum
+from petlab.core.errors import PipelineError
+from petlab.prepare.downloads import extract_tar
 
 
 def make_tar(path, members):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petlab import images
-from petlab.synthetic import AWKWARD_IMAGES, write_awkward_image
+from petlab.prepare import images
+from petlab.prepare.synthetic import AWKWARD_IMAGES, write_awkward_image
 
 SOURCE = {  # what the content really is, whatever the .jpg name says
     "png_named_jpg": ("PNG", "RGB"),

@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from petlab import metrics
-from petlab.metrics import classification_metrics, confusion, per_class_rows
+from petlab.core import metrics
+from petlab.core.metrics import classification_metrics, confusion, per_class_rows
 
 
 def test_metrics_match_sklearn_and_hand_counts():
@@ -59,7 +59,7 @@ def test_confusion_and_per_class_agree():
 def test_top5_only_with_more_than_5_classes(tmp_path):
     import csv
 
-    from petlab.evaluation import write_predictions
+    from petlab.measure.evaluation import write_predictions
 
     labels = torch.tensor([0, 1, 2, 0])
     logits = torch.eye(3)[torch.tensor([1, 1, 2, 2])]

@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from petlab.experiments import build_probe, cnn_config
-from petlab.models import FrozenBackboneClassifier, SmallResNet, create_model, unfreeze_backbone
-from petlab.params import ParamsError, parse_params
-from petlab.runtime import PipelineError
+from petlab.core.errors import PipelineError
+from petlab.core.params import ParamsError, parse_params
+from petlab.models.backbone import FrozenBackboneClassifier, unfreeze_backbone
+from petlab.models.cnn import SmallResNet
+from petlab.models.registry import create_model
+from petlab.train.cnn import cnn_config
+from petlab.train.probe import build_probe
 
 ARCHS = ["simple_cnn", "mlp", "resnet", "vgg"]
 
@@ -66,8 +69,8 @@ def test_crop_pad_evaluates_the_whole_image():
 def test_crop_pad_shifts_the_image_within_a_zero_border():
     from PIL import Image
 
-    from petlab.data import TransformSpec, train_transform
-    from petlab.runtime import seeded_rng
+    from petlab.core.runtime import seeded_rng
+    from petlab.data.transforms import TransformSpec, train_transform
 
     transform = train_transform(TransformSpec(size=32, mean=(0, 0, 0), std=(1, 1, 1), crop_pct=1.0), "crop_pad")
     white = Image.new("RGB", (32, 32), (255, 255, 255))

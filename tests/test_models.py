@@ -13,17 +13,11 @@ import torch
 from conftest import REPO
 from torch import nn
 
-from petlab.downloads import file_digest
-from petlab.models import (
-    FrozenBackboneClassifier,
-    SimpleCNN,
-    count_parameters,
-    create_model,
-    hub_answers,
-    load_pretrained_backbone,
-    timm_data_config,
-)
-from petlab.runtime import PipelineError
+from petlab.core.checksums import file_digest
+from petlab.core.errors import PipelineError
+from petlab.models.backbone import FrozenBackboneClassifier, hub_answers, load_pretrained_backbone, timm_data_config
+from petlab.models.cnn import SimpleCNN
+from petlab.models.registry import count_parameters, create_model
 
 
 def test_simple_cnn_shapes_and_registry_roundtrip():
@@ -82,7 +76,7 @@ def test_missing_weights_file_names_the_param(tmp_path):
 def test_unreachable_hub_names_both_offline_ways():
     # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
     code = (
-        "from petlab.models import load_pretrained_backbone\n"
+        "from petlab.models.backbone import load_pretrained_backbone\n"
         "load_pretrained_backbone('test_vit', pretrained=True, weights=None)"
     )
     proc = subprocess.run(
@@ -109,7 +103,7 @@ def closed_port() -> int:
 def load_with_silent_hub(hf_home: Path) -> subprocess.CompletedProcess:
     """test_vit's hub weights in a fresh process whose hub does not answer, HF_HUB_OFFLINE unset."""
     code = (
-        "from petlab.models import load_pretrained_backbone\n"
+        "from petlab.models.backbone import load_pretrained_backbone\n"
         "print(load_pretrained_backbone('test_vit', pretrained=True, weights=None)[1])"
     )
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE" and "proxy" not in key.lower()}

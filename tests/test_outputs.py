@@ -4,8 +4,8 @@ import pytest
 import torch
 from test_models import RunsCode
 
-from petlab.outputs import atomic_dir, atomic_path, load_torch, save_torch, write_json
-from petlab.runtime import PipelineError
+from petlab.core.errors import PipelineError
+from petlab.core.outputs import atomic_dir, atomic_path, load_torch, save_torch, write_json
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path):
@@ -70,7 +70,7 @@ def test_outputs_get_the_usual_permissions_not_the_temporary_ones(tmp_path):
     import os
     import stat
 
-    from petlab.outputs import atomic_dir, write_json
+    from petlab.core.outputs import atomic_dir, write_json
 
     umask = os.umask(0o022)
     os.umask(umask)
@@ -112,7 +112,7 @@ OUTPUT_FAULTS = {
 
 @pytest.mark.parametrize("case", OUTPUT_FAULTS)
 def test_an_unwritable_output_location_is_named_before_any_work(tmp_path, case):
-    from petlab.outputs import check_writable
+    from petlab.core.outputs import check_writable
 
     make, reason = OUTPUT_FAULTS[case]
     make(tmp_path)
@@ -131,7 +131,7 @@ def test_a_failing_probe_is_one_error(tmp_path, monkeypatch, errno_name):
     import os
     import tempfile
 
-    from petlab.outputs import check_writable
+    from petlab.core.outputs import check_writable
 
     def refuse(*args, **kwargs):
         code = getattr(errno, errno_name)
@@ -147,7 +147,7 @@ def test_stage_outputs_are_read_from_dvc_yaml():
 
     from conftest import REPO
 
-    from petlab.outputs import stage_outputs
+    from petlab.core.outputs import stage_outputs
 
     outputs = stage_outputs("prepare_oxford_pets", REPO / "dvc.yaml")
     assert Path("data/oxford_pets") in outputs and Path("metrics/timing/prepare_oxford_pets.json") in outputs
@@ -161,7 +161,7 @@ def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch, errno_name):
     import errno
     import os
 
-    from petlab import outputs
+    from petlab.core import outputs
 
     code = getattr(errno, errno_name)
 
@@ -177,8 +177,8 @@ def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch, errno_name):
 
 
 def test_a_folder_where_an_output_file_goes_is_named(tmp_path, capsys):
-    from petlab.outputs import write_json
-    from petlab.stage import run_stage
+    from petlab.core.outputs import write_json
+    from petlab.core.stage import run_stage
 
     target = tmp_path / "metrics.json"
     target.mkdir()
@@ -191,7 +191,7 @@ def test_a_folder_where_an_output_file_goes_is_named(tmp_path, capsys):
 def test_a_failed_write_inside_a_folder_being_built_names_the_folder(tmp_path):
     import errno
 
-    from petlab.outputs import atomic_dir
+    from petlab.core.outputs import atomic_dir
 
     with pytest.raises(OSError) as err:
         with atomic_dir(tmp_path / "prepared"):

@@ -7,9 +7,9 @@ import yaml
 from conftest import REPO, TINY_PARAMS, deep_update, run
 from test_stage_refusals import light_project
 
-from petlab.params import Params, ParamsError, load_params, parse_params
-from petlab.prepare import prepare_dataset
-from petlab.runtime import PipelineError
+from petlab.core.errors import PipelineError
+from petlab.core.params import Params, ParamsError, load_params, parse_params
+from petlab.prepare.splits import prepare_dataset
 
 
 def test_repository_params_file_is_valid():
@@ -79,7 +79,7 @@ def test_params_yaml_is_valid():
 
 def test_every_param_is_in_the_schema_and_back():
     """params.yaml lists every schema field (nothing hidden behind a default) and nothing else."""
-    from petlab.params import to_dict
+    from petlab.core.params import to_dict
 
     def keys(d, prefix=""):
         return {

@@ -18,7 +18,7 @@ from PIL import Image
 from test_probe import check_probe
 from test_readme import bash_blocks, commands, section
 
-from petlab.evaluation import confusion_labels
+from petlab.measure.evaluation import confusion_labels
 
 
 def ran_stages(proc) -> set[str]:
@@ -44,7 +44,7 @@ def check_prepared(project: Path) -> None:
             assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= 256
     report = load_json(root / "report.json")
     assert report["converted_to_rgb"] == {"JPEG CMYK": 1, "JPEG L": 1, "PNG RGBA": 1}
-    assert report["generated"] is True  # made by petlab.synthetic, and every later report must say so
+    assert report["generated"] is True  # made by petlab.prepare.synthetic, and every later report must say so
     assert load_json(root / "species.json") == {
         "Abyssinian": "cat",
         "American Bulldog": "dog",
@@ -196,7 +196,7 @@ def check_backbone(project: Path) -> None:
     """The probe's backbone is a DVC-tracked file whose record says where it came from, with its SHA-256."""
     import hashlib
 
-    from petlab.models import backbone_info
+    from petlab.models.backbone import backbone_info
 
     record = load_json(project / "metrics/backbone.json")
     weights = project / "models/backbone.safetensors"
@@ -477,10 +477,10 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
     `dvc metrics diff` shows); its checkpoint, evaluated by one process, gives what it recorded."""
     from torch import nn
 
-    from petlab.data import PreparedData
-    from petlab.experiments import image_loader, load_trained, make_context, transform_spec
-    from petlab.params import load_params
-    from petlab.train import validate
+    from petlab.core.params import load_params
+    from petlab.data.dataset import PreparedData
+    from petlab.train.loop import validate
+    from petlab.train.run import image_loader, load_trained, make_context, transform_spec
 
     proc = dvc(
         project, "exp", "run", "evaluate", "robustness", "-S", "dist.nproc_per_node=2", "-S", "train_cnn.dropout=0.2"
@@ -515,7 +515,7 @@ def check_benchmark_row(project: Path, seconds: float) -> None:
     """The benchmark's whole-pipeline row, from this run: every stage of dvc.yaml ran and timed itself, and dvc's
     own work comes on top."""
     from benchmarks.bench import pipeline_line, pipeline_summary
-    from petlab.outputs import stage_names
+    from petlab.core.outputs import stage_names
 
     summary = pipeline_summary(project, seconds)
     stages = stage_names(project / "dvc.yaml")
@@ -712,7 +712,7 @@ def check_a_full_disk_in_any_stage_is_one_line_naming_the_file(project: Path) ->
     """Every stage run on a disk that fills up (each write the kernel is asked for under the project fails with
     ENOSPC, with no file name in Python's error) stops in one line naming what it could not write, with no
     traceback, and leaves its previous outputs as they were (the atomic writes), besides its own live logs."""
-    from petlab.outputs import stage_outputs
+    from petlab.core.outputs import stage_outputs
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dist"]["nproc_per_node"] = 1  # one process: under torchrun the launcher adds its own line

@@ -16,7 +16,7 @@ import yaml
 from conftest import TINY_PARAMS, deep_update, dvc, make_project
 from test_runtime import start_as_in_a_terminal
 
-from petlab.synthetic import make_fake_pets, write_awkward_image
+from petlab.prepare.synthetic import make_fake_pets, write_awkward_image
 
 # One worker runs this module's tests (pytest -n): they share the module's reference run.
 pytestmark = pytest.mark.xdist_group("pipeline_robustness")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petlab import plots
-from petlab.evaluation import confusion_labels
+from petlab.figures import plots
+from petlab.measure.evaluation import confusion_labels
 
 # Each would be parsed as mathtext (or fail to parse) if drawn as markup.
 NAMES = ["$x^2$", "a$b", "$\\frac{$", "price $5 & $6", "50%_{sub}", "\\alpha$", "$$", "plain"]

@@ -22,13 +22,13 @@ from conftest import make_project
 from PIL import Image
 from test_runtime import start_as_in_a_terminal
 
-from petlab import prepare
-from petlab.params import DataParams
-from petlab.prepare import prepare_oxford_pets
-from petlab.runtime import PipelineError
-from petlab.sources import oxford_pets
-from petlab.sources.oxford_pets import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name
-from petlab.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
+from petlab.core.errors import PipelineError
+from petlab.core.params import DataParams
+from petlab.prepare import splits as prepare
+from petlab.prepare.sources import oxford_pets
+from petlab.prepare.sources.oxford_pets import LOCAL_COPY_HELP, locate_oxford_pets, pets_class_name
+from petlab.prepare.splits import prepare_oxford_pets
+from petlab.prepare.synthetic import AWKWARD_IMAGES, make_fake_pets, write_awkward_image
 
 
 def test_class_names_follow_torchvision():

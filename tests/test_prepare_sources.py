@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petlab.params import DataParams, ParamsError, parse_params
-from petlab.prepare import cap_per_class, prepare_dataset, select_classes
-from petlab.runtime import PipelineError
-from petlab.sources import Record, SourceSplits
-from petlab.sources.cifar10 import read_cifar10
-from petlab.sources.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
-from petlab.sources.imagefolder import read_imagefolder
-from petlab.synthetic import class_image
+from petlab.core.errors import PipelineError
+from petlab.core.params import DataParams, ParamsError, parse_params
+from petlab.prepare.sources import Record, SourceSplits
+from petlab.prepare.sources.cifar10 import read_cifar10
+from petlab.prepare.sources.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
+from petlab.prepare.sources.imagefolder import read_imagefolder
+from petlab.prepare.splits import cap_per_class, prepare_dataset, select_classes
+from petlab.prepare.synthetic import class_image
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -133,7 +133,7 @@ def test_read_imagefolder_splits_by_fraction_and_seed(tmp_path):
 )
 def test_class_folders_one_file_system_would_store_as_one_are_refused_naming_both(tmp_path, pair):
     """'caf\u00e9' as one code point and as 'e' plus a combining accent print alike and are one name on macOS."""
-    from petlab.prepare import prepare_dataset
+    from petlab.prepare.splits import prepare_dataset
 
     root = fake_imagefolder(tmp_path / "folder", classes=("cat", *pair), per_class=5)
     first, second = sorted(pair)
@@ -148,7 +148,7 @@ def test_class_folders_one_file_system_would_store_as_one_are_refused_naming_bot
 
 
 def test_image_names_one_file_system_would_store_as_one_get_distinct_output_names():
-    from petlab.sources.base import unique_ids
+    from petlab.prepare.sources.base import unique_ids
 
     records = [Record(Path(f"/a/{name}.jpg"), name, 0) for name in ("caf\u00e9", "cafe\u0301", "Cafe\u0301", "other")]
     ids = [r.image_id for r in unique_ids(records)]
@@ -386,7 +386,7 @@ def test_nested_files_with_clashing_names_are_all_prepared(tmp_path):
 
 
 def test_report_counts_are_checked_against_the_files_written(tmp_path):
-    from petlab.prepare import check_counts_on_disk
+    from petlab.prepare.splits import check_counts_on_disk
 
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "a.jpg").write_bytes(b"x")

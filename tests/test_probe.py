@@ -17,11 +17,11 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
-from petlab.metrics import classification_metrics
-from petlab.params import TrainViTParams
-from petlab.probe import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.runtime import PipelineError
-from petlab.train import selection_key
+from petlab.core.errors import PipelineError
+from petlab.core.metrics import classification_metrics
+from petlab.core.params import TrainViTParams
+from petlab.train.logistic import SWEEP_COLUMNS, fit_logistic_probe
+from petlab.train.loop import selection_key
 
 DEFAULT_C_GRID = TrainViTParams().c_grid
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from petlab import report_document
-from petlab.data import TransformSpec
-from petlab.params import Params, ProfileParams
-from petlab.profiling import PEAK_MEMORY_METRICS, PeakMemory, forward_gflops, peak_memory_metric, step_stats
-from petlab.runtime import Precision
-from petlab.train import StepContext, train_step
+from petlab.core.device import Precision
+from petlab.core.params import Params, ProfileParams
+from petlab.data.transforms import TransformSpec
+from petlab.measure.profiling import PEAK_MEMORY_METRICS, PeakMemory, forward_gflops, peak_memory_metric, step_stats
+from petlab.report import document as report_document
+from petlab.train.loop import StepContext, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ import json, sys
 from pathlib import Path
 import stages.profile  # first, as when the stage runs: it quiets torch's C++ log before torch loads
 import torch
-from petlab.params import ProfileParams
-from petlab.profiling import profile_steps
+from petlab.core.params import ProfileParams
+from petlab.measure.profiling import profile_steps
 
 model = torch.nn.Linear(8, 3)
 batches = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
@@ -185,7 +185,7 @@ def test_cuda_top_ops_rank_operators_by_their_kernels_time_counting_no_kernel_tw
     time as self CUDA time: ranking every row would list the same time twice (the convolution and its kernel)."""
     from torch.autograd import DeviceType
 
-    from petlab.profiling import top_ops
+    from petlab.measure.profiling import top_ops
 
     events = [
         event("aten::cudnn_convolution", DeviceType.CPU, 40, 900, 10),

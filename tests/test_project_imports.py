@@ -139,7 +139,7 @@ def test_stage_deps_name_every_project_module_its_command_runs(dvc_file, stage, 
 
 
 def test_python_bytecode_is_no_part_of_a_folder_dep():
-    """A folder dep (petlab/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
+    """A folder dep (petlab/prepare/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
     it, so unless DVC ignores it a colleague's clone, or another Python version, sees the dep changed and re-runs
     the stage."""
     folders = sorted(
@@ -151,7 +151,7 @@ def test_python_bytecode_is_no_part_of_a_folder_dep():
             if (wdir / dep).is_dir()
         }
     )
-    assert "petlab/sources" in folders
+    assert "petlab/prepare/sources" in folders
     caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
     ignored = dvc(REPO, "check-ignore", *caches, check=False)
     assert ignored.stdout.split() == caches, ignored.stdout + ignored.stderr

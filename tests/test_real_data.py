@@ -22,9 +22,9 @@ from sklearn.metrics import f1_score
 from test_probe import check_probe
 from test_readme import grid_points, params_of, printed_recipes, shorthands
 
-from petlab.evaluation import confusion_labels
-from petlab.params import parse_params
-from petlab.stand_in import DESCRIPTION, TIMM_MODEL
+from petlab.core.params import parse_params
+from petlab.measure.evaluation import confusion_labels
+from petlab.models.stand_in import DESCRIPTION, TIMM_MODEL
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
@@ -168,9 +168,10 @@ def test_probe_on_stand_in_weights_learns_fashion_mnist(tmp_path, stand_in_weigh
 
 def predict_test(project: Path) -> np.ndarray:
     """The saved CNN run here on the prepared test images, in the order the evaluate stage lists them."""
-    from petlab.data import ImageDataset, PreparedData, eval_transform
-    from petlab.experiments import load_trained, transform_spec
-    from petlab.outputs import load_torch
+    from petlab.core.outputs import load_torch
+    from petlab.data.dataset import ImageDataset, PreparedData
+    from petlab.data.transforms import eval_transform
+    from petlab.train.run import load_trained, transform_spec
 
     checkpoint = load_torch(project / "models/cnn.pt")
     model = load_trained(checkpoint)

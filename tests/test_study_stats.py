@@ -12,7 +12,7 @@ import pytest
 from scipy.special import ndtr
 from sklearn.metrics import f1_score
 
-from petlab.study_stats import (
+from petlab.report.study_stats import (
     EQUIVALENCE_LEVEL,
     TRAINED,
     UNDERTRAINED,

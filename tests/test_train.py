@@ -7,10 +7,11 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.data import TensorDataset
 
-from petlab.data import make_loader
-from petlab.params import LoaderParams, OptimParams
-from petlab.runtime import Precision, seed_everything
-from petlab.train import HISTORY_COLUMNS, StepContext, fit, make_optimizer, predict, selection_key, validate
+from petlab.core.device import Precision
+from petlab.core.params import LoaderParams, OptimParams
+from petlab.core.runtime import seed_everything
+from petlab.data.loaders import make_loader
+from petlab.train.loop import HISTORY_COLUMNS, StepContext, fit, make_optimizer, predict, selection_key, validate
 
 CPU = StepContext(torch.device("cpu"), Precision(None, False))
 
@@ -31,7 +32,7 @@ def digits_loaders():
 
 
 def small_cnn():
-    from petlab.models import SimpleCNN
+    from petlab.models.cnn import SimpleCNN
 
     return SimpleCNN(10, [16, 32], dropout=0.1)
 
@@ -237,8 +238,8 @@ def test_weight_decay_spares_biases_and_norms():
 
 
 def test_bf16_step_on_cpu_gives_close_loss_to_fp32():
-    from petlab.runtime import cpu_supports_bf16
-    from petlab.train import train_step
+    from petlab.core.device import cpu_supports_bf16
+    from petlab.train.loop import train_step
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16")
@@ -276,7 +277,7 @@ def count_host_copies(monkeypatch) -> list[str]:
 
 
 def test_an_epoch_copies_to_the_host_as_often_whatever_its_number_of_steps(monkeypatch):
-    from petlab.train import train_one_epoch
+    from petlab.train.loop import train_one_epoch
 
     calls = count_host_copies(monkeypatch)
     per_epoch = []
@@ -296,7 +297,7 @@ def test_training_and_prediction_steps_never_wait_for_the_gpu():
     """CUDA's sync debug mode warns at every operation that waits for the device: none may happen per step."""
     import warnings
 
-    from petlab.train import train_one_epoch
+    from petlab.train.loop import train_one_epoch
 
     gpu = StepContext(torch.device("cuda"), Precision(torch.bfloat16, False))
     counts = []
@@ -342,7 +343,7 @@ def test_labels_and_batches_are_copied_asynchronously_on_cuda_only(device, non_b
     """torch has open reports of corrupted non-blocking CPU-to-MPS copies: the labels take the path the images take."""
     import inspect
 
-    from petlab import train
+    from petlab.train import loop as train
 
     labels = CopyRecorder()
     StepContext(torch.device(device), Precision(None, False)).to_device(labels)
@@ -356,7 +357,7 @@ def test_the_history_and_the_best_so_far_are_written_after_every_epoch(tmp_path)
     of those k epochs; the final files (save_trained) are a run's without these writes, byte for byte."""
     import json
 
-    from petlab.experiments import progress_writer
+    from petlab.train.run import progress_writer
 
     metrics, history_file = tmp_path / "metrics.json", tmp_path / "history.csv"
     write = progress_writer(metrics, history_file)

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from petlab.params import LoaderParams, OptimParams, parse_params
-from petlab.runtime import Precision, seed_everything
-from petlab.train import StepContext, fit, make_optimizer, predict
+from petlab.core.device import Precision
+from petlab.core.params import LoaderParams, OptimParams, parse_params
+from petlab.core.runtime import seed_everything
+from petlab.train.loop import StepContext, fit, make_optimizer, predict
 
 
 def lrs(optimizer) -> list[float]:
@@ -59,7 +60,7 @@ def test_fit_feeds_the_val_loss_to_the_plateau_schedule():
     optim = OptimParams(
         epochs=4, batch_size=8, lr=0.1, warmup_epochs=0.0, scheduler="plateau", plateau_factor=0.1, plateau_patience=0
     )
-    from petlab.data import make_loader
+    from petlab.data.loaders import make_loader
 
     cpu = torch.device("cpu")
     loader = make_loader(TensorDataset(x, y), 8, True, 0, cpu, LoaderParams(num_workers=0))
@@ -75,11 +76,12 @@ def test_scheduler_param_is_checked():
 
 
 def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, fake_pets):
-    from petlab.data import PreparedData
-    from petlab.experiments import build_probe, image_loader, save_trained, train_vit, transform_spec
-    from petlab.outputs import load_torch
-    from petlab.params import DataParams
-    from petlab.prepare import prepare_dataset
+    from petlab.core.outputs import load_torch
+    from petlab.core.params import DataParams
+    from petlab.data.dataset import PreparedData
+    from petlab.prepare.splits import prepare_dataset
+    from petlab.train.probe import build_probe, train_probe
+    from petlab.train.run import image_loader, save_trained, transform_spec
     from stages.evaluate import probe_logits
 
     prepare_dataset(DataParams(root=str(fake_pets), max_side=64, val_fraction=0.25), 0, tmp_path / "data")
@@ -106,7 +108,7 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     seed_everything(params.seed)
     initial, _ = build_probe(params, data.num_classes)
     seed_everything(params.seed)
-    trained = train_vit(params, data, tmp_path / "runs", tmp_path / "features.pt")
+    trained = train_probe(params, data, tmp_path / "runs", tmp_path / "features.pt")
 
     assert trained.summary["route"] == "fine_tuned"
     assert not any(k.endswith("/features") for k in load_torch(tmp_path / "features.pt"))  # nothing cached

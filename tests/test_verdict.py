@@ -3,7 +3,7 @@ sentence turning over when its numbers turn over."""
 
 import pytest
 
-from petlab import verdict
+from petlab.report import verdict
 
 PETS, TWO = 37, 2
 
