@@ -17,7 +17,9 @@ from project_imports import (
     dvc_files,
     find_cycle,
     import_graph,
+    imports_against_the_phases,
     layers,
+    phases,
     project_modules,
     runs_when_imported,
     stage_specs,
@@ -180,3 +182,31 @@ def test_importing_any_module_sets_no_environment_variable_umask_or_matplotlib_b
         [sys.executable, "-c", IMPORT_EVERYTHING, *names], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.split("\n")[0] == "[] [] False None", done.stdout + done.stderr
+
+
+def test_imports_run_down_the_phases():
+    """petlab/__init__.py lists the phases bottom to top; a module imports only its own phase and those before it."""
+    order = phases()
+    assert order[0] == "core" and order[-1] == "report"
+    assert imports_against_the_phases(import_graph(), order) == []
+
+
+def test_an_import_against_the_phases_is_found(tmp_path):
+    graph = {"petlab.core.a": {"petlab.train.b"}, "petlab.train.b": {"petlab.core.a"}, "petlab.misc": set()}
+    assert imports_against_the_phases(graph, ("core", "train")) == [
+        "petlab.core.a (core) imports petlab.train.b (train), a later phase",
+        "petlab.misc is in no phase of petlab.PHASES",
+    ]
+
+
+def test_the_report_stages_run_no_training_download_or_distributed_code():
+    graph = import_graph()
+    for stage in ("stages.report", "stages.study_report"):
+        ran = runs_when_imported(graph, stage)
+        banned = [
+            n
+            for n in ran
+            if n.startswith(("petlab.train", "petlab.prepare"))
+            or n in ("petlab.core.distributed", "petlab.models.backbone")
+        ]
+        assert banned == [], (stage, banned)
