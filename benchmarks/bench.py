@@ -51,10 +51,10 @@ from petlab.models.backbone import FrozenBackboneClassifier, load_pretrained_bac
 from petlab.models.cnn import SimpleCNN
 from petlab.prepare.splits import prepare_oxford_pets
 from petlab.prepare.synthetic import make_fake_pets
-from petlab.train.features import load_feature_split
-from petlab.train.logistic import fit_logistic_probe
+from petlab.probe.features import load_feature_split
+from petlab.probe.logistic import fit_logistic_probe
+from petlab.probe.recipe import train_probe
 from petlab.train.loop import StepContext, fit, make_optimizer, predict, selection_key, train_step
-from petlab.train.probe import train_probe
 from petlab.train.run import image_loader, tensor_loader
 
 REPO = Path(__file__).resolve().parents[1]

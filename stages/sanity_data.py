@@ -6,15 +6,15 @@ import numpy as np
 import torch
 
 from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.core.outputs import save_figure, write_json
 from petlab.core.stage import run_stage
-from petlab.data.layout import SPLITS
 from petlab.figures import plots
 from petlab.models.registry import create_model
-from petlab.prepare.sanity import check_data, metrics_summary, prepare_report
+from petlab.probe.recipe import build_probe
+from petlab.sanity.checks import check_data, metrics_summary, prepare_report
+from petlab.sanity.overfit import image_batches, overfit, overfit_items, standardize
 from petlab.train.cnn import cnn_config
-from petlab.train.overfit import image_batches, overfit, overfit_items, standardize
-from petlab.train.probe import build_probe
 from petlab.train.run import make_context, setup_stage, tensorboard, transform_spec
 
 DATA = Path("data/oxford_pets")

@@ -25,7 +25,7 @@ from petlab.core.params import Params
 from petlab.core.resume import Resume
 from petlab.core.runtime import seed_everything
 from petlab.data.dataset import PreparedData, draw_subset
-from petlab.measure.profiling import forward_gflops
+from petlab.models.registry import forward_gflops
 from petlab.study.cells import (
     PIPELINE,
     calibration_record,

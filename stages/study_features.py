@@ -9,15 +9,15 @@ images) and the wall seconds per split.
 from pathlib import Path
 
 from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.core.outputs import check_writable, write_json
 from petlab.core.params import load_params
 from petlab.core.runtime import Stopwatch
 from petlab.core.stage import run_stage
-from petlab.data.layout import SPLITS
-from petlab.measure.profiling import forward_gflops
+from petlab.models.registry import forward_gflops
+from petlab.probe.features import extract_features, save_feature_cache
+from petlab.probe.recipe import build_probe
 from petlab.study.cells import FEATURES, FEATURES_RECORD, check_pipeline_copy, machine, timing_path
-from petlab.train.features import extract_features, save_feature_cache
-from petlab.train.probe import build_probe
 from petlab.train.run import image_loader, make_context, setup_stage, transform_spec
 
 DATA = Path("data/oxford_pets")

@@ -20,6 +20,8 @@ from petlab.core.outputs import check_writable, load_torch, write_json
 from petlab.core.params import load_params
 from petlab.core.runtime import share_cpu
 from petlab.data.dataset import draw_subset
+from petlab.probe.features import feature_split
+from petlab.probe.logistic import fit_logistic_probe
 from petlab.study.cells import (
     FEATURES,
     calibration_record,
@@ -33,8 +35,6 @@ from petlab.study.cells import (
     subset_digest,
     val_size,
 )
-from petlab.train.features import feature_split
-from petlab.train.logistic import fit_logistic_probe
 
 
 def fit_gflops(train_images: int, feature_size: int, num_classes: int, sweep: list[dict]) -> float:

@@ -12,7 +12,7 @@ from petlab.core.errors import PipelineError
 from petlab.core.outputs import write_json
 from petlab.core.resume import Resume
 from petlab.core.stage import run_stage
-from petlab.train.probe import train_probe
+from petlab.probe.recipe import train_probe
 from petlab.train.run import progress_writer, save_trained, setup_stage
 
 DATA = Path("data/oxford_pets")

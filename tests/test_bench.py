@@ -35,9 +35,9 @@ from petlab.data.transforms import TransformSpec, train_transform
 from petlab.models.backbone import FrozenBackboneClassifier, load_pretrained_backbone, timm_data_config
 from petlab.models.cnn import SimpleCNN
 from petlab.prepare.splits import prepare_oxford_pets
-from petlab.train.features import load_feature_split
+from petlab.probe.features import load_feature_split
+from petlab.probe.recipe import train_probe
 from petlab.train.loop import StepContext, make_optimizer, train_step
-from petlab.train.probe import train_probe
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

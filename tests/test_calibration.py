@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from petlab.measure.calibration import (
+from petlab.core.calibration import (
     MIN_TEMPERATURE_IMAGES,
     bin_edges,
     brier,

@@ -11,8 +11,8 @@ from petlab.core.params import ParamsError, parse_params
 from petlab.models.backbone import FrozenBackboneClassifier, unfreeze_backbone
 from petlab.models.cnn import SmallResNet
 from petlab.models.registry import create_model
+from petlab.probe.recipe import build_probe
 from petlab.train.cnn import cnn_config
-from petlab.train.probe import build_probe
 
 ARCHS = ["simple_cnn", "mlp", "resnet", "vgg"]
 

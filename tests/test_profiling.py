@@ -11,8 +11,10 @@ from torch import nn
 
 from petlab.core.device import Precision
 from petlab.core.params import Params, ProfileParams
+from petlab.core.records import PEAK_MEMORY_METRICS, peak_memory_metric
 from petlab.data.transforms import TransformSpec
-from petlab.measure.profiling import PEAK_MEMORY_METRICS, PeakMemory, forward_gflops, peak_memory_metric, step_stats
+from petlab.measure.profiling import PeakMemory, step_stats
+from petlab.models.registry import forward_gflops
 from petlab.report import document as report_document
 from petlab.train.loop import StepContext, train_step
 
@@ -76,11 +78,10 @@ def test_step_stats_and_gflops():
 def test_the_profiled_step_scales_gradients_where_training_does(monkeypatch, tmp_path, precision):
     """fp16 trains with a GradScaler (its scaling and unscaling are part of every step): the profile times that
     step, one scaler across the steps as in training; other precisions have none to time."""
-    import stages.profile as stage
+    from petlab.measure import profiling as stage
 
     spec = TransformSpec(size=16)
     batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 3, (4,))) for _ in range(2)]
-    monkeypatch.setattr(stage, "TRACES", tmp_path)
     monkeypatch.setattr(stage, "image_loader", lambda *args, **kwargs: batches)
     scalers = []
 
@@ -92,7 +93,9 @@ def test_the_profiled_step_scales_gradients_where_training_does(monkeypatch, tmp
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     params = Params(profile=ProfileParams(wait=0, warmup=1, active=2, batch_size=4))
     ctx = StepContext(torch.device("cpu"), precision, input_spec=spec)
-    stats = stage.profile_model("cnn", model, {"transform": spec.as_dict()}, ctx, params, None, params.train_cnn)
+    stats = stage.profile_model(
+        "cnn", model, {"transform": spec.as_dict()}, ctx, params, None, params.train_cnn, tmp_path
+    )
     assert stats["precision"] == precision.name and stats["steps_timed"] == 2 and len(scalers) == 3
     if precision.grad_scaling:
         assert isinstance(scalers[0], torch.amp.GradScaler) and all(s is scalers[0] for s in scalers)

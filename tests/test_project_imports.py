@@ -21,6 +21,7 @@ from project_imports import (
     layers,
     phases,
     project_modules,
+    repo_relative,
     runs_when_imported,
     stage_specs,
 )
@@ -140,10 +141,28 @@ def test_stage_deps_name_every_project_module_its_command_runs(dvc_file, stage, 
     assert not problems, f"{dvc_file.relative_to(REPO)}, stage {stage}:\n  " + "\n  ".join(problems)
 
 
+@pytest.mark.parametrize(
+    "dvc_file, stage, deps, wdir",
+    [
+        pytest.param(dvc_file, spec[0], spec[2], spec[3], id=f"{dvc_file.relative_to(REPO).as_posix()}:{spec[0]}")
+        for dvc_file in dvc_files()
+        for spec in stage_specs(dvc_file)
+    ],
+)
+def test_stage_code_deps_are_its_stage_files_and_phase_folders(dvc_file, stage, deps, wdir):
+    """A stage's code deps read like its imports: stage files, petlab/__init__.py (the phases' order) and whole phase
+    folders, never a module picked out of one (which would go stale as the phase's modules change)."""
+    phase_folders = {f"petlab/{phase}" for phase in phases()}
+    code = [d for d in (repo_relative(d, wdir) for d in deps) if d.split("/")[0] in ("petlab", "stages")]
+    assert code, f"{stage} lists no code"
+    odd = [d for d in code if not (d.startswith("stages/") or d == "petlab/__init__.py" or d in phase_folders)]
+    assert not odd, f"{dvc_file.relative_to(REPO)}, stage {stage}: {odd} are neither stage files nor phase folders"
+
+
 def test_python_bytecode_is_no_part_of_a_folder_dep():
-    """A folder dep (petlab/prepare/sources) holds the __pycache__ its stage writes when it imports it; git does not keep
-    it, so unless DVC ignores it a colleague's clone, or another Python version, sees the dep changed and re-runs
-    the stage."""
+    """A folder dep (petlab/core) holds the __pycache__ its stage writes when it imports it, in each folder below it
+    too; git does not keep them, so unless DVC ignores them a colleague's clone, or another Python version, sees the
+    dep changed and re-runs the stage."""
     folders = sorted(
         {
             (wdir / dep).resolve().relative_to(REPO).as_posix()
@@ -153,8 +172,11 @@ def test_python_bytecode_is_no_part_of_a_folder_dep():
             if (wdir / dep).is_dir()
         }
     )
-    assert "petlab/prepare/sources" in folders
-    caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [f"{folders[0]}/module.pyc"]
+    assert "petlab/core" in folders and "petlab/prepare" in folders
+    caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders] + [
+        f"{folders[0]}/module.pyc",
+        "petlab/prepare/sources/__pycache__/module.cpython-311.pyc",
+    ]
     ignored = dvc(REPO, "check-ignore", *caches, check=False)
     assert ignored.stdout.split() == caches, ignored.stdout + ignored.stderr
 

@@ -7,10 +7,10 @@ from petlab.core.params import DataParams
 from petlab.data.dataset import PreparedData
 from petlab.data.transforms import TransformSpec
 from petlab.models.cnn import SimpleCNN
-from petlab.prepare.sanity import check_data
 from petlab.prepare.splits import prepare_oxford_pets
+from petlab.sanity.checks import check_data
+from petlab.sanity.overfit import image_batches, overfit, overfit_items, standardize
 from petlab.train.loop import StepContext
-from petlab.train.overfit import image_batches, overfit, overfit_items, standardize
 
 
 def prepared(fake_pets, tmp_path):

@@ -79,10 +79,10 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     from petlab.core.outputs import load_torch
     from petlab.core.params import DataParams
     from petlab.data.dataset import PreparedData
+    from petlab.measure.evaluation import probe_logits
     from petlab.prepare.splits import prepare_dataset
-    from petlab.train.probe import build_probe, train_probe
+    from petlab.probe.recipe import build_probe, train_probe
     from petlab.train.run import image_loader, save_trained, transform_spec
-    from stages.evaluate import probe_logits
 
     prepare_dataset(DataParams(root=str(fake_pets), max_side=64, val_fraction=0.25), 0, tmp_path / "data")
     data = PreparedData.open(tmp_path / "data")

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 from torchcodec.decoders import decode_image
 
 from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.core.params import ALL_IMAGES
 from petlab.core.runtime import seeded_rng
-from petlab.data.layout import SPLITS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """figures: the pictures, drawn from numbers the other phases computed: class counts, sample grids, curves,
 confusion matrices, reliability and robustness, the profile comparison; and the models' names in their legends.
 
-May import: core, data, prepare, models, train, measure, study (it uses core alone, so that drawing a figure
+May import: core, data, prepare, models, train, probe, sanity, measure, study (it uses core alone, so that drawing a figure
 imports no training code).
 """

@@ -2,14 +2,101 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from petlab.core import paths
+from petlab.core.calibration import calibration_summary, per_image_scores, reliability, softmax
+from petlab.core.device import Precision
+from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.core.metrics import classification_metrics, confusion, in_top_k, per_class_rows, reports_top_k, rounded
-from petlab.core.outputs import write_csv
-from petlab.measure.calibration import per_image_scores
+from petlab.core.outputs import load_torch, write_csv
+from petlab.core.params import Params
+from petlab.data.dataset import PreparedData
+from petlab.probe.features import feature_split
+from petlab.train.loop import StepContext, predict
+from petlab.train.run import image_loader, load_checkpoint_for, load_trained, tensor_loader, trained_on_device
+
+
+def image_logits(checkpoint: dict, params: Params, data: PreparedData, split: str, name: str = "cnn"):
+    """A model's logits on a split's images, un-augmented, in eval mode."""
+    model, ctx, spec = trained_on_device(checkpoint, params, name)
+    loader = image_loader(data, split, spec, params.evaluate.batch_size, False, params, ctx.device)
+    return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
+
+
+@functools.cache
+def feature_cache() -> dict:
+    """Read once for both splits."""
+    return load_torch(paths.FEATURES)
+
+
+def probe_logits(checkpoint: dict, params: Params, data: PreparedData, split: str):
+    """The head on the features cached by train_vit: no second backbone pass over the splits it cached.
+
+    A fine-tuned backbone (train_vit.unfreeze) has no valid cache, and the augmented route caches no train
+    features (it trains on augmented images): those images go through the whole model, un-augmented.
+    """
+    if not checkpoint["model_config"].get("info", {}).get("feature_cache", True):
+        return image_logits(checkpoint, params, data, split, name="vit")
+    cache = feature_cache()
+    info = cache["info"]
+    if (
+        info["class_names"] != checkpoint["class_names"]
+        or info["timm_model"] != checkpoint["model_config"]["timm_model"]
+    ):
+        raise PipelineError(
+            f"{paths.FEATURES} was not made for {paths.checkpoint('vit')}; re-run train_vit (dvc repro)"
+        )
+    if f"{split}/features" not in cache:
+        return image_logits(checkpoint, params, data, split, name="vit")
+    model = load_trained(checkpoint)
+    ctx = StepContext(torch.device("cpu"), Precision(None, False))
+    loader = tensor_loader(feature_split(cache, split, paths.FEATURES), params.evaluate.batch_size, False, params)
+    return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's best checkpoint scored on every split: its metrics and calibration (results, as
+    metrics/evaluate/<model>.json holds them), and its test logits and labels, for the files drawn from them."""
+
+    checkpoint: dict
+    results: dict
+    test_logits: torch.Tensor
+    test_labels: torch.Tensor
+
+    def reliability_bins(self) -> list[dict]:
+        return reliability(softmax(self.test_logits.numpy()), self.test_labels.numpy())
+
+
+def evaluate(model: str, params: Params, data: PreparedData) -> Evaluation:
+    """Every split scored the same way for both models: un-augmented images, model in eval mode; calibration on
+    test, as trained and after temperature scaling cross-fitted on test halves (val chose the epoch or C: a
+    temperature fitted there would be fitted on data already used)."""
+    checkpoint = load_checkpoint_for(paths.checkpoint(model), data)
+    logits_of = image_logits if model == "cnn" else probe_logits
+    results, logits_by_split = {}, {}
+    for split in SPLITS:
+        logits, labels = logits_of(checkpoint, params, data, split)
+        logits_by_split[split] = (logits.numpy(), labels.numpy())
+        results[split] = score(logits, labels, data.num_classes)
+    logits, labels = (torch.from_numpy(a) for a in logits_by_split["test"])
+    # The report pairs the two models' predictions image by image; only cached features can come in another order.
+    if labels.tolist() != [label for _, label in data.items("test")]:
+        raise PipelineError(
+            f"{paths.FEATURES} lists the test images in another order than {data.root}; re-run train_vit (dvc repro)"
+        )
+    results["calibration"] = calibration_summary(*logits_by_split["test"], seed=params.seed)
+    results["checkpoint_epoch"] = checkpoint["epoch"]
+    info = checkpoint["model_config"].get("info", {})  # the probe's: its weights' source and flags
+    results.update({k: v for k, v in info.items() if not isinstance(v, str)})  # text is train_vit's record
+    return Evaluation(checkpoint, results, logits, labels)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:

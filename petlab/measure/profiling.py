@@ -1,4 +1,5 @@
-"""torch.profiler over real training steps, with a wait/warmup/active schedule and TensorBoard traces."""
+"""torch.profiler over real training steps, with a wait/warmup/active schedule and TensorBoard traces; a trained
+model's training step profiled, and the probe's cached route timed in its two parts."""
 
 from __future__ import annotations
 
@@ -7,64 +8,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from petlab.core.device import synchronize
-from petlab.core.outputs import naming_failed_writes
-from petlab.core.params import ProfileParams
-
-
-@dataclass(frozen=True)
-class PeakMemoryMetric:
-    """One way of measuring peak memory, under a metric name of its own: `dvc metrics diff` between runs on
-    different devices then shows two metrics instead of comparing a GPU allocator's peak with a process's RSS."""
-
-    key: str
-    name: str
-    meaning: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} (MB)"
-
-
-PEAK_MEMORY_METRICS = {  # by device type
-    "cuda": PeakMemoryMetric(
-        "peak_cuda_allocated_mb",
-        "peak CUDA memory allocated",
-        "the most memory CUDA's caching allocator had handed to tensors during the profiled steps "
-        "(torch.cuda.max_memory_allocated): model, optimiser state, batch and activations, without the "
-        "allocator's unused cache or the CUDA context",
-    ),
-    "mps": PeakMemoryMetric(
-        "peak_mps_driver_mb",
-        "peak MPS driver memory",
-        "the most memory the Metal driver held for the process during the profiled steps "
-        "(torch.mps.driver_allocated_memory, sampled every 2 ms): model, optimiser state, batch, activations "
-        "and the allocator's cache",
-    ),
-    "cpu": PeakMemoryMetric(
-        "peak_rss_rise_mb",
-        "peak RSS rise",
-        "the rise of the process's resident memory during the profiled steps above its level before them "
-        "(sampled every 2 ms): what the steps needed beyond the model and data already loaded",
-    ),
-}
-
-
-def peak_memory_metric(stats: dict) -> PeakMemoryMetric | None:
-    """Which of PEAK_MEMORY_METRICS a profile result holds, or None."""
-    return next((m for m in PEAK_MEMORY_METRICS.values() if m.key in stats), None)
+from petlab.core.outputs import load_torch, naming_failed_writes
+from petlab.core.params import OptimParams, Params, ProfileParams
+from petlab.core.records import PEAK_MEMORY_METRICS, TOP_OPS_TIME
+from petlab.data.dataset import PreparedData
+from petlab.models.registry import count_parameters, forward_gflops
+from petlab.train.loop import StepContext, make_optimizer, train_step
+from petlab.train.run import image_loader, load_trained, make_context, transform_spec
 
 
 class PeakMemory:
@@ -178,18 +138,6 @@ def profile_steps(
     return stats
 
 
-# What the top ops are ranked by, per device: the key each row holds its milliseconds under, and what they are.
-TOP_OPS_TIME = {
-    "cuda": ("self_device_ms_total", "self CUDA time: the GPU time of the kernels each operator launched itself"),
-    "mps": (
-        "self_host_ms_total",
-        "self host (CPU) time: on MPS the profiler records no GPU time per operator, and "
-        "an operator's host time is mostly that of queueing its work",
-    ),
-    "cpu": ("self_cpu_ms_total", "self CPU time"),
-}
-
-
 def top_ops(events: Iterable, device_type: str, n: int) -> list[dict]:
     """The `n` operators that took the most time of their own, from torch.profiler's key_averages().
 
@@ -226,15 +174,90 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, war
     return out
 
 
-def forward_gflops(model: nn.Module, image_size: int, device: torch.device) -> float:
-    """Forward FLOPs for one image, counted by torch.utils.flop_counter (a multiply-add counts 2).
+def profile_model(
+    name: str,
+    model: nn.Module,
+    config: dict,
+    ctx: StepContext,
+    params: Params,
+    data: PreparedData,
+    optim: OptimParams,
+    trace_dir: Path,
+) -> dict:
+    """Profile full training steps from images; the probe's step is its frozen forward plus the head update."""
+    p = params.profile
+    spec = transform_spec(config)
+    loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    optimizer, _ = make_optimizer(model.parameters(), optim, steps_per_epoch=1)
+    scaler = ctx.precision.grad_scaler(ctx.device)  # the step the training loop runs: fp16 scales its gradients
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    stats = profile_steps(
+        lambda x, y: train_step(model, x, y, optimizer, loss_fn, ctx, scaler),
+        loader,
+        p,
+        ctx.device,
+        trace_dir,
+        desc=f"profile: {name}",
+    )
+    counts = count_parameters(model)
+    stats.update(
+        {
+            "trainable_parameters": counts["trainable"],
+            "total_parameters": counts["total"],
+            "gflops_per_image": forward_gflops(model, spec.size, ctx.device),
+            "batch_size": p.batch_size,
+            "precision": ctx.precision.name,
+            "device": ctx.device.type,
+            "input_size": spec.size,
+        }
+    )
+    return stats
 
-    Attention runs through its math kernel while counting: FlopCounterMode has a formula for CUDA's fused kernels
-    but none for the CPU's flash attention, which it would count as nothing (ViT-Tiny 2.149 GFLOPs on the CPU
-    against 2.507 with attention counted), so one model would report a cost per device. The math kernel's matrix
-    products count the same multiply-adds as the fused kernels' formulas."""
-    model.eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        model(x)
-    return round(counter.get_total_flops() / 1e9, 4)
+
+def probe_costs(model, ctx: StepContext, params: Params, data: PreparedData, config: dict) -> dict:
+    """The cached route's two parts: extracting features once, and one head step on cached features."""
+    p = params.profile
+    x, _ = next(iter(image_loader(data, "train", transform_spec(config), p.batch_size, False, params, ctx.device)))
+    x = ctx.to_device(x)
+
+    def extract():
+        with torch.inference_mode(), ctx.precision.autocast(ctx.device):
+            return model.backbone(x)
+
+    extraction = step_stats(time_calls(extract, ctx.device, repeats=10), len(x))
+    feats = extract().float().clone()
+    y = torch.randint(0, data.num_classes, (len(feats),))
+    head_ctx = StepContext(ctx.device, make_context(params, amp=False, channels_last=False).precision)
+    optimizer, _ = make_optimizer(model.head.parameters(), params.train_vit, steps_per_epoch=1)
+    loss_fn = nn.CrossEntropyLoss()
+    head = step_stats(
+        time_calls(
+            lambda: train_step(model.head, feats, y, optimizer, loss_fn, head_ctx, None), ctx.device, repeats=50
+        ),
+        len(feats),
+    )
+    return {"feature_extraction": extraction, "cached_head_step": head}
+
+
+def profile_trained(model: str, checkpoint: Path, params: Params, data: PreparedData, trace_dir: Path) -> dict:
+    """A trained model's training step under the profiler, on the device and precision it trains with (and the
+    probe's cached route, in its two parts); the top ops under "top_ops", the schedule under "schedule"."""
+    saved = load_torch(checkpoint)
+    trained = load_trained(saved)
+    optim = params.train_cnn if model == "cnn" else params.train_vit
+    ctx = make_context(
+        params,
+        optim.amp,
+        channels_last=model == "cnn" and params.train_cnn.channels_last,
+        input_spec=transform_spec(saved["model_config"]),
+    )
+    trained.to(ctx.device)
+    if ctx.channels_last:
+        trained = trained.to(memory_format=torch.channels_last)
+    result = profile_model(model, trained, saved["model_config"], ctx, params, data, optim, trace_dir)
+    if model == "vit":
+        result.update(probe_costs(trained, ctx, params, data, saved["model_config"]))
+    p = params.profile
+    result["schedule"] = {"wait": p.wait, "warmup": p.warmup, "active": p.active}
+    return result

@@ -1,5 +1,5 @@
-"""prepare: the dataset made and checked: its sources (Oxford-IIIT Pet and the others), their downloads, the
-train/val/test splits written in the layout petlab.data reads, and the sanity checks on them.
+"""prepare: the dataset made: its sources (Oxford-IIIT Pet and the others), their downloads, the images resized
+and the train/val/test splits written in the layout petlab.data reads.
 
-May import: core, data.
+May import: core (it reads no prepared data, so the stage that makes it re-runs for no change to reading it).
 """

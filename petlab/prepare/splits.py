@@ -28,9 +28,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.core.outputs import atomic_dir, naming_failed_writes, write_json
 from petlab.core.params import DataParams
-from petlab.data.layout import SPLITS
 from petlab.prepare import images
 from petlab.prepare.sources import READERS
 from petlab.prepare.sources.base import Record, SourceSplits, check_class_names, check_split_sizes, unique_ids

@@ -13,9 +13,8 @@ import pandas as pd
 from petlab.core.errors import PipelineError
 from petlab.core.outputs import save_figure, timing_file
 from petlab.core.params import Params
-from petlab.core.records import weights_label
+from petlab.core.records import TOP_OPS_TIME, peak_memory_metric, weights_label
 from petlab.figures import plots
-from petlab.measure.profiling import TOP_OPS_TIME, peak_memory_metric
 from petlab.report import comparison as report
 from petlab.report import verdict
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from petlab.core.calibration import MIN_TEMPERATURE_IMAGES
 from petlab.core.errors import PipelineError
 from petlab.core.metrics import per_class_rows
 from petlab.core.outputs import save_figure
@@ -20,7 +21,6 @@ from petlab.core.params import ALL_IMAGES, Params
 from petlab.core.records import weights_label
 from petlab.data.dataset import PreparedData
 from petlab.figures import plots
-from petlab.measure.calibration import MIN_TEMPERATURE_IMAGES
 from petlab.report import verdict as verdict_rules
 from petlab.report.document import figure, table
 from petlab.report.study_stats import (

@@ -315,9 +315,9 @@ def decode_values(text: str) -> np.ndarray:
 
 
 def calibration_record(test_logits: np.ndarray, test_labels: np.ndarray, seed: int) -> dict:
-    """What a cell keeps of its test calibration: the summary (petlab.measure.calibration.calibration_summary) and each
+    """What a cell keeps of its test calibration: the summary (petlab.core.calibration.calibration_summary) and each
     image's NLL and Brier score, which the report pairs image by image between the models."""
-    from petlab.measure.calibration import calibration_summary, per_image_scores
+    from petlab.core.calibration import calibration_summary, per_image_scores
 
     nll, brier = per_image_scores(test_logits, test_labels)
     return {

@@ -10,8 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from petlab.core.errors import PipelineError
+from petlab.core.layout import SPLITS
 from petlab.data.dataset import PreparedData, read_image
-from petlab.data.layout import SPLITS
 
 
 def check_data(data: PreparedData) -> tuple[dict, list[str]]:

@@ -19,8 +19,8 @@ from petlab.data.dataset import PreparedData
 from petlab.data.transforms import TransformSpec
 from petlab.models.backbone import FrozenBackboneClassifier, load_backbone, load_pretrained_backbone, timm_data_config
 from petlab.models.registry import count_parameters
-from petlab.train.features import extract_features, save_feature_cache
-from petlab.train.logistic import SWEEP_COLUMNS, fit_logistic_probe
+from petlab.probe.features import extract_features, save_feature_cache
+from petlab.probe.logistic import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, FitResult, StepContext, fit
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
