@@ -3,20 +3,17 @@
 The stage and folder keep their names whatever the dataset, so no later stage knows which one it sees.
 """
 
-from pathlib import Path
-
+from petlab.core import paths
 from petlab.core.params import load_params
 from petlab.core.stage import run_stage
 from petlab.prepare.splits import prepare_dataset
 
-OUT_DIR = Path("data/oxford_pets")
-
 
 def main() -> None:
     params = load_params()
-    report = prepare_dataset(params.data, params.seed, OUT_DIR)
+    report = prepare_dataset(params.data, params.seed, paths.DATA)
     print(
-        f"prepare_oxford_pets: {report['images_written']} images written to {OUT_DIR}, "
+        f"prepare_oxford_pets: {report['images_written']} images written to {paths.DATA}, "
         f"{report['images_skipped']} skipped, {report['left_out_count']} source files left out (listed in "
         f"report.json), converted to RGB: {report['converted_to_rgb'] or 'none'}, EXIF-rotated: "
         f"{report['exif_rotated']}, resized to fit JPEG: {report['resized_to_fit_jpeg']}"

@@ -3,25 +3,18 @@
 With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/core/distributed.py).
 """
 
-from pathlib import Path
-
-from petlab.core import distributed
+from petlab.core import distributed, paths
 from petlab.core.device import select_device
 from petlab.core.resume import Resume
 from petlab.core.stage import run_stage
 from petlab.train.cnn import train_cnn
 from petlab.train.run import progress_writer, save_trained, setup_stage
 
-DATA = Path("data/oxford_pets")
-CHECKPOINT = Path("models/cnn.pt")
-METRICS = Path("metrics/train_cnn.json")
-PLOTS = Path("plots/train_cnn")  # history.csv per epoch
-EPOCH_TIMES = Path("metrics/timing/train_cnn_epochs.csv")  # wall times, apart from the deterministic curves
-LOG_DIR = Path("runs/cnn")
+LOG_DIR = paths.train_logs("cnn")
 
 
 def main() -> None:
-    params, data = setup_stage(DATA)
+    params, data = setup_stage(paths.DATA)
     if distributed.launch_or_join(
         "train_cnn", params.dist.nproc_per_node, params.train_cnn.batch_size, select_device(params.device)
     ):
@@ -29,9 +22,12 @@ def main() -> None:
     if params.train_cnn.batch_norm:
         distributed.check_batch_per_rank(params.train_cnn.batch_size, 2, "train_cnn.batch_size", "BatchNorm")
     resume = Resume.for_stage("train_cnn", params)  # resume/train_cnn.pt: the state after the last epoch
-    trained = train_cnn(params, data, LOG_DIR, resume, on_epoch=progress_writer(METRICS, PLOTS / "history.csv"))
+    metrics, plots = paths.train_metrics("cnn"), paths.train_plots("cnn")
+    trained = train_cnn(params, data, LOG_DIR, resume, on_epoch=progress_writer(metrics, plots / "history.csv"))
     if distributed.is_main():
-        save_trained("train_cnn", trained, data.class_names, CHECKPOINT, METRICS, PLOTS, EPOCH_TIMES)
+        save_trained(
+            "train_cnn", trained, data.class_names, paths.checkpoint("cnn"), metrics, plots, paths.epoch_times("cnn")
+        )
         resume.remove()  # the outputs are written: nothing is left to resume
 
 

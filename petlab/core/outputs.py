@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from petlab.core import paths
 from petlab.core.errors import PipelineError
 
 
@@ -191,7 +192,7 @@ def stage_names(dvc_file: str | Path = "dvc.yaml") -> list[str]:
 def timing_file(stage: str) -> Path:
     """Where a stage's wall time goes (petlab.core.stage.run_stage): metrics/timing/<stage>.json, `evaluate@cnn`'s in
     evaluate_cnn.json."""
-    return Path("metrics/timing") / f"{stage.replace('@', '_')}.json"
+    return paths.TIMING / f"{stage.replace('@', '_')}.json"
 
 
 def check_writable(paths: Iterable[str | Path]) -> None:

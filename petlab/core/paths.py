@@ -20,6 +20,7 @@ SANITY_PLOTS = Path("plots/sanity")
 SANITY_LOGS = Path("runs/sanity")
 BACKBONE = Path("models/backbone.safetensors")  # the probe's frozen backbone's weights
 BACKBONE_METRICS = Path("metrics/backbone.json")
+LOCAL_WEIGHTS = Path("weights")  # a dep of backbone_weights, so DVC sees a local weights file there change
 
 # train_cnn, train_vit
 FEATURES = Path("data/features/vit.pt")  # the frozen backbone's features of every split, cached by train_vit

@@ -19,12 +19,10 @@ from typing import Any
 
 import torch
 
-from petlab.core import distributed
+from petlab.core import distributed, paths
 from petlab.core.checksums import file_digest
 from petlab.core.outputs import write_bytes
 from petlab.core.params import Params, to_dict
-
-RESUME_DIR = Path("resume")
 
 
 class Resume:
@@ -44,7 +42,7 @@ class Resume:
         """A stage's checkpoint, resume/<stage>.pt. For one instance of a `matrix` stage (a study cell, cnn@0-5:
         `stage` its name, `item` its values, {"seed": "0", "size": "5"}) it is keyed by that instance's own command
         and deps, so cells run side by side never share one: resume/study/cnn@0-5.pt."""
-        path = RESUME_DIR / f"{stage}.pt" if item is None else RESUME_DIR / "study" / f"{stage}.pt"
+        path = paths.RESUME / f"{stage}.pt" if item is None else paths.RESUME / "study" / f"{stage}.pt"
         return cls(path, lambda: stage_inputs(stage.split("@")[0], params, dvc_file, item), stage)
 
     @functools.cached_property
@@ -88,7 +86,7 @@ class Resume:
     def remove(self) -> None:
         """Once the stage's outputs are written: nothing is left to resume."""
         self.path.unlink(missing_ok=True)
-        for folder in dict.fromkeys((self.path.parent, RESUME_DIR)):  # resume/study/, then resume/: when empty
+        for folder in dict.fromkeys((self.path.parent, paths.RESUME)):  # resume/study/, then resume/: when empty
             try:
                 folder.rmdir()
             except OSError:

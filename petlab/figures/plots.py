@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from petlab.core.layout import SPLITS
 from petlab.core.outputs import save_figure
 from petlab.core.records import weights_label
 
@@ -50,6 +51,21 @@ def class_counts_figure(counts: dict[str, dict[str, int]], class_names: list[str
 
 def sample_grid_figure(items: list[tuple[Path, int]], class_names: list[str], title: str, cols: int = 4):
     return image_grid_figure([(path, class_names[label]) for path, label in items], title, cols)
+
+
+def save_sanity_figures(report: dict, data, grid_images: int, seed: int, out_dir: Path) -> None:
+    """The sanity stage's pictures: images per class and split, and a seeded grid of `grid_images` samples of each
+    split (`data`: the prepared dataset, petlab.data.dataset.PreparedData)."""
+    counts = {split: report["counts"][split]["per_class"] for split in SPLITS}
+    save_figure(class_counts_figure(counts, data.class_names), out_dir / "class_counts.png")
+    rng = np.random.default_rng(seed)
+    for split in SPLITS:
+        split_items = data.items(split)
+        pick = sorted(rng.choice(len(split_items), size=min(grid_images, len(split_items)), replace=False))
+        save_figure(
+            sample_grid_figure([split_items[i] for i in pick], data.class_names, f"{split} samples"),
+            out_dir / f"samples_{split}.png",
+        )
 
 
 def image_grid_figure(items: list[tuple[Path, str]], title: str, cols: int = 4, inches: float = 2.4):

@@ -10,10 +10,13 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
-from petlab.core.checksums import verify_checksum
+from petlab.core.checksums import file_digest, verify_checksum
 from petlab.core.errors import PipelineError
+from petlab.core.outputs import write_bytes
+from petlab.core.params import TrainViTParams
 from petlab.core.records import DESCRIBED_FILE
 from petlab.models.registry import register
 
@@ -241,3 +244,38 @@ def timm_data_config(backbone: nn.Module) -> dict:
     import timm
 
     return timm.data.resolve_model_data_config(backbone)
+
+
+def check_dvc_sees(weights_file: Path, pinned: bool, local_weights: Path) -> None:
+    """A local weights file outside `local_weights` (the backbone_weights stage's dep) could change with DVC none
+    the wiser: the stage would not run, and the probe would keep the old weights. Refused, unless
+    train_vit.weights_sha256 pins the bytes it must have."""
+    inside = weights_file.resolve().is_relative_to(local_weights.resolve())
+    if not inside and not pinned:
+        raise PipelineError(
+            f"train_vit.weights = '{weights_file}' is outside {local_weights}/, where DVC cannot see "
+            f"it change; put it in {local_weights}/ (and `dvc add` it: {local_weights}/README.md), or "
+            f"pin its bytes with train_vit.weights_sha256"
+        )
+
+
+def wanted_backbone(p: TrainViTParams, seed: int, local_weights: Path) -> dict:
+    """What identifies the weights train_vit's params ask for (the record backbone_info reads back): the model,
+    its source, and the seed of a random init or the SHA-256 of a local file (a new file at the same path is new
+    weights)."""
+    wanted = {"model": p.model, "pretrained": p.pretrained, "source": weights_source(p.model, p.pretrained, p.weights)}
+    if not p.pretrained:
+        wanted["seed"] = seed
+    elif p.weights is not None and Path(p.weights).expanduser().is_file():
+        weights_file = Path(p.weights).expanduser()
+        check_dvc_sees(weights_file, p.weights_sha256 is not None, local_weights)
+        if p.weights_sha256 is not None:
+            verify_checksum(weights_file, p.weights_sha256, "train_vit.weights_sha256")
+        wanted["source_sha256"] = file_digest(weights_file)
+    return wanted
+
+
+def save_backbone(path: Path, backbone: nn.Module, info: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    # One metadata entry of sorted JSON: the same weights and info give the same bytes.
+    write_bytes(path, save(state, metadata={BACKBONE_INFO_KEY: json.dumps(info, sort_keys=True)}))

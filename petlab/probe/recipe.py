@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from petlab.core import distributed
 from petlab.core.checksums import file_digest
 from petlab.core.device import Precision
+from petlab.core.errors import PipelineError
 from petlab.core.params import Params, TrainViTParams, to_dict
 from petlab.core.runtime import Stopwatch
 from petlab.data.dataset import PreparedData
@@ -276,3 +277,31 @@ def fine_tune_backbone(
     )
     model.load_state_dict(result.best_state)
     return loop_fit(result)
+
+
+def probe_ranks(params: Params) -> int:
+    """How many ranks train the probe: dist.nproc_per_node for the image routes (augment, unfreeze), one for the
+    head on cached features (refused under torchrun, which would start it several times). Says, once, which params
+    changed but are not used by the route train_vit takes."""
+    p = params.train_vit
+    if not p.image_route and distributed.launched_by_torchrun():
+        raise PipelineError(
+            "the probe on cached features trains in one process; run it without torchrun "
+            "(several ranks serve train_vit.augment or train_vit.unfreeze)"
+        )
+    ranks = params.dist.nproc_per_node if p.image_route else 1
+    if ranks < params.dist.nproc_per_node:
+        print(
+            "train_vit: the head on cached features trains in one process (dist.nproc_per_node serves "
+            "the augment and unfreeze routes)"
+        )
+    unused = p.unused_changes()
+    if unused and not distributed.launched_by_torchrun():  # once, before any ranks start
+        route = (
+            "the L-BFGS probe (set train_vit.solver: sgd to train the head by the loop)"
+            if p.fits_lbfgs
+            else "the training loop (c_grid and max_iter serve only solver lbfgs with a linear head on cached "
+            "features: no augment, unfreeze or mlp head)"
+        )
+        print(f"train_vit: WARNING: {', '.join(f'train_vit.{k}' for k in unused)} changed but not used by {route}")
+    return ranks

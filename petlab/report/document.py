@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from petlab.core import paths
 from petlab.core.errors import PipelineError
 from petlab.core.outputs import save_figure, timing_file
 from petlab.core.params import Params
@@ -27,7 +28,6 @@ STAGES = (
     "train_vit",
     *(f"{stage}@{m}" for stage in ("profile", "evaluate", "robustness") for m in report.MODELS),
 )
-DATA = Path("data/oxford_pets")
 
 
 def read_json(path: Path):
@@ -71,17 +71,17 @@ class Run:
 
     @classmethod
     def load(cls, root: Path, params: Params) -> Run:
-        data = root / DATA
+        data = root / paths.DATA
         species_file = data / "species.json"
         trained, histories, setup = {}, {}, {}
         for model in report.MODELS:
             # metrics/train_<model>.json with the run's record in words (petlab.train.run.save_trained)
             trained[model] = {
-                **read_json(root / f"metrics/train_{model}.json"),
-                **read_json(root / f"plots/train_{model}/run.json"),
+                **read_json(root / paths.train_metrics(model)),
+                **read_json(root / paths.train_plots(model) / "run.json"),
             }
-            history = read_csv(root / f"plots/train_{model}/history.csv")
-            times = read_csv(root / f"metrics/timing/train_{model}_epochs.csv")
+            history = read_csv(root / paths.train_plots(model) / "history.csv")
+            times = read_csv(root / paths.epoch_times(model))
             histories[model] = history.merge(times, on="epoch", validate="one_to_one")
             if len(times):
                 setup[model] = float(times["elapsed_seconds"].iloc[0] - times["seconds"].iloc[0])
@@ -90,26 +90,28 @@ class Run:
             class_names=read_json(data / "classes.json"),
             species=read_json(species_file) if species_file.is_file() else None,
             prepared=read_json(data / "report.json"),
-            sanity=read_json(root / "plots/sanity/report.json"),
+            sanity=read_json(root / paths.SANITY_PLOTS / "report.json"),
             trained=trained,
             histories=histories,
             setup_seconds=setup,
-            sweep=read_csv(root / "plots/train_vit/c_sweep.csv"),
-            probe_fit=read_json(root / "metrics/timing/train_vit_fit.json"),
-            evaluation=per_model(lambda m: read_json(root / f"metrics/evaluate/{m}.json")[m]),
-            per_class=per_model(lambda m: read_csv(root / f"plots/evaluate/per_class_{m}.csv")),
-            predictions=side_by_side(root / "plots/evaluate/predictions_test_{model}.csv", ["image", "actual"]),
-            reliability=per_model(lambda m: read_csv(root / f"plots/evaluate/reliability_{m}.csv").to_dict("records")),
-            profile=per_model(lambda m: read_json(root / f"metrics/profile/{m}.json")[m]),
-            top_ops=per_model(lambda m: read_json(root / f"plots/profile/top_ops_{m}.json")[m]),
+            sweep=read_csv(root / paths.train_plots("vit") / "c_sweep.csv"),
+            probe_fit=read_json(root / paths.FIT_TIMES),
+            evaluation=per_model(lambda m: read_json(root / paths.EVALUATE_METRICS / f"{m}.json")[m]),
+            per_class=per_model(lambda m: read_csv(root / paths.EVALUATE_PLOTS / f"per_class_{m}.csv")),
+            predictions=side_by_side(root / paths.EVALUATE_PLOTS / "predictions_test_{model}.csv", ["image", "actual"]),
+            reliability=per_model(
+                lambda m: read_csv(root / paths.EVALUATE_PLOTS / f"reliability_{m}.csv").to_dict("records")
+            ),
+            profile=per_model(lambda m: read_json(root / paths.PROFILE_METRICS / f"{m}.json")[m]),
+            top_ops=per_model(lambda m: read_json(root / paths.PROFILE_PLOTS / f"top_ops_{m}.json")[m]),
             stage_seconds={s: read_json(root / timing_file(s))["seconds"] for s in STAGES},
             batch_size={"cnn": params.train_cnn.batch_size, "vit": params.train_vit.batch_size},
-            robustness=per_model(lambda m: read_json(root / f"metrics/robustness/{m}.json")[m]),
+            robustness=per_model(lambda m: read_json(root / paths.ROBUSTNESS_METRICS / f"{m}.json")[m]),
             robustness_scores=pd.concat(
-                [read_csv(root / f"plots/robustness/scores_{m}.csv") for m in report.MODELS], ignore_index=True
+                [read_csv(root / paths.ROBUSTNESS_PLOTS / f"scores_{m}.csv") for m in report.MODELS], ignore_index=True
             ),
             robustness_predictions=side_by_side(
-                root / "plots/robustness/predictions_{model}.csv", ["image", "label", "corruption", "severity"]
+                root / paths.ROBUSTNESS_PLOTS / "predictions_{model}.csv", ["image", "label", "corruption", "severity"]
             ),
         )
 
@@ -524,7 +526,7 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
         + table(agreement, index=True)
         + "\nConfusion matrices (test, row-normalised): "
         + ", ".join(
-            link(run.root / f"plots/evaluate/confusion_{m}_normalized.png", out_dir, name)
+            link(run.root / paths.EVALUATE_PLOTS / f"confusion_{m}_normalized.png", out_dir, name)
             for m, name in report.MODELS.items()
         )
         + ".\n"
@@ -862,7 +864,7 @@ def generalisation_section(
             pick = np.sort(np.random.default_rng(params.seed).choice(wrong, count, replace=False))
             items = [
                 (
-                    run.root / DATA / run.predictions["image"].iloc[i],
+                    run.root / paths.DATA / run.predictions["image"].iloc[i],
                     f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}",
                 )
                 for i in pick

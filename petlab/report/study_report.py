@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from petlab.core import paths
 from petlab.core.calibration import MIN_TEMPERATURE_IMAGES
 from petlab.core.errors import PipelineError
 from petlab.core.metrics import per_class_rows
@@ -43,8 +44,6 @@ from petlab.report.study_stats import (
 from petlab.study.cells import (
     FEATURES_RECORD,
     MODELS,
-    PIPELINE,
-    TIMING,
     cell_path,
     decode_predictions,
     decode_values,
@@ -61,7 +60,7 @@ VERDICT_WORDS = {"probe": "probe better", "cnn": "CNN better", "undecided": "no 
 
 def read_json(path: Path) -> dict:
     if not path.is_file():
-        raise PipelineError(f"{path}: not found; run the study's cells first (dvc repro {PIPELINE})")
+        raise PipelineError(f"{path}: not found; run the study's cells first (dvc repro {paths.STUDY_PIPELINE})")
     return json.loads(path.read_text())
 
 
@@ -99,7 +98,7 @@ class Study:
         if missing:
             raise PipelineError(
                 f"{len(missing)} cells missing ({', '.join(missing[:6])}"
-                f"{', ...' if len(missing) > 6 else ''}); run them first (dvc repro {PIPELINE})"
+                f"{', ...' if len(missing) > 6 else ''}); run them first (dvc repro {paths.STUDY_PIPELINE})"
             )
         cells = {key: json.loads(path.read_text()) for key, path in paths.items()}
         for s in seeds:
@@ -108,19 +107,19 @@ class Study:
                 if (cnn["subset"], cnn["val_subset"]) != (probe["subset"], probe["val_subset"]):
                     raise PipelineError(
                         f"{paths['cnn', s, n]} and {paths['probe', s, n]} trained or selected on "
-                        f"different images; re-run the study (dvc repro {PIPELINE})"
+                        f"different images; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
                     )
                 long = json.loads(long_paths[s, n].read_text())
                 if long.get("subset") != cnn["subset"] or len(long["test_predicted"].split()) != len(labels):
                     raise PipelineError(
                         f"{long_paths[s, n]} trained on other images than {paths['cnn', s, n]} or "
-                        f"scored another test split; re-run the study (dvc repro {PIPELINE})"
+                        f"scored another test split; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
                     )
                 for m in MODELS:
                     if len(cells[m, s, n]["test_predicted"].split()) != len(labels):
                         raise PipelineError(
                             f"{paths[m, s, n]} scored another test split than {data_dir}; re-run "
-                            f"the study (dvc repro {PIPELINE})"
+                            f"the study (dvc repro {paths.STUDY_PIPELINE})"
                         )
         # A size whose subsets are those of the next larger one for every seed (no class holds that many images) is
         # that larger size again: not a point of its own on the curves, nor a conclusion of its own.
@@ -137,7 +136,11 @@ class Study:
                 larger = same_as[larger]
             same_as[n] = larger
         species_file = data_dir / "species.json"
-        timing = {p.stem: json.loads(p.read_text()) for p in sorted(TIMING.glob("*.json"))} if TIMING.is_dir() else {}
+        timing = (
+            {p.stem: json.loads(p.read_text()) for p in sorted(paths.STUDY_TIMING.glob("*.json"))}
+            if paths.STUDY_TIMING.is_dir()
+            else {}
+        )
         return cls(
             seeds,
             kept,
@@ -960,7 +963,7 @@ def header(study: Study, params: Params, names: dict[str, str], notes: dict[str,
             f"({study.num_classes} classes; test {len(study.labels)} images, the same for every cell). Seeds "
             f"{', '.join(map(str, study.seeds))}; training images per class {', '.join(size_name(n) for n in study.sizes)}, "
             f"each with selection (val) images drawn with it (study.val_per_class = {params.study.val_per_class}); each "
-            f"cell one DVC stage of {PIPELINE}. Made with {git_state}.\n",
+            f"cell one DVC stage of {paths.STUDY_PIPELINE}. Made with {git_state}.\n",
             ("\n" + merged) if merged else "",
             "\nBoth models are tuned alike: at each size, once, at the first seed, on its selection images, the CNN's "
             f"recipe from {len(grid.lr) * len(grid.weight_decay)} (lr {', '.join(f'{v:g}' for v in grid.lr)} x weight "

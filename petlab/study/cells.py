@@ -21,17 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from petlab.core import paths
 from petlab.core.errors import PipelineError
 from petlab.core.params import ALL_IMAGES, StudyParams, TrainCNNParams
 from petlab.core.stage import run_stage
 
 MODELS = ("cnn", "probe")
-PIPELINE = Path("study/dvc.yaml")  # the copy DVC runs: a study the user adds (docs/study.md, "Adding the study")
-TEMPLATE = Path("study/pipeline.yaml")  # the study's pipeline as this project ships it
-CELLS = Path("study/cells")  # one JSON per cell; features.json: the shared extraction
-TIMING = Path("study/timing")  # each cell's wall seconds and the machine it ran on: cached like the cells
-FEATURES = Path("data/study/features.pt")  # every train, val and test image through the frozen backbone, once
-FEATURES_RECORD = CELLS / "features.json"  # its wall seconds per split, the backbone's record and its GFLOPs
+FEATURES_RECORD = (
+    paths.STUDY_CELLS / "features.json"
+)  # its wall seconds per split, the backbone's record and its GFLOPs
 
 
 def size_name(size) -> str:
@@ -39,33 +37,33 @@ def size_name(size) -> str:
 
 
 def cell_path(model: str, seed: int, size: int | str) -> Path:
-    return CELLS / model / f"{seed}-{size}.json"
+    return paths.STUDY_CELLS / model / f"{seed}-{size}.json"
 
 
 def tune_path(size: str, lr: str, weight_decay: str) -> Path:
     """A tuning cell's file, named by the values as its command line gives them (as DVC writes them)."""
-    return CELLS / "cnn_tune" / size / f"{lr}-{weight_decay}.json"
+    return paths.STUDY_CELLS / "cnn_tune" / size / f"{lr}-{weight_decay}.json"
 
 
 def long_path(seed: int, size: int | str) -> Path:
     """The budget check's cell: the CNN of one seed at one size with twice its optimiser steps."""
-    return CELLS / "cnn_long" / f"{seed}-{size}.json"
+    return paths.STUDY_CELLS / "cnn_long" / f"{seed}-{size}.json"
 
 
 def probe_tune_path(size: int | str) -> Path:
     """The probe's tuning at a size: every C of study.probe_c_grid at the first seed."""
-    return CELLS / "probe_tune" / f"{size_name(size)}.json"
+    return paths.STUDY_CELLS / "probe_tune" / f"{size_name(size)}.json"
 
 
 def read_probe_tuning(size: int | str, study: StudyParams) -> dict:
     """The probe's tuning cell at a size, refused where it tried another grid than study.probe_c_grid."""
     path = probe_tune_path(size)
     if not path.is_file():
-        raise PipelineError(f"{path}: not found; run the study's tuning cells first (dvc repro {PIPELINE})")
+        raise PipelineError(f"{path}: not found; run the study's tuning cells first (dvc repro {paths.STUDY_PIPELINE})")
     tuned = json.loads(path.read_text())
     if sorted(tuned["c_grid"]) != sorted(float(c) for c in study.probe_c_grid):
         raise PipelineError(
-            f"{path} tried C {tuned['c_grid']}, not study.probe_c_grid; re-run it (dvc repro {PIPELINE})"
+            f"{path} tried C {tuned['c_grid']}, not study.probe_c_grid; re-run it (dvc repro {paths.STUDY_PIPELINE})"
         )
     return tuned
 
@@ -101,9 +99,9 @@ def pipeline_text(study: StudyParams) -> str:
     expand (`seeds: "0,1"`, a scalar, null) stopped every DVC command of the project, the main pipeline's
     `dvc status` and `dvc repro` too, with an error naming no key. A grid written only after the schema checked it
     always expands; the schema names a wrong value in one line instead."""
-    template = TEMPLATE.read_text()
+    template = paths.STUDY_TEMPLATE.read_text()
     if GRID_VARS not in template:
-        raise PipelineError(f"{TEMPLATE}: no line {GRID_VARS.strip()!r} for the study's grid to replace")
+        raise PipelineError(f"{paths.STUDY_TEMPLATE}: no line {GRID_VARS.strip()!r} for the study's grid to replace")
     grid = (
         f"  - study:  # params.yaml's study grid, as the schema accepted it\n"
         f"      seeds: {json.dumps(list(study.seeds))}\n"
@@ -112,7 +110,7 @@ def pipeline_text(study: StudyParams) -> str:
         f"weight_decay: {json.dumps(list(study.cnn_grid.weight_decay))}}}\n"
     )
     header = (
-        f"# Written by `python -m petlab.study` from {TEMPLATE} and params.yaml's study section: write it again\n"
+        f"# Written by `python -m petlab.study` from {paths.STUDY_TEMPLATE} and params.yaml's study section: write it again\n"
         "# after changing study.seeds, study.images_per_class or study.cnn_grid (the study's stages check it).\n"
     )
     return header + template.replace(GRID_VARS, grid)
@@ -122,9 +120,13 @@ def check_pipeline_copy(study: StudyParams) -> None:
     """The study runs from study/dvc.yaml as pipeline_text writes it for the current code and params: an older copy
     would run the cells with the deps of an older version of the code (and DVC would keep results the current code
     would not produce), one written for another grid would run other cells than params.yaml asks for."""
-    if PIPELINE.is_file() and TEMPLATE.is_file() and PIPELINE.read_text() != pipeline_text(study):
+    if (
+        paths.STUDY_PIPELINE.is_file()
+        and paths.STUDY_TEMPLATE.is_file()
+        and paths.STUDY_PIPELINE.read_text() != pipeline_text(study)
+    ):
         raise PipelineError(
-            f"{PIPELINE} is not the study's pipeline for this code and params.yaml's study grid (a "
+            f"{paths.STUDY_PIPELINE} is not the study's pipeline for this code and params.yaml's study grid (a "
             f"copy from an older version, or the grid changed since); write it again: "
             f"python -m petlab.study"
         )
@@ -136,10 +138,10 @@ def write_pipeline() -> None:
     from petlab.core.params import load_params
 
     study = load_params().study
-    write_text(PIPELINE, pipeline_text(study))
+    write_text(paths.STUDY_PIPELINE, pipeline_text(study))
     print(
-        f"wrote {PIPELINE}: {len(study.seeds)} seeds x {len(study.images_per_class)} sizes, {cell_count(study)} cells; "
-        f"run it with: dvc repro {PIPELINE}"
+        f"wrote {paths.STUDY_PIPELINE}: {len(study.seeds)} seeds x {len(study.images_per_class)} sizes, {cell_count(study)} cells; "
+        f"run it with: dvc repro {paths.STUDY_PIPELINE}"
     )
 
 
@@ -167,7 +169,7 @@ def run_cell(stage: str, cell: dict, main: Callable[[], None]) -> None:
 
 def timing_path(stage: str) -> Path:
     """study/timing/cnn-0-5.json for cnn@0-5: as the study's pipeline declares it."""
-    return TIMING / f"{stage.replace('@', '-')}.json"
+    return paths.STUDY_TIMING / f"{stage.replace('@', '-')}.json"
 
 
 def machine() -> str:
@@ -194,7 +196,11 @@ def progress_line(cell: dict, study: StudyParams) -> str:
     """Where a cell stands: how many of the study's cells have finished (their timing records are here), and an
     estimate of the time left: every cell still to run at the mean time of the finished cells of its kind and size
     on this machine (of its kind alone where none of its size has finished here)."""
-    records = [json.loads(p.read_text()) for p in sorted(TIMING.glob("*.json"))] if TIMING.is_dir() else []
+    records = (
+        [json.loads(p.read_text()) for p in sorted(paths.STUDY_TIMING.glob("*.json"))]
+        if paths.STUDY_TIMING.is_dir()
+        else []
+    )
     done = [r for r in records if "cell" in r and in_study(r["cell"], study) and r["cell"] != cell]
     total = cell_count(study)
     name = ", ".join(f"{k} {v}" for k, v in cell.items())
@@ -276,7 +282,7 @@ def chosen_recipe(size: int | str, study: StudyParams) -> dict:
     whose best epoch scored highest on the selection split, ties to the lower val loss (petlab.train.loop.SELECTION_RULE),
     then to the grid's order. Files of recipes no longer in the grid (an earlier study's) are left aside.
     Returns {"lr", "weight_decay", "tried": [{"lr", "weight_decay", "val_macro_f1", "val_loss"}, ...]}."""
-    folder = CELLS / "cnn_tune" / size_name(size)
+    folder = paths.STUDY_CELLS / "cnn_tune" / size_name(size)
     found = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         cell = json.loads(path.read_text())
@@ -286,7 +292,7 @@ def chosen_recipe(size: int | str, study: StudyParams) -> dict:
     if missing:
         raise PipelineError(
             f"{folder}: no tuning cell for {'; '.join(missing)}; run the study's tuning cells first "
-            f"(dvc repro {PIPELINE})"
+            f"(dvc repro {paths.STUDY_PIPELINE})"
         )
     tried = [
         {"lr": lr, "weight_decay": wd, "val_macro_f1": found[lr, wd]["macro_f1"], "val_loss": found[lr, wd]["loss"]}
