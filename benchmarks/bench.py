@@ -54,8 +54,9 @@ from petlab.prepare.synthetic import make_fake_pets
 from petlab.probe.features import load_feature_split
 from petlab.probe.logistic import fit_logistic_probe
 from petlab.probe.recipe import train_probe
-from petlab.train.loop import StepContext, fit, make_optimizer, predict, selection_key, train_step
+from petlab.train.loop import StepContext, fit, make_optimizer, predict, train_step
 from petlab.train.run import image_loader, tensor_loader
+from petlab.train.state import selection_key
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -325,8 +326,8 @@ def bench_probe_head(params: Params, size: dict) -> dict:
         head = nn.Linear(shape["features"], shape["classes"])
         result = fit(
             head,
-            tensor_loader(TensorDataset(*train), p.batch_size, True, params),
-            tensor_loader(TensorDataset(*val), p.batch_size, False, params),
+            tensor_loader(TensorDataset(*train), p.batch_size, True, seed=params.seed, loader=params.loader),
+            tensor_loader(TensorDataset(*val), p.batch_size, False, seed=params.seed, loader=params.loader),
             p,
             ctx,
             shape["classes"],
@@ -637,7 +638,7 @@ def bench_loader(prepared: PreparedData, params: Params, size: dict) -> dict:
         for _ in plain_loader(n_items, plain_train_transform(spec), batch, True, params.seed):
             pass
 
-    loader = image_loader(prepared, "train", spec, batch, True, params, CPU)
+    loader = image_loader(prepared, "train", spec, batch, True, CPU, seed=params.seed, loader=params.loader)
     iter(loader)  # start the persistent workers outside the timing, as after the first epoch
 
     def pipeline():
@@ -664,8 +665,12 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
     dataset = ImageDataset(prepared.items("test"), eval_transform(ctx.input_spec))
     decoded = [dataset[i] for i in range(len(dataset))]
     x, y = torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded])
-    batches = tensor_loader(TensorDataset(x, y), batch, False, params)  # uint8: the pipeline normalises per batch
-    float_batches = tensor_loader(TensorDataset(ctx.input_spec.normalize(x), y), batch, False, params)
+    batches = tensor_loader(
+        TensorDataset(x, y), batch, False, seed=params.seed, loader=params.loader
+    )  # uint8: the pipeline normalises per batch
+    float_batches = tensor_loader(
+        TensorDataset(ctx.input_spec.normalize(x), y), batch, False, seed=params.seed, loader=params.loader
+    )
     images = len(decoded)
     plain_model, fast_model = copy.deepcopy(model).eval(), pipeline_model(model, ctx).eval()
 
@@ -700,7 +705,7 @@ def bench_evaluate(prepared: PreparedData, params: Params, size: dict, workdir: 
             ]
 
     def cached_probe():
-        loader = tensor_loader(load_feature_split(cache, "test"), batch, False, params)
+        loader = tensor_loader(load_feature_split(cache, "test"), batch, False, seed=params.seed, loader=params.loader)
         return predict(probe_model.head, loader, StepContext(CPU, select_precision(CPU, False)))
 
     probe = add_rates(side_by_side(plain_probe, cached_probe, size["repeats"]), len(prepared.items("test")))

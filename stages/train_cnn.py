@@ -1,4 +1,4 @@
-"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.loop.SELECTION_RULE).
+"""Stage train_cnn: the small CNN from scratch; the checkpoint kept by validation (petlab.train.state.SELECTION_RULE).
 
 With dist.nproc_per_node > 1 it runs as that many ranks under torchrun (petlab/core/distributed.py).
 """

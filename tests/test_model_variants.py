@@ -18,7 +18,7 @@ ARCHS = ["simple_cnn", "mlp", "resnet", "vgg"]
 
 
 def cnn_params(**train_cnn):
-    return parse_params({"train_cnn": {"image_size": 32, "widths": [8, 16, 32], **train_cnn}})
+    return parse_params({"train_cnn": {"image_size": 32, "widths": [8, 16, 32], **train_cnn}}).train_cnn
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -85,7 +85,7 @@ def test_crop_pad_shifts_the_image_within_a_zero_border():
 
 
 def probe_params(**train_vit):
-    return parse_params({"train_vit": {"model": "test_vit", "pretrained": False, **train_vit}})
+    return parse_params({"train_vit": {"model": "test_vit", "pretrained": False, **train_vit}}).train_vit
 
 
 def test_linear_probe_trains_only_the_head():

@@ -499,9 +499,11 @@ def check_train_cnn_on_two_ranks(project: Path) -> None:
     checkpoint = torch.load(project / "models/cnn.pt", weights_only=True)
     params = load_params(project / "params.yaml")
     spec = transform_spec(checkpoint["model_config"])
-    ctx = make_context(params, params.train_cnn.amp, params.train_cnn.channels_last, spec)
+    ctx = make_context(params.device, params.train_cnn.amp, params.train_cnn.channels_last, spec)
     data = PreparedData.open(project / "data/oxford_pets")
-    loader = image_loader(data, "val", spec, params.train_cnn.batch_size, False, params, ctx.device)
+    loader = image_loader(
+        data, "val", spec, params.train_cnn.batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+    )
     model = load_trained(checkpoint).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -21,7 +21,7 @@ from petlab.core.errors import PipelineError
 from petlab.core.metrics import classification_metrics
 from petlab.core.params import TrainViTParams
 from petlab.probe.logistic import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.train.loop import selection_key
+from petlab.train.state import selection_key
 
 DEFAULT_C_GRID = TrainViTParams().c_grid
 

@@ -11,7 +11,8 @@ from petlab.core.device import Precision
 from petlab.core.params import LoaderParams, OptimParams
 from petlab.core.runtime import seed_everything
 from petlab.data.loaders import make_loader
-from petlab.train.loop import HISTORY_COLUMNS, StepContext, fit, make_optimizer, predict, selection_key, validate
+from petlab.train.loop import HISTORY_COLUMNS, StepContext, fit, make_optimizer, predict, validate
+from petlab.train.state import selection_key
 
 CPU = StepContext(torch.device("cpu"), Precision(None, False))
 

@@ -106,7 +106,7 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
         }
     )
     seed_everything(params.seed)
-    initial, _ = build_probe(params, data.num_classes)
+    initial, _ = build_probe(params.train_vit, data.num_classes)
     seed_everything(params.seed)
     trained = train_probe(params, data, tmp_path / "runs", tmp_path / "features.pt")
 
@@ -132,7 +132,7 @@ def test_fine_tuning_trains_named_parts_and_evaluates_through_images(tmp_path, f
     assert logits.shape == (len(data.items("test")), data.num_classes)
     model = trained.model.eval()
     spec = transform_spec(checkpoint["model_config"])
-    loader = image_loader(data, "test", spec, 16, False, params, torch.device("cpu"))
+    loader = image_loader(data, "test", spec, 16, False, torch.device("cpu"), seed=params.seed, loader=params.loader)
     direct, direct_labels = predict(
         model, loader, StepContext(torch.device("cpu"), Precision(None, False), input_spec=spec)
     )

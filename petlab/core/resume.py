@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from petlab.core import distributed, paths
@@ -168,3 +170,30 @@ def differences(saved: Any, current: dict) -> str:
     if changed:
         why.append("this run differs in " + ", ".join(f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed))
     return "; ".join(why)
+
+
+def rng_states(device: torch.device) -> dict:
+    """Every random number generator training draws from (dropout, mostly), in forms torch.load(weights_only) reads."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":  # this rank's GPU
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+    if device.type == "mps":
+        torch.mps.set_rng_state(states["mps"])

@@ -26,7 +26,9 @@ from petlab.train.run import image_loader, load_checkpoint_for, load_trained, te
 def image_logits(checkpoint: dict, params: Params, data: PreparedData, split: str, name: str = "cnn"):
     """A model's logits on a split's images, un-augmented, in eval mode."""
     model, ctx, spec = trained_on_device(checkpoint, params, name)
-    loader = image_loader(data, split, spec, params.evaluate.batch_size, False, params, ctx.device)
+    loader = image_loader(
+        data, split, spec, params.evaluate.batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+    )
     return predict(model, loader, ctx, desc=f"evaluate: {name} {split}")
 
 
@@ -57,7 +59,13 @@ def probe_logits(checkpoint: dict, params: Params, data: PreparedData, split: st
         return image_logits(checkpoint, params, data, split, name="vit")
     model = load_trained(checkpoint)
     ctx = StepContext(torch.device("cpu"), Precision(None, False))
-    loader = tensor_loader(feature_split(cache, split, paths.FEATURES), params.evaluate.batch_size, False, params)
+    loader = tensor_loader(
+        feature_split(cache, split, paths.FEATURES),
+        params.evaluate.batch_size,
+        False,
+        seed=params.seed,
+        loader=params.loader,
+    )
     return predict(model.head, loader, ctx, desc=f"evaluate: vit {split}")
 
 

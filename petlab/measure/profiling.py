@@ -187,7 +187,7 @@ def profile_model(
     """Profile full training steps from images; the probe's step is its frozen forward plus the head update."""
     p = params.profile
     spec = transform_spec(config)
-    loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
+    loader = image_loader(data, "train", spec, p.batch_size, True, ctx.device, seed=params.seed, loader=params.loader)
     optimizer, _ = make_optimizer(model.parameters(), optim, steps_per_epoch=1)
     scaler = ctx.precision.grad_scaler(ctx.device)  # the step the training loop runs: fp16 scales its gradients
     loss_fn = nn.CrossEntropyLoss()
@@ -218,7 +218,20 @@ def profile_model(
 def probe_costs(model, ctx: StepContext, params: Params, data: PreparedData, config: dict) -> dict:
     """The cached route's two parts: extracting features once, and one head step on cached features."""
     p = params.profile
-    x, _ = next(iter(image_loader(data, "train", transform_spec(config), p.batch_size, False, params, ctx.device)))
+    x, _ = next(
+        iter(
+            image_loader(
+                data,
+                "train",
+                transform_spec(config),
+                p.batch_size,
+                False,
+                ctx.device,
+                seed=params.seed,
+                loader=params.loader,
+            )
+        )
+    )
     x = ctx.to_device(x)
 
     def extract():
@@ -228,7 +241,7 @@ def probe_costs(model, ctx: StepContext, params: Params, data: PreparedData, con
     extraction = step_stats(time_calls(extract, ctx.device, repeats=10), len(x))
     feats = extract().float().clone()
     y = torch.randint(0, data.num_classes, (len(feats),))
-    head_ctx = StepContext(ctx.device, make_context(params, amp=False, channels_last=False).precision)
+    head_ctx = StepContext(ctx.device, make_context(params.device, amp=False, channels_last=False).precision)
     optimizer, _ = make_optimizer(model.head.parameters(), params.train_vit, steps_per_epoch=1)
     loss_fn = nn.CrossEntropyLoss()
     head = step_stats(
@@ -247,7 +260,7 @@ def profile_trained(model: str, checkpoint: Path, params: Params, data: Prepared
     trained = load_trained(saved)
     optim = params.train_cnn if model == "cnn" else params.train_vit
     ctx = make_context(
-        params,
+        params.device,
         optim.amp,
         channels_last=model == "cnn" and params.train_cnn.channels_last,
         input_spec=transform_spec(saved["model_config"]),

@@ -20,7 +20,7 @@ from torch import nn
 
 from petlab.core.errors import PipelineError
 from petlab.core.metrics import classification_metrics, rounded
-from petlab.train.loop import SELECTION_RULE, selection_key
+from petlab.train.state import SELECTION_RULE, selection_key
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression

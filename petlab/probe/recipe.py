@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import TensorDataset
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from petlab.core import distributed
@@ -22,7 +23,8 @@ from petlab.models.backbone import FrozenBackboneClassifier, load_backbone, load
 from petlab.models.registry import count_parameters
 from petlab.probe.features import extract_features, save_feature_cache
 from petlab.probe.logistic import SWEEP_COLUMNS, fit_logistic_probe
-from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, FitResult, StepContext, fit
+from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, StepContext, fit
+from petlab.train.state import FitResult
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
     from petlab.core.resume import Resume
@@ -39,7 +41,7 @@ from petlab.train.run import (
 
 
 def build_probe(
-    params: Params, num_classes: int, backbone_file: Path | None = None
+    p: TrainViTParams, num_classes: int, backbone_file: Path | None = None
 ) -> tuple[FrozenBackboneClassifier, dict]:
     """The backbone (frozen but for train_vit.unfreeze) with a fresh head, and the config that rebuilds it.
 
@@ -48,7 +50,6 @@ def build_probe(
     info.feature_cache says whether features of the backbone are fixed, so cached ones may stand for
     the images; with a fine-tuned backbone the evaluate stage must run the images through the model.
     """
-    p = params.train_vit
     if backbone_file is None:
         backbone, source = load_pretrained_backbone(p.model, p.pretrained, p.weights, p.weights_sha256)
         weights = {"pretrained": p.pretrained, "weights_source": source}
@@ -107,9 +108,9 @@ def train_probe(
     (petlab/core/resume.py); the L-BFGS probe and the loop on cached features take seconds, and restart. `on_epoch`: as
     train_cnn's, for the routes with epochs."""
     p = params.train_vit
-    model, config = build_probe(params, data.num_classes, backbone_file)
+    model, config = build_probe(params.train_vit, data.num_classes, backbone_file)
     spec = transform_spec(config)
-    ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
+    ctx = make_context(params.device, p.amp, channels_last=False, input_spec=spec)
     model.to(ctx.device)
     # The splits each route reads from the cache: a fine-tuned backbone's features change while it trains, so none;
     # the head on augmented images sees new train images at every step, so only val and test (never augmented).
@@ -118,7 +119,9 @@ def train_probe(
     cached = {
         s: extract_features(
             model.backbone,
-            image_loader(data, s, spec, p.feature_batch_size, False, params, ctx.device),
+            image_loader(
+                data, s, spec, p.feature_batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+            ),
             ctx,
             desc=f"train_vit: {s} features",
         )
@@ -188,21 +191,40 @@ def fit_head_on_cached_features(
     """The head alone (linear or mlp) by the training loop on the cached train features, kept on the cached val."""
     p = params.train_vit
     head_ctx = StepContext(device, Precision(None, False))  # a linear layer gains nothing from autocast
-    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    train_loader = tensor_loader(TensorDataset(*cached["train"]), p.batch_size, True, params)
+    val_loader = tensor_loader(
+        TensorDataset(*cached["val"]), p.batch_size, False, seed=params.seed, loader=params.loader
+    )
+    train_loader = tensor_loader(
+        TensorDataset(*cached["train"]), p.batch_size, True, seed=params.seed, loader=params.loader
+    )
+    return fit_by_loop(model.head, train_loader, val_loader, params, head_ctx, num_classes, writer, on_epoch=on_epoch)
+
+
+def fit_by_loop(
+    trained: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    params: Params,
+    ctx: StepContext,
+    num_classes: int,
+    writer: SummaryWriter | None,
+    **fit_options,
+) -> ProbeFit:
+    """A route through the training loop (petlab.train.loop.fit, with `fit_options`): `trained` (the head, or the
+    whole model) trained on train_vit's recipe and left holding the state kept on val."""
     result = fit(
-        model.head,
+        trained,
         train_loader,
         val_loader,
-        p,
-        head_ctx,
+        params.train_vit,
+        ctx,
         num_classes,
-        writer,
-        params.log.hist_every,
+        writer=writer,
+        hist_every=params.log.hist_every,
         name="train_vit",
-        on_epoch=on_epoch,
+        **fit_options,
     )
-    model.head.load_state_dict(result.best_state)
+    trained.load_state_dict(result.best_state)
     return loop_fit(result)
 
 
@@ -220,24 +242,24 @@ def fit_head_on_augmented_images(
     """The head by the training loop on augmented train images through the frozen backbone at every step, kept on
     the cached val features (val images are not augmented, so their features are fixed)."""
     p = params.train_vit
-    val_loader = tensor_loader(TensorDataset(*cached["val"]), p.batch_size, False, params)
-    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device)
-    result = fit(
+    val_loader = tensor_loader(
+        TensorDataset(*cached["val"]), p.batch_size, False, seed=params.seed, loader=params.loader
+    )
+    train_loader = image_loader(
+        data, "train", spec, p.batch_size, True, ctx.device, seed=params.seed, loader=params.loader
+    )
+    return fit_by_loop(
         model,
         train_loader,
         val_loader,
-        p,
+        params,
         ctx,
         data.num_classes,
         writer,
-        params.log.hist_every,
         eval_model=model.head,
-        name="train_vit",
         resume=resume,
         on_epoch=on_epoch,
     )
-    model.load_state_dict(result.best_state)
-    return loop_fit(result)
 
 
 def fine_tune_backbone(
@@ -253,30 +275,29 @@ def fine_tune_backbone(
     """The head and the unfrozen backbone parts (train_vit.unfreeze, at backbone_lr) by the training loop on train
     images (augmented where train_vit.augment), kept on val images."""
     p = params.train_vit
-    val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
+    val_loader = image_loader(
+        data, "val", spec, p.batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+    )
+    augment = "rrc" if p.augment else "none"
     train_loader = image_loader(
-        data, "train", spec, p.batch_size, True, params, ctx.device, "rrc" if p.augment else "none"
+        data, "train", spec, p.batch_size, True, ctx.device, augment, seed=params.seed, loader=params.loader
     )
     groups = [
         {"params": list(model.head.parameters())},
         {"params": [q for q in model.backbone.parameters() if q.requires_grad], "lr": p.backbone_lr},
     ]
-    result = fit(
+    return fit_by_loop(
         model,
         train_loader,
         val_loader,
-        p,
+        params,
         ctx,
         data.num_classes,
         writer,
-        params.log.hist_every,
-        name="train_vit",
         param_groups=groups,
         resume=resume,
         on_epoch=on_epoch,
     )
-    model.load_state_dict(result.best_state)
-    return loop_fit(result)
 
 
 def probe_ranks(params: Params) -> int:

@@ -64,6 +64,58 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def require(files: list[Path]) -> None:
+    """Refuse, naming the first few, when any of the study's cell files is missing."""
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise PipelineError(
+            f"{len(missing)} cells missing ({', '.join(missing[:6])}"
+            f"{', ...' if len(missing) > 6 else ''}); run them first (dvc repro {paths.STUDY_PIPELINE})"
+        )
+
+
+def check_same_images(
+    cells: dict, long: dict, cell_paths: dict, long_paths: dict, test_images: int, data_dir: Path
+) -> None:
+    """The cells paired in the report trained and selected on the same images (both models, and the CNN's budget
+    check), and every cell scored the same test split."""
+    for (s, n), longer in long.items():
+        cnn, probe = cells["cnn", s, n], cells["probe", s, n]
+        if (cnn["subset"], cnn["val_subset"]) != (probe["subset"], probe["val_subset"]):
+            raise PipelineError(
+                f"{cell_paths['cnn', s, n]} and {cell_paths['probe', s, n]} trained or selected on "
+                f"different images; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
+            )
+        if longer.get("subset") != cnn["subset"] or len(longer["test_predicted"].split()) != test_images:
+            raise PipelineError(
+                f"{long_paths[s, n]} trained on other images than {cell_paths['cnn', s, n]} or "
+                f"scored another test split; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
+            )
+        for m in MODELS:
+            if len(cells[m, s, n]["test_predicted"].split()) != test_images:
+                raise PipelineError(
+                    f"{cell_paths[m, s, n]} scored another test split than {data_dir}; re-run "
+                    f"the study (dvc repro {paths.STUDY_PIPELINE})"
+                )
+
+
+def repeated_sizes(cells: dict, seeds: list[int], sizes: list) -> tuple[dict, list]:
+    """A size whose subsets are those of the next larger one for every seed (no class holds that many images) is
+    that larger size again: not a point of its own on the curves, nor a conclusion of its own. Returns each such
+    size with the largest size it repeats, and the sizes kept."""
+    same_as, kept = {}, []
+    for n, larger in zip(sizes, sizes[1:] + [None]):
+        if larger is not None and all(cells["cnn", s, n]["subset"] == cells["cnn", s, larger]["subset"] for s in seeds):
+            same_as[n] = larger
+        else:
+            kept.append(n)
+    for n, larger in list(same_as.items()):  # 10 -> 25 -> all: name the last
+        while larger in same_as:
+            larger = same_as[larger]
+        same_as[n] = larger
+    return same_as, kept
+
+
 @dataclass
 class Study:
     """Every cell of the ladder, read back, with what the report needs about the data and the backbone."""
@@ -87,54 +139,14 @@ class Study:
         labels = np.array([label for _, label in data.items("test")])
         seeds = list(params.study.seeds)
         sizes = sorted(params.study.images_per_class, key=lambda n: float("inf") if n == ALL_IMAGES else n)
-        paths = {(m, s, n): cell_path(m, s, n) for m in MODELS for s in seeds for n in sizes}
+        cell_paths = {(m, s, n): cell_path(m, s, n) for m in MODELS for s in seeds for n in sizes}
         long_paths = {(s, n): long_path(s, n) for s in seeds for n in sizes}
         tune_paths = {n: probe_tune_path(n) for n in sizes}
-        missing = [
-            str(p)
-            for p in [*paths.values(), *long_paths.values(), *tune_paths.values(), FEATURES_RECORD]
-            if not p.is_file()
-        ]
-        if missing:
-            raise PipelineError(
-                f"{len(missing)} cells missing ({', '.join(missing[:6])}"
-                f"{', ...' if len(missing) > 6 else ''}); run them first (dvc repro {paths.STUDY_PIPELINE})"
-            )
-        cells = {key: json.loads(path.read_text()) for key, path in paths.items()}
-        for s in seeds:
-            for n in sizes:
-                cnn, probe = cells["cnn", s, n], cells["probe", s, n]
-                if (cnn["subset"], cnn["val_subset"]) != (probe["subset"], probe["val_subset"]):
-                    raise PipelineError(
-                        f"{paths['cnn', s, n]} and {paths['probe', s, n]} trained or selected on "
-                        f"different images; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
-                    )
-                long = json.loads(long_paths[s, n].read_text())
-                if long.get("subset") != cnn["subset"] or len(long["test_predicted"].split()) != len(labels):
-                    raise PipelineError(
-                        f"{long_paths[s, n]} trained on other images than {paths['cnn', s, n]} or "
-                        f"scored another test split; re-run the study (dvc repro {paths.STUDY_PIPELINE})"
-                    )
-                for m in MODELS:
-                    if len(cells[m, s, n]["test_predicted"].split()) != len(labels):
-                        raise PipelineError(
-                            f"{paths[m, s, n]} scored another test split than {data_dir}; re-run "
-                            f"the study (dvc repro {paths.STUDY_PIPELINE})"
-                        )
-        # A size whose subsets are those of the next larger one for every seed (no class holds that many images) is
-        # that larger size again: not a point of its own on the curves, nor a conclusion of its own.
-        same_as, kept = {}, []
-        for n, larger in zip(sizes, sizes[1:] + [None]):
-            if larger is not None and all(
-                cells["cnn", s, n]["subset"] == cells["cnn", s, larger]["subset"] for s in seeds
-            ):
-                same_as[n] = larger
-            else:
-                kept.append(n)
-        for n, larger in list(same_as.items()):  # 10 -> 25 -> all: name the last
-            while larger in same_as:
-                larger = same_as[larger]
-            same_as[n] = larger
+        require([*cell_paths.values(), *long_paths.values(), *tune_paths.values(), FEATURES_RECORD])
+        cells = {key: json.loads(path.read_text()) for key, path in cell_paths.items()}
+        long = {k: json.loads(p.read_text()) for k, p in long_paths.items()}
+        check_same_images(cells, long, cell_paths, long_paths, len(labels), data_dir)
+        same_as, kept = repeated_sizes(cells, seeds, sizes)
         species_file = data_dir / "species.json"
         timing = (
             {p.stem: json.loads(p.read_text()) for p in sorted(paths.STUDY_TIMING.glob("*.json"))}
@@ -145,7 +157,7 @@ class Study:
             seeds,
             kept,
             cells,
-            {k: json.loads(p.read_text()) for k, p in long_paths.items()},
+            long,
             {n: json.loads(p.read_text()) for n, p in tune_paths.items()},
             labels,
             data.class_names,

@@ -22,14 +22,14 @@ def overfit_both(params: Params, data: PreparedData, items: list, backbone: Path
     batches, in fp32 for both: this checks learning, not speed."""
     s = params.sanity
     with tensorboard(log_dir) as writer:
-        config = cnn_config(params, data.num_classes)
-        ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
+        config = cnn_config(params.train_cnn, data.num_classes)
+        ctx = make_context(params.device, amp=False, channels_last=False, input_spec=transform_spec(config))
         cnn = create_model({**config, "dropout": 0.0}).to(ctx.device)
         cnn_batches = image_batches(items, ctx.input_spec, s.batch_size)
         result = {"cnn": overfit(cnn, cnn_batches, ctx, s.lr, s.max_steps, writer, "cnn")}
 
-        probe, config = build_probe(params, data.num_classes, backbone)
-        ctx = make_context(params, amp=False, channels_last=False, input_spec=transform_spec(config))
+        probe, config = build_probe(params.train_vit, data.num_classes, backbone)
+        ctx = make_context(params.device, amp=False, channels_last=False, input_spec=transform_spec(config))
         probe.to(ctx.device)
         with torch.no_grad():  # inference tensors could not be trained on below
             feature_batches = [

@@ -279,7 +279,7 @@ def recipe(optim: TrainCNNParams, lr: float, weight_decay: float) -> TrainCNNPar
 
 def chosen_recipe(size: int | str, study: StudyParams) -> dict:
     """The CNN recipe kept at a size: of its tuning cells (one per lr x weight_decay of study.cnn_grid), the one
-    whose best epoch scored highest on the selection split, ties to the lower val loss (petlab.train.loop.SELECTION_RULE),
+    whose best epoch scored highest on the selection split, ties to the lower val loss (petlab.train.state.SELECTION_RULE),
     then to the grid's order. Files of recipes no longer in the grid (an earlier study's) are left aside.
     Returns {"lr", "weight_decay", "tried": [{"lr", "weight_decay", "val_macro_f1", "val_loss"}, ...]}."""
     folder = paths.STUDY_CELLS / "cnn_tune" / size_name(size)

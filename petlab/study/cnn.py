@@ -177,10 +177,12 @@ def scored(trained: TrainedModel, params: Params, data: PreparedData, subsets: S
     subset and the test split: scores, test predictions, calibration (petlab.study.cells.calibration_record) and what
     its training cost in forward passes."""
     spec = transform_spec(trained.config)
-    ctx = make_context(params, budget.amp, budget.channels_last, spec)
+    ctx = make_context(params.device, budget.amp, budget.channels_last, spec)
 
     def logits_of(images: PreparedData, split: str):
-        loader = image_loader(images, split, spec, budget.batch_size, False, params, ctx.device)
+        loader = image_loader(
+            images, split, spec, budget.batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+        )
         return predict(trained.model, loader, ctx, desc=f"study cnn: {split}")
 
     train_logits, train_labels = logits_of(subsets, "train")

@@ -38,14 +38,16 @@ def extract_study_features(params: Params, data: PreparedData, backbone: Path) -
             "train_vit.augment and train_vit.unfreeze change the features every step; the study's "
             "probe is the linear probe on features extracted once (augment false, unfreeze [])"
         )
-    model, config = build_probe(params, data.num_classes, backbone)
+    model, config = build_probe(params.train_vit, data.num_classes, backbone)
     spec = transform_spec(config)
-    ctx = make_context(params, p.amp, channels_last=False, input_spec=spec)
+    ctx = make_context(params.device, p.amp, channels_last=False, input_spec=spec)
     model.to(ctx.device)
     features, seconds = {}, {}
     for split in SPLITS:
         clock = Stopwatch()
-        loader = image_loader(data, split, spec, p.feature_batch_size, False, params, ctx.device)
+        loader = image_loader(
+            data, split, spec, p.feature_batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+        )
         features[split] = extract_features(model.backbone, loader, ctx, desc=f"study_features: {split}")
         seconds[split] = clock.seconds()
     images = {split: [path.relative_to(data.root).as_posix() for path, _ in data.items(split)] for split in SPLITS}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from petlab.core import distributed
-from petlab.core.params import Params, to_dict
+from petlab.core.params import Params, TrainCNNParams, to_dict
 from petlab.data.dataset import PreparedData
 from petlab.data.transforms import TransformSpec
 from petlab.models.registry import count_parameters, create_model
@@ -27,8 +27,8 @@ from petlab.train.run import (
 )
 
 
-def cnn_config(params: Params, num_classes: int) -> dict:
-    p = params.train_cnn
+def cnn_config(p: TrainCNNParams, num_classes: int) -> dict:
+    """The config a CNN is built from (petlab.models.registry.create_model) and its checkpoint records."""
     # crop_pad trains on the whole image, so evaluation must not crop into it (crop_pct 1).
     spec = TransformSpec(size=p.image_size, crop_pct=1.0 if p.augment == "crop_pad" else 0.875)
     config = {
@@ -55,14 +55,18 @@ def train_cnn(
     """`resume`: where its end-of-epoch checkpoint is kept, and continued from (petlab/core/resume.py); `name` leads its
     progress lines; `on_epoch` is called after every epoch (petlab.train.loop.fit, progress_writer)."""
     p = params.train_cnn
-    config = cnn_config(params, data.num_classes)
+    config = cnn_config(p, data.num_classes)
     spec = transform_spec(config)
-    ctx = make_context(params, p.amp, p.channels_last, spec)
+    ctx = make_context(params.device, p.amp, p.channels_last, spec)
     model = create_model(config).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader = image_loader(data, "train", spec, p.batch_size, True, params, ctx.device, p.augment)
-    val_loader = image_loader(data, "val", spec, p.batch_size, False, params, ctx.device)
+    train_loader = image_loader(
+        data, "train", spec, p.batch_size, True, ctx.device, p.augment, seed=params.seed, loader=params.loader
+    )
+    val_loader = image_loader(
+        data, "val", spec, p.batch_size, False, ctx.device, seed=params.seed, loader=params.loader
+    )
     with tensorboard(log_dir) as writer:
         result = fit(
             model,
@@ -71,8 +75,8 @@ def train_cnn(
             p,
             ctx,
             data.num_classes,
-            writer,
-            params.log.hist_every,
+            writer=writer,
+            hist_every=params.log.hist_every,
             name=name,
             resume=resume,
             on_epoch=on_epoch,

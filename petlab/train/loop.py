@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -19,10 +16,10 @@ from tqdm import tqdm
 
 from petlab.core import distributed
 from petlab.core.device import Precision
-from petlab.core.metrics import classification_metrics, rounded
+from petlab.core.metrics import classification_metrics
 from petlab.core.params import OptimParams
-from petlab.data.loaders import EpochSampler
 from petlab.data.transforms import TransformSpec
+from petlab.train.state import FitResult, TrainingState
 
 if TYPE_CHECKING:  # fit only calls its load and save: the loop knows nothing of stages or dvc.yaml
     from petlab.core.resume import Resume
@@ -41,18 +38,6 @@ HISTORY_COLUMNS = [
     "val_top5_accuracy",
     "lr",
 ]
-
-SELECTION_RULE = "highest val macro-F1, ties broken by lower val loss"
-
-
-def selection_key(val: dict[str, float]) -> tuple[float, float]:
-    """What model selection maximises, for epochs and for a probe's regularisation alike (SELECTION_RULE).
-
-    On a small val set many epochs give the same predictions, so the same macro-F1: keeping the earliest of
-    them keeps an under-trained model. The val loss still tells them apart, and prefers the one that fits
-    val better.
-    """
-    return val["macro_f1"], -val["loss"]
 
 
 @dataclass
@@ -255,17 +240,6 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn, ctx: StepContext, nu
     return metrics
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_val: dict[str, float]
-    best_state: dict[str, torch.Tensor]
-    history: list[dict] = field(default_factory=list)
-    steps_per_epoch: int = 0
-    # Wall seconds of each epoch (training and validation): kept out of `history`, which must repeat byte for byte.
-    epoch_seconds: list[float] = field(default_factory=list)
-
-
 # Called after every epoch with the history so far and the best so far (fit's `on_epoch`).
 EpochCallback = Callable[[list[dict], "FitResult"], None]
 
@@ -277,6 +251,7 @@ def fit(
     optim: OptimParams,
     ctx: StepContext,
     num_classes: int,
+    *,
     writer=None,
     hist_every: int = 0,
     eval_model: nn.Module | None = None,
@@ -291,57 +266,25 @@ def fit(
     on cached features while training on augmented images); it must share the trained weights.
     `param_groups` gives parts of the model their own lr (a fine-tuned backbone); default: all at optim.lr.
     `resume`: where the state after every epoch is kept, and continued from by the next call after an
-    interruption (petlab/core/resume.py); the result is the same, byte for byte, as that of an uninterrupted call.
-    `on_epoch(history, best)`: called on rank 0 after every epoch with the rows so far and the best so far
-    (the stages write them, so DVC's views move while a model trains).
+    interruption (petlab.train.state.TrainingState); the result is the same, byte for byte, as that of an
+    uninterrupted call. `on_epoch(history, best)`: called on rank 0 after every epoch with the rows so far and the
+    best so far (the stages write them, so DVC's views move while a model trains).
     """
-    eval_model = eval_model or model
-    n_train = len(train_loader.dataset)
-    if train_loader.batch_size > n_train and distributed.is_main():  # then the whole split is one batch
-        print(
-            f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
-            f"samples: one full-batch step per epoch, {optim.epochs} steps in all",
-            flush=True,
-        )
+    warn_full_batch(train_loader, optim.epochs, name)
     optimizer, scheduler = make_optimizer(param_groups or model.parameters(), optim, len(train_loader))
     scaler = ctx.precision.grad_scaler(ctx.device)
+    state = TrainingState(model, optimizer, scheduler, scaler, {"train": train_loader, "val": val_loader}, ctx)
+    if state.resume_from(resume) and writer is not None:
+        for row in state.history:
+            log_epoch(writer, model, row, 0)  # the logs of the epochs before, but for their histograms
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
-    loaders = {"train": train_loader, "val": val_loader}
-    # What a checkpoint must have been made on besides the stage's inputs: results differ across these.
-    run = {
-        "device": ctx.device.type,
-        "precision": ctx.precision.name,
-        "channels_last": ctx.channels_last,
-        "ranks": distributed.world_size(),
-        "torch": str(torch.__version__),
-        "steps_per_epoch": len(train_loader),
-        "rng_per_rank": True,
-    }
-    saved = load_training_state(resume, run)
-    best: FitResult | None = None
-    best_key = None
-    history, epoch_seconds, done = [], [], 0
-    if saved is not None:
-        done, history, epoch_seconds = saved["epoch"], saved["history"], saved["epoch_seconds"]
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["schedule"])
-        if scaler is not None:
-            scaler.load_state_dict(saved["scaler"])
-        kept = saved["best"]
-        best, best_key = FitResult(kept["epoch"], kept["val"], kept["state"]), tuple(kept["key"])
-        for split, loader in loaders.items():
-            if isinstance(loader.sampler, EpochSampler):  # the next epoch's order and augmentations
-                loader.sampler.epoch = saved["sampler_epochs"][split]
-        resume.say(f"resumed after epoch {done} ({resume.path})")
-        for row in history if writer is not None else ():
-            log_epoch(writer, model, row, 0)  # the logs of the epochs before, but for their histograms
-        # Last: nothing else may draw random numbers before the next epoch. Each rank its own (they draw apart).
-        set_rng_states(saved["rng"][distributed.rank()], ctx.device)
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed
     epochs = tqdm(
-        range(done + 1, optim.epochs + 1), desc=f"{name}: epochs", unit="epoch", disable=distributed.tqdm_disable()
+        range(state.epoch + 1, optim.epochs + 1),
+        desc=f"{name}: epochs",
+        unit="epoch",
+        disable=distributed.tqdm_disable(),
     )
     for epoch in epochs:
         started = time.perf_counter()
@@ -349,100 +292,37 @@ def fit(
         train_m = train_one_epoch(
             train_model, train_loader, optimizer, loss_fn, ctx, num_classes, scaler, desc=f"{name}: epoch {epoch}"
         )
-        val_m = validate(eval_model, val_loader, val_loss_fn, ctx, num_classes)
+        val_m = validate(eval_model or model, val_loader, val_loss_fn, ctx, num_classes)
         scheduler.epoch_end(val_m["loss"])
-        epoch_seconds.append(round(time.perf_counter() - started, 3))
-        row = rounded(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                **{f"train_{k}": v for k, v in train_m.items() if k != "top5_accuracy"},
-                **{f"val_{k}": v for k, v in val_m.items()},
-            }
-        )
-        history.append(row)
-        if best is None or selection_key(val_m) > best_key:
-            best, best_key = FitResult(epoch, rounded(val_m), copy.deepcopy(model.state_dict())), selection_key(val_m)
-        # Every rank's generators, gathered on all of them (a collective), written by rank 0 alone.
-        rng = distributed.gather_objects(rng_states(ctx.device)) if resume is not None else None
-        if resume is not None and distributed.is_main():  # saved before the epoch's line: once it shows, it is kept
-            resume.save(
-                run,
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng,
-                    "history": history,
-                    "epoch_seconds": epoch_seconds,
-                    "sampler_epochs": {
-                        split: getattr(loader.sampler, "epoch", None) for split, loader in loaders.items()
-                    },
-                    "best": {
-                        "epoch": best.best_epoch,
-                        "val": best.best_val,
-                        "key": list(best_key),
-                        "state": best.best_state,
-                    },
-                },
-            )
+        row = state.end_epoch(epoch, lr, train_m, val_m, round(time.perf_counter() - started, 3))
+        state.save(resume)  # before the epoch's line: once it shows, it is kept
         if on_epoch is not None and distributed.is_main():
-            on_epoch(history, best)
-        epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
-        # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
-        if epochs.disable and distributed.is_main():
-            print(
-                f"{name}: epoch {epoch}/{optim.epochs} train_loss {train_m['loss']:.4f} val_loss "
-                f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
-                flush=True,
-            )
+            on_epoch(state.history, state.best)
+        show_epoch(epochs, name, epoch, optim.epochs, train_m, val_m)
         if writer is not None:
             log_epoch(writer, model, row, hist_every)
-    best.history, best.steps_per_epoch, best.epoch_seconds = history, len(train_loader), epoch_seconds
-    return best
+    return state.result()
 
 
-def load_training_state(resume: Resume | None, run: dict) -> dict | None:
-    """The state a checkpoint holds, if it was made from this run's inputs, on every rank or on none."""
-    saved = resume.load(run) if resume is not None else None
-    if distributed.world_size() > 1:  # a rank that cannot read it (another node's disk) would train apart
-        epochs = distributed.gather_shards(torch.tensor([saved["epoch"] if saved is not None else -1]))
-        if len(set(epochs.tolist())) > 1:
-            resume.say(
-                "starting from scratch: the ranks did not all find the same checkpoint "
-                f"(after epochs {sorted(set(epochs.tolist()))}, -1: none)"
-            )
-            return None
-    return saved
+def warn_full_batch(train_loader: DataLoader, epochs: int, name: str) -> None:
+    n_train = len(train_loader.dataset)
+    if train_loader.batch_size > n_train and distributed.is_main():  # then the whole split is one batch
+        print(
+            f"{name}: WARNING: batch_size {train_loader.batch_size} is larger than the {n_train} training "
+            f"samples: one full-batch step per epoch, {epochs} steps in all",
+            flush=True,
+        )
 
 
-def rng_states(device: torch.device) -> dict:
-    """Every random number generator training draws from (dropout, mostly), in forms torch.load(weights_only) reads."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    states = {
-        "python": random.getstate(),
-        "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":  # this rank's GPU
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    if device.type == "mps":
-        states["mps"] = torch.mps.get_rng_state()
-    return states
-
-
-def set_rng_states(states: dict, device: torch.device) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"], device)
-    if device.type == "mps":
-        torch.mps.set_rng_state(states["mps"])
+def show_epoch(epochs: tqdm, name: str, epoch: int, total: int, train_m: dict, val_m: dict) -> None:
+    epochs.set_postfix(val_acc=f"{val_m['accuracy']:.3f}", val_f1=f"{val_m['macro_f1']:.3f}")
+    # No progress bar (not a terminal: CI, logs): one line per epoch instead, from rank 0 only.
+    if epochs.disable and distributed.is_main():
+        print(
+            f"{name}: epoch {epoch}/{total} train_loss {train_m['loss']:.4f} val_loss "
+            f"{val_m['loss']:.4f} val_accuracy {val_m['accuracy']:.4f} val_macro_f1 {val_m['macro_f1']:.4f}",
+            flush=True,
+        )
 
 
 def log_epoch(writer, model: nn.Module, row: dict, hist_every: int) -> None:

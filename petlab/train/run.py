@@ -18,13 +18,14 @@ from petlab.core import distributed
 from petlab.core.device import select_device, select_precision
 from petlab.core.errors import PipelineError
 from petlab.core.outputs import WRITE_ERRNOS, load_torch, naming_failed_writes, save_torch, write_csv, write_json
-from petlab.core.params import Params, load_params
+from petlab.core.params import LoaderParams, Params, load_params
 from petlab.core.runtime import keep_freed_memory, seed_everything, share_cpu
 from petlab.data.dataset import ImageDataset, PreparedData
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import TransformSpec, eval_transform, train_transform
 from petlab.models.registry import create_model
-from petlab.train.loop import HISTORY_COLUMNS, SELECTION_RULE, EpochCallback, FitResult, StepContext
+from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, StepContext
+from petlab.train.state import SELECTION_RULE, FitResult
 
 if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
     pass
@@ -65,12 +66,11 @@ def setup_stage(data_dir: Path) -> tuple[Params, PreparedData]:
     return params, PreparedData.open(data_dir)
 
 
-def make_context(
-    params: Params, amp: bool, channels_last: bool, input_spec: TransformSpec | None = None
-) -> StepContext:
-    """`input_spec`: how the model's image batches are normalised (None where it is fed features)."""
-    device = select_device(params.device)
-    return StepContext(device, select_precision(device, amp), channels_last and device.type != "mps", input_spec)
+def make_context(device: str, amp: bool, channels_last: bool, input_spec: TransformSpec | None = None) -> StepContext:
+    """`device`: the params' choice (petlab.core.device.select_device); `input_spec`: how the model's image batches
+    are normalised (None where it is fed features)."""
+    chosen = select_device(device)
+    return StepContext(chosen, select_precision(chosen, amp), channels_last and chosen.type != "mps", input_spec)
 
 
 def image_loader(
@@ -79,17 +79,23 @@ def image_loader(
     spec: TransformSpec,
     batch_size: int,
     train: bool,
-    params: Params,
     device: torch.device,
     augment: str = "rrc",
+    *,
+    seed: int,
+    loader: LoaderParams,
 ) -> DataLoader:
+    """A split's images through the model's train (augmented by `augment`) or evaluation transform, batched; `seed`
+    orders and augments them, `loader` says how they are read (workers, pinned memory)."""
     transform = train_transform(spec, augment) if train else eval_transform(spec)
-    dataset = ImageDataset(data.items(split), transform, seed=params.seed)
-    return make_loader(dataset, batch_size, train, params.seed, device, params.loader)
+    dataset = ImageDataset(data.items(split), transform, seed=seed)
+    return make_loader(dataset, batch_size, train, seed, device, loader)
 
 
-def tensor_loader(dataset: TensorDataset, batch_size: int, train: bool, params: Params) -> DataLoader:
-    return make_loader(dataset, batch_size, train, params.seed, torch.device("cpu"), params.loader)
+def tensor_loader(
+    dataset: TensorDataset, batch_size: int, train: bool, *, seed: int, loader: LoaderParams
+) -> DataLoader:
+    return make_loader(dataset, batch_size, train, seed, torch.device("cpu"), loader)
 
 
 def transform_spec(config: dict) -> TransformSpec:
@@ -232,7 +238,7 @@ def trained_on_device(checkpoint: dict, params: Params, name: str) -> tuple[nn.M
     train_vit's amp), the CNN in channels_last where it trained so; with its input transform. `name`: cnn or vit."""
     optim = params.train_cnn if name == "cnn" else params.train_vit
     spec = transform_spec(checkpoint["model_config"])
-    ctx = make_context(params, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
+    ctx = make_context(params.device, optim.amp, name == "cnn" and params.train_cnn.channels_last, spec)
     model = load_trained(checkpoint).to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
