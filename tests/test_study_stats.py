@@ -17,6 +17,7 @@ from petlab.report.study_stats import (
     TRAINED,
     UNDERTRAINED,
     Comparison,
+    better_model,
     budget_verdict,
     clopper_pearson,
     combine,
@@ -33,7 +34,6 @@ from petlab.report.study_stats import (
     seed_sd_range,
     seeds_needed,
     variance_from_test_sampling,
-    verdict,
 )
 
 CLASSES = 6
@@ -119,7 +119,7 @@ def test_interval_coverage_holds_at_its_level_in_studies_like_the_real_ones(
         for metric in truth:
             c = compare(labels, cnn, probe, metric, classes)
             covered[metric] += c.interval[0] <= truth[metric] <= c.interval[1]
-            decided[metric] += verdict(c) != "undecided"
+            decided[metric] += better_model(c) != "undecided"
     for metric in truth:
         assert covered[metric] / STUDIES >= 0.93, (metric, covered[metric] / STUDIES)
         if difference == 0:
@@ -137,8 +137,8 @@ def test_the_family_over_sizes_names_no_false_winner_more_than_five_percent_of_t
             labels, cnn, probe = simulated_study(rng, 3, 600, 0.0, 0.02)
             verdicts.append(
                 (
-                    verdict(compare(labels, cnn, probe, "macro_f1", CLASSES, level=family_level(4))),
-                    verdict(compare(labels, cnn, probe, "macro_f1", CLASSES)),
+                    better_model(compare(labels, cnn, probe, "macro_f1", CLASSES, level=family_level(4))),
+                    better_model(compare(labels, cnn, probe, "macro_f1", CLASSES)),
                 )
             )
         family += any(v != "undecided" for v, _ in verdicts)
@@ -274,9 +274,9 @@ def comparison(low: float, high: float, seed_sd: float = 0.01, test_se: float = 
 
 
 def test_verdict_rests_on_the_interval():
-    assert verdict(comparison(0.02, 0.10)) == "probe"
-    assert verdict(comparison(-0.10, -0.02)) == "cnn"
-    assert verdict(comparison(-0.01, 0.10)) == "undecided"
+    assert better_model(comparison(0.02, 0.10)) == "probe"
+    assert better_model(comparison(-0.10, -0.02)) == "cnn"
+    assert better_model(comparison(-0.01, 0.10)) == "undecided"
 
 
 def test_crossing_rule():

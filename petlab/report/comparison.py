@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 
 from petlab.core.metrics import confusion, macro_f1_rows, reports_top_k
 from petlab.report import verdict
+from petlab.report.formats import points
 
 PROPER_SCORES = ("nll", "brier")  # per-image columns of plots/evaluate/predictions_test_<model>.csv
 MODELS = {"cnn": "CNN", "vit": "Probe"}  # in tables; figures and section 1 name each for what it is
@@ -345,12 +346,8 @@ def bottleneck(data_wait_share: float) -> str:
 # ---------------------------------------------------------------- conclusions
 
 
-def points(value: float) -> str:
-    return f"{abs(value) * 100:.1f} points"
-
-
 def interval(low: float, high: float) -> str:
-    return f"95% CI [{low * 100:+.1f}, {high * 100:+.1f}]"
+    return f"95% CI [{points(low)}, {points(high)}]"
 
 
 def p_value(p: float) -> str:
@@ -369,14 +366,14 @@ def comparison_sentence(metric: str, difference: tuple[float, float, float], mcn
         if estimate < 0:  # the interval of CNN - probe, so that both bounds read as the CNN's lead
             low, high = -high, -low
         sentence = (
-            f"The {better} is better than the {worse} on test {name} by {points(estimate)} "
+            f"The {better} is better than the {worse} on test {name} by {points(abs(estimate), signed=False, unit=True)} "
             f"({better} - {worse}: {interval(low, high)}{test})."
         )
         if mcnemar and mcnemar["p_value"] >= SIGNIFICANCE:
             sentence += " The paired test does not confirm it: a borderline difference."
         return sentence
     sentence = (
-        f"No significant difference on test {name}: probe - CNN = {estimate * 100:+.1f} points, "
+        f"No significant difference on test {name}: probe - CNN = {points(estimate)} points, "
         f"{interval(low, high)} holds zero{test}."
     )
     if mcnemar and mcnemar["p_value"] < SIGNIFICANCE:

@@ -18,6 +18,7 @@ from petlab.core.records import TOP_OPS_TIME, peak_memory_metric, weights_label
 from petlab.figures import plots
 from petlab.report import comparison as report
 from petlab.report import verdict
+from petlab.report.formats import percent, points
 
 # backbone_weights runs (and times itself) on every `dvc repro`; depending on that time would re-run the report.
 # The stages whose wall time the cost section shares out, as DVC names them (the per-model ones as STAGE@MODEL).
@@ -208,14 +209,10 @@ class Run:
 # ---------------------------------------------------------------- formatting
 
 
-def pct(value: float) -> str:
-    return f"{value * 100:.2f}"
-
-
 def with_interval(estimate: float, low: float, high: float, signed: bool = False) -> str:
     if signed:
-        return f"{estimate * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
-    return f"{pct(estimate)} [{pct(low)}, {pct(high)}]"
+        return f"{points(estimate, 2)} [{points(low, 2)}, {points(high, 2)}]"
+    return f"{percent(estimate, 2)} [{percent(low, 2)}, {percent(high, 2)}]"
 
 
 def table(frame: pd.DataFrame, index: bool = False) -> str:
@@ -504,7 +501,7 @@ def results_section(run: Run, results: dict, mcnemar: dict, predictions: report.
                 "metric": label,
                 **{f"{name} test": with_interval(*results[metric][m]) for m, name in report.MODELS.items()},
                 "Probe - CNN": with_interval(*results[metric]["difference"], signed=True),
-                **{f"{name} val": pct(run.evaluation[m]["val"][metric]) for m, name in report.MODELS.items()},
+                **{f"{name} val": percent(run.evaluation[m]["val"][metric], 2) for m, name in report.MODELS.items()},
             }
         )
     n = len(predictions.labels)
@@ -554,7 +551,7 @@ def convergence_section(
         common.append(
             {
                 "model": name,
-                "best val macro-F1 (%)": pct(target["best"][m]),
+                "best val macro-F1 (%)": percent(target["best"][m], 2),
                 "reaches the target": "no"
                 if reached is None
                 else ("after its whole fit" if reached["epoch"] is None else f"at epoch {reached['epoch']}"),
@@ -592,8 +589,8 @@ def convergence_section(
             else ""
         )
         + "\n\n",
-        f"Training compute to a common target, fixed in advance: val macro-F1 {verdict.pct(target['target'])}, half "
-        f"the way from chance ({verdict.pct(verdict.chance(run.num_classes))}) to 100%. Compute is counted, not timed "
+        f"Training compute to a common target, fixed in advance: val macro-F1 {percent(target['target'], unit=True)}, half "
+        f"the way from chance ({percent(verdict.chance(run.num_classes), unit=True)}) to 100%. Compute is counted, not timed "
         "(the same on any machine, under any load): a training pass of an image costs about 3 forward passes "
         "(forward and backward) of the model's counted FLOPs per image (section 5), validation is not counted"
         + (
@@ -623,7 +620,7 @@ def lbfgs_probe(run: Run) -> str:
         ["c", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "iterations", "converged"]
     ].copy()
     for column in ("train_accuracy", "val_accuracy", "val_macro_f1"):
-        sweep[column] = sweep[column].map(pct)
+        sweep[column] = sweep[column].map(lambda v: percent(v, 2))
     kept = report.is_kept(sweep, vit["selected_c"])
     sweep["c"] = [f"**{c:g}**" if k else f"{c:g}" for c, k in zip(sweep["c"], kept)]
     sweep = sweep.rename(columns={"c": "C", "val_macro_f1": "val macro-F1"})
@@ -650,15 +647,15 @@ def lbfgs_probe(run: Run) -> str:
 
 def fit_part(run: Run) -> str:
     """From the training images to new ones: each model's train and test accuracy and its regime."""
-    fitted = verdict.pct(verdict.level_at(verdict.FITTED_SKILL, run.num_classes))
+    fitted = percent(verdict.level_at(verdict.FITTED_SKILL, run.num_classes), unit=True)
     rows = [
         {
             "model": name,
             "kept": run.kept(m),
-            "train accuracy (%)": pct(run.evaluation[m]["train"]["accuracy"]),
-            "test accuracy (%)": pct(run.evaluation[m]["test"]["accuracy"]),
-            "train - test (points)": f"{(run.evaluation[m]['train']['accuracy'] - run.evaluation[m]['test']['accuracy']) * 100:+.2f}",
-            "val - test (points)": f"{(run.evaluation[m]['val']['accuracy'] - run.evaluation[m]['test']['accuracy']) * 100:+.2f}",
+            "train accuracy (%)": percent(run.evaluation[m]["train"]["accuracy"], 2),
+            "test accuracy (%)": percent(run.evaluation[m]["test"]["accuracy"], 2),
+            "train - test (points)": f"{points((run.evaluation[m]['train']['accuracy'] - run.evaluation[m]['test']['accuracy']), 2)}",
+            "val - test (points)": f"{points((run.evaluation[m]['val']['accuracy'] - run.evaluation[m]['test']['accuracy']), 2)}",
             "regime": verdict.regime(*run.fit(m), run.num_classes),
         }
         for m, name in report.MODELS.items()
@@ -690,7 +687,7 @@ def calibration_part(run: Run, general: dict, labels: dict[str, str], out_dir: P
             flags = ["made NLL worse"] * bool(cal["scaling_worsened_nll"]) + ["at a search bound"] * bool(
                 cal["temperature_at_bound"]
             )
-            temperature = f"{cal['temperature']:.2f}: NLL {scaled['nll']:.3f}, ECE {scaled['ece'] * 100:.1f}" + (
+            temperature = f"{cal['temperature']:.2f}: NLL {scaled['nll']:.3f}, ECE {percent(scaled['ece'])}" + (
                 f" ({', '.join(flags)})" if flags else ""
             )
         rows.append(
@@ -698,9 +695,9 @@ def calibration_part(run: Run, general: dict, labels: dict[str, str], out_dir: P
                 "model": name,
                 "NLL": f"{test['nll']:.3f}",
                 "Brier": f"{test['brier']:.3f}",
-                "ECE (points)": f"{test['ece'] * 100:.1f}",
-                "ECE of a calibrated model, same confidences": f"{test['ece_reference'] * 100:.1f}",
-                "ECE debiased": f"{test['ece_debiased'] * 100:.1f}",
+                "ECE (points)": f"{percent(test['ece'])}",
+                "ECE of a calibrated model, same confidences": f"{percent(test['ece_reference'])}",
+                "ECE debiased": f"{percent(test['ece_debiased'])}",
                 "p (calibrated)": f"{test['ece_p']:.3f}",
                 "temperature (cross-fitted)": temperature,
             }
@@ -739,16 +736,14 @@ def robustness_part(run: Run, general: dict, labels: dict[str, str], out_dir: Pa
     enough = robust["images"] >= verdict.MIN_ROBUSTNESS_IMAGES
 
     def bracket(difference) -> str:
-        return f"{difference[0] * 100:+.1f}" + (
-            f" [{difference[1] * 100:+.1f}, {difference[2] * 100:+.1f}]" if enough else ""
-        )
+        return f"{points(difference[0])}" + (f" [{points(difference[1])}, {points(difference[2])}]" if enough else "")
 
     rows = []
     for corruption, e in robust["corruptions"].items():
         rows.append(
             {
                 "corruption": "all together" if corruption == "all" else verdict.corruption_words(corruption),
-                **{f"{name} accuracy (%)": pct(e["accuracy"][m]) for m, name in names.items()},
+                **{f"{name} accuracy (%)": percent(e["accuracy"][m], 2) for m, name in names.items()},
                 "probe - CNN (points)": bracket(e["ahead"]),
                 **{f"{name} skill lost": f"{e['skill_lost'][m]:.0%}" for m, name in names.items()},
                 "probe - CNN skill lost (points)": bracket(e["lost_difference"]) if e["lost_difference"] else "-",
@@ -767,7 +762,7 @@ def robustness_part(run: Run, general: dict, labels: dict[str, str], out_dir: Pa
             "three severities (petlab/measure/robustness.py, after ImageNet-C), each through the model's own evaluation "
             "transform, so the probe's features are extracted from the corrupted pixels. Clean accuracy on these "
             "images: "
-            + ", ".join(f"{pct(robust['clean'][m])}% for the {report.IN_SENTENCES[m]}" for m in names)
+            + ", ".join(f"{percent(robust['clean'][m], 2)}% for the {report.IN_SENTENCES[m]}" for m in names)
             + ". Per corruption (its three severities together): each model's accuracy, and the share of its clean "
             "skill above chance it lost, (clean - corrupted) / (clean - chance), which reads alike for 6 classes and "
             "37"
@@ -846,7 +841,7 @@ def generalisation_section(
             for m, name in names.items()
         ]
         frame = pd.DataFrame(rows)
-        frame["species_accuracy"] = frame["species_accuracy"].map(pct)
+        frame["species_accuracy"] = frame["species_accuracy"].map(lambda v: percent(v, 2))
         frame.columns = [c.replace("_", " ") for c in frame.columns]
         parts += [
             "\nCat or dog: errors that confuse the species, and those within one species (test images; "
@@ -966,7 +961,7 @@ def rules(num_classes: int) -> str:
     """How the conclusions are made, with this run's levels filled in."""
 
     def level(skill: float) -> str:
-        return verdict.pct(verdict.level_at(skill, num_classes))
+        return percent(verdict.level_at(skill, num_classes), unit=True)
 
     return f"""
 How these sentences are made (petlab/report/comparison.py, petlab/report/verdict.py), each by one rule:

@@ -24,6 +24,7 @@ from petlab.data.dataset import PreparedData
 from petlab.figures import plots
 from petlab.report import verdict as verdict_rules
 from petlab.report.document import figure, table
+from petlab.report.formats import percent, points
 from petlab.report.study_stats import (
     EQUIVALENCE_LEVEL,
     LEVEL,
@@ -32,6 +33,7 @@ from petlab.report.study_stats import (
     TRAINED,
     UNDERTRAINED,
     Comparison,
+    better_model,
     budget_verdict,
     compare,
     compare_scores,
@@ -39,7 +41,6 @@ from petlab.report.study_stats import (
     equivalence_power,
     family_level,
     power_summary,
-    verdict,
 )
 from petlab.study.cells import (
     FEATURES_RECORD,
@@ -453,7 +454,7 @@ def size_summary(study: Study, n, compared: dict, calibrated: dict, budget: dict
             "ties": c.ties,
             "interval": [round(v, 6) for v in c.wins_interval],
         }
-    entry[f"verdict_{PRIMARY}"] = verdict(compared[PRIMARY, n])
+    entry[f"verdict_{PRIMARY}"] = better_model(compared[PRIMARY, n])
     entry["power_macro_f1"] = power_entry(compared[PRIMARY, n])
     entry["budget_check"] = {
         k: (round(v, 6) if isinstance(v, float) else rounded_list(v) if isinstance(v, list) else v)
@@ -494,14 +495,16 @@ def summary(study: Study, compared: dict, calibrated: dict, budget: dict, target
         "sizes": {size_name(n): size_summary(study, n, compared, calibrated, budget, targets) for n in study.sizes},
         "caveats": [f"{k}: {v}" for k, v in caveats(study).items()],
         "same_subset_as": {size_name(n): size_name(m) for n, m in (study.same_as or {}).items()},
-        "crossing": crossing([size_name(n) for n in study.sizes], [verdict(compared[PRIMARY, n]) for n in study.sizes]),
+        "crossing": crossing(
+            [size_name(n) for n in study.sizes], [better_model(compared[PRIMARY, n]) for n in study.sizes]
+        ),
     }
 
 
 def lower_verdict(c: Comparison) -> str:
     """Of a score where lower is better (NLL, Brier), probe - CNN: 'probe' where the interval is under 0, 'cnn'
     over it, 'undecided' else."""
-    return {"probe": "cnn", "cnn": "probe", "undecided": "undecided"}[verdict(c)]
+    return {"probe": "cnn", "cnn": "probe", "undecided": "undecided"}[better_model(c)]
 
 
 # ---------------------------------------------------------------- figures
@@ -653,12 +656,8 @@ def class_gains_figure(study: Study, gains: pd.DataFrame, note: str, top: int = 
 # ---------------------------------------------------------------- the document
 
 
-def points(v: float) -> str:
-    return f"{v * 100:+.1f}"
-
-
 def pct_sd(mean: float, sd: float) -> str:
-    return f"{mean * 100:.1f} ± {sd * 100:.1f}" if not np.isnan(sd) else f"{mean * 100:.1f}"
+    return f"{percent(mean)} ± {percent(sd)}" if not np.isnan(sd) else f"{percent(mean)}"
 
 
 def wins_text(c: Comparison) -> str:
@@ -667,7 +666,7 @@ def wins_text(c: Comparison) -> str:
 
 
 def level_text(level: float) -> str:
-    return f"{level * 100:g}%"
+    return f"{percent(level, None)}%"
 
 
 def interval_text(c: Comparison) -> str:
@@ -686,7 +685,7 @@ def sizes_table(study: Study, compared: dict, metric: str) -> str:
             "seeds the probe wins [exact 95%]": wins_text(c),
         }
         if metric == PRIMARY:
-            row["by the rule"] = VERDICT_WORDS[verdict(c)]
+            row["by the rule"] = VERDICT_WORDS[better_model(c)]
         rows.append(row)
     return table(pd.DataFrame(rows))
 
@@ -696,7 +695,7 @@ def power_table(study: Study, compared: dict) -> str:
 
     def ranged(values: list, unit: str = "") -> str:
         text = [
-            ("none up to 100" if v is None else f"{v}") if isinstance(v, (int, type(None))) else f"{v * 100:.1f}"
+            ("none up to 100" if v is None else f"{v}") if isinstance(v, (int, type(None))) else f"{percent(v)}"
             for v in values
         ]
         if all(v is None for v in values):
@@ -716,7 +715,7 @@ def power_table(study: Study, compared: dict) -> str:
                 {
                     "train per class": size_name(n),
                     "seed sd of probe - CNN (points)": "- (one seed)",
-                    "test-sampling se (points)": f"{c.test_se * 100:.1f}",
+                    "test-sampling se (points)": f"{percent(c.test_se)}",
                 }
             )
             continue
@@ -724,10 +723,10 @@ def power_table(study: Study, compared: dict) -> str:
         rows.append(
             {
                 "train per class": size_name(n),
-                "seed sd of probe - CNN (points) (95%)": f"{c.seed_sd * 100:.1f} ({low * 100:.1f} to {high * 100:.1f})",
-                "test-sampling se (points)": f"{c.test_se * 100:.1f}",
+                "seed sd of probe - CNN (points) (95%)": f"{percent(c.seed_sd)} ({percent(low)} to {percent(high)})",
+                "test-sampling se (points)": f"{percent(c.test_se)}",
                 f"detectable at {POWER:.0%} power with {c.seeds} seeds (points)": ranged(power["detectable"]),
-                f"seeds for {REFERENCE_DIFFERENCE * 100:.0f} points": ranged(power["seeds_for_reference"]),
+                f"seeds for {percent(REFERENCE_DIFFERENCE, 0)} points": ranged(power["seeds_for_reference"]),
             }
         )
     return table(pd.DataFrame(rows))
@@ -748,7 +747,7 @@ def tuning_table(study: Study) -> str:
                 "train per class": size_name(n),
                 "selection images": f"{study.per_class(n, 'val_images') * study.num_classes:.0f}",
                 "CNN recipe kept (lr, weight decay)": f"{recipe['lr']:g}, {recipe['weight_decay']:g}",
-                "CNN selection macro-F1 over its recipes (%)": f"{min(cnn_scores) * 100:.1f} to {max(cnn_scores) * 100:.1f}",
+                "CNN selection macro-F1 over its recipes (%)": f"{percent(min(cnn_scores))} to {percent(max(cnn_scores))}",
                 "CNN recipes tied best": f"{tied_best(cnn_scores)} of {len(cnn_scores)}",
                 "probe C kept": f"{probe['selected_c']:g}"
                 + (
@@ -756,8 +755,8 @@ def tuning_table(study: Study) -> str:
                     if len(probe["c_grid"]) > 1 and probe["selected_c"] in (min(probe["c_grid"]), max(probe["c_grid"]))
                     else ""
                 ),
-                "probe selection macro-F1 over its Cs (%)": f"{min(probe['sweep_val_macro_f1']) * 100:.1f} to "
-                f"{max(probe['sweep_val_macro_f1']) * 100:.1f}",
+                "probe selection macro-F1 over its Cs (%)": f"{percent(min(probe['sweep_val_macro_f1']))} to "
+                f"{percent(max(probe['sweep_val_macro_f1']))}",
                 "probe Cs tied best": f"{tied_best(probe['sweep_val_macro_f1'])} of {len(probe['c_grid'])}",
             }
         )
@@ -773,14 +772,14 @@ def budget_table(study: Study, budget: dict) -> str:
             {
                 "train per class": size_name(n),
                 "CNN steps (2x)": f"{b['steps']} ({b['long_steps']})",
-                "test macro-F1, mean (2x) (%)": f"{b['test_macro_f1_mean'] * 100:.1f} ({b['long_test_macro_f1_mean'] * 100:.1f})",
+                "test macro-F1, mean (2x) (%)": f"{percent(b['test_macro_f1_mean'])} ({percent(b['long_test_macro_f1_mean'])})",
                 f"gain (points) [{LEVEL:.0%}]": f"{points(b['gain'])} [{points(low)}, {points(high)}]",
                 "one-sided 95% upper bound (points)": points(b["upper_bound"]),
                 "seeds gaining": f"{b['seeds_gaining']} of {b['seeds']}",
                 "by the check": b["verdict"],
-                f"power to show {b['tolerance'] * 100:g} points (%)": f"{b['power'] * 100:.0f}",
-                "CNN train accuracy (2x) (%)": f"{b['train_accuracy_mean'] * 100:.1f} "
-                f"({b['long_train_accuracy_mean'] * 100:.1f})",
+                f"power to show {percent(b['tolerance'], None)} points (%)": f"{percent(b['power'], 0)}",
+                "CNN train accuracy (2x) (%)": f"{percent(b['train_accuracy_mean'])} "
+                f"({percent(b['long_train_accuracy_mean'])})",
             }
         )
     return table(pd.DataFrame(rows))
@@ -795,7 +794,7 @@ def generalisation_table(study: Study) -> str:
         for m in MODELS:
             train, test = study.values(m, n, "accuracy", "train"), study.values(m, n, "accuracy")
             regimes = [verdict_rules.regime(a, b, study.num_classes) for a, b in zip(train, test)]
-            row[f"{SHORT_NAMES[m]} train / test accuracy (%)"] = f"{train.mean() * 100:.1f} / {test.mean() * 100:.1f}"
+            row[f"{SHORT_NAMES[m]} train / test accuracy (%)"] = f"{percent(train.mean())} / {percent(test.mean())}"
             row[f"{SHORT_NAMES[m]} by the fit rule"] = ", ".join(
                 f"{regimes.count(r)} {r}" for r in dict.fromkeys(regimes)
             )
@@ -817,7 +816,7 @@ def calibration_table(study: Study, calibrated: dict) -> str:
             v = means[m]
             scaled = f" ({v['nll_scaled']:.3f})" if v["scaled_seeds"] == len(study.seeds) else ""
             row[f"{SHORT_NAMES[m]} NLL (scaled)"] = f"{v['nll']:.3f}{scaled}"
-            row[f"{SHORT_NAMES[m]} ECE: plug-in / debiased"] = f"{v['ece'] * 100:.1f} / {v['ece_debiased'] * 100:.1f}"
+            row[f"{SHORT_NAMES[m]} ECE: plug-in / debiased"] = f"{percent(v['ece'])} / {percent(v['ece_debiased'])}"
             if v["scaled_seeds"]:
                 flags = [
                     f"{v['scaling_worsened_nll']} worse NLL" if v["scaling_worsened_nll"] else "",
@@ -841,7 +840,7 @@ def compute_table(study: Study, targets: dict) -> str:
             "CNN GFLOPs, tuning included (tuning share)": f"{cnn.mean():,.1f} ({tuning:.0%})",
             "probe GFLOPs, tuning included": f"{probe.mean():,.1f}",
             "CNN / probe": f"{cnn.mean() / probe.mean():.2g}x",
-            "target (val macro-F1, %)": f"{targets[study.seeds[0], n]['target'] * 100:.1f}",
+            "target (val macro-F1, %)": f"{percent(targets[study.seeds[0], n]['target'])}",
             "seeds reaching it (CNN / probe)": f"{sum(r['cnn'] is not None for r in reached)} / "
             f"{sum(r['vit'] is not None for r in reached)} of {len(reached)}",
         }
@@ -880,11 +879,11 @@ def where(study: Study, n) -> str:
 
 
 def conclusions(study: Study, compared: dict) -> list[str]:
-    """One sentence per size, by the rule of petlab.report.study_stats.verdict on the primary metric's family interval."""
+    """One sentence per size, by the rule of petlab.report.study_stats.better_model on the primary metric's family interval."""
     out = []
     for n in study.sizes:
         c = compared[PRIMARY, n]
-        v = verdict(c)
+        v = better_model(c)
         diff = (
             f"probe - CNN {points(c.difference)} points of test macro-F1 [{points(c.interval[0])}, "
             f"{points(c.interval[1])}] ({level_text(c.level)}, one of the family), the probe ahead on {c.probe_wins} of "
@@ -904,12 +903,12 @@ def budget_sentences(study: Study, budget: dict) -> list[str]:
         v: [size_name(n) for n in study.sizes if budget[n]["verdict"] == v]
         for v in (TRAINED, UNDERTRAINED, "inconclusive")
     }
-    tolerance = budget[study.sizes[0]]["tolerance"] * 100
+    tolerance = points(budget[study.sizes[0]]["tolerance"], None, signed=False)
     out = []
     if by[TRAINED]:
         out.append(
             f"Trained enough at {', '.join(by[TRAINED])} training images per class: twice the CNN's optimiser "
-            f"steps gain less than {tolerance:g} points of test macro-F1 there (the one-sided 95% upper bound "
+            f"steps gain less than {tolerance} points of test macro-F1 there (the one-sided 95% upper bound "
             "of the gain is under it)."
         )
     if by[UNDERTRAINED]:
@@ -921,7 +920,7 @@ def budget_sentences(study: Study, budget: dict) -> list[str]:
     if by["inconclusive"]:
         out.append(
             f"Inconclusive at {', '.join(by['inconclusive'])} training images per class: the gain from twice "
-            f"the steps is neither shown to be under {tolerance:g} points nor shown to be above 0; the CNN "
+            f"the steps is neither shown to be under {tolerance} points nor shown to be above 0; the CNN "
             "may be under-trained there (more seeds, or a longer run, would tell)."
         )
     return out
@@ -1015,11 +1014,11 @@ def comparison_section(study: Study, compared: dict, figures: Path, out_dir: Pat
             "and none at another does not show that the difference changes with size: that would need the two sizes' "
             "difference compared, which the study does not test.\n\n",
             "".join(f"- {sentence}\n" for sentence in conclusions(study, compared)),
-            f"\n{crossing([size_name(n) for n in study.sizes], [verdict(compared[PRIMARY, n]) for n in study.sizes])}\n",
+            f"\n{crossing([size_name(n) for n in study.sizes], [better_model(compared[PRIMARY, n]) for n in study.sizes])}\n",
             "\n## What the study could detect\n\n",
             f"Per size, on test macro-F1: the two parts of the variance, the smallest true difference these "
             f"{len(study.seeds)} seeds detect with {POWER:.0%} probability by the rule above, and how many seeds a "
-            f"{REFERENCE_DIFFERENCE * 100:.0f}-point difference would need: at the seed sd these seeds estimate, and in "
+            f"{percent(REFERENCE_DIFFERENCE, 0)}-point difference would need: at the seed sd these seeds estimate, and in "
             "brackets at the ends of its 95% interval (a seed sd from a few seeds is itself uncertain, so these numbers "
             "are ranges, not exact).\n\n",
             power_table(study, compared),
@@ -1035,7 +1034,7 @@ def budget_section(study: Study, budget: dict) -> str:
             f"At every size and seed, the CNN trained again with twice its optimiser steps (same recipe, warmup scaled), "
             "paired with the same seed's cell: the gain in test macro-F1 with its 95% interval (seeds and test "
             "sampling, as above). An equivalence test: *trained enough* only where the one-sided 95% upper bound of the "
-            f"gain is under the tolerance fixed in advance, {b['tolerance'] * 100:g} points (study.budget_tolerance); "
+            f"gain is under the tolerance fixed in advance, {percent(b['tolerance'], None)} points (study.budget_tolerance); "
             "*under-trained* where the 95% interval excludes 0; *inconclusive* otherwise. Power: the chance that the "
             "check shows *trained enough* if twice the steps truly gained nothing, at these standard errors. Train "
             "accuracy: the kept model, in eval mode, on its un-augmented training subset.\n\n",
@@ -1153,7 +1152,7 @@ def verdict_paragraph(summary: dict) -> str:
 
     def diff(n: str) -> str:
         estimate, low, high = sizes[n]["probe_minus_cnn_macro_f1"]
-        return f"{estimate * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"
+        return f"{points(estimate)} [{points(low)}, {points(high)}]"
 
     def listed(items: list[str]) -> str:
         return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -229,7 +229,7 @@ def power_summary(c: Comparison, reference: float = REFERENCE_DIFFERENCE, level:
 # ---------------------------------------------------------------- the rules the report concludes by
 
 
-def verdict(c: Comparison) -> str:
+def better_model(c: Comparison) -> str:
     """'probe', 'cnn' or 'undecided' at one size: a model is better only where the LEVEL interval of probe - CNN
     excludes 0. (The share of seeds won is reported beside it, with its exact interval; with 3 seeds that interval
     cannot exclude a half even at 3 of 3, so it decides nothing.)"""

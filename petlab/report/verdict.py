@@ -11,6 +11,8 @@ Levels are set relative to chance (1 / number of classes), so one rule serves 2 
 
 from __future__ import annotations
 
+from petlab.report.formats import percent, points
+
 # A model fits its training data when its accuracy on its own training images (un-augmented, eval mode) has
 # covered at least half the way from chance to 100%: 51% with 37 classes, 75% with 2. Below that it has not
 # learned the images it was trained on, and its small train - val gap comes from learning little, not from
@@ -48,14 +50,6 @@ def level_at(skill: float, num_classes: int) -> float:
     return chance(num_classes) + skill * (1 - chance(num_classes))
 
 
-def pct(value: float) -> str:
-    return f"{value * 100:.1f}%"
-
-
-def signed_points(value: float) -> str:
-    return f"{value * 100:+.1f} points"
-
-
 # ---------------------------------------------------------------- fit: underfits, overfits, fits
 
 
@@ -80,13 +74,13 @@ def regime_sentence(name: str, train_accuracy: float, test_accuracy: float, num_
     kind = regime(train_accuracy, test_accuracy, num_classes)
     if kind == UNDERFITS:
         return (
-            f"The {name} underfits: it classifies {pct(train_accuracy)} of its own training images right "
-            f"(un-augmented, eval mode), under the {pct(level_at(FITTED_SKILL, num_classes))} that marks a "
-            f"fitted model (half the way from chance, {pct(chance(num_classes))}, to 100%)."
+            f"The {name} underfits: it classifies {percent(train_accuracy, unit=True)} of its own training images right "
+            f"(un-augmented, eval mode), under the {percent(level_at(FITTED_SKILL, num_classes), unit=True)} that marks a "
+            f"fitted model (half the way from chance, {percent(chance(num_classes), unit=True)}, to 100%)."
         )
     kept = skill(test_accuracy, num_classes) / skill(train_accuracy, num_classes)
     numbers = (
-        f"train accuracy {pct(train_accuracy)}, test {pct(test_accuracy)}: on new images it keeps "
+        f"train accuracy {percent(train_accuracy, unit=True)}, test {percent(test_accuracy, unit=True)}: on new images it keeps "
         f"{kept:.1%} of its skill above chance, {'under' if kind == OVERFITS else 'at least'} the "
         f"{RETAINED_SKILL:.0%} this rule asks"
     )
@@ -112,7 +106,7 @@ def generalisation_sentence(
     'no claim', sentence)."""
     gaps = {m: train - test for m, (train, test) in fit.items()}
     under = [m for m, (train, test) in fit.items() if regime(train, test, num_classes) == UNDERFITS]
-    quoted = ", ".join(f"{signed_points(gaps[m])} for the {names[m]}" for m in fit)
+    quoted = ", ".join(f"{points(gaps[m], unit=True)} for the {names[m]}" for m in fit)
     if under:
         who = " and the ".join(names[m] for m in under)
         return "no claim", (
@@ -123,8 +117,8 @@ def generalisation_sentence(
     train_part = fit["cnn"][0] - fit["vit"][0]
     low, high = train_part + test_difference[0], train_part + test_difference[1]
     interval = (
-        f"the CNN's gap minus the probe's {signed_points(gaps['cnn'] - gaps['vit'])}, 95% interval "
-        f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+        f"the CNN's gap minus the probe's {points(gaps['cnn'] - gaps['vit'], unit=True)}, 95% interval "
+        f"[{points(low)}, {points(high)}]"
     )
     if low > 0 or high < 0:
         better, worse = ("vit", "cnn") if low > 0 else ("cnn", "vit")
@@ -133,7 +127,7 @@ def generalisation_sentence(
             # that carries more of them to new ones.
             return "no claim", (
                 f"Train - test: no claim, as the {names[better]}'s smaller gap comes with the lower "
-                f"test accuracy ({pct(fit[better][1])} against {pct(fit[worse][1])}): it fits its "
+                f"test accuracy ({percent(fit[better][1], unit=True)} against {percent(fit[worse][1], unit=True)}): it fits its "
                 f"training images less, it does not carry more to new ones ({quoted}; {interval})."
             )
         return better, (
@@ -158,7 +152,7 @@ def calibration_sentence(
     finite split, and a percentile interval of it does not cover). Returns (winner or 'undecided' or 'no claim',
     sentence)."""
     quoted = ", ".join(
-        f"NLL {nll[m]:.3f} for the {names[m]} (ECE {ece[m][0] * 100:.1f} points, debiased {ece[m][1] * 100:.1f})"
+        f"NLL {nll[m]:.3f} for the {names[m]} (ECE {percent(ece[m][0])} points, debiased {percent(ece[m][1])})"
         for m in nll
     )
     idle = [m for m, ok in learned_.items() if not ok]
@@ -229,7 +223,8 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
     images, clean = robust["images"], robust["clean"]
     per = {c: e for c, e in robust["corruptions"].items() if c != "all"}
     quoted = "; ".join(
-        f"{corruption_words(c)}: " + ", ".join(f"{pct(e['accuracy'][m])} for the {names[m]}" for m in clean)
+        f"{corruption_words(c)}: "
+        + ", ".join(f"{percent(e['accuracy'][m], unit=True)} for the {names[m]}" for m in clean)
         for c, e in per.items()
     )
     floor = level_at(LEARNED_SKILL, num_classes)
@@ -237,7 +232,7 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
     if weak or images < MIN_ROBUSTNESS_IMAGES:
         why = (
             f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
-            f"images under {pct(floor)} right (a tenth of the way from chance to 100%): no skill to lose"
+            f"images under {percent(floor, unit=True)} right (a tenth of the way from chance to 100%): no skill to lose"
             if weak
             else f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
             "raise robustness.test_per_class)"
@@ -365,10 +360,10 @@ def short_of(t: dict, model: str, names: dict[str, str] = NAMES) -> str:
     """Why a model does not count as reaching the target: its best val score under it, or its test score under it
     (val reached it by luck)."""
     if t["best"][model] < t["target"]:
-        return f"the {names[model]}'s best val macro-F1 is {pct(t['best'][model])}"
+        return f"the {names[model]}'s best val macro-F1 is {percent(t['best'][model], unit=True)}"
     return (
-        f"the {names[model]}'s val macro-F1 reaches {pct(t['best'][model])}, but its test macro-F1, "
-        f"{pct(t['test'][model])}, is under the target: a small val split touched it by chance"
+        f"the {names[model]}'s val macro-F1 reaches {percent(t['best'][model], unit=True)}, but its test macro-F1, "
+        f"{percent(t['test'][model], unit=True)}, is under the target: a small val split touched it by chance"
     )
 
 
@@ -386,7 +381,7 @@ def speed_sentence(t: dict, num_classes: int, names: dict[str, str] = NAMES) -> 
     SAME_COMPUTE about the same. A model that does not reach it gets no time: it is said to fall short, with its
     best. Neither reaching it: no comparison."""
     target = (
-        f"val macro-F1 {pct(t['target'])}, half the way from chance ({pct(chance(num_classes))}) to 100%, "
+        f"val macro-F1 {percent(t['target'], unit=True)}, half the way from chance ({percent(chance(num_classes), unit=True)}) to 100%, "
         f"fixed in advance"
     )
     short = [m for m, r in t["reached"].items() if r is None]
