@@ -102,6 +102,11 @@ def score_difference(predictions: TestPredictions, key: str, resamples: int, see
     return (float(per_image.mean()), *percentile_interval(per_image[rows].mean(1)))
 
 
+# The share of skill lost is undefined in a bootstrap draw whose clean accuracy is at chance; its interval is made
+# only where at most this share of the draws are undefined, so that it is not that of a quietly filtered sample.
+MAX_UNDEFINED_DRAWS = 0.01
+
+
 def robustness_by_corruption(frame: pd.DataFrame, num_classes: int, resamples: int, seed: int) -> dict:
     """From the robustness stage's predictions (a row per image and condition): per corruption (its severities
     together) and over all of them ("all"), each model's accuracy and the share of its clean skill above chance it
@@ -148,7 +153,7 @@ def robustness_by_corruption(frame: pd.DataFrame, num_classes: int, resamples: i
         point = entry["skill_lost"]["vit"] - entry["skill_lost"]["cnn"]
         entry["lost_difference"] = (
             (point, *percentile_interval(drops[~np.isnan(drops)], level))
-            if np.isfinite(point) and np.isnan(drops).mean() <= 0.01
+            if np.isfinite(point) and np.isnan(drops).mean() <= MAX_UNDEFINED_DRAWS
             else None
         )
         out["corruptions"][name] = entry
@@ -204,7 +209,12 @@ def agreement_table(correct_cnn: np.ndarray, correct_vit: np.ndarray) -> pd.Data
 # ---------------------------------------------------------------- convergence
 
 
-def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=(0.9, 0.95)) -> dict[float, dict]:
+# The shares of a model's own best val macro-F1 whose first epoch the convergence table gives: the shape of its
+# curve (how soon it nears its own best), never a comparison between the models.
+OWN_BEST_SHARES = (0.9, 0.95)
+
+
+def convergence(history: pd.DataFrame, elapsed: pd.Series, fractions=OWN_BEST_SHARES) -> dict[float, dict]:
     """The first epoch (and the wall seconds since training started) whose val macro-F1 reached each
     fraction of the best val macro-F1 of the run: each model against its own best, for reading a curve's shape
     only (a model that learns nothing reaches its own best at once); conclusions use `verdict.compute_to_target`.

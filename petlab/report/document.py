@@ -357,25 +357,31 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
         generalisation_section(run, general, predictions, params, labels, out_dir, figures),
         cost_section(run, bound, labels, out_dir, figures),
         sanity_section(run),
-        "## 7. Conclusions\n\n"
-        + "".join(
-            f"- {s}\n"
-            for s in report.conclusions(
-                results,
-                mcnemar,
-                target,
-                {m: run.fit(m) for m in names},
-                run.num_classes,
-                bound,
-                last_best,
-                [*notes, *(k for k in care if k == FEW_IMAGES), ONE_SEED],
-                run.c_edge(),
-                general["sentences"],
-            )
-        )
-        + rules(run.num_classes),
+        conclusions_section(run, params.seed, results, mcnemar, target, bound, last_best, general),
     ]
     return "\n".join(sections), comparison_metrics(results, mcnemar, general, target)
+
+
+def conclusions_section(
+    run: Run, seed: int, results: dict, mcnemar: dict, target: dict, bound: dict, last_best: list, general: dict
+) -> str:
+    """The conclusions, each sentence by one rule of petlab.report.verdict and comparison, and the rules after them.
+    Of the caveats, those that change what a conclusion may say: why this run cannot answer the question (random
+    weights, generated images, ...), too few training images, and the one seed every single run has."""
+    kept = [*caveats(run), *(k for k in cautions(run, seed) if k == FEW_IMAGES), ONE_SEED]
+    sentences = report.conclusions(
+        results,
+        mcnemar,
+        target,
+        {m: run.fit(m) for m in report.MODELS},
+        run.num_classes,
+        bound,
+        last_best,
+        kept,
+        run.c_edge(),
+        general["sentences"],
+    )
+    return "## 7. Conclusions\n\n" + "".join(f"- {s}\n" for s in sentences) + rules(run.num_classes)
 
 
 def comparison_metrics(results: dict, mcnemar: dict, general: dict, target: dict) -> dict:
@@ -534,46 +540,7 @@ def convergence_section(
     run: Run, speed: dict, target: dict, labels: dict[str, str], out_dir: Path, figures: Path
 ) -> str:
     stepped = {m: name for m, name in report.MODELS.items() if m in speed}
-    histories = {m: run.histories[m] for m in stepped}
-    levels = {
-        m: {**run.sweep_level(m), "note": f"L-BFGS, {run.kept(m)}", "elapsed_seconds": run.lbfgs_fit_seconds()}
-        for m in report.MODELS
-        if m not in speed
-    }
-    save_figure(plots.curves_figure(histories, "epoch", "epoch", labels, levels), figures / "curves.png")
-    save_figure(
-        plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)", labels, levels),
-        figures / "curves_seconds.png",
-    )
-    common = []
-    for m, name in report.MODELS.items():
-        reached = target["reached"][m]
-        common.append(
-            {
-                "model": name,
-                "best val macro-F1 (%)": percent(target["best"][m], 2),
-                "reaches the target": "no"
-                if reached is None
-                else ("after its whole fit" if reached["epoch"] is None else f"at epoch {reached['epoch']}"),
-                "training compute to it": "-" if reached is None else verdict.gflops_text(reached["gflops"]),
-            }
-        )
-    rows = []
-    for m, name in stepped.items():
-        history = run.histories[m]
-        rows.append(
-            {
-                "model": name,
-                "epochs": len(history),
-                "best epoch": run.trained[m]["best_epoch"],
-                **{
-                    f"{f:.0%} of own best: epoch (s)": f"{speed[m][f]['epoch']} ({speed[m][f]['seconds']:.1f})"
-                    for f in (0.9, 0.95)
-                },
-                "training s": f"{history['elapsed_seconds'].iloc[-1]:.1f}",
-                "of which before epoch 1": f"{run.setup_seconds[m]:.1f}",
-            }
-        )
+    levels = convergence_figures(run, stepped, labels, figures)
     parts = [
         "## 3. Convergence\n\n",
         figure(figures / "curves.png", out_dir, "val macro-F1 and losses per epoch"),
@@ -600,8 +567,9 @@ def convergence_section(
             else ""
         )
         + ". The study (reports/study.md) uses the same rule at every training-set size.\n\n",
-        table(pd.DataFrame(common)),
+        table(pd.DataFrame(target_rows(target))),
     ]
+    rows = own_best_rows(run, speed, stepped)
     if rows:
         parts += [
             "\nEach model against its own best, for the shape of its curve only (a model that learns nothing "
@@ -611,6 +579,62 @@ def convergence_section(
     if "vit" not in stepped:
         parts.append(lbfgs_probe(run))
     return "".join(parts)
+
+
+def convergence_figures(run: Run, stepped: dict[str, str], labels: dict[str, str], figures: Path) -> dict:
+    """The curves per epoch and against wall time; the L-BFGS probe, which has no epochs, as its levels at the C it
+    kept (returned, by model)."""
+    histories = {m: run.histories[m] for m in stepped}
+    levels = {
+        m: {**run.sweep_level(m), "note": f"L-BFGS, {run.kept(m)}", "elapsed_seconds": run.lbfgs_fit_seconds()}
+        for m in report.MODELS
+        if m not in stepped
+    }
+    save_figure(plots.curves_figure(histories, "epoch", "epoch", labels, levels), figures / "curves.png")
+    save_figure(
+        plots.curves_figure(histories, "elapsed_seconds", "training wall time (s)", labels, levels),
+        figures / "curves_seconds.png",
+    )
+    return levels
+
+
+def target_rows(target: dict) -> list[dict]:
+    """Each model's best val macro-F1, and where and at what training compute it reached the common target."""
+    rows = []
+    for m, name in report.MODELS.items():
+        reached = target["reached"][m]
+        rows.append(
+            {
+                "model": name,
+                "best val macro-F1 (%)": percent(target["best"][m], 2),
+                "reaches the target": "no"
+                if reached is None
+                else ("after its whole fit" if reached["epoch"] is None else f"at epoch {reached['epoch']}"),
+                "training compute to it": "-" if reached is None else verdict.gflops_text(reached["gflops"]),
+            }
+        )
+    return rows
+
+
+def own_best_rows(run: Run, speed: dict, stepped: dict[str, str]) -> list[dict]:
+    """Per model with epochs: the epoch (and seconds) it first reached each of report.OWN_BEST_SHARES of its own best."""
+    rows = []
+    for m, name in stepped.items():
+        history = run.histories[m]
+        rows.append(
+            {
+                "model": name,
+                "epochs": len(history),
+                "best epoch": run.trained[m]["best_epoch"],
+                **{
+                    f"{f:.0%} of own best: epoch (s)": f"{speed[m][f]['epoch']} ({speed[m][f]['seconds']:.1f})"
+                    for f in report.OWN_BEST_SHARES
+                },
+                "training s": f"{history['elapsed_seconds'].iloc[-1]:.1f}",
+                "of which before epoch 1": f"{run.setup_seconds[m]:.1f}",
+            }
+        )
+    return rows
 
 
 def lbfgs_probe(run: Run) -> str:
@@ -780,6 +804,11 @@ def robustness_part(run: Run, general: dict, labels: dict[str, str], out_dir: Pa
     )
 
 
+# Per-class gains: every class where a table of them stays short, else the largest and the smallest few.
+EVERY_CLASS_UP_TO = 10
+GAINS_SHOWN = 5
+
+
 def generalisation_section(
     run: Run,
     general: dict,
@@ -789,10 +818,6 @@ def generalisation_section(
     out_dir: Path,
     figures: Path,
 ) -> str:
-    names = report.MODELS
-    gains = report.class_gains(run.per_class["cnn"], run.per_class["vit"])
-    spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in names.items()}).T * 100
-    save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
     parts = [
         "## 4. Generalisation\n\n",
         "Three readings of *who generalises better*, each by one rule (section 7), none of them on the val split, "
@@ -800,14 +825,29 @@ def generalisation_section(
         fit_part(run),
         calibration_part(run, general, labels, out_dir, figures),
         robustness_part(run, general, labels, out_dir, figures),
+        class_gains_part(run, labels, out_dir, figures),
+        hardest_classes_part(run, predictions),
+        species_errors_part(run, predictions),
+    ]
+    if params.report.misclassified:
+        parts.append(misclassified_part(run, predictions, params.report.misclassified, params.seed, out_dir, figures))
+    return "".join(parts)
+
+
+def class_gains_part(run: Run, labels: dict[str, str], out_dir: Path, figures: Path) -> str:
+    """Where the probe's gain is: per-class test F1, probe - CNN, by class (and by species), and its spread."""
+    gains = report.class_gains(run.per_class["cnn"], run.per_class["vit"])
+    spread = pd.DataFrame({name: report.f1_spread(run.per_class[m]) for m, name in report.MODELS.items()}).T * 100
+    save_figure(plots.per_class_f1_figure(run.per_class, labels), figures / "per_class_f1.png")
+    parts = [
         "\n**Where the probe's gain is.** Per-class test F1, probe - CNN (points), with each class's test images"
         + (
             ": every class, largest gain first.\n\n" + table(gains)
-            if len(gains) <= 10
-            else f": the 5 largest gains, then the 5 smallest, of {len(gains)} classes.\n\n"
-            + table(gains.head(5))
+            if len(gains) <= EVERY_CLASS_UP_TO
+            else f": the {GAINS_SHOWN} largest gains, then the {GAINS_SHOWN} smallest, of {len(gains)} classes.\n\n"
+            + table(gains.head(GAINS_SHOWN))
             + "\n"
-            + table(gains.tail(5).iloc[::-1])
+            + table(gains.tail(GAINS_SHOWN).iloc[::-1])
         ),
     ]
     if run.species is not None:
@@ -821,7 +861,13 @@ def generalisation_section(
         table(spread, index=True),
         "\n" + figure(figures / "per_class_f1.png", out_dir, "per-class test F1 of both models"),
     ]
-    for m, name in names.items():
+    return "".join(parts)
+
+
+def hardest_classes_part(run: Run, predictions: report.TestPredictions) -> str:
+    """Each model's hardest classes and most-confused pairs of classes, on test."""
+    parts = []
+    for m, name in report.MODELS.items():
         hardest = report.hardest_classes(run.per_class[m])
         hardest[["precision", "recall", "f1"]] *= 100
         hardest = hardest.rename(columns={"f1": "F1"})
@@ -834,42 +880,54 @@ def generalisation_section(
             if matrix.sum() > np.trace(matrix)
             else "no test image misclassified\n",
         ]
-    if run.species is not None:
-        class_species = [run.species[c] for c in run.class_names]
-        rows = [
-            {"model": name, **report.species_errors(predictions.labels, predictions.preds[m], class_species)}
-            for m, name in names.items()
-        ]
-        frame = pd.DataFrame(rows)
-        frame["species_accuracy"] = frame["species_accuracy"].map(lambda v: percent(v, 2))
-        frame.columns = [c.replace("_", " ") for c in frame.columns]
-        parts += [
-            "\nCat or dog: errors that confuse the species, and those within one species (test images; "
-            "species accuracy in percent):\n\n",
-            table(frame),
-        ]
-    if params.report.misclassified:
-        parts.append("\nMisclassified test images (a seeded draw), captioned actual → predicted:\n\n")
-        for m, name in names.items():
-            wrong = np.flatnonzero(~predictions.correct(m))
-            if not len(wrong):
-                parts.append(f"{name}: none misclassified.\n")
-                continue
-            count = min(len(wrong), params.report.misclassified)
-            pick = np.sort(np.random.default_rng(params.seed).choice(wrong, count, replace=False))
-            items = [
-                (
-                    run.root / paths.DATA / run.predictions["image"].iloc[i],
-                    f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}",
-                )
-                for i in pick
-            ]
-            save_figure(
-                plots.image_grid_figure(items, f"{name}: misclassified test images", cols=8, inches=1.5),
-                figures / f"misclassified_{m}.png",
-            )
-            parts.append(figure(figures / f"misclassified_{m}.png", out_dir, f"{name} misclassified") + "\n")
     return "".join(parts)
+
+
+def species_errors_part(run: Run, predictions: report.TestPredictions) -> str:
+    """Cat or dog (Oxford-IIIT Pet's species): the errors that confuse the species and those within one."""
+    if run.species is None:
+        return ""
+    class_species = [run.species[c] for c in run.class_names]
+    rows = [
+        {"model": name, **report.species_errors(predictions.labels, predictions.preds[m], class_species)}
+        for m, name in report.MODELS.items()
+    ]
+    frame = pd.DataFrame(rows)
+    frame["species_accuracy"] = frame["species_accuracy"].map(lambda v: percent(v, 2))
+    frame.columns = [c.replace("_", " ") for c in frame.columns]
+    return (
+        "\nCat or dog: errors that confuse the species, and those within one species (test images; "
+        "species accuracy in percent):\n\n" + table(frame)
+    )
+
+
+def misclassified_part(
+    run: Run, predictions: report.TestPredictions, count: int, seed: int, out_dir: Path, figures: Path
+) -> str:
+    """A seeded draw of up to `count` (report.misclassified) misclassified test images per model."""
+    parts = ["\nMisclassified test images (a seeded draw), captioned actual → predicted:\n\n"]
+    for m, name in report.MODELS.items():
+        wrong = np.flatnonzero(~predictions.correct(m))
+        if not len(wrong):
+            parts.append(f"{name}: none misclassified.\n")
+            continue
+        pick = np.sort(np.random.default_rng(seed).choice(wrong, min(len(wrong), count), replace=False))
+        items = [
+            (
+                run.root / paths.DATA / run.predictions["image"].iloc[i],
+                f"{run.predictions['actual'].iloc[i]}\n→ {run.predictions[f'{m}_predicted'].iloc[i]}",
+            )
+            for i in pick
+        ]
+        save_figure(
+            plots.image_grid_figure(items, f"{name}: misclassified test images", cols=8, inches=1.5),
+            figures / f"misclassified_{m}.png",
+        )
+        parts.append(figure(figures / f"misclassified_{m}.png", out_dir, f"{name} misclassified") + "\n")
+    return "".join(parts)
+
+
+TOP_OPS_SHOWN = 5  # of the profile's top ops (profile.top_ops): the few that say where a step's time goes
 
 
 def cost_section(run: Run, bound: dict, labels: dict[str, str], out_dir: Path, figures: Path) -> str:
@@ -915,7 +973,7 @@ def cost_section(run: Run, bound: dict, labels: dict[str, str], out_dir: Path, f
         ops = run.top_ops.get(m)
         if ops:
             key, meaning = TOP_OPS_TIME[run.profile[m]["device"]]
-            top = pd.DataFrame(ops).head(5)[["op", key, "calls"]]
+            top = pd.DataFrame(ops).head(TOP_OPS_SHOWN)[["op", key, "calls"]]
             parts += [f"\n{name}: top ops by {meaning}, over the profiled steps\n\n", table(top)]
     shares = report.stage_shares(run.stage_seconds)
     shares["share"] = shares["share"].map(lambda v: f"{v:.0%}")

@@ -214,6 +214,50 @@ def corruption_words(name: str) -> str:
     return name.replace("_", " ")
 
 
+def robustness_no_claim(clean: dict, images: int, num_classes: int, names: dict[str, str]) -> str:
+    """Why no robustness reading is made ('' where one is): a model whose clean accuracy is under LEARNED_SKILL of
+    the way from chance has no skill to lose, and under MIN_ROBUSTNESS_IMAGES images an interval means nothing."""
+    floor = level_at(LEARNED_SKILL, num_classes)
+    weak = [m for m, v in clean.items() if v < floor]
+    if weak:
+        return (
+            f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
+            f"images under {percent(floor, unit=True)} right (a tenth of the way from chance to 100%): no skill to lose"
+        )
+    if images < MIN_ROBUSTNESS_IMAGES:
+        return (
+            f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
+            "raise robustness.test_per_class)"
+        )
+    return ""
+
+
+def corruption_readings(per: dict, clean: dict, names: dict[str, str]) -> str:
+    """Per corruption: who is ahead (the interval of probe - CNN accuracy excludes 0) and who is the steadier (that
+    of the share of skill lost excludes 0 in its favour)."""
+    ahead = {
+        m: [corruption_words(c) for c, e in per.items() if (e["ahead"][1] > 0 if m == "vit" else e["ahead"][2] < 0)]
+        for m in clean
+    }
+    steadier = {
+        m: [
+            corruption_words(c)
+            for c, e in per.items()
+            if e["lost_difference"] and lower_is_better(e["lost_difference"])[0] == m
+        ]
+        for m in clean
+    }
+    readings = [
+        f"the {names[m]} is {what} under {', '.join(items)}"
+        for m in clean
+        for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)", steadier[m]))
+        if items
+    ]
+    if not readings:
+        return "no single corruption separates them"
+    return "per corruption (each interval one of their Bonferroni family), " + "; ".join(readings)
+
+
 def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = NAMES) -> tuple[str, str]:
     """Rule, per corruption (its severities together): a model is *ahead* under it where the 95% interval of probe
     - CNN corrupted accuracy excludes 0, and *holds up better* where that of the share of clean skill lost excludes
@@ -227,41 +271,10 @@ def robustness_sentence(robust: dict, num_classes: int, names: dict[str, str] = 
         + ", ".join(f"{percent(e['accuracy'][m], unit=True)} for the {names[m]}" for m in clean)
         for c, e in per.items()
     )
-    floor = level_at(LEARNED_SKILL, num_classes)
-    weak = [m for m, v in clean.items() if v < floor]
-    if weak or images < MIN_ROBUSTNESS_IMAGES:
-        why = (
-            f"the {' and the '.join(names[m] for m in weak)} classif{'ies' if len(weak) == 1 else 'y'} clean "
-            f"images under {percent(floor, unit=True)} right (a tenth of the way from chance to 100%): no skill to lose"
-            if weak
-            else f"{images} test images are too few for an interval (at least {MIN_ROBUSTNESS_IMAGES}; "
-            "raise robustness.test_per_class)"
-        )
+    why = robustness_no_claim(clean, images, num_classes, names)
+    if why:
         return "no claim", f"Corrupted images: no comparison, as {why} (accuracy under {quoted})."
-    ahead = {
-        m: [corruption_words(c) for c, e in per.items() if (e["ahead"][1] > 0 if m == "vit" else e["ahead"][2] < 0)]
-        for m in clean
-    }
-    steadier = {
-        m: [
-            corruption_words(c)
-            for c, e in per.items()
-            if e["lost_difference"] and lower_is_better(e["lost_difference"])[0] == m
-        ]
-        for m in clean
-    }
-
-    readings = [
-        f"the {names[m]} is {what} under {', '.join(items)}"
-        for m in clean
-        for what, items in (("ahead", ahead[m]), ("the steadier (the smaller share of its skill lost)", steadier[m]))
-        if items
-    ]
-    where = (
-        "per corruption (each interval one of their Bonferroni family), " + "; ".join(readings)
-        if readings
-        else "no single corruption separates them"
-    )
+    where = corruption_readings(per, clean, names)
     overall = robust["corruptions"]["all"]
     better, interval = lower_is_better(overall["lost_difference"]) if overall["lost_difference"] else (None, "")
     lost = ", ".join(f"{overall['skill_lost'][m]:.0%} for the {names[m]}" for m in clean)
