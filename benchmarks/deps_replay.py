@@ -68,19 +68,19 @@ BECAME = {
 }
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
+def git(*args: str, root: Path = REPO) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def current_files() -> dict[str, str]:
-    """Today's project files by path, and each file name to its path where the name is unique."""
-    return {p.relative_to(REPO).as_posix(): p.name for p in [*REPO.glob("petlab/**/*.py"), *REPO.glob("stages/*.py")]}
+def current_files(root: Path = REPO) -> dict[str, str]:
+    """Today's project files: path -> file name."""
+    return {p.relative_to(root).as_posix(): p.name for p in [*root.glob("petlab/**/*.py"), *root.glob("stages/*.py")]}
 
 
-def targets(path: str, files: dict[str, str]) -> list[str]:
+def targets(path: str, files: dict[str, str], became: dict[str, list[str]] = BECAME) -> list[str]:
     """Today's files that hold what `path` held (path as it was named at the commit)."""
-    if path in BECAME:
-        return [p for p in BECAME[path] if p in files]
+    if path in became:
+        return [p for p in became[path] if p in files]
     if path in files:
         return [path]
     if path.startswith("petlab/sources/"):
@@ -106,23 +106,23 @@ def top_level_names(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def definitions(path: str) -> set[str]:
+def definitions(path: str, root: Path = REPO) -> set[str]:
     try:
-        return {name for _, _, name in top_level_names((REPO / path).read_text())}
+        return {name for _, _, name in top_level_names((root / path).read_text())}
     except (OSError, SyntaxError):
         return set()
 
 
-def touched_names(commit: str, parent: str, path: str) -> set[str] | None:
+def touched_names(commit: str, parent: str, path: str, root: Path = REPO) -> set[str] | None:
     """The top-level names a commit's hunks in `path` touch, before or after; None where a hunk is outside them."""
-    diff = git("diff", "-U0", parent, commit, "--", path)
+    diff = git("diff", "-U0", parent, commit, "--", path, root=root)
     ranges = [
         tuple(int(n or 1) for n in m) for m in re.findall(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", diff, re.M)
     ]
     names: set[str] = set()
     for rev, index in ((parent, 0), (commit, 2)):
         try:
-            spans = top_level_names(git("show", f"{rev}:{path}"))
+            spans = top_level_names(git("show", f"{rev}:{path}", root=root))
         except (subprocess.CalledProcessError, SyntaxError):
             return None
         for hunk in ranges:
@@ -137,18 +137,20 @@ def touched_names(commit: str, parent: str, path: str) -> set[str] | None:
     return names
 
 
-def changed_modules(commit: str, parent: str, files: dict[str, str]) -> set[str]:
+def changed_modules(
+    commit: str, parent: str, files: dict[str, str], became: dict[str, list[str]] = BECAME, root: Path = REPO
+) -> set[str]:
     """Today's project files a commit's changes land in."""
     landed: set[str] = set()
-    for path in git("diff", "--name-only", parent, commit).split():
+    for path in git("diff", "--name-only", parent, commit, root=root).split():
         if not (path.endswith(".py") and path.split("/")[0] in ("petlab", "stages")):
             continue
-        into = targets(path, files)
+        into = targets(path, files, became)
         if len(into) > 1:
-            names = touched_names(commit, parent, path)
+            names = touched_names(commit, parent, path, root)
             if names is not None:
-                homes = {p for p in into for name in names if name in definitions(p)}
-                placed = all(sum(name in definitions(p) for p in into) == 1 for name in names)
+                homes = {p for p in into for name in names if name in definitions(p, root)}
+                placed = all(sum(name in definitions(p, root) for p in into) == 1 for name in names)
                 into = sorted(homes) if placed and homes else into
         landed.update(into)
     return landed
