@@ -99,7 +99,7 @@ def test_the_command_writes_the_file_or_says_in_one_line_why_not(tmp_path):
 
 
 def test_results_on_stand_in_weights_say_so():
-    """The report's warnings and the figures' titles (stages.evaluate.title) read weights_label."""
+    """The report's warnings and the figures' titles (plots.model_label, in the evaluate stage) read weights_label."""
     stand_in = {"pretrained": True, "weights_source": f"{DESCRIPTION} (file /w/lite0.safetensors)"}
     plain = {"pretrained": True, "weights_source": "file /w/vit_tiny.safetensors"}
     assert weights_label(stand_in) == DESCRIPTION and weights_label(plain) == ""

@@ -24,10 +24,6 @@ from petlab.models.registry import count_parameters
 from petlab.probe.features import extract_features, save_feature_cache
 from petlab.probe.logistic import SWEEP_COLUMNS, fit_logistic_probe
 from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, StepContext, fit
-from petlab.train.state import FitResult
-
-if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
-    from petlab.core.resume import Resume
 from petlab.train.run import (
     TrainedModel,
     fit_selection,
@@ -38,6 +34,10 @@ from petlab.train.run import (
     tensorboard,
     transform_spec,
 )
+from petlab.train.state import FitResult
+
+if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
+    from petlab.core.resume import Resume
 
 
 def build_probe(

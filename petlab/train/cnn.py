@@ -13,9 +13,6 @@ from petlab.data.dataset import PreparedData
 from petlab.data.transforms import TransformSpec
 from petlab.models.registry import count_parameters, create_model
 from petlab.train.loop import HISTORY_COLUMNS, EpochCallback, fit
-
-if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
-    from petlab.core.resume import Resume
 from petlab.train.run import (
     TrainedModel,
     fit_selection,
@@ -25,6 +22,9 @@ from petlab.train.run import (
     tensorboard,
     transform_spec,
 )
+
+if TYPE_CHECKING:  # the stages make it; the stages that only evaluate or profile need not import it
+    from petlab.core.resume import Resume
 
 
 def cnn_config(p: TrainCNNParams, num_classes: int) -> dict:
