@@ -15,8 +15,11 @@ from torch.utils.data import DataLoader
 
 from petlab.core import distributed
 from petlab.core.metrics import rounded
-from petlab.core.resume import rng_states, set_rng_states
+from petlab.core.resume import Resume, rng_states, set_rng_states
 from petlab.data.loaders import EpochSampler
+
+if TYPE_CHECKING:  # the loop's context: loop imports this module
+    from petlab.train.loop import StepContext
 
 SELECTION_RULE = "highest val macro-F1, ties broken by lower val loss"
 
@@ -29,11 +32,6 @@ def selection_key(val: dict[str, float]) -> tuple[float, float]:
     val better.
     """
     return val["macro_f1"], -val["loss"]
-
-
-if TYPE_CHECKING:  # a fit only calls its load and save: it knows nothing of stages or dvc.yaml
-    from petlab.core.resume import Resume
-    from petlab.train.loop import StepContext
 
 
 @dataclass
@@ -49,6 +47,9 @@ class FitResult:
 
 @dataclass
 class TrainingState:
+    """One fit's state after its last finished epoch (`epoch`), and its inputs' record (`run`) a checkpoint must
+    match besides the stage's."""
+
     model: nn.Module
     optimizer: Any
     scheduler: Any
