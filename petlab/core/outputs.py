@@ -173,8 +173,8 @@ def stage_outputs(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[Path]:
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
     entries = [e for kind in ("outs", "metrics", "plots") for e in (spec or {}).get(kind) or []]
-    paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
-    return [Path(p.replace("${key}", key).replace("${item}", key)) for p in paths]
+    declared = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return [Path(p.replace("${key}", key).replace("${item}", key)) for p in declared]
 
 
 def stage_names(dvc_file: str | Path = "dvc.yaml") -> list[str]:
@@ -195,11 +195,11 @@ def timing_file(stage: str) -> Path:
     return paths.TIMING / f"{stage.replace('@', '_')}.json"
 
 
-def check_writable(paths: Iterable[str | Path]) -> None:
+def check_writable(outputs: Iterable[str | Path]) -> None:
     """Refuse to start, naming the path, when an output could not be written: a read-only or full folder,
     or a file where a folder should be. Probes the nearest existing folder and creates nothing that stays."""
     checked: set[Path] = set()
-    for path in map(Path, paths):
+    for path in map(Path, outputs):
         folder = path.parent
         while not folder.exists() and folder != folder.parent:
             if folder.is_symlink():  # a dangling link where a folder should be

@@ -1,6 +1,6 @@
 """Where the pipeline's files live, relative to the repository root: each path named here once, for the stage that
 writes it and every one that reads it. dvc.yaml and study/pipeline.yaml declare the same paths (a stage's outs and
-deps); tests/test_stage.py checks that each one they declare is a path of this module.
+deps); tests/test_paths.py checks that each one they declare is a path of this module.
 
 The models are named as their stages are (cnn, vit): the probe's files keep `vit`, the name its stage, params and
 metrics keys have always had (docs/outputs.md).

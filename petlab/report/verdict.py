@@ -329,13 +329,13 @@ def training_gflops(forward_gflops_per_image: float, images: float) -> float:
     return 3 * forward_gflops_per_image * images
 
 
-def kept_part(points: list[Point]) -> list[Point]:
+def kept_part(curve: list[Point]) -> list[Point]:
     """The curve up to the kept point: the first with the best val macro-F1 (the weights the model keeps)."""
-    best = max(f1 for _, _, f1 in points)
-    return points[: next(i for i, (_, _, f1) in enumerate(points) if f1 == best) + 1]
+    best = max(f1 for _, _, f1 in curve)
+    return curve[: next(i for i, (_, _, f1) in enumerate(curve) if f1 == best) + 1]
 
 
-def first_reaching(points: list[Point], level: float) -> dict | None:
+def first_reaching(curve: list[Point], level: float) -> dict | None:
     """The first point from which val macro-F1 stays at or above `level` up to the kept point (kept_part), as
     {"epoch", "gflops"}; None where the kept point is below it.
 
@@ -343,7 +343,7 @@ def first_reaching(points: list[Point], level: float) -> dict | None:
     points under the target touched it by chance in 71% of simulated runs. A model fitted without epochs (the
     L-BFGS probe) is one point, epoch None, at its whole fit's compute: it has no curve, so its compute to any
     level it reaches is its whole fit."""
-    kept = kept_part(points)
+    kept = kept_part(curve)
     for i, (epoch, gflops, _) in enumerate(kept):
         if all(f1 >= level for _, _, f1 in kept[i:]):
             return {"epoch": epoch, "gflops": gflops}
@@ -363,8 +363,8 @@ def compute_to_target(progress: dict[str, list[Point]], num_classes: int, test: 
     confirmed = {m: test is None or test[m] >= target for m in progress}
     return {
         "target": target,
-        "best": {m: max(f1 for _, _, f1 in points) for m, points in progress.items()},
-        "reached": {m: first_reaching(points, target) if confirmed[m] else None for m, points in progress.items()},
+        "best": {m: max(f1 for _, _, f1 in curve) for m, curve in progress.items()},
+        "reached": {m: first_reaching(curve, target) if confirmed[m] else None for m, curve in progress.items()},
         "test": test,
     }
 

@@ -277,6 +277,7 @@ def fit(
     if state.resume_from(resume) and writer is not None:
         for row in state.history:
             log_epoch(writer, model, row, 0)  # the logs of the epochs before, but for their histograms
+    state.restore_generators()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     train_model = distributed.wrap(model)  # `model` itself: the same weights, state_dict keys unprefixed

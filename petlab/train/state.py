@@ -61,6 +61,7 @@ class TrainingState:
     epoch_seconds: list[float] = field(default_factory=list)
     best: FitResult | None = None
     best_key: tuple | None = None
+    _generators: dict | None = None  # a checkpoint's generators, restored last (restore_generators)
 
     @property
     def run(self) -> dict:
@@ -92,9 +93,15 @@ class TrainingState:
             if isinstance(loader.sampler, EpochSampler):  # the next epoch's order and augmentations
                 loader.sampler.epoch = saved["sampler_epochs"][split]
         resume.say(f"resumed after epoch {self.epoch} ({resume.path})")
-        # Last: nothing else may draw random numbers before the next epoch. Each rank its own (they draw apart).
-        set_rng_states(saved["rng"][distributed.rank()], self.ctx.device)
+        self._generators = saved["rng"][distributed.rank()]  # each rank its own (they draw apart)
         return True
+
+    def restore_generators(self) -> None:
+        """The random generators as they were after the last finished epoch: called last, once the fit is set up,
+        since nothing may draw random numbers between this and the next epoch."""
+        if self._generators is not None:
+            set_rng_states(self._generators, self.ctx.device)
+            self._generators = None
 
     def end_epoch(self, epoch: int, lr: float, train_m: dict, val_m: dict, seconds: float) -> dict:
         """The epoch's row of the history, and its state kept if it is the best so far (SELECTION_RULE)."""
