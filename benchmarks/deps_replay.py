@@ -14,6 +14,7 @@ same mapped changes, so the comparison is like for like; the mapping only errs t
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -106,7 +107,9 @@ def top_level_names(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
+@functools.cache
 def definitions(path: str, root: Path = REPO) -> set[str]:
+    """The top-level names today's file defines (read once: every commit's hunks look them up)."""
     try:
         return {name for _, _, name in top_level_names((root / path).read_text())}
     except (OSError, SyntaxError):

@@ -357,18 +357,27 @@ def build(run: Run, params: Params, out_dir: Path, figures: Path, git_state: str
         generalisation_section(run, general, predictions, params, labels, out_dir, figures),
         cost_section(run, bound, labels, out_dir, figures),
         sanity_section(run),
-        conclusions_section(run, params.seed, results, mcnemar, target, bound, last_best, general),
+        conclusions_section(run, results, mcnemar, target, bound, last_best, notes, care, general),
     ]
     return "\n".join(sections), comparison_metrics(results, mcnemar, general, target)
 
 
 def conclusions_section(
-    run: Run, seed: int, results: dict, mcnemar: dict, target: dict, bound: dict, last_best: list, general: dict
+    run: Run,
+    results: dict,
+    mcnemar: dict,
+    target: dict,
+    bound: dict,
+    last_best: list,
+    notes: dict[str, str],
+    care: dict[str, str],
+    general: dict,
 ) -> str:
     """The conclusions, each sentence by one rule of petlab.report.verdict and comparison, and the rules after them.
-    Of the caveats, those that change what a conclusion may say: why this run cannot answer the question (random
-    weights, generated images, ...), too few training images, and the one seed every single run has."""
-    kept = [*caveats(run), *(k for k in cautions(run, seed) if k == FEW_IMAGES), ONE_SEED]
+    Of the banners' warnings, those that change what a conclusion may say: why this run cannot answer the question
+    (`notes`: random weights, generated images, ...), too few training images (of `care`), and the one seed every
+    single run has."""
+    kept = [*notes, *(k for k in care if k == FEW_IMAGES), ONE_SEED]
     sentences = report.conclusions(
         results,
         mcnemar,
